@@ -1,0 +1,5 @@
+import sys
+
+from hqm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,355 @@
+"""Configuration: nested dataclasses, YAML files and ``key=value`` overrides.
+
+A config is built in three steps, each overriding the previous one:
+
+1. the dataclass defaults below (the QPIC-R50 HICO-DET recipe of the paper);
+2. a YAML file (``configs/*.yaml``) whose nesting mirrors the dataclasses; a YAML file may name
+   ``_base_: other.yaml`` (relative to itself) to inherit from;
+3. command-line ``section.key=value`` overrides, parsed as YAML scalars/lists.
+
+Unknown keys fail with a close-match suggestion. ``save_config`` writes the resolved config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    detector: str = "qpic"  # registry name, see hqm.models.DETECTORS
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+    backbone_norm: str = "frozen"  # frozen (DETR, pretrained) | batch (trainable BN, from scratch)
+    train_backbone_from: str = "layer2"  # first trainable stage: conv1 | layer1 | layer2 | ... | none
+    dilation: bool = False  # DC5: dilate layer4 (stride 16 instead of 32; ResNet-50/101)
+    backbone_out: str = "layer4"  # layer4 = C5 (DETR) | layer3 = C4, stride 16 (small images)
+    num_queries: int = 100
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    aux_loss: bool = True
+    pretrained: str = ""  # DETR COCO checkpoint (or converted init) to start from
+
+
+@dataclass
+class LossConfig:
+    obj_loss_coef: float = 1.0
+    verb_loss_coef: float = 1.0
+    bbox_loss_coef: float = 2.5
+    giou_loss_coef: float = 1.0
+    eos_coef: float = 0.1
+    set_cost_obj_class: float = 1.0
+    set_cost_verb_class: float = 1.0
+    set_cost_bbox: float = 2.5
+    set_cost_giou: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "hico_det"  # hico_det | vcoco | hoia | synthetic
+    root: str = "data/hico_20160224_det"
+    num_workers: int = 2
+    on_bad_record: str = "error"  # error | skip (skip logs a count)
+    # train-time multi-scale resize (short side) and random crop, test-time short side
+    scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
+    max_size: int = 1333
+    crop_resize: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_min: int = 384
+    crop_max: int = 600
+    test_scale: int = 800
+    color_jitter: float = 0.4
+    # synthetic benchmark: preset used when `root` has no data yet (hqm demo / tests)
+    synth_preset: str = "default"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 80
+    max_steps: int = 0  # >0: stop after this many optimiser steps (smoke runs)
+    batch_size: int = 2  # per process
+    lr: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    lr_drop: int = 50
+    clip_max_norm: float = 0.1
+    accumulate: int = 1
+    amp: str = "off"  # off | bf16 | fp16
+    compile: bool = False
+    deterministic: bool = False
+    seed: int = 42
+    output_dir: str = "runs/qpic"
+    checkpoint_every_steps: int = 0
+    keep_last: int = 1
+    log_every: int = 20
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # epochs between evaluations (0: only at the end)
+    batch_size: int = 4
+    max_dets: int = 100
+    split: str = "test"
+    mode: str = "default"  # default | ko (HICO-DET Known-Object)
+    nms: bool = False  # pair-wise NMS (CDN style)
+    nms_thresh: float = 0.7
+    nms_alpha: float = 1.0
+    nms_beta: float = 0.5
+
+
+@dataclass
+class GBSConfig:
+    iou_range: list[float] = field(default_factory=lambda: [0.4, 0.6])
+    sampler: str = "per_box"  # per_box (paper) | official (released code)
+    shift: str = "shift"  # shift | none | gaussian
+    num_candidates: int = 64  # per_box: candidates drawn per box and round
+    max_rounds: int = 8
+
+
+@dataclass
+class AMMConfig:
+    k: int = 100
+    gamma: float = 0.4
+    mask: str = "exact_count"  # exact_count (released) | bernoulli (paper Alg. 1)
+    select: str = "topk"  # topk | random (w/o top-K)
+    reference: str = "learnable"  # learnable | self (w/o A^l)
+    target: str = "hard_queries"  # hard_queries | learnable (w/o Q^m)
+    queries: str = "all"  # all (released) | matched
+    skip_final_norm: bool = False
+
+
+@dataclass
+class AJLConfig:
+    start: str = "gbs"  # gbs | amm
+    reset_each_epoch: bool = False
+
+
+@dataclass
+class MiningConfig:
+    strategy: str = "none"  # none | gbs | amm | ajl | pjl | cjl
+    alpha: float = 1.0  # weight of the learnable queries' loss
+    beta: float = 1.0  # weight of the hard queries' loss (released code: 0.8)
+    cjl_reference: str = "self"  # cjl: self (GBS queries' own unmasked pass) | learnable
+    gbs: GBSConfig = field(default_factory=GBSConfig)
+    amm: AMMConfig = field(default_factory=AMMConfig)
+    ajl: AJLConfig = field(default_factory=AJLConfig)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or an ill-typed value."""
+
+
+def _suggest(key: str, options: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    if close:
+        return f" Did you mean '{prefix}{close[0]}'?"
+    return f" Valid keys: {', '.join(prefix + o for o in sorted(options))}."
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = get_origin(typ)
+    if typ is Any:
+        return value
+    if origin is list:
+        (inner,) = get_args(typ) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, inner, where) for v in value]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    names = [f.name for f in fields(obj)]
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{where}'." + _suggest(key, names, prefix))
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a mapping of sub-keys, got {value!r}")
+            _merge(current, value, prefix=f"{where}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], where))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular _base_ chain")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    merged = _read_yaml(path.parent / base, seen + (path,))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """A config path as given, or the name of a packaged config (``qpic_r18_synthetic``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
+        if cand.is_file():
+            return cand
+    available = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config '{name}' not found (not a file, not a packaged config)." +
+                      _suggest(p.stem, available))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-4", "data.scales=[128,160]"]`` -> nested dict."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file (with ``_base_``) <- ``key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        p = resolve_config_path(path)
+        try:
+            _merge(cfg, _read_yaml(p))
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    if overrides:
+        _merge(cfg, parse_overrides(overrides))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _merge(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "model.backbone_norm": ("frozen", "batch"),
+    "model.backbone_out": ("layer3", "layer4"),
+    "model.train_backbone_from": ("conv1", "layer1", "layer2", "layer3", "layer4", "none"),
+    "data.dataset": ("hico_det", "vcoco", "hoia", "synthetic"),
+    "data.on_bad_record": ("error", "skip"),
+    "train.amp": ("off", "bf16", "fp16"),
+    "eval.mode": ("default", "ko"),
+    "mining.strategy": ("none", "gbs", "amm", "ajl", "pjl", "cjl"),
+    "mining.cjl_reference": ("self", "learnable"),
+    "mining.gbs.sampler": ("per_box", "official"),
+    "mining.gbs.shift": ("shift", "none", "gaussian"),
+    "mining.amm.mask": ("exact_count", "bernoulli"),
+    "mining.amm.select": ("topk", "random"),
+    "mining.amm.reference": ("learnable", "self"),
+    "mining.amm.target": ("hard_queries", "learnable"),
+    "mining.amm.queries": ("all", "matched"),
+    "mining.ajl.start": ("gbs", "amm"),
+}
+
+
+def get_key(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for p in dotted.split("."):
+        node = getattr(node, p)
+    return node
+
+
+def validate(cfg: Config) -> None:
+    for key, choices in _CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+    lo, hi = cfg.mining.gbs.iou_range
+    if not 0.0 < lo < hi < 1.0:
+        raise ConfigError(f"mining.gbs.iou_range={cfg.mining.gbs.iou_range} must satisfy 0 < lo < hi < 1")
+    if not 0.0 <= cfg.mining.amm.gamma < 1.0:
+        raise ConfigError(f"mining.amm.gamma={cfg.mining.amm.gamma} must be in [0, 1)")
+    if cfg.train.accumulate < 1 or cfg.train.batch_size < 1:
+        raise ConfigError("train.accumulate and train.batch_size must be >= 1")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

@@ -1,0 +1,69 @@
+"""torch.distributed helpers: launched by ``torchrun`` (env://), NCCL on GPU, gloo on CPU.
+
+Every helper degrades to the single-process behaviour when no process group is initialised.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def init_distributed(device: str) -> tuple[bool, int]:
+    """Initialise the process group when launched by torchrun. Returns (distributed, local_rank)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
+        return False, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not is_dist():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return True, local_rank
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
+    """Average of a Python number over ranks (the number of GT pairs for loss normalisation)."""
+    if not is_dist():
+        return float(value)
+    dev = device if dist.get_backend() != "gloo" else "cpu"
+    t = torch.tensor([float(value)], dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return float(t.item()) / get_world_size()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.destroy_process_group()

@@ -1,0 +1,63 @@
+"""Deterministic data order and augmentation, independent of workers, ranks and resumption.
+
+``EpochSampler`` yields ``(index, epoch)`` pairs: a permutation seeded by (seed, epoch), sharded over
+ranks like ``DistributedSampler`` (padded by repetition), optionally starting mid-epoch on resume.
+``SeededDataset`` reseeds torch / numpy / random from (seed, epoch, index) before every sample, so an
+image's augmentation is a pure function of those three numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class EpochSampler(Sampler):
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start = 0  # first local position to yield (resume mid-epoch)
+        self.num_local = math.ceil(size / world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        total = self.num_local * self.world_size
+        order = (order * math.ceil(total / max(len(order), 1)))[:total]
+        return order[self.rank:total:self.world_size]
+
+    def __iter__(self):
+        for i in self.indices()[self.start:]:
+            yield (i, self.epoch)
+
+    def __len__(self) -> int:
+        return self.num_local - self.start
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset indexed by ``(index, epoch)``; seeds every RNG from (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        s = (self.seed * 1_000_003 + epoch * 10_007 + index) % (2**31)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        return self.dataset[index]

@@ -1,0 +1,247 @@
+"""The training engine: data, model, optimiser, schedule, the step loop, evaluation and checkpoints.
+
+Call order of one run (``Trainer.fit``)::
+
+    setup (device, process group, seeds, run dir, config.yaml) -> build data / model / optimiser
+    -> [resume] -> for each epoch: train_one_epoch (steps: mining schedule -> forward -> criterion
+    -> backward -> clip -> optimiser step; periodic step checkpoints) -> lr step -> last.pt
+    -> evaluate every ``eval.every`` epochs (results.csv, best.pt) -> final evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from hqm.config import Config, config_from_dict, config_to_dict, save_config
+from hqm.data import build_dataset, collate_fn
+from hqm.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hqm.engine.distributed import get_rank, get_world_size, init_distributed, is_main_process
+from hqm.engine.evaluate import (
+    PRIMARY_METRIC,
+    autocast_context,
+    build_eval_setup,
+    move_targets,
+    run_evaluation,
+)
+from hqm.engine.logging import LOGGER, Progress, RunWriter, SmoothedMeter, setup_logging
+from hqm.engine.sampling import EpochSampler, SeededDataset
+from hqm.evaluation import format_table
+from hqm.mining.schedule import build_schedule
+from hqm.models import build_criterion, build_matcher, build_model
+from hqm.structures import DatasetMeta
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} was asked for but CUDA is not available")
+    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+
+
+def set_seed(seed: int, deterministic: bool) -> None:
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def param_groups(model: torch.nn.Module, lr: float, lr_backbone: float) -> list[dict]:
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    return [{"params": rest, "lr": lr}, {"params": backbone, "lr": lr_backbone}]
+
+
+class Trainer:
+    """Builds everything from a ``Config`` and trains. ``resume``: a checkpoint path to continue."""
+
+    def __init__(self, cfg: Config, resume: str | None = None):
+        self.cfg = cfg
+        self.distributed, local_rank = init_distributed(cfg.device)
+        self.device = resolve_device(cfg.device, local_rank)
+        self.rank, self.world = get_rank(), get_world_size()
+        self.main = is_main_process()
+        self.out = Path(cfg.train.output_dir)
+        if self.main:
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        setup_logging(self.out if self.main else None, self.main)
+        if self.main:
+            save_config(cfg, self.out / "config.yaml")
+        set_seed(cfg.train.seed, cfg.train.deterministic)
+
+        self.train_set = build_dataset(cfg.data, "train", train=True)
+        self.meta: DatasetMeta = self.train_set.meta
+        self.eval_setup = build_eval_setup(cfg, self.train_set.annotations, self.device, self.rank, self.world)
+        LOGGER.info(f"data: {cfg.data.dataset} at {cfg.data.root}: {len(self.train_set)} train / "
+                    f"{len(self.eval_setup.dataset)} {cfg.eval.split} images, {self.meta.num_obj_classes} "
+                    f"objects, {self.meta.num_verb_classes} verbs")
+        self.sampler = EpochSampler(len(self.train_set), cfg.train.seed, True, self.rank, self.world)
+        self.train_loader = DataLoader(
+            SeededDataset(self.train_set, cfg.train.seed), batch_size=cfg.train.batch_size,
+            sampler=self.sampler, collate_fn=collate_fn, num_workers=cfg.data.num_workers, drop_last=True,
+            persistent_workers=cfg.data.num_workers > 0, pin_memory=self.device.type == "cuda")
+
+        self.model = build_model(cfg, self.meta.num_obj_classes, self.meta.num_verb_classes).to(self.device)
+        if cfg.model.pretrained:
+            from hqm.zoo import load_pretrained
+
+            load_pretrained(self.model, cfg.model.pretrained, cfg, self.meta)
+        self.criterion = build_criterion(cfg, self.meta.num_obj_classes, build_matcher(cfg.loss)).to(self.device)
+        self.schedule = build_schedule(cfg.mining)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train.lr, cfg.train.lr_backbone),
+                                           weight_decay=cfg.train.weight_decay, fused=fused)
+        self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, max(cfg.train.lr_drop, 1))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.train_model = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
+
+        self.epoch, self.step, self.epoch_start_step, self.step_in_epoch = 0, 0, 0, 0
+        self.best = -math.inf
+        self.writer = RunWriter(self.out, self.main)
+        if resume:
+            self.resume(resume)
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        LOGGER.info(f"model: {cfg.model.detector} {cfg.model.backbone}, {n_train / 1e6:.2f}M trainable "
+                    f"parameters, mining={cfg.mining.strategy}, device={self.device}, world={self.world}")
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def state(self, metrics: dict | None = None) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.lr_scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "step": self.step, "epoch_start_step": self.epoch_start_step,
+            "step_in_epoch": self.step_in_epoch, "best": self.best, "config": config_to_dict(self.cfg),
+            "meta": self.meta.to_dict(), "rng": rng_state(), "metrics": metrics or {},
+        }
+
+    def save(self, name: str, metrics: dict | None = None) -> None:
+        if self.main:
+            save_checkpoint(self.out / "checkpoints" / name, self.state(metrics))
+
+    def resume(self, path: str) -> None:
+        ckpt = load_checkpoint(path, "cpu")
+        check_compatible(config_from_dict(ckpt["config"]), self.cfg, path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.lr_scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step = ckpt["epoch"], ckpt["step"]
+        self.epoch_start_step, self.step_in_epoch = ckpt["epoch_start_step"], ckpt["step_in_epoch"]
+        self.best = ckpt["best"]
+        set_rng_state(ckpt["rng"])
+        LOGGER.info(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
+
+    # -- training -----------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        metrics: dict[str, float] = {}
+        start = time.time()
+        while self.epoch < cfg.train.epochs and not self._done():
+            self.train_one_epoch()
+            if self.step_in_epoch == 0:  # the epoch ran to its end
+                self.lr_scheduler.step()
+                self.epoch += 1
+                self.epoch_start_step = self.step
+            self.save("last.pt")
+            if cfg.eval.every > 0 and self.epoch % cfg.eval.every == 0 and not self._done():
+                metrics = self.evaluate_and_record()
+        if not metrics or self._done():
+            metrics = self.evaluate_and_record()
+        LOGGER.info(f"training finished in {time.time() - start:.0f}s ({self.step} steps)")
+        self.writer.close()
+        return metrics
+
+    def _done(self) -> bool:
+        return self.cfg.train.max_steps > 0 and self.step >= self.cfg.train.max_steps
+
+    def train_one_epoch(self) -> None:
+        cfg, acc = self.cfg, self.cfg.train.accumulate
+        self.train_model.train()
+        steps_per_epoch = self.sampler.num_local // cfg.train.batch_size // acc
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch * acc * cfg.train.batch_size)
+        meter = SmoothedMeter()
+        progress = Progress(steps_per_epoch, self.epoch, cfg.train.epochs, self.main, cfg.train.log_every,
+                            self.device)
+        t_data = time.time()
+        micro = 0
+        for images, masks, targets in self.train_loader:
+            if self.step_in_epoch >= steps_per_epoch or self._done():
+                break
+            data_time = time.time() - t_data
+            images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+            targets = move_targets(targets, self.device)
+            active = self.schedule.active(self.step, self.epoch_start_step)
+            with autocast_context(self.device, cfg.train.amp):
+                outputs = self.train_model(images, masks, targets, mining=active)
+            with torch.autocast(self.device.type, enabled=False):
+                loss, logs = self.criterion(outputs, targets, cfg.mining.alpha, self.schedule.weights(active))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: "
+                                         + ", ".join(f"{k}={v.item():.4g}" for k, v in logs.items()))
+            self.scaler.scale(loss / acc).backward()
+            micro += 1
+            if micro % acc:
+                continue
+            if cfg.train.clip_max_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_max_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.step_in_epoch += 1
+            meter.update(loss=loss.item(), data_time=data_time, step_time=time.time() - t_data,
+                         **{k: v.item() for k, v in logs.items() if not k[-1].isdigit()})
+            progress.update(self.step_in_epoch - 1, meter, self.optimizer.param_groups[0]["lr"])
+            if self.main and self.step % cfg.train.log_every == 0:
+                self.writer.log("train", self.step, self.epoch, {**meter.averages(), "mining": ",".join(active),
+                                                                  "lr": self.optimizer.param_groups[0]["lr"]})
+            if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
+                self.save("last.pt")
+            t_data = time.time()
+        progress.close()
+        if self.step_in_epoch >= steps_per_epoch:
+            self.step_in_epoch = 0
+
+    def evaluate_and_record(self) -> dict[str, float]:
+        ev = self.eval_setup
+        metrics, _ = run_evaluation(self.model, ev.loader, ev.postprocessor, ev.evaluator, self.device,
+                                    self.cfg.train.amp)
+        LOGGER.info(f"evaluation after epoch {self.epoch} (step {self.step}):\n{format_table(metrics)}")
+        self.writer.log("eval", self.step, self.epoch, metrics)
+        self.writer.result(self.epoch, self.step, metrics)
+        key = PRIMARY_METRIC[self.cfg.data.dataset]
+        if metrics.get(key, -math.inf) > self.best:
+            self.best = metrics[key]
+            self.save("best.pt", metrics)
+        self.save("last.pt", metrics)
+        return metrics
+
+
+_MUST_MATCH = ("model", "data.dataset", "mining.strategy", "train.batch_size", "train.accumulate")
+
+
+def check_compatible(old: Config, new: Config, path: str) -> None:
+    """Resuming needs the same model, data and batch geometry; say which key differs."""
+    from hqm.config import get_key
+
+    for key in _MUST_MATCH:
+        a, b = get_key(old, key), get_key(new, key)
+        if a != b:
+            raise ValueError(f"cannot resume from {path}: {key} was {a!r} in that run, now {b!r}")

@@ -1,0 +1,120 @@
+"""Multi-head attention with ``nn.MultiheadAttention`` parameter names and an attention hook.
+
+Parameters are named like ``nn.MultiheadAttention`` (``in_proj_weight``, ``in_proj_bias``,
+``out_proj``) so DETR checkpoints load unchanged. Two execution paths compute the same function:
+
+* fused ``scaled_dot_product_attention`` when nobody needs the attention map (encoder, learnable
+  decoding at inference, GBS passes);
+* an explicit path when an :class:`AttentionHook` is given: the hook sees the pre-softmax scores
+  (and may mask them) and the post-softmax probabilities (and may rescale them). AMM uses this seam.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class AttentionHook:
+    """Observes or edits one decoder layer's cross-attention. Identity by default.
+
+    ``pre_softmax(layer, logits)``: logits (B, T, Q, S), padded keys already at -inf; returns logits.
+    ``post_softmax(layer, probs)``: probs (B, T, Q, S); returns probs (before attention dropout).
+    """
+
+    def pre_softmax(self, layer: int, logits: Tensor) -> Tensor:
+        return logits
+
+    def post_softmax(self, layer: int, probs: Tensor) -> Tensor:
+        return probs
+
+
+class RecordAttention(AttentionHook):
+    """Keeps a detached copy of every layer's pre-softmax cross-attention scores (B, T, Q, S)."""
+
+    def __init__(self):
+        self.scores: dict[int, Tensor] = {}
+
+    def pre_softmax(self, layer: int, logits: Tensor) -> Tensor:
+        self.scores[layer] = logits.detach()
+        return logits
+
+
+class HookChain(AttentionHook):
+    """Applies several hooks in order (e.g. recording the scores, then masking them)."""
+
+    def __init__(self, hooks: list[AttentionHook]):
+        self.hooks = hooks
+
+    def pre_softmax(self, layer: int, logits: Tensor) -> Tensor:
+        for h in self.hooks:
+            logits = h.pre_softmax(layer, logits)
+        return logits
+
+    def post_softmax(self, layer: int, probs: Tensor) -> Tensor:
+        for h in self.hooks:
+            probs = h.post_softmax(layer, probs)
+        return probs
+
+
+def chain_hooks(hooks: list[AttentionHook | None]) -> AttentionHook | None:
+    real = [h for h in hooks if h is not None]
+    return None if not real else real[0] if len(real) == 1 else HookChain(real)
+
+
+class MultiheadAttention(nn.Module):
+    """Batch-first multi-head attention: (B, L, D) queries, (B, S, D) keys/values -> (B, L, D)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"hidden size {embed_dim} is not divisible by {num_heads} heads")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _heads(self, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        bsz, n, _ = x.shape
+        return F.linear(x, w, b).view(bsz, n, self.num_heads, -1).transpose(1, 2)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        hook: AttentionHook | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        """key_padding_mask: (B, S) bool, True = ignore that key. A row whose keys are all padded
+        attends to its first key instead of producing NaN (its output is never supervised)."""
+        d = self.embed_dim
+        w_q, w_k, w_v = self.in_proj_weight.split(d)
+        b_q, b_k, b_v = self.in_proj_bias.split(d)
+        q = self._heads(query, w_q, b_q)
+        k = self._heads(key, w_k, b_k)
+        v = self._heads(value, w_v, b_v)
+        bias = None
+        if key_padding_mask is not None:
+            kpm = key_padding_mask.clone()
+            kpm[kpm.all(dim=1), 0] = False
+            bias = torch.zeros(kpm.shape, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(kpm, float("-inf"))[:, None, None, :]  # (B, 1, 1, S)
+        p = self.dropout if self.training else 0.0
+        if hook is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
+        else:
+            logits = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+            if bias is not None:
+                logits = logits + bias
+            logits = hook.pre_softmax(layer, logits)
+            probs = hook.post_softmax(layer, logits.softmax(dim=-1))
+            out = F.dropout(probs, p=p) @ v
+        bsz, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(bsz, n, d))

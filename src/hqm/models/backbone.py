@@ -1,0 +1,93 @@
+"""ResNet backbone with DETR parameter names, frozen BatchNorm and the padding mask.
+
+State-dict names follow DETR (``backbone.0.body.layer1.0.conv1.weight`` ...) so DETR / QPIC
+checkpoints load by name: the detector stores ``Joiner(Backbone, PositionEmbeddingSine)`` as
+``self.backbone`` (an ``nn.Sequential``, hence the ``.0`` / ``.1``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
+
+from hqm.models.position_encoding import PositionEmbeddingSine
+
+_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d whose statistics and affine parameters are fixed buffers (DETR, eps 1e-5)."""
+
+    def __init__(self, n: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(n))
+        self.register_buffer("bias", torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.ones(n))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torchvision / DETR checkpoints carry num_batches_tracked, which a frozen BN has no use for
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        bias = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1).to(x.dtype) + bias.view(1, -1, 1, 1).to(x.dtype)
+
+
+class Backbone(nn.Module):
+    """torchvision ResNet trunk returning C5 (stride 32, or 16 with ``dilation``; ResNet-50/101 only)
+    or C4 (``out_layer="layer3"``, stride 16) and the downsampled padding mask.
+
+    forward(images (B, 3, H, W), masks (B, H, W) bool, True on padding)
+        -> features (B, C5, H', W'), masks (B, H', W') bool
+    """
+
+    def __init__(self, name: str = "resnet50", norm: str = "frozen", train_from: str = "layer2",
+                 dilation: bool = False, out_layer: str = "layer4"):
+        super().__init__()
+        if name not in ("resnet18", "resnet34", "resnet50", "resnet101"):
+            raise ValueError(f"unsupported backbone {name!r}")
+        norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
+        resnet = getattr(torchvision.models, name)(
+            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=norm_layer
+        )
+        trainable = set() if train_from == "none" else set(_STAGES[_STAGES.index(train_from):])
+        for pname, p in resnet.named_parameters():
+            stage = pname.split(".")[0]
+            stage = "conv1" if stage in ("conv1", "bn1") else stage
+            p.requires_grad_(stage in trainable)
+        # C5 (DETR) by default; C4 (stride 16, layer4 dropped) for small images trained from scratch
+        self.body = IntermediateLayerGetter(resnet, return_layers={out_layer: "0"})
+        width = {"layer3": 256, "layer4": 512}[out_layer]
+        self.num_channels = width if name in ("resnet18", "resnet34") else width * 4
+        self.stride = 16 if (dilation or out_layer == "layer3") else 32
+
+    def forward(self, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        feat = self.body(images)["0"]
+        m = F.interpolate(masks[None].float(), size=feat.shape[-2:]).to(torch.bool)[0]
+        return feat, m
+
+
+class Joiner(nn.Sequential):
+    """``[Backbone, PositionEmbeddingSine]`` -> (features, masks, pos (B, D, H', W'))."""
+
+    def __init__(self, backbone: Backbone, position_embedding: PositionEmbeddingSine):
+        super().__init__(backbone, position_embedding)
+        self.num_channels = backbone.num_channels
+
+    def forward(self, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        feat, m = self[0](images, masks)
+        pos = self[1](m).to(feat.dtype)
+        return feat, m, pos
+
+
+def build_backbone(cfg_model) -> Joiner:
+    backbone = Backbone(cfg_model.backbone, cfg_model.backbone_norm, cfg_model.train_backbone_from,
+                        cfg_model.dilation, cfg_model.backbone_out)
+    return Joiner(backbone, PositionEmbeddingSine(cfg_model.hidden_dim // 2))

@@ -1,0 +1,56 @@
+"""QPIC (Tamura et al., CVPR 2021): DETR with HOI heads, one query per human-object pair."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from hqm.models.attention import AttentionHook
+from hqm.models.backbone import Joiner, build_backbone
+from hqm.models.detector import DetrHOIModel, EncodedImages
+from hqm.models.heads import QPICHeadsMixin, pack_outputs
+from hqm.models.transformer import Transformer
+
+
+class QPIC(QPICHeadsMixin, DetrHOIModel):
+    """Parameter names follow hitachi-rd-cv/qpic (``backbone.0.body``, ``input_proj``,
+    ``query_embed``, ``transformer``, ``obj_class_embed``, ``verb_class_embed``, ``sub_bbox_embed``,
+    ``obj_bbox_embed``)."""
+
+    def __init__(self, backbone: Joiner, transformer: Transformer, num_obj_classes: int,
+                 num_verb_classes: int, num_queries: int = 100, aux_loss: bool = True):
+        super().__init__()
+        d = transformer.d_model
+        self.num_queries = num_queries
+        self.hidden_dim = d
+        self.num_obj_classes = num_obj_classes
+        self.num_verb_classes = num_verb_classes
+        self.aux_loss = aux_loss
+        self.backbone = backbone
+        self.transformer = transformer
+        self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
+        self.query_embed = nn.Embedding(num_queries, d)
+        self.init_heads(d, num_obj_classes, num_verb_classes)
+
+    def encode(self, images: Tensor, masks: Tensor) -> EncodedImages:
+        feat, mask, pos = self.backbone(images, masks)
+        src = self.input_proj(feat)
+        h, w = src.shape[-2:]
+        src = src.flatten(2).transpose(1, 2)
+        pos = pos.flatten(2).transpose(1, 2)
+        mask = mask.flatten(1)
+        memory = self.transformer.encoder(src, pos, mask)
+        return EncodedImages(memory, pos, mask, (h, w))
+
+    def learnable_query_pos(self, batch_size: int) -> Tensor:
+        return self.query_embed.weight[None].expand(batch_size, -1, -1)
+
+    def decode(self, enc: EncodedImages, query_pos: Tensor, query_mask: Tensor | None = None,
+               hook: AttentionHook | None = None, final_norm: bool = True) -> dict:
+        hs = self.transformer.decoder(query_pos, enc.memory, enc.pos, enc.mask, query_mask, hook, final_norm)
+        return pack_outputs(self.predict(hs), self.aux_loss)
+
+
+def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
+    m = cfg.model
+    transformer = Transformer(m.hidden_dim, m.nheads, m.enc_layers, m.dec_layers, m.dim_feedforward, m.dropout)
+    return QPIC(build_backbone(m), transformer, num_obj_classes, num_verb_classes, m.num_queries, m.aux_loss)

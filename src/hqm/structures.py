@@ -1,0 +1,168 @@
+"""Typed containers that flow between the data, model, evaluation and API layers.
+
+Conventions used everywhere in the package:
+
+* object classes are *contiguous* indices ``0..C_obj-1`` (person = 0 on HICO-DET/V-COCO/HOI-A);
+  the detector's classifier has one extra logit, ``C_obj``, meaning "no object";
+* verb classes are contiguous indices ``0..C_verb-1`` (annotation id - 1 for HICO-DET/HOI-A);
+* boxes in annotations and predictions are absolute pixel ``xyxy`` in the *original* image;
+  training targets are normalised ``cxcywh`` in the augmented image (see ``hqm.data.transforms``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class DatasetMeta:
+    """Class vocabulary of a dataset.
+
+    ``correct_mat`` is the (C_verb, C_obj) boolean validity matrix indexed ``[verb, object]``
+    (``corre_*.npy``); a prediction of an invalid (verb, object) pair gets score 0.
+    ``no_object_class`` is the contiguous index standing for "the role has no object" (V-COCO: 80),
+    or ``None`` when every HOI has an object.
+    """
+
+    name: str
+    object_names: list[str]
+    verb_names: list[str]
+    correct_mat: np.ndarray
+    no_object_class: int | None = None
+
+    @property
+    def num_obj_classes(self) -> int:
+        return len(self.object_names)
+
+    @property
+    def num_verb_classes(self) -> int:
+        return len(self.verb_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "object_names": list(self.object_names),
+            "verb_names": list(self.verb_names),
+            "correct_mat": np.asarray(self.correct_mat, dtype=bool).astype(int).tolist(),
+            "no_object_class": self.no_object_class,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetMeta:
+        return cls(
+            name=d["name"],
+            object_names=list(d["object_names"]),
+            verb_names=list(d["verb_names"]),
+            correct_mat=np.asarray(d["correct_mat"], dtype=bool),
+            no_object_class=d.get("no_object_class"),
+        )
+
+
+@dataclass
+class ImageAnnotation:
+    """One parsed, validated annotation record (any of the HICO-DET / V-COCO / HOI-A formats).
+
+    boxes:  (N, 4) float32 absolute pixel xyxy of every annotated instance.
+    labels: (N,) int64 contiguous object class of every instance.
+    hois:   (M, 3) int64 rows ``[subject_idx, object_idx, verb]``; ``object_idx == -1`` means the
+            role has no object (V-COCO). Indices point into ``boxes``. One row per verb (not merged).
+    width/height: image size in pixels when known (0 when the loader did not read it).
+    """
+
+    file_name: str
+    boxes: np.ndarray
+    labels: np.ndarray
+    hois: np.ndarray
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class HOIPredictions:
+    """Detected <human, verb, object> triplets of one image, sorted by descending score.
+
+    sub_boxes, obj_boxes: (K, 4) float32 absolute pixel xyxy in the original image
+                          (an object box of all zeros means "no object", V-COCO roles only).
+    obj_labels:  (K,) int64 contiguous object class.
+    verb_labels: (K,) int64 contiguous verb class.
+    scores:      (K,) float32 triplet score = sigmoid(verb) * object probability.
+    query_index: (K,) int64 decoder query that produced the triplet (for attention maps), or None.
+    meta:        the dataset vocabulary, used for names in ``to_json`` / drawing; optional.
+    """
+
+    file_name: str
+    sub_boxes: np.ndarray
+    obj_boxes: np.ndarray
+    obj_labels: np.ndarray
+    verb_labels: np.ndarray
+    scores: np.ndarray
+    image_size: tuple[int, int] = (0, 0)  # (height, width) of the original image
+    query_index: np.ndarray | None = None
+    meta: DatasetMeta | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def select(self, keep: np.ndarray) -> HOIPredictions:
+        """A new object with the rows picked by a boolean mask or an index array."""
+        return HOIPredictions(
+            file_name=self.file_name,
+            sub_boxes=self.sub_boxes[keep],
+            obj_boxes=self.obj_boxes[keep],
+            obj_labels=self.obj_labels[keep],
+            verb_labels=self.verb_labels[keep],
+            scores=self.scores[keep],
+            image_size=self.image_size,
+            query_index=None if self.query_index is None else self.query_index[keep],
+            meta=self.meta,
+        )
+
+    def filter(self, threshold: float = 0.0, top_k: int | None = None) -> HOIPredictions:
+        """Keep triplets with ``score >= threshold``, then at most ``top_k`` of them."""
+        order = np.argsort(-self.scores, kind="stable")
+        order = order[self.scores[order] >= threshold]
+        if top_k is not None:
+            order = order[:top_k]
+        return self.select(order)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One plain dict per triplet (names included when ``meta`` is known)."""
+        out = []
+        for i in range(len(self)):
+            rec: dict[str, Any] = {
+                "subject_box": [round(float(v), 2) for v in self.sub_boxes[i]],
+                "object_box": [round(float(v), 2) for v in self.obj_boxes[i]],
+                "object": int(self.obj_labels[i]),
+                "verb": int(self.verb_labels[i]),
+                "score": round(float(self.scores[i]), 5),
+            }
+            if self.meta is not None:
+                rec["object_name"] = self.meta.object_names[int(self.obj_labels[i])]
+                rec["verb_name"] = self.meta.verb_names[int(self.verb_labels[i])]
+            out.append(rec)
+        return out
+
+    def to_json(self) -> str:
+        h, w = self.image_size
+        return json.dumps(
+            {"file_name": self.file_name, "height": int(h), "width": int(w), "hois": self.to_records()}
+        )
+
+    def plot(self, image=None, top_k: int = 10, threshold: float = 0.0):
+        """Draw the triplets on ``image`` (path, PIL image or HxWx3 uint8 array); returns a PIL image."""
+        from hqm.viz.draw import draw_predictions
+
+        return draw_predictions(image, self, top_k=top_k, threshold=threshold)
+
+    def save(self, path, image=None, top_k: int = 10, threshold: float = 0.0) -> None:
+        """Save the drawing (``.png``/``.jpg``) or the JSON (``.json``) to ``path``."""
+        path = str(path)
+        if path.endswith(".json"):
+            with open(path, "w") as f:
+                f.write(self.to_json())
+        else:
+            self.plot(image, top_k=top_k, threshold=threshold).save(path)

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny QPIC config and hand-made targets (hidden 32, 1-2 layers, 8 queries)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hqm.config import Config, load_config
+
+TINY_OVERRIDES = [
+    "model.backbone=resnet18", "model.backbone_norm=batch", "model.train_backbone_from=conv1",
+    "model.backbone_out=layer3", "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1",
+    "model.dec_layers=2", "model.dim_feedforward=64", "model.num_queries=8", "model.dropout=0.0",
+    "device=cpu",
+]
+
+NUM_OBJ, NUM_VERB = 6, 5
+
+
+@pytest.fixture
+def tiny_cfg() -> Config:
+    return load_config(None, TINY_OVERRIDES)
+
+
+def make_target(n: int, num_verbs: int = NUM_VERB, num_obj: int = NUM_OBJ, seed: int = 0,
+                has_obj: list[bool] | None = None) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    cxcy = torch.rand(n, 2, generator=g) * 0.5 + 0.25
+    wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1
+    cxcy2 = torch.rand(n, 2, generator=g) * 0.5 + 0.25
+    verbs = (torch.rand(n, num_verbs, generator=g) > 0.6).float()
+    verbs[torch.arange(n), torch.randint(0, num_verbs, (n,), generator=g)] = 1.0
+    exists = torch.tensor(has_obj if has_obj is not None else [True] * n, dtype=torch.bool)
+    obj_boxes = torch.cat([cxcy2, wh * 0.8], 1) * exists[:, None]
+    return {
+        "obj_labels": torch.randint(0, num_obj, (n,), generator=g),
+        "verb_labels": verbs,
+        "sub_boxes": torch.cat([cxcy, wh], 1),
+        "obj_boxes": obj_boxes,
+        "has_obj": exists,
+        "orig_size": torch.tensor([96, 128]),
+        "size": torch.tensor([96, 128]),
+        "image_id": seed,
+        "file_name": f"img_{seed}.jpg",
+    }
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 96, 128)
+    masks = torch.zeros(2, 96, 128, dtype=torch.bool)
+    masks[1, :, 100:] = True
+    masks[1, 80:, :] = True
+    targets = [make_target(3, seed=1), make_target(2, seed=2)]
+    return images, masks, targets

@@ -1,0 +1,197 @@
+"""Detector output contract, matcher, criterion, post-processing and the two mining seams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import NUM_OBJ, NUM_VERB, make_target
+
+from hqm.models import build_criterion, build_matcher, build_model
+from hqm.models.attention import AttentionHook, MultiheadAttention, RecordAttention
+from hqm.models.postprocess import PostProcessHOI
+from hqm.structures import DatasetMeta
+
+
+@pytest.fixture
+def model(tiny_cfg):
+    torch.manual_seed(0)
+    return build_model(tiny_cfg, NUM_OBJ, NUM_VERB).eval()
+
+
+def test_output_contract(model, batch, tiny_cfg):
+    images, masks, _ = batch
+    out = model(images, masks)
+    nq = tiny_cfg.model.num_queries
+    assert out["pred_obj_logits"].shape == (2, nq, NUM_OBJ + 1)
+    assert out["pred_verb_logits"].shape == (2, nq, NUM_VERB)
+    for k in ("pred_sub_boxes", "pred_obj_boxes"):
+        assert out[k].shape == (2, nq, 4)
+        assert (out[k] >= 0).all() and (out[k] <= 1).all()
+    assert len(out["aux_outputs"]) == tiny_cfg.model.dec_layers - 1
+    assert set(out["aux_outputs"][0]) == {"pred_obj_logits", "pred_verb_logits", "pred_sub_boxes",
+                                          "pred_obj_boxes"}
+
+
+def test_qpic_parameter_names(model):
+    names = set(model.state_dict())
+    for key in ("query_embed.weight", "input_proj.weight", "obj_class_embed.weight", "verb_class_embed.weight",
+                "sub_bbox_embed.layers.2.weight", "obj_bbox_embed.layers.0.bias",
+                "backbone.0.body.conv1.weight", "transformer.decoder.norm.weight",
+                "transformer.encoder.layers.0.self_attn.in_proj_weight",
+                "transformer.decoder.layers.1.multihead_attn.out_proj.weight"):
+        assert key in names, key
+
+
+def test_padding_does_not_change_predictions(model):
+    torch.manual_seed(1)
+    img = torch.randn(1, 3, 64, 96)
+    out_a = model(img, torch.zeros(1, 64, 96, dtype=torch.bool))
+    padded = torch.zeros(1, 3, 96, 128)
+    padded[:, :, :64, :96] = img
+    mask = torch.ones(1, 96, 128, dtype=torch.bool)
+    mask[:, :64, :96] = False
+    out_b = model(padded, mask)
+    # C4 features see the zero padding through convolutions at the border, so only approximately equal;
+    # the position encoding and the attention masks are exact
+    assert torch.allclose(out_a["pred_obj_logits"], out_b["pred_obj_logits"], atol=0.5)
+
+
+def test_sdpa_and_explicit_attention_agree():
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4).eval()
+    q, k = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    kpm = torch.zeros(2, 7, dtype=torch.bool)
+    kpm[1, 4:] = True
+    fused = attn(q, k, k, kpm)
+    explicit = attn(q, k, k, kpm, hook=AttentionHook())
+    assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+def test_seam_extra_query_group_and_attention_hook(model, batch):
+    """Extra groups are decoded apart from the learnable queries; the hook returns and masks attention."""
+    images, masks, _ = batch
+    enc = model.encode(images, masks)
+    learn = model.decode(enc, model.learnable_query_pos(2))
+    extra = torch.randn(2, 3, model.hidden_dim)
+    group = model.decode(enc, extra, query_mask=torch.tensor([[False, False, True], [False, True, True]]))
+    assert group["pred_obj_logits"].shape == (2, 3, NUM_OBJ + 1)
+    # the learnable queries are unaffected by the presence of a group
+    again = model.decode(enc, model.learnable_query_pos(2))
+    assert torch.equal(learn["pred_obj_logits"], again["pred_obj_logits"])
+
+    rec = RecordAttention()
+    model.decode(enc, model.learnable_query_pos(2), hook=rec)
+    hw = enc.memory.shape[1]
+    assert sorted(rec.scores) == list(range(len(model.transformer.decoder.layers)))
+    assert rec.scores[0].shape == (2, 4, model.num_queries, hw)
+    # padded keys are at -inf in the recorded scores
+    assert torch.isinf(rec.scores[0][1][..., enc.mask[1]]).all()
+
+    class MaskAll(AttentionHook):
+        def pre_softmax(self, layer, logits):
+            masked = logits.clone()
+            masked[..., 1:] = float("-inf")  # every query may only look at the first key
+            return masked
+
+    class Probe(AttentionHook):
+        def __init__(self):
+            self.probs = []
+
+        def post_softmax(self, layer, probs):
+            self.probs.append(probs)
+            return probs
+
+    from hqm.models.attention import HookChain
+
+    probe = Probe()
+    masked = model.decode(enc, model.learnable_query_pos(2), hook=HookChain([MaskAll(), probe]))
+    assert torch.allclose(probe.probs[0][..., 0], torch.ones(()))
+    assert not torch.allclose(masked["pred_obj_logits"], learn["pred_obj_logits"])
+
+
+def test_matcher_batch_equals_single(model, batch, tiny_cfg):
+    images, masks, targets = batch
+    out = model(images, masks)
+    matcher = build_matcher(tiny_cfg.loss)
+    both = matcher(out, targets)
+    for i in range(2):
+        single = matcher({k: v[i:i + 1] for k, v in out.items() if k != "aux_outputs"}, [targets[i]])
+        assert torch.equal(both[i][0], single[0][0]) and torch.equal(both[i][1], single[0][1])
+        assert len(both[i][0]) == len(targets[i]["obj_labels"])
+
+
+def test_matcher_empty_targets(model, batch, tiny_cfg):
+    images, masks, _ = batch
+    out = model(images, masks)
+    empty = make_target(0)
+    idx = build_matcher(tiny_cfg.loss)(out, [empty, make_target(2)])
+    assert len(idx[0][0]) == 0 and len(idx[1][0]) == 2
+
+
+def test_matcher_missing_object_ignores_object_box(tiny_cfg):
+    """With the object missing, moving the predicted object box must not change the cost."""
+    matcher = build_matcher(tiny_cfg.loss)
+    t = make_target(1, has_obj=[False])
+    out = {"pred_obj_logits": torch.zeros(1, 2, NUM_OBJ + 1), "pred_verb_logits": torch.zeros(1, 2, NUM_VERB),
+           "pred_sub_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.4, 0.4, 0.3, 0.3]]]),
+           "pred_obj_boxes": torch.tensor([[[0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]]])}
+    c1 = matcher.cost_matrices(out, [t])[0]
+    out["pred_obj_boxes"] = torch.rand(1, 2, 4) * 0.5 + 0.2
+    c2 = matcher.cost_matrices(out, [t])[0]
+    assert torch.allclose(c1, c2)
+
+
+def test_criterion_empty_gt(model, batch, tiny_cfg):
+    images, masks, _ = batch
+    crit = build_criterion(tiny_cfg, NUM_OBJ, build_matcher(tiny_cfg.loss))
+    out = model(images, masks)
+    loss, logs = crit(out, [make_target(0), make_target(0)])
+    for k, v in logs.items():
+        assert torch.isfinite(v), k
+        if "bbox" in k or "giou" in k:
+            assert v.item() == 0.0, k
+    assert logs["loss_obj_ce"].item() > 0
+    loss.backward()
+
+
+def test_criterion_decreases_with_training(tiny_cfg, batch):
+    torch.manual_seed(0)
+    images, masks, targets = batch
+    model = build_model(tiny_cfg, NUM_OBJ, NUM_VERB).train()
+    crit = build_criterion(tiny_cfg, NUM_OBJ, build_matcher(tiny_cfg.loss))
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    first = None
+    for _ in range(40):
+        loss, _ = crit(model(images, masks), targets)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.7 * first
+
+
+def test_focal_loss_no_nan_on_saturated_logits():
+    from hqm.models.criterion import focal_verb_loss
+
+    logits = torch.tensor([[200.0, -200.0, 0.0]], requires_grad=True)
+    loss = focal_verb_loss(logits, torch.tensor([[0.0, 1.0, 1.0]]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_postprocess_scores_validity_and_boxes():
+    meta = DatasetMeta("t", ["person", "ball"], ["kick", "hold"], np.array([[0, 1], [1, 1]], dtype=bool))
+    post = PostProcessHOI(meta, max_dets=10)
+    obj_logits = torch.tensor([[[-10.0, 5.0, -10.0], [5.0, -10.0, -10.0]]])  # q0 -> ball, q1 -> person
+    out = {"pred_obj_logits": obj_logits, "pred_verb_logits": torch.zeros(1, 2, 2),
+           "pred_sub_boxes": torch.tensor([[[0.5, 0.5, 0.5, 0.5]] * 2]),
+           "pred_obj_boxes": torch.tensor([[[0.25, 0.25, 0.5, 0.5]] * 2])}
+    (pred,) = post(out, torch.tensor([[100, 200]]), ["a.jpg"])
+    # kick is invalid with person: 3 valid candidates of 4
+    assert len(pred) == 3
+    assert not ((pred.verb_labels == 0) & (pred.obj_labels == 0)).any()
+    assert np.all(np.diff(pred.scores) <= 0)
+    np.testing.assert_allclose(pred.sub_boxes[0], [50, 25, 150, 75], atol=1e-4)
+    np.testing.assert_allclose(pred.obj_boxes[0], [0, 0, 100, 50], atol=1e-4)
+    assert abs(pred.scores[0] - 0.5 * torch.softmax(obj_logits[0, 0], -1)[1].item()) < 1e-6
