@@ -27,9 +27,10 @@ def _split_overrides(items: list[str], special: tuple[str, ...]) -> tuple[list[s
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hqm.config import load_config
-    from hqm.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
+    from hqm.engine.trainer import Trainer
+
     metrics = Trainer(cfg, resume=args.resume).fit()
     if args.json:
         print(json.dumps(metrics))
@@ -37,12 +38,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from hqm.engine.evaluator_run import evaluate_checkpoint
-
     overrides, extra = _split_overrides(args.overrides, ("weights",))
     if "weights" not in extra:
         print("hqm eval: weights=PATH is required", file=sys.stderr)
         return 2
+    from hqm.engine.evaluator_run import evaluate_checkpoint
+
     metrics = evaluate_checkpoint(args.config, extra["weights"], overrides,
                                   save_predictions=args.save_predictions)
     from hqm.evaluation import format_table
@@ -55,10 +56,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from hqm.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
     from hqm.engine.trainer import Trainer
     from hqm.evaluation import format_table
 
-    cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg)
     metrics = trainer.fit()
     print()

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from hqm.mining.base import MiningContext, QueryMiner
 from hqm.models.attention import AttentionHook, RecordAttention, chain_hooks
+
+if TYPE_CHECKING:
+    from hqm.mining.base import QueryMiner
 
 
 @dataclass
@@ -78,6 +81,8 @@ class DetrHOIModel(nn.Module):
         if active:
             if targets is None:
                 raise ValueError("mining needs the training targets")
+            from hqm.mining.base import MiningContext  # mining imports models, not the reverse
+
             ctx = MiningContext(self, enc, targets, outputs, record.scores if record else None)
             outputs["groups"] = {}
             for miner in active:

@@ -1,0 +1,69 @@
+"""Config system: defaults, YAML inheritance, overrides, errors with suggestions, round-trip."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from hqm.config import CONFIG_DIR, ConfigError, config_from_dict, config_to_dict, load_config, save_config
+
+
+def test_defaults_are_the_paper_recipe():
+    cfg = load_config()
+    assert (cfg.model.detector, cfg.model.backbone, cfg.model.num_queries, cfg.model.hidden_dim) == (
+        "qpic", "resnet50", 100, 256)
+    assert (cfg.train.lr, cfg.train.lr_backbone, cfg.train.weight_decay, cfg.train.clip_max_norm) == (
+        1e-4, 1e-5, 1e-4, 0.1)
+    assert (cfg.loss.bbox_loss_coef, cfg.loss.eos_coef) == (2.5, 0.1)
+    assert cfg.mining.gbs.iou_range == [0.4, 0.6] and cfg.mining.amm.k == 100 and cfg.mining.amm.gamma == 0.4
+
+
+def test_overrides_and_types():
+    cfg = load_config(None, ["train.lr=3e-4", "model.num_queries=16", "data.scales=[128, 160]",
+                             "model.aux_loss=false", "device=cpu"])
+    assert cfg.train.lr == 3e-4 and cfg.model.num_queries == 16 and cfg.data.scales == [128, 160]
+    assert cfg.model.aux_loss is False and cfg.device == "cpu"
+
+
+def test_unknown_key_suggests():
+    with pytest.raises(ConfigError, match="Did you mean 'train.lr'"):
+        load_config(None, ["train.lrr=1"])
+    with pytest.raises(ConfigError, match="Did you mean 'mining.amm.gamma'"):
+        load_config(None, ["mining.amm.gama=0.3"])
+
+
+def test_bad_values_fail_clearly():
+    with pytest.raises(ConfigError, match="mining.strategy"):
+        load_config(None, ["mining.strategy=magic"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(None, ["model.num_queries=abc"])
+    with pytest.raises(ConfigError, match="iou_range"):
+        load_config(None, ["mining.gbs.iou_range=[0.7, 0.2]"])
+
+
+def test_yaml_base_inheritance_and_file_errors(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model:\n  hidden_dim: 64\ntrain:\n  epochs: 3\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: base.yaml\ntrain:\n  epochs: 5\n")
+    cfg = load_config(child)
+    assert cfg.model.hidden_dim == 64 and cfg.train.epochs == 5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modle:\n  hidden_dim: 64\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*Did you mean 'model'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(None, ["mining.strategy=ajl", "mining.beta=0.8", "data.scales=[96]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert config_to_dict(again) == config_to_dict(cfg)
+    assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == cfg
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_packaged_configs_load(path):
+    load_config(path)
