@@ -1,0 +1,116 @@
+"""Dataset entry points: vocabulary, annotations and ``HOIDataset`` by dataset name or config.
+
+``dataset`` is one of ``hico_det | vcoco | hoia | synthetic``; ``synthetic`` is the HICO-DET loader on a
+root written by ``hqm.data.synthetic.generate`` (its ``annotations/meta.json`` gives the vocabulary).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+from hqm.config import DataConfig
+from hqm.data import hico_det, hoia, vcoco
+from hqm.data.dataset import HOIDataset
+from hqm.data.records import DatasetError
+from hqm.data.transforms import build_transforms
+from hqm.structures import DatasetMeta, ImageAnnotation
+
+LOADERS: dict[str, ModuleType] = {"hico_det": hico_det, "vcoco": vcoco, "hoia": hoia, "synthetic": hico_det}
+SPLITS = ("train", "test")
+
+
+def _loader(dataset: str) -> ModuleType:
+    if dataset not in LOADERS:
+        raise DatasetError(f"unknown dataset {dataset!r}; expected one of {', '.join(LOADERS)}")
+    return LOADERS[dataset]
+
+
+def load_meta(dataset: str, root: str | os.PathLike) -> DatasetMeta:
+    """Class vocabulary and validity matrix of ``dataset`` stored under ``root``."""
+    if dataset == "synthetic" and not (Path(root) / hico_det.CUSTOM_VOCABULARY).is_file():
+        raise DatasetError(
+            f"{root}: no synthetic benchmark here (annotations/meta.json missing); create it with "
+            "`hqm synth --out DIR` or build_dataset/build_meta with data.dataset=synthetic"
+        )
+    return _loader(dataset).load_meta(Path(root), name=dataset)
+
+
+def load_annotations(
+    dataset: str,
+    root: str | os.PathLike,
+    split: str,
+    on_bad_record: str = "error",
+    check_images: bool = True,
+) -> list[ImageAnnotation]:
+    """Parsed and validated records of ``split`` ("train" | "test").
+
+    Boxes are absolute pixel xyxy (clamped to the image when ``check_images`` read its size), labels
+    contiguous object indices, HOI rows ``[subject, object (-1: no object), verb]`` in file order.
+    ``on_bad_record``: "error" raises ``DatasetError`` naming file, record and field; "skip" drops the
+    bad part and logs one summary warning (logger ``hqm.data``).
+    """
+    return _loader(dataset).load_annotations(Path(root), split, on_bad_record, check_images)
+
+
+def image_dir(dataset: str, root: str | os.PathLike, split: str) -> Path:
+    """Folder holding the images of ``split``."""
+    return _loader(dataset).split_paths(Path(root), split)[0]
+
+
+def synthetic_ready(root: str | os.PathLike) -> bool:
+    """True when ``root`` holds a generated synthetic benchmark (both annotation files)."""
+    return all((Path(root) / hico_det.SPLITS[s][1]).is_file() for s in SPLITS)
+
+
+def ensure_synthetic(root: str | os.PathLike, preset: str) -> Path:
+    """Generate the synthetic benchmark with ``preset`` into ``root`` unless it is already there.
+
+    An absent or empty ``root`` is filled through a temporary sibling folder renamed into place, so
+    concurrent processes (several ranks, several test workers) never read a half-written root.
+    """
+    from hqm.data.synthetic import generate
+
+    root = Path(root)
+    if synthetic_ready(root):
+        return root
+    if root.exists() and any(root.iterdir()):
+        return generate(root, preset)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        generate(tmp, preset)
+        try:
+            if root.exists():
+                root.rmdir()  # empty: checked above
+            tmp.rename(root)
+        except OSError:
+            if not synthetic_ready(root):  # not a lost race with another process
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def build_meta(cfg_data: DataConfig) -> DatasetMeta:
+    """``load_meta`` for the ``data`` config (generates the synthetic benchmark when missing)."""
+    if cfg_data.dataset == "synthetic":
+        ensure_synthetic(cfg_data.root, cfg_data.synth_preset)
+    return load_meta(cfg_data.dataset, cfg_data.root)
+
+
+def build_dataset(cfg_data: DataConfig, split: str, train: bool) -> HOIDataset:
+    """``HOIDataset`` of ``split`` with train (random) or test (deterministic) transforms.
+
+    For ``data.dataset == "synthetic"`` the benchmark is generated first with ``data.synth_preset``
+    when ``data.root`` does not hold it yet.
+    """
+    meta = build_meta(cfg_data)
+    anns = load_annotations(cfg_data.dataset, cfg_data.root, split, cfg_data.on_bad_record)
+    return HOIDataset(
+        anns, meta, image_dir(cfg_data.dataset, cfg_data.root, split), build_transforms(cfg_data, train)
+    )

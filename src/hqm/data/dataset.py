@@ -1,0 +1,168 @@
+"""``HOIDataset``: parsed annotations + images -> (image tensor, training target), and batch collation.
+
+Target of one image (``Ng`` = number of distinct (subject, object) pairs after augmentation)::
+
+    "image_id":    int, index of the image in the split
+    "file_name":   str
+    "orig_size":   LongTensor (2,) (h, w) of the original image
+    "size":        LongTensor (2,) (h, w) after the transforms
+    "obj_labels":  LongTensor (Ng,) contiguous object class (role without object: meta.no_object_class)
+    "verb_labels": FloatTensor (Ng, C_verb) multi-hot
+    "sub_boxes":   FloatTensor (Ng, 4) normalised cxcywh in the transformed image
+    "obj_boxes":   FloatTensor (Ng, 4) normalised cxcywh (all zeros when the role has no object)
+    "has_obj":     BoolTensor (Ng,)
+
+HOIs of the same (subject, object) are merged into one row in order of first appearance; pairs that a
+crop removes are dropped without reordering the others (hard-query mining relies on the stable order).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from hqm.box_ops import box_xyxy_to_cxcywh
+from hqm.data.transforms import HOITransforms, transform_pairs
+from hqm.structures import DatasetMeta, ImageAnnotation
+
+TARGET_KEYS = (
+    "image_id",
+    "file_name",
+    "orig_size",
+    "size",
+    "obj_labels",
+    "verb_labels",
+    "sub_boxes",
+    "obj_boxes",
+    "has_obj",
+)
+
+
+def merge_pairs(ann: ImageAnnotation, meta: DatasetMeta) -> dict[str, np.ndarray]:
+    """Group the HOI rows of one record by (subject, object), first-appearance order.
+
+    Returns numpy arrays: ``sub_boxes``/``obj_boxes`` (Ng, 4) pixel xyxy (zeros for no object),
+    ``obj_labels`` (Ng,), ``verb_labels`` (Ng, C_verb) float multi-hot, ``has_obj`` (Ng,) bool.
+    """
+    order: dict[tuple[int, int], int] = {}
+    verbs: list[list[int]] = []
+    for s, o, v in ann.hois.tolist():
+        key = (s, o)
+        if key not in order:
+            order[key] = len(order)
+            verbs.append([])
+        verbs[order[key]].append(v)
+    ng = len(order)
+    sub = np.zeros((ng, 4), dtype=np.float32)
+    obj = np.zeros((ng, 4), dtype=np.float32)
+    labels = np.zeros((ng,), dtype=np.int64)
+    has_obj = np.zeros((ng,), dtype=bool)
+    multi_hot = np.zeros((ng, meta.num_verb_classes), dtype=np.float32)
+    for (s, o), i in order.items():
+        sub[i] = ann.boxes[s]
+        if o >= 0:
+            obj[i] = ann.boxes[o]
+            labels[i] = ann.labels[o]
+            has_obj[i] = True
+        else:
+            if meta.no_object_class is None:
+                raise ValueError(
+                    f"{ann.file_name}: HOI without object but dataset {meta.name} has no 'none' class"
+                )
+            labels[i] = meta.no_object_class
+        multi_hot[i, verbs[i]] = 1.0
+    return {
+        "sub_boxes": sub,
+        "obj_boxes": obj,
+        "obj_labels": labels,
+        "verb_labels": multi_hot,
+        "has_obj": has_obj,
+    }
+
+
+def _normalise(boxes: Tensor, h: int, w: int) -> Tensor:
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    return box_xyxy_to_cxcywh(boxes) / scale
+
+
+class HOIDataset(torch.utils.data.Dataset):
+    """Images of one split with their HOI targets (see the module docstring for the target layout).
+
+    annotations: parsed records (``hqm.data.load_annotations``); ``image_id`` is the index in this list.
+    meta:        the dataset vocabulary (number of verbs, "no object" class).
+    image_dir:   folder holding ``file_name`` of every record.
+    transforms:  ``HOITransforms`` (train or test); ``None`` only converts the image to [0, 1] floats.
+    """
+
+    def __init__(
+        self,
+        annotations: list[ImageAnnotation],
+        meta: DatasetMeta,
+        image_dir: str | Path,
+        transforms: HOITransforms | None = None,
+    ) -> None:
+        self.annotations = annotations
+        self.meta = meta
+        self.image_dir = Path(image_dir)
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def load_image(self, index: int) -> Image.Image:
+        """The RGB image of record ``index``."""
+        with Image.open(self.image_dir / self.annotations[index].file_name) as im:
+            return im.convert("RGB")
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        ann = self.annotations[index]
+        image = self.load_image(index)
+        w0, h0 = image.size
+        pairs = merge_pairs(ann, self.meta)
+        sub = torch.from_numpy(pairs["sub_boxes"])
+        obj = torch.from_numpy(pairs["obj_boxes"])
+        # the loader clamps when it read the image size; clamp here too for unchecked annotations
+        limit = torch.tensor([w0, h0, w0, h0], dtype=torch.float32)
+        sub, obj = torch.minimum(sub.clamp(min=0), limit), torch.minimum(obj.clamp(min=0), limit)
+        has_obj = torch.from_numpy(pairs["has_obj"])
+        img, sub, obj, keep = transform_pairs(self.transforms, image, sub, obj, has_obj)
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        target = {
+            "image_id": index,
+            "file_name": ann.file_name,
+            "orig_size": torch.tensor([h0, w0], dtype=torch.int64),
+            "size": torch.tensor([h, w], dtype=torch.int64),
+            "obj_labels": torch.from_numpy(pairs["obj_labels"])[keep],
+            "verb_labels": torch.from_numpy(pairs["verb_labels"])[keep],
+            "sub_boxes": _normalise(sub[keep], h, w),
+            "obj_boxes": _normalise(obj[keep], h, w),
+            "has_obj": has_obj[keep],
+        }
+        return img, target
+
+    def __repr__(self) -> str:
+        return f"HOIDataset({self.meta.name}, {len(self)} images, image_dir={str(self.image_dir)!r})"
+
+
+def collate_fn(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+    """Pad a list of ``(image (3, H_i, W_i), target)`` into one batch.
+
+    Returns ``images`` (B, 3, Hmax, Wmax) float, zero-padded at the bottom/right, ``masks``
+    (B, Hmax, Wmax) bool, True on padding, and the list of targets unchanged.
+    """
+    images = [b[0] for b in batch]
+    targets = [b[1] for b in batch]
+    hmax = max(int(im.shape[-2]) for im in images)
+    wmax = max(int(im.shape[-1]) for im in images)
+    out = images[0].new_zeros((len(images), images[0].shape[0], hmax, wmax))
+    masks = torch.ones((len(images), hmax, wmax), dtype=torch.bool)
+    for i, im in enumerate(images):
+        h, w = im.shape[-2:]
+        out[i, :, :h, :w] = im
+        masks[i, :h, :w] = False
+    return out, masks, targets

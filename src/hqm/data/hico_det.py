@@ -1,0 +1,68 @@
+"""HICO-DET in the PPDM/QPIC annotation format (also the format of the synthetic benchmark).
+
+Layout::
+
+    <root>/images/train2015/*.jpg   <root>/images/test2015/*.jpg
+    <root>/annotations/trainval_hico.json   test_hico.json   corre_hico.npy (117 x 80, [verb, object])
+    <root>/annotations/meta.json            optional: a vocabulary replacing the packaged one
+
+Object category ids are the 80 valid COCO ids mapped to 0..79 in order (person = 0); verb = id - 1.
+When ``annotations/meta.json`` exists (``{"object_names", "object_ids", "verb_names"}``), its lists
+replace the packaged HICO-DET vocabulary: this is how the synthetic benchmark is read by this loader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hqm.data import vocab
+from hqm.data.records import DatasetError, RecordRules, parse_records
+from hqm.structures import DatasetMeta, ImageAnnotation
+
+SPLITS = {
+    "train": ("images/train2015", "annotations/trainval_hico.json"),
+    "test": ("images/test2015", "annotations/test_hico.json"),
+}
+CORRECT_MAT = "annotations/corre_hico.npy"
+CUSTOM_VOCABULARY = "annotations/meta.json"
+
+
+def _vocabulary(root: Path) -> tuple[list[str], list[int], list[str], bool]:
+    """(object names, object category ids, verb names, is_custom)."""
+    custom = root / CUSTOM_VOCABULARY
+    if custom.is_file():
+        return (*vocab.read_custom_vocabulary(custom), True)
+    names, ids = vocab.coco_objects()
+    return names, ids, vocab.hico_verbs(), False
+
+
+def load_meta(root: str | Path, name: str = "hico_det") -> DatasetMeta:
+    """Vocabulary and (C_verb, C_obj) validity matrix of a HICO-format root."""
+    root = Path(root)
+    names, _, verbs, custom = _vocabulary(root)
+    default = None if custom else vocab.hico_correct_mat()
+    mat = vocab.load_correct_mat(root / CORRECT_MAT, len(verbs), len(names), default)
+    return vocab.make_meta(name, names, verbs, mat)
+
+
+def record_rules(root: str | Path) -> RecordRules:
+    names, ids, verbs, _ = _vocabulary(Path(root))
+    return RecordRules(
+        object_index={cid: i for i, cid in enumerate(ids)}, num_verbs=len(verbs), verb_offset=1
+    )
+
+
+def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
+    """(image directory, annotation file) of ``split`` ("train" | "test")."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    img, ann = SPLITS[split]
+    return Path(root) / img, Path(root) / ann
+
+
+def load_annotations(
+    root: str | Path, split: str, on_bad_record: str = "error", check_images: bool = True
+) -> list[ImageAnnotation]:
+    """Parsed, validated records of ``split``; see ``hqm.data.records.parse_records``."""
+    image_dir, ann_file = split_paths(root, split)
+    return parse_records(ann_file, image_dir, record_rules(root), on_bad_record, check_images)

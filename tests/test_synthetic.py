@@ -1,0 +1,155 @@
+"""The synthetic benchmark: determinism, HICO-DET format, geometric label consistency, long tail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hqm.config import ConfigError
+from hqm.data import DatasetError, load_annotations, load_meta
+from hqm.data import synthetic_rules as R
+from hqm.data.synthetic import (
+    PRESETS,
+    apply_overrides,
+    class_probabilities,
+    generate,
+    interaction_classes,
+    statistics,
+)
+from hqm.data.synthetic_rules import point_box_distance
+from hqm.data.synthetic_scene import sample_scene
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("synth") / "tiny", "tiny")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generation_is_deterministic(tiny_root, tmp_path):
+    again = generate(tmp_path / "again", "tiny")
+    a, b = _files(tiny_root), _files(again)
+    assert a.keys() == b.keys() and len([k for k in a if k.endswith(".jpg")]) == 24
+    assert all(a[k] == b[k] for k in a)
+    other = generate(tmp_path / "other", "tiny", ["seed=1"])
+    assert _files(other)["annotations/trainval_hico.json"] != a["annotations/trainval_hico.json"]
+
+
+def test_hico_format_round_trip(tiny_root):
+    meta = load_meta("synthetic", tiny_root)
+    voc = json.loads((tiny_root / "annotations" / "meta.json").read_text())
+    assert meta.object_names == voc["object_names"] and meta.object_names[0] == "person"
+    assert meta.num_obj_classes == 11 and meta.num_verb_classes == 12
+    mat = np.load(tiny_root / "annotations" / "corre_hico.npy")
+    assert mat.shape == (12, 11) and mat.dtype == bool and not mat[:, 0].any()
+    assert (tiny_root / "README.txt").read_text().startswith("hqm synthetic HOI benchmark")
+    for split, n in (("train", 16), ("test", 8)):
+        anns = load_annotations("synthetic", tiny_root, split, on_bad_record="error")
+        assert len(anns) == n
+        for ann in anns:
+            assert ann.width >= 64 and ann.height >= 64
+            for s, o, v in ann.hois.tolist():
+                assert ann.labels[s] == 0 and ann.labels[o] > 0 and mat[v, ann.labels[o]]
+    raw = json.loads((tiny_root / "annotations" / "trainval_hico.json").read_text())
+    hoi_ids = {}
+    for r in raw:
+        for h in r["hoi_annotation"]:
+            key = (h["category_id"], r["annotations"][h["object_id"]]["category_id"])
+            assert hoi_ids.setdefault(key, h["hoi_category_id"]) == h["hoi_category_id"]
+    assert 1 <= min(hoi_ids.values()) and max(hoi_ids.values()) <= int(mat.sum())
+
+
+def _geometry_holds(verb: str, p, box: np.ndarray, pbox: np.ndarray) -> bool:
+    """Necessary conditions of each verb, written independently of the rule code."""
+    u = p.height
+    hx, hy = p.kp[R.HEAD]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    near = lambda pt, tol: point_box_distance(pt, box) <= tol * u + 1e-6  # noqa: E731
+    if verb == "hold":
+        return any(near(p.kp[w], 0.04) for w in R.WRIST)
+    if verb == "carry":
+        return box[3] < hy and any(near(p.kp[w], 0.04) for w in R.WRIST)
+    if verb == "kick":
+        return any(near(p.kp[a], 0.04) for a in R.ANKLE) and cy > p.kp[R.PELVIS, 1]
+    if verb in ("ride", "sit_on"):
+        px, py = p.kp[R.PELVIS]
+        return box[0] < px < box[2] and box[1] - 0.06 * u <= py < box[3]
+    if verb == "stand_on":
+        return all(box[0] <= p.kp[a, 0] <= box[2] for a in R.ANKLE) and p.kp[R.PELVIS, 1] < box[1]
+    if verb == "look_at":
+        return abs(cy - hy) < 0.15 * u and p.facing * (cx - hx) > 0
+    if verb == "throw":
+        return any(box[3] < p.kp[w, 1] and not near(p.kp[w], 0.04) for w in R.WRIST)
+    if verb in ("drink_with", "talk_on"):
+        return point_box_distance(p.kp[R.HEAD], box) <= 0.15 * u
+    if verb == "stand_under":
+        return box[0] < hx < box[2] and box[3] < hy
+    if verb == "no_interaction":
+        return pbox[0] <= cx <= pbox[2] and pbox[1] <= cy <= pbox[3]
+    raise AssertionError(verb)
+
+
+def test_labels_follow_the_geometry():
+    cfg = PRESETS["default"]
+    classes, probs = interaction_classes(cfg), class_probabilities(cfg)
+    verbs = tuple(R.VERBS)
+    seen = set()
+    for k in range(250):
+        rng = np.random.default_rng([123, 0, k])
+        force = k if k < len(classes) else None  # every class at least once
+        scene = sample_scene(rng, cfg, classes, probs, force)
+        labels = set(scene.labels)
+        for j, i, v in scene.intended:  # the sampled interaction is realised by the pose
+            assert (j, i, v) in labels, (k, v, scene.objects[i].name)
+        for j, p in enumerate(scene.people):
+            pb = scene.person_boxes[j]
+            assert 0 <= pb[0] < pb[2] <= scene.width and 0 <= pb[1] < pb[3] <= scene.height
+            for i, o in enumerate(scene.objects):
+                got = sorted(v for jj, ii, v in labels if (jj, ii) == (j, i))
+                assert got == sorted(R.label_pair(p, pb, o.name, o.box, verbs))  # every pair is labelled
+                for v in got:
+                    seen.add(v)
+                    assert (v, o.name) in R.VALID_PAIRS
+                    assert _geometry_holds(v, p, o.box, pb), (k, v, o.name)
+                if "no_interaction" in got:
+                    assert got == ["no_interaction"]
+    assert seen == set(R.VERBS)
+
+
+def test_long_tail_has_rare_and_frequent_classes(tmp_path):
+    root = generate(tmp_path / "tail", "tiny", ["train_size=400", "test_size=40"])
+    cfg = apply_overrides(PRESETS["tiny"], ["train_size=400", "test_size=40"])
+    stats = statistics(json.loads((root / "annotations" / "trainval_hico.json").read_text()), cfg)
+    counts = stats["per_class"]
+    assert stats["rare_classes"] >= 3 and max(counts.values()) >= 50
+    assert sum(c >= 10 for c in counts.values()) >= 10
+    test_stats = statistics(json.loads((root / "annotations" / "test_hico.json").read_text()), cfg)
+    assert min(test_stats["per_class"].values()) >= 1  # every class has a test instance
+    anns = load_annotations("synthetic", root, "train")  # > 64 images: threaded header reads
+    assert len(anns) == 400 and sum(len(a.hois) for a in anns) == stats["hois"]
+
+
+def test_overrides_and_presets():
+    cfg = apply_overrides(PRESETS["tiny"], ["train_size=5", "tail_ratio=10", "num_verbs=4"])
+    assert cfg.train_size == 5 and cfg.tail_ratio == 10.0 and PRESETS["tiny"].train_size == 16
+    assert {v for v, _ in interaction_classes(cfg)} <= set(R.VERBS[:4])
+    with pytest.raises(ConfigError, match="Did you mean 'train_size'"):
+        apply_overrides(PRESETS["tiny"], ["train_sise=3"])
+    with pytest.raises(ConfigError, match="expected int"):
+        apply_overrides(PRESETS["tiny"], ["train_size=abc"])
+    with pytest.raises(ConfigError, match="image_min"):
+        apply_overrides(PRESETS["tiny"], ["image_min=200"])
+    with pytest.raises(ConfigError, match="unknown synthetic preset"):
+        generate("/nonexistent", "tiny_")
+    assert set(PRESETS) == {"tiny", "default"}
+
+
+def test_synthetic_meta_needs_a_generated_root(tmp_path):
+    with pytest.raises(DatasetError, match="no synthetic benchmark"):
+        load_meta("synthetic", tmp_path)
