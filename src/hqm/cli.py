@@ -14,6 +14,11 @@ qpic_r18_synthetic. Any key can be overridden as section.key=value, e.g.
   hqm train qpic_r18_synthetic train.epochs=2 mining.strategy=ajl device=cpu"""
 
 
+def _metrics_json(metrics: dict) -> str:
+    """One-line strict JSON (NaN, e.g. a mean over no class, becomes null)."""
+    return json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()})
+
+
 def _split_overrides(items: list[str], special: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     overrides, extra = [], {}
     for item in items:
@@ -33,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     metrics = Trainer(cfg, resume=args.resume).fit()
     if args.json:
-        print(json.dumps(metrics))
+        print(_metrics_json(metrics))
     return 0
 
 
@@ -50,7 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     print(format_table(metrics))
     if args.json:
-        print(json.dumps(metrics))
+        print(_metrics_json(metrics))
     return 0
 
 
@@ -69,7 +74,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(format_table(metrics))
     print(f"run directory: {Path(cfg.train.output_dir).resolve()}")
     if args.json:
-        print(json.dumps(metrics))
+        print(_metrics_json(metrics))
+    return 0
+
+
+def cmd_eval_file(args: argparse.Namespace) -> int:
+    from hqm.engine.evaluator_run import evaluate_file
+    from hqm.evaluation import format_table
+
+    metrics, _ = evaluate_file(args.dataset, args.root, args.predictions, args.mode, args.max_dets)
+    print(format_table(metrics))
+    if args.json:
+        print(_metrics_json(metrics))
     return 0
 
 
@@ -79,6 +95,84 @@ def cmd_synth(args: argparse.Namespace) -> int:
     root = generate(args.out, preset=args.preset, overrides=args.overrides)
     print(f"synthetic HOI benchmark ({args.preset}) written to {root}")
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hqm.api import HOIDetector
+    from hqm.viz.predict_files import predict_to_dir
+
+    keys = ("source", "out", "threshold", "top_k", "size", "batch", "weights", "device")
+    overrides, extra = _split_overrides(args.overrides, keys)
+    for key in ("source", "out"):
+        if key not in extra:
+            print(f"hqm predict: {key}=... is required", file=sys.stderr)
+            return 2
+    target = Path(args.model)
+    device = extra.get("device", "auto")
+    if target.is_dir() or target.suffix in (".pt", ".pth", ".safetensors"):
+        det = HOIDetector.from_checkpoint(target, device=device, overrides=overrides or None)
+    elif "weights" in extra:  # a config + released / converted weights
+        det = HOIDetector.from_checkpoint(extra["weights"], device=device, config=args.model,
+                                          overrides=overrides)
+    else:
+        print("hqm predict: give a checkpoint (.pt / exported folder), or a config with weights=PATH",
+              file=sys.stderr)
+        return 2
+    summary = predict_to_dir(
+        det, extra["source"], extra["out"], threshold=float(extra.get("threshold", 0.0)),
+        top_k=int(extra.get("top_k", 10)), attention=args.attn,
+        batch_size=int(extra["batch"]) if "batch" in extra else None,
+        size=int(extra["size"]) if "size" in extra else None, progress=not args.quiet)
+    print(f"hqm predict: {summary['images']} images, {summary['triplets']} triplets -> {summary['out']}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from hqm.zoo import convert_detr_file
+
+    report = convert_detr_file(args.input, args.output, detector=args.detector, dataset=args.dataset)
+    print(report.summary(verbose=True))
+    print(f"hqm convert: wrote {args.output} (use it as model.pretrained={args.output})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hqm.zoo import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out_dir)
+    print(f"hqm export: wrote {out / 'model.safetensors'} and {out / 'config.yaml'}")
+    return 0
+
+
+def add_api_commands(sub) -> None:
+    """``predict``, ``convert`` and ``export`` (the "using a trained model" commands)."""
+    pr = sub.add_parser(
+        "predict", help="detect HOIs in images: annotated PNGs + predictions.jsonl",
+        epilog="example: hqm predict runs/demo/checkpoints/best.pt source=imgs/ out=pred/ threshold=0.3 "
+               "top_k=5 --attn", formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("model", metavar="CONFIG_OR_CHECKPOINT",
+                    help="checkpoint (.pt), exported folder, or a config together with weights=PATH")
+    pr.add_argument("overrides", nargs="*",
+                    help="source=FILE|DIR|GLOB out=DIR (required); threshold=, top_k= (pairs drawn), "
+                         "size= (input short side), batch=, device=, weights=; section.key=value")
+    pr.add_argument("--attn", action="store_true",
+                    help="also write <name>_attn.png: the decoder cross-attention map of each shown pair")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)
+
+    cv = sub.add_parser("convert", help="convert a DETR COCO checkpoint into an HOI detector initialisation")
+    cv.add_argument("kind", choices=["detr-to-hoi"], help="conversion kind")
+    cv.add_argument("input", metavar="IN.pth", help="DETR checkpoint, e.g. detr-r50-e632da11.pth")
+    cv.add_argument("output", metavar="OUT.pt", help="converted file (use as model.pretrained=OUT.pt)")
+    cv.add_argument("--detector", default="qpic", help="target detector (default: qpic)")
+    cv.add_argument("--dataset", default="hico_det", choices=["hico_det", "vcoco", "hoia"],
+                    help="object vocabulary for the classifier rows (default: hico_det)")
+    cv.set_defaults(func=cmd_convert)
+
+    ex = sub.add_parser("export", help="export a checkpoint as model.safetensors + config.yaml")
+    ex.add_argument("checkpoint", help="checkpoint written by hqm train (e.g. RUN/checkpoints/best.pt)")
+    ex.add_argument("out_dir", help="output folder")
+    ex.set_defaults(func=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,11 +203,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
     d.set_defaults(func=cmd_demo)
 
+    f = sub.add_parser("eval-file", help="evaluate a predictions JSON file without a model",
+                       description="Evaluate a predictions file: a JSON list of per-image records "
+                       '{"file_name", "predictions": [{"bbox": [x1,y1,x2,y2], "category_id"}], '
+                       '"hoi_prediction": [{"subject_id", "object_id", "category_id", "score"}]} with the '
+                       "id conventions of the dataset's annotation files.")
+    f.add_argument("--dataset", required=True, choices=["hico_det", "vcoco", "hoia", "synthetic"])
+    f.add_argument("--root", required=True, help="dataset root (annotations/ and images/)")
+    f.add_argument("--predictions", required=True, help="predictions JSON file")
+    f.add_argument("--mode", default="default", choices=["default", "ko", "both"],
+                   help="HICO-DET: Default, Known-Object or both")
+    f.add_argument("--max-dets", type=int, default=100, help="triplets kept per image (default 100)")
+    f.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
+    f.set_defaults(func=cmd_eval_file)
+
     s = sub.add_parser("synth", help="write the synthetic HOI benchmark (HICO-DET format)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--preset", default="default", choices=["tiny", "default"])
     s.add_argument("overrides", nargs="*", help="generator key=value overrides")
     s.set_defaults(func=cmd_synth)
+
+    add_api_commands(sub)
     return p
 
 

@@ -56,6 +56,14 @@ def load_annotations(
     return _loader(dataset).load_annotations(Path(root), split, on_bad_record, check_images)
 
 
+def file_ids(dataset: str, root: str | os.PathLike) -> tuple[list[int], int]:
+    """How annotation / prediction files spell classes: (category id of every contiguous object
+    class, verb id offset: file verb id = contiguous verb + offset)."""
+    rules = _loader(dataset).record_rules(Path(root), "test")
+    ids = sorted(rules.object_index, key=rules.object_index.get)
+    return ids, rules.verb_offset
+
+
 def image_dir(dataset: str, root: str | os.PathLike, split: str) -> Path:
     """Folder holding the images of ``split``."""
     return _loader(dataset).split_paths(Path(root), split)[0]

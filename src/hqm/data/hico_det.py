@@ -45,7 +45,8 @@ def load_meta(root: str | Path, name: str = "hico_det") -> DatasetMeta:
     return vocab.make_meta(name, names, verbs, mat)
 
 
-def record_rules(root: str | Path) -> RecordRules:
+def record_rules(root: str | Path, split: str) -> RecordRules:
+    """Id mapping of the annotation files of ``split`` under ``root``."""
     names, ids, verbs, _ = _vocabulary(Path(root))
     return RecordRules(
         object_index={cid: i for i, cid in enumerate(ids)}, num_verbs=len(verbs), verb_offset=1
@@ -65,4 +66,4 @@ def load_annotations(
 ) -> list[ImageAnnotation]:
     """Parsed, validated records of ``split``; see ``hqm.data.records.parse_records``."""
     image_dir, ann_file = split_paths(root, split)
-    return parse_records(ann_file, image_dir, record_rules(root), on_bad_record, check_images)
+    return parse_records(ann_file, image_dir, record_rules(root, split), on_bad_record, check_images)

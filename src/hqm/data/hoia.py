@@ -33,7 +33,8 @@ def load_meta(root: str | Path, name: str = "hoia") -> DatasetMeta:
     return vocab.make_meta(name, names, verbs, mat)
 
 
-def record_rules(split: str) -> RecordRules:
+def record_rules(root: str | Path, split: str) -> RecordRules:
+    """Id mapping of the annotation files of ``split`` under ``root``."""
     names, ids, verbs = vocab.hoia_vocabulary()
     return RecordRules(
         object_index={cid: i for i, cid in enumerate(ids)},
@@ -56,4 +57,4 @@ def load_annotations(
 ) -> list[ImageAnnotation]:
     """Parsed, validated records; training HOIs with verb 0 / out of range are dropped and counted."""
     image_dir, ann_file = split_paths(root, split)
-    return parse_records(ann_file, image_dir, record_rules(split), on_bad_record, check_images)
+    return parse_records(ann_file, image_dir, record_rules(root, split), on_bad_record, check_images)

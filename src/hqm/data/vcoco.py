@@ -43,7 +43,8 @@ def load_meta(root: str | Path, name: str = "vcoco") -> DatasetMeta:
     return vocab.make_meta(name, names + [NO_OBJECT_NAME], verbs, mat, no_object_class=len(names))
 
 
-def record_rules() -> RecordRules:
+def record_rules(root: str | Path, split: str) -> RecordRules:
+    """Id mapping of the annotation files of ``split`` under ``root``."""
     _, ids = vocab.coco_objects()
     return RecordRules(
         object_index={cid: i for i, cid in enumerate(ids)},
@@ -66,4 +67,4 @@ def load_annotations(
 ) -> list[ImageAnnotation]:
     """Parsed, validated records; HOI rows with object index -1 are roles without an object."""
     image_dir, ann_file = split_paths(root, split)
-    return parse_records(ann_file, image_dir, record_rules(), on_bad_record, check_images)
+    return parse_records(ann_file, image_dir, record_rules(root, split), on_bad_record, check_images)

@@ -60,7 +60,8 @@ class EvalSetup:
     evaluator: object
 
 
-def build_eval_setup(cfg, train_annotations, device: torch.device, rank: int = 0, world: int = 1) -> EvalSetup:
+def build_eval_setup(cfg, train_annotations, device: torch.device, rank: int = 0,
+                     world: int = 1) -> EvalSetup:
     """Test dataset, a loader sharded over ranks (each image once; padding duplicates are removed by
     the evaluator's gather), the post-processor and the evaluator. ``train_annotations`` give the
     rare / non-rare split."""

@@ -32,9 +32,31 @@ def evaluate_checkpoint(config: str, weights: str, overrides: list[str],
     metrics, preds = run_evaluation(model, ev.loader, ev.postprocessor, ev.evaluator, device, cfg.train.amp,
                                     show_progress=True)
     if save_predictions:
-        from hqm.evaluation.predictions_io import write_predictions
+        from hqm.data import file_ids
+        from hqm.evaluation.predictions_io import save_predictions as save
 
-        write_predictions(Path(save_predictions), preds, cfg.data.dataset, meta)
+        object_ids, verb_offset = file_ids(cfg.data.dataset, cfg.data.root)
+        save(preds, Path(save_predictions), object_ids, verb_offset, meta.no_object_class)
         LOGGER.info(f"predictions written to {save_predictions}")
     torch.set_grad_enabled(True)
     return metrics
+
+
+def evaluate_file(dataset: str, root: str, predictions: str, mode: str = "default", max_dets: int = 100,
+                  on_bad_record: str = "error") -> tuple[dict[str, float], object]:
+    """Evaluate a predictions JSON file (annotation-file id conventions) without a model.
+
+    Returns (metrics, evaluator); ``evaluator.per_class`` holds the per-class tables."""
+    from hqm.data import file_ids, load_annotations, load_meta
+    from hqm.evaluation import build_evaluator
+    from hqm.evaluation.predictions_io import load_predictions
+
+    meta = load_meta(dataset, root)
+    test_ann = load_annotations(dataset, root, "test", on_bad_record)
+    train_ann = load_annotations(dataset, root, "train", on_bad_record, check_images=False)
+    object_ids, verb_offset = file_ids(dataset, root)
+    preds = load_predictions(predictions, object_ids, verb_offset, meta.no_object_class,
+                             meta.num_verb_classes)
+    evaluator = build_evaluator(dataset, meta, test_ann, train_ann, mode=mode, max_dets=max_dets)
+    evaluator.process(preds)
+    return evaluator.evaluate(), evaluator

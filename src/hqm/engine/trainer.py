@@ -82,7 +82,8 @@ class Trainer:
 
         self.train_set = build_dataset(cfg.data, "train", train=True)
         self.meta: DatasetMeta = self.train_set.meta
-        self.eval_setup = build_eval_setup(cfg, self.train_set.annotations, self.device, self.rank, self.world)
+        self.eval_setup = build_eval_setup(cfg, self.train_set.annotations, self.device, self.rank,
+                                           self.world)
         LOGGER.info(f"data: {cfg.data.dataset} at {cfg.data.root}: {len(self.train_set)} train / "
                     f"{len(self.eval_setup.dataset)} {cfg.eval.split} images, {self.meta.num_obj_classes} "
                     f"objects, {self.meta.num_verb_classes} verbs")
@@ -97,7 +98,8 @@ class Trainer:
             from hqm.zoo import load_pretrained
 
             load_pretrained(self.model, cfg.model.pretrained, cfg, self.meta)
-        self.criterion = build_criterion(cfg, self.meta.num_obj_classes, build_matcher(cfg.loss)).to(self.device)
+        matcher = build_matcher(cfg.loss)
+        self.criterion = build_criterion(cfg, self.meta.num_obj_classes, matcher).to(self.device)
         self.schedule = build_schedule(cfg.mining)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train.lr, cfg.train.lr_backbone),
@@ -184,7 +186,8 @@ class Trainer:
             if self.step_in_epoch >= steps_per_epoch or self._done():
                 break
             data_time = time.time() - t_data
-            images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True)
+            masks = masks.to(self.device, non_blocking=True)
             targets = move_targets(targets, self.device)
             active = self.schedule.active(self.step, self.epoch_start_step)
             with autocast_context(self.device, cfg.train.amp):
@@ -210,8 +213,9 @@ class Trainer:
                          **{k: v.item() for k, v in logs.items() if not k[-1].isdigit()})
             progress.update(self.step_in_epoch - 1, meter, self.optimizer.param_groups[0]["lr"])
             if self.main and self.step % cfg.train.log_every == 0:
-                self.writer.log("train", self.step, self.epoch, {**meter.averages(), "mining": ",".join(active),
-                                                                  "lr": self.optimizer.param_groups[0]["lr"]})
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.writer.log("train", self.step, self.epoch,
+                                {**meter.averages(), "mining": ",".join(active), "lr": lr})
             if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
                 self.save("last.pt")
             t_data = time.time()
