@@ -15,7 +15,7 @@ from types import ModuleType
 from hqm.config import DataConfig
 from hqm.data import hico_det, hoia, vcoco
 from hqm.data.dataset import HOIDataset
-from hqm.data.records import DatasetError
+from hqm.data.records import DatasetError, parse_records
 from hqm.data.transforms import build_transforms
 from hqm.structures import DatasetMeta, ImageAnnotation
 
@@ -53,7 +53,19 @@ def load_annotations(
     ``on_bad_record``: "error" raises ``DatasetError`` naming file, record and field; "skip" drops the
     bad part and logs one summary warning (logger ``hqm.data``).
     """
-    return _loader(dataset).load_annotations(Path(root), split, on_bad_record, check_images)
+    image_folder, ann_file = split_paths(dataset, root, split)
+    rules = _loader(dataset).record_rules(Path(root), split)
+    return parse_records(ann_file, image_folder, rules, on_bad_record, check_images)
+
+
+def split_paths(dataset: str, root: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """(image directory, annotation file) of ``split`` ("train" | "test"); each dataset module names
+    them in its ``SPLITS`` table."""
+    splits = _loader(dataset).SPLITS
+    if split not in splits:
+        raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(splits)}")
+    img, ann = splits[split]
+    return Path(root) / img, Path(root) / ann
 
 
 def file_ids(dataset: str, root: str | os.PathLike) -> tuple[list[int], int]:
@@ -66,7 +78,7 @@ def file_ids(dataset: str, root: str | os.PathLike) -> tuple[list[int], int]:
 
 def image_dir(dataset: str, root: str | os.PathLike, split: str) -> Path:
     """Folder holding the images of ``split``."""
-    return _loader(dataset).split_paths(Path(root), split)[0]
+    return split_paths(dataset, root, split)[0]
 
 
 def synthetic_ready(root: str | os.PathLike) -> bool:

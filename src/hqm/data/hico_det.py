@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hqm.data import vocab
-from hqm.data.records import DatasetError, RecordRules, parse_records
-from hqm.structures import DatasetMeta, ImageAnnotation
+from hqm.data.records import RecordRules
+from hqm.structures import DatasetMeta
 
 SPLITS = {
     "train": ("images/train2015", "annotations/trainval_hico.json"),
@@ -51,19 +51,3 @@ def record_rules(root: str | Path, split: str) -> RecordRules:
     return RecordRules(
         object_index={cid: i for i, cid in enumerate(ids)}, num_verbs=len(verbs), verb_offset=1
     )
-
-
-def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
-    """(image directory, annotation file) of ``split`` ("train" | "test")."""
-    if split not in SPLITS:
-        raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    img, ann = SPLITS[split]
-    return Path(root) / img, Path(root) / ann
-
-
-def load_annotations(
-    root: str | Path, split: str, on_bad_record: str = "error", check_images: bool = True
-) -> list[ImageAnnotation]:
-    """Parsed, validated records of ``split``; see ``hqm.data.records.parse_records``."""
-    image_dir, ann_file = split_paths(root, split)
-    return parse_records(ann_file, image_dir, record_rules(root, split), on_bad_record, check_images)

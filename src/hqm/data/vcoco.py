@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from hqm.data import vocab
-from hqm.data.records import DatasetError, RecordRules, parse_records
-from hqm.structures import DatasetMeta, ImageAnnotation
+from hqm.data.records import RecordRules
+from hqm.structures import DatasetMeta
 
 SPLITS = {
     "train": ("images/train2014", "annotations/trainval_vcoco.json"),
@@ -52,19 +52,3 @@ def record_rules(root: str | Path, split: str) -> RecordRules:
         verb_offset=0,
         allow_no_object=True,
     )
-
-
-def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
-    """(image directory, annotation file) of ``split`` ("train" | "test")."""
-    if split not in SPLITS:
-        raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    img, ann = SPLITS[split]
-    return Path(root) / img, Path(root) / ann
-
-
-def load_annotations(
-    root: str | Path, split: str, on_bad_record: str = "error", check_images: bool = True
-) -> list[ImageAnnotation]:
-    """Parsed, validated records; HOI rows with object index -1 are roles without an object."""
-    image_dir, ann_file = split_paths(root, split)
-    return parse_records(ann_file, image_dir, record_rules(root, split), on_bad_record, check_images)
