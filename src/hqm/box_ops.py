@@ -44,26 +44,25 @@ def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
     return iou - (area - union) / area.clamp(min=1e-7)
 
 
-def elementwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of matching rows of two xyxy box tensors (..., 4) -> (...)."""
+def _elementwise_inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     lt = torch.max(a[..., :2], b[..., :2])
     rb = torch.min(a[..., 2:], b[..., 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a) + box_area(b) - inter
+    return inter, box_area(a) + box_area(b) - inter
+
+
+def elementwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of matching rows of two xyxy box tensors (..., 4) -> (...)."""
+    inter, union = _elementwise_inter_union(a, b)
     return inter / union.clamp(min=1e-7)
 
 
 def elementwise_giou(a: Tensor, b: Tensor) -> Tensor:
     """GIoU of matching rows of two xyxy box tensors (..., 4) -> (...)."""
-    lt = torch.max(a[..., :2], b[..., :2])
-    rb = torch.min(a[..., 2:], b[..., 2:])
+    inter, union = _elementwise_inter_union(a, b)
+    lt = torch.min(a[..., :2], b[..., :2])
+    rb = torch.max(a[..., 2:], b[..., 2:])
     wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a) + box_area(b) - inter
-    iou = inter / union.clamp(min=1e-7)
-    lt2 = torch.min(a[..., :2], b[..., :2])
-    rb2 = torch.max(a[..., 2:], b[..., 2:])
-    wh2 = (rb2 - lt2).clamp(min=0)
-    area = wh2[..., 0] * wh2[..., 1]
-    return iou - (area - union) / area.clamp(min=1e-7)
+    area = wh[..., 0] * wh[..., 1]
+    return inter / union.clamp(min=1e-7) - (area - union) / area.clamp(min=1e-7)
