@@ -1,3 +1,14 @@
 """hqm: DETR-based human-object interaction detection with Hard-Positive Query Mining."""
 
 __version__ = "0.1.0"
+
+__all__ = ["HOIDetector", "__version__"]
+
+
+def __getattr__(name: str):
+    # lazy: `import hqm` stays light (no torch import) until the API is used
+    if name == "HOIDetector":
+        from hqm.api import HOIDetector
+
+        return HOIDetector
+    raise AttributeError(f"module 'hqm' has no attribute {name!r}")

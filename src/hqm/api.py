@@ -1,0 +1,235 @@
+"""The Python API: load a trained detector, predict HOI triplets, evaluate a dataset.
+
+::
+
+    from hqm import HOIDetector
+
+    det = HOIDetector.from_checkpoint("runs/demo/checkpoints/best.pt")   # or an exported directory
+    preds = det.predict(["a.jpg", "b.jpg"], threshold=0.3, top_k=10)    # list[HOIPredictions]
+    preds[0].save("a_hoi.png", image="a.jpg"); print(preds[0].to_json())
+    preds, maps = det.predict("a.jpg", return_attention=True)           # maps[0]: (K, H, W)
+
+Inputs: a path, a list of paths, a PIL image, an HxWx3 uint8 array, a (3, H, W) or (B, 3, H, W)
+float tensor in [0, 1], or a list mixing those. Every image is resized like the test split
+(short side ``size``, long side at most ``max_size``; defaults from the checkpoint's config),
+normalised with the ImageNet statistics, padded into batches of ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from hqm.structures import DatasetMeta, HOIPredictions
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _as_items(images: Any) -> list[tuple[Any, str]]:
+    """Normalise the accepted input kinds to a list of (single image, name)."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        images = [images]
+    elif torch.is_tensor(images):
+        images = list(images) if images.dim() == 4 else [images]
+    items = []
+    for i, im in enumerate(images):
+        if isinstance(im, (str, os.PathLike)):
+            items.append((im, str(im)))
+        else:
+            items.append((im, getattr(im, "filename", "") or f"image_{i}"))
+    return items
+
+
+class HOIDetector:
+    """A detector ready for inference: model (eval mode), config, dataset vocabulary, transforms."""
+
+    def __init__(self, model: torch.nn.Module, cfg, meta: DatasetMeta, device: str | torch.device = "auto",
+                 size: int | None = None, max_size: int | None = None, batch_size: int = 4):
+        from hqm.models import build_postprocessor
+
+        self.cfg = cfg
+        self.meta = meta
+        self.device = _resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.postprocessor = build_postprocessor(cfg, meta).to(self.device)
+        self.size = int(size or cfg.data.test_scale)
+        self.max_size = int(max_size or max(cfg.data.max_size, self.size))
+        self.batch_size = batch_size
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
+                        config: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                        size: int | None = None, max_size: int | None = None, batch_size: int = 4
+                        ) -> HOIDetector:
+        """An ``hqm train`` checkpoint (``.pt``) or an ``hqm export`` directory. Released QPIC / HQM
+        weights carry no config: pass ``config`` (e.g. ``qpic_r50_hico``) and ``overrides``."""
+        from hqm.config import config_from_dict, load_config
+        from hqm.models import build_model
+        from hqm.zoo import load_weights, read_state_dict
+
+        _, info = read_state_dict(path)
+        if config is not None:
+            cfg = load_config(config, overrides)
+        elif isinstance(info.get("config"), dict):
+            cfg = config_from_dict(_merge_overrides(info["config"], list(overrides or [])))
+        else:
+            raise ValueError(f"{path} carries no hqm config (released weights?): pass config=NAME_OR_YAML")
+        if isinstance(info.get("meta"), dict):
+            meta = DatasetMeta.from_dict(info["meta"])
+        else:
+            from hqm.data import build_meta
+
+            meta = build_meta(cfg.data)
+        cfg = copy.deepcopy(cfg)
+        cfg.mining.strategy = "none"  # inference never mines; the miners' parameters are not needed
+        cfg.model.pretrained = ""
+        model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
+        load_weights(model, path, list(meta.object_names), cfg.model.detector)
+        return cls(model, cfg, meta, device, size, max_size, batch_size)
+
+    @property
+    def object_names(self) -> list[str]:
+        return list(self.meta.object_names)
+
+    @property
+    def verb_names(self) -> list[str]:
+        return list(self.meta.verb_names)
+
+    # -- inference ------------------------------------------------------------------------------
+    def preprocess(self, items: list[tuple[Any, str]], size: int | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """-> images (B, 3, H, W) normalised and padded, masks (B, H, W) True on padding,
+        input sizes (B, 2) and original sizes (B, 2), both (h, w)."""
+        from torchvision import tv_tensors
+
+        from hqm.data import collate_fn, make_test_transforms
+
+        s = int(size or self.size)
+        tf = make_test_transforms(s, max(self.max_size, s))
+        batch, orig = [], []
+        for im, _ in items:
+            if isinstance(im, (str, os.PathLike)):
+                with Image.open(im) as f:
+                    im = f.convert("RGB")
+            elif isinstance(im, np.ndarray):
+                im = Image.fromarray(np.ascontiguousarray(im[..., :3]).astype(np.uint8))
+            if isinstance(im, Image.Image):
+                im = im.convert("RGB")
+                orig.append((im.height, im.width))
+            else:  # (3, H, W) float tensor in [0, 1]
+                if im.dim() != 3 or im.shape[0] != 3:
+                    raise ValueError(f"expected image tensors (3, H, W) in [0, 1], got {tuple(im.shape)}")
+                im = tv_tensors.Image(im.detach().float().cpu())
+                orig.append((int(im.shape[-2]), int(im.shape[-1])))
+            x = tf.pipeline(im).as_subclass(Tensor)
+            batch.append((x, {}))
+        images, masks, _ = collate_fn(batch)
+        sizes = torch.tensor([[b[0].shape[-2], b[0].shape[-1]] for b in batch])
+        return images, masks, sizes, torch.tensor(orig)
+
+    @torch.no_grad()
+    def _predict_batch(self, items, threshold, top_k, return_attention, size):
+        from hqm.models.attention import RecordAttention
+
+        images, masks, sizes, orig = self.preprocess(items, size)
+        images, masks = images.to(self.device), masks.to(self.device)
+        record = RecordAttention() if return_attention else None
+        if record is None:
+            outputs = self.model(images, masks)
+            enc = None
+        else:
+            enc = self.model.encode(images, masks)
+            outputs = self.model.decode(enc, self.model.learnable_query_pos(images.shape[0]), hook=record)
+        preds = self.postprocessor(outputs, orig.to(self.device), [name for _, name in items])
+        preds = [p.filter(threshold, top_k) for p in preds]
+        if record is None:
+            return preds, None
+        from hqm.viz.attention import query_attention_maps
+
+        last = record.scores[max(record.scores)]
+        maps = query_attention_maps(last, enc.shape, tuple(images.shape[-2:]), sizes, orig,
+                                    [p.query_index for p in preds])
+        return preds, maps
+
+    def iter_predict(self, images: Any, threshold: float = 0.0, top_k: int | None = None,
+                     return_attention: bool = False, batch_size: int | None = None, size: int | None = None
+                     ) -> Iterator[tuple[list, list[HOIPredictions], list[np.ndarray] | None]]:
+        """Yield (input items, predictions, attention maps or None) batch by batch (lazy loading)."""
+        items = _as_items(images)
+        bs = batch_size or self.batch_size
+        for start in range(0, len(items), bs):
+            chunk = items[start:start + bs]
+            preds, maps = self._predict_batch(chunk, threshold, top_k, return_attention, size)
+            yield chunk, preds, maps
+
+    def predict(self, images: Any, threshold: float = 0.0, top_k: int | None = None,
+                return_attention: bool = False, batch_size: int | None = None, size: int | None = None):
+        """HOI triplets of every image (``list[HOIPredictions]``, best first, names from the meta).
+
+        threshold: minimum triplet score; top_k: at most this many triplets per image;
+        size: short side of the model input (default: the config's ``data.test_scale``).
+        With ``return_attention=True`` returns ``(predictions, maps)``: ``maps[i]`` is a (K_i, H_i, W_i)
+        float32 array, the last decoder layer's cross-attention (mean over heads, max-normalised) of
+        the query behind each kept triplet of image ``i``, at the original image size.
+        """
+        preds, maps = [], []
+        for _, p, m in self.iter_predict(images, threshold, top_k, return_attention, batch_size, size):
+            preds.extend(p)
+            if m is not None:
+                maps.extend(m)
+        return (preds, maps) if return_attention else preds
+
+    __call__ = predict
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, root: str | os.PathLike | None = None, dataset: str | None = None, split: str = "test",
+                 batch_size: int | None = None, show_progress: bool = False) -> dict[str, float]:
+        """Evaluate on a dataset root (default: the checkpoint config's ``data.root``) with the
+        engine's evaluator (``hqm.engine.evaluate``); returns the metrics."""
+        from hqm.data import build_meta, load_annotations
+        from hqm.engine.evaluate import build_eval_setup, run_evaluation
+
+        cfg = copy.deepcopy(self.cfg)
+        if root is not None:
+            cfg.data.root = str(root)
+        if dataset is not None:
+            cfg.data.dataset = dataset
+        cfg.eval.split = split
+        cfg.data.num_workers = 0
+        if batch_size:
+            cfg.eval.batch_size = batch_size
+        build_meta(cfg.data)  # generates the synthetic benchmark when it is missing
+        train_ann = load_annotations(cfg.data.dataset, cfg.data.root, "train", cfg.data.on_bad_record)
+        ev = build_eval_setup(cfg, train_ann, self.device)
+        metrics, _ = run_evaluation(self.model, ev.loader, ev.postprocessor, ev.evaluator, self.device,
+                                    cfg.train.amp, show_progress=show_progress)
+        torch.set_grad_enabled(True)
+        return metrics
+
+
+def _merge_overrides(base: dict, overrides: list[str]) -> dict:
+    """A checkpoint's config dict with ``section.key=value`` overrides applied (validated later)."""
+    from hqm.config import parse_overrides
+
+    def update(dst: dict, src: dict) -> None:
+        for k, v in src.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                update(dst[k], v)
+            else:
+                dst[k] = v
+
+    merged = copy.deepcopy(base)
+    update(merged, parse_overrides(overrides))
+    return merged

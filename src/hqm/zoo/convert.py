@@ -1,0 +1,111 @@
+"""Converting and loading foreign checkpoints: DETR initialisation, QPIC / HQM released weights.
+
+Two steps, each reported (:class:`hqm.zoo.rename.LoadReport`):
+
+1. ``convert_state_dict``: rename with the table of (detected layout, detector), re-index the COCO
+   classifier rows for the dataset's object classes;
+2. ``load_partial``: load what fits the model by name and shape (DETR's 100 queries -> the first
+   ``num_queries`` rows), leave the rest at its random initialisation, list what was skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hqm.zoo import classes as _classes  # noqa: F401  (registers the "class_rows" op)
+from hqm.zoo.rename import LoadReport, apply_spec, load_partial
+from hqm.zoo.safe_load import read_state_dict
+from hqm.zoo.tables import detect_format, get_spec
+
+LOG = logging.getLogger("hqm.zoo")
+
+
+def convert_state_dict(state: dict[str, Tensor], detector: str = "qpic", source: str | None = None,
+                       object_names: list[str] | None = None, hidden_dim: int | None = None
+                       ) -> tuple[dict[str, Tensor], LoadReport]:
+    """``state`` (any known layout; detected when ``source`` is None) -> our ``detector``'s names.
+
+    ``object_names``: the dataset's object classes (needed for a DETR classifier, see
+    ``hqm.zoo.classes``). Returns the converted state dict and what happened to every source key.
+    """
+    source = source or detect_format(state)
+    spec = get_spec(source, detector)
+    if hidden_dim is None and "query_embed.weight" in state:  # fan-in of freshly initialised class rows
+        hidden_dim = int(state["query_embed.weight"].shape[1])
+    out, report = apply_spec(state, spec, {"object_names": object_names, "hidden_dim": hidden_dim})
+    if spec.fresh:
+        report.fresh.extend(f"{p}*: not in a {source} checkpoint (random init)" for p in spec.fresh)
+    return out, report
+
+
+def _merge(conversion: LoadReport, loading: LoadReport) -> LoadReport:
+    """One report for convert + load: conversion's reshaped/ignored/fresh-rows notes win over the
+    loader's plain "loaded" for the same key; the loader's fresh list replaces the table's guess."""
+    reshaped = {e.split(" <- ")[0].split(":")[0] for e in conversion.reshaped}
+    renamed = {e.split(" <- ")[0]: e for e in conversion.loaded}
+    merged = LoadReport(
+        loaded=[renamed.get(k, k) for k in loading.loaded if k not in reshaped],
+        reshaped=[e for e in conversion.reshaped if e.split(" <- ")[0].split(":")[0] in loading.loaded]
+        + loading.reshaped,
+        fresh=loading.fresh + [e for e in conversion.fresh if not e.split(":")[0].endswith("*")],
+        ignored=conversion.ignored + loading.ignored,
+    )
+    return merged
+
+
+def load_into_model(model: nn.Module, path: str | os.PathLike, detector: str = "qpic",
+                    object_names: list[str] | None = None, source: str | None = None) -> LoadReport:
+    """Load any supported checkpoint file (DETR, QPIC, HQM, ours, converted, exported directory)
+    into ``model`` as far as names and shapes allow; returns the report."""
+    state, _ = read_state_dict(path)
+    hidden = getattr(model, "hidden_dim", None)
+    converted, conv_report = convert_state_dict(state, detector, source, object_names, hidden)
+    return _merge(conv_report, load_partial(model, converted))
+
+
+def log_report(report: LoadReport, path: str | os.PathLike, level: int = logging.INFO) -> None:
+    LOG.log(level, "loaded %s: %s", path, report.counts())
+    for name in ("reshaped", "fresh", "ignored"):
+        for entry in getattr(report, name):
+            LOG.log(level, "  %s: %s", name, entry)
+
+
+def load_pretrained(model: nn.Module, path: str, cfg, meta) -> LoadReport:
+    """``model.pretrained=PATH``: a raw DETR COCO checkpoint (converted on the fly for ``meta``'s
+    object classes), a file written by ``hqm convert``, or QPIC / HQM / hqm weights to fine-tune."""
+    report = load_into_model(model, path, cfg.model.detector, list(meta.object_names))
+    log_report(report, path)
+    return report
+
+
+def convert_detr_file(in_path: str | os.PathLike, out_path: str | os.PathLike, detector: str = "qpic",
+                      dataset: str = "hico_det") -> LoadReport:
+    """``hqm convert detr-to-hoi``: write an initialisation file (plain data, ``weights_only``-safe)
+    with the converted state dict under ``model`` and the conversion report."""
+    from hqm import __version__
+    from hqm.zoo.classes import dataset_object_names
+
+    state, _ = read_state_dict(in_path)
+    source = detect_format(state)
+    if source != "detr":
+        raise ValueError(f"{in_path}: expected a DETR checkpoint (class_embed / bbox_embed), found a "
+                         f"{source} layout")
+    names = dataset_object_names(dataset)
+    converted, report = convert_state_dict(state, detector, "detr", names)
+    payload: dict[str, Any] = {
+        "model": converted,
+        "converted": {"source": "detr", "detector": detector, "dataset": dataset, "object_names": names,
+                      "from": str(in_path)},
+        "report": report.to_dict(),
+        "version": __version__,
+    }
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, out_path)
+    return report

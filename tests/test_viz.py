@@ -1,0 +1,82 @@
+"""Drawing triplets and attention panels (PIL), independent of any model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hqm.structures import DatasetMeta, HOIPredictions
+from hqm.viz.attention import attention_grid, overlay_heatmap, query_attention_maps
+from hqm.viz.draw import class_color, draw_predictions, group_pairs, to_pil
+
+META = DatasetMeta("toy", ["person", "ball", "cup"], ["hold", "kick"], np.ones((2, 3), bool))
+
+
+def _preds(meta=META) -> HOIPredictions:
+    # query 3 has two verbs (one pair, two labels); query 5 is a second pair; query 7 scores low
+    return HOIPredictions(
+        file_name="x.jpg",
+        sub_boxes=np.array([[10, 10, 60, 90], [10, 10, 60, 90], [70, 20, 110, 90], [0, 0, 5, 5]], np.float32),
+        obj_boxes=np.array([[50, 60, 80, 90], [50, 60, 80, 90], [20, 5, 40, 25], [1, 1, 2, 2]], np.float32),
+        obj_labels=np.array([1, 1, 2, 0]), verb_labels=np.array([1, 0, 0, 1]),
+        scores=np.array([0.9, 0.6, 0.7, 0.05], np.float32), image_size=(100, 120),
+        query_index=np.array([3, 3, 5, 7]), meta=meta)
+
+
+def test_group_pairs_merges_verbs_of_one_query_and_keeps_top_k():
+    pairs = group_pairs(_preds(), top_k=2, threshold=0.1)
+    assert [p["query"] for p in pairs] == [3, 5]
+    assert pairs[0]["labels"] == [(1, 0.8999999761581421), (0, 0.6000000238418579)]
+    assert len(group_pairs(_preds(), top_k=1, threshold=0.0)) == 1
+
+
+def test_draw_predictions_kinds_of_image():
+    arr = np.full((100, 120, 3), 200, np.uint8)
+    for image in (arr, Image.fromarray(arr), torch.full((3, 100, 120), 0.5), None):
+        out = draw_predictions(image, _preds(), top_k=3, threshold=0.1, min_side=200)
+        assert isinstance(out, Image.Image) and out.size == (240, 200)
+    plain = draw_predictions(arr, _preds(), top_k=0)
+    drawn = np.asarray(draw_predictions(arr, _preds(), top_k=3))
+    assert (np.asarray(plain) != drawn).any()  # something was drawn
+    # the object box edge carries the class colour
+    assert (drawn == np.array(class_color(1), np.uint8)).all(-1).any()
+
+
+def test_draw_without_meta_and_empty():
+    out = draw_predictions(None, _preds(meta=None), top_k=2)
+    assert out.mode == "RGB"
+    empty = _preds().select(np.zeros(4, bool))
+    assert draw_predictions(np.zeros((50, 60, 3), np.uint8), empty).size == (576, 480)
+
+
+def test_plot_and_save_through_structures(tmp_path):
+    p = _preds()
+    p.save(tmp_path / "a.png", image=np.zeros((100, 120, 3), np.uint8))
+    p.save(tmp_path / "a.json")
+    assert Image.open(tmp_path / "a.png").size[0] > 0 and (tmp_path / "a.json").read_text().startswith("{")
+
+
+def test_query_attention_maps_crop_and_resize():
+    # one image, 2 heads, 4 queries, a 2x4 feature map (stride 32); the input was 64x96 inside a
+    # 64x128 padded batch, the original image 100x150
+    scores = torch.full((1, 2, 4, 8), -10.0)
+    scores[0, :, 1, 0] = 10.0  # query 1 looks at the top-left cell
+    scores[0, :, 2, 3] = 10.0  # query 2 looks at the padding column only: cropped away
+    maps = query_attention_maps(scores, (2, 4), (64, 128), torch.tensor([[64, 96]]),
+                                torch.tensor([[100, 150]]), [np.array([1, 2])])
+    assert maps[0].shape == (2, 100, 150) and np.isclose(maps[0].max(), 1.0)
+    m = maps[0][0]
+    assert m[:30, :30].mean() > m[70:, 100:].mean()  # the peak stays top-left after resizing
+
+
+def test_attention_grid_and_overlay():
+    base = Image.new("RGB", (120, 100), (0, 0, 0))
+    heat = np.zeros((100, 120), np.float32)
+    heat[:50, :60] = 1
+    over = np.asarray(overlay_heatmap(base, heat))
+    assert over[10, 10, 0] > over[90, 110, 0]  # jet: red where hot
+    assert over[90, 110, 2] > over[10, 10, 2]  # blue where cold
+    maps = np.stack([heat] * 4)
+    grid = attention_grid(to_pil(base), _preds(), maps, top_k=2, threshold=0.1, panel=128, cols=3)
+    assert grid.size == (3 * 128 + 2 * 4, 128)  # detections + 2 pair panels

@@ -1,0 +1,228 @@
+"""Checkpoint conversion (DETR -> QPIC), released layouts (QPIC, HQM) and safe loading."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+import torch
+import torchvision
+
+from conftest import TINY_OVERRIDES
+from hqm.config import load_config
+from hqm.data.vocab import coco_objects
+from hqm.models import build_model
+from hqm.zoo import (
+    UnsafeCheckpointError,
+    convert_state_dict,
+    detect_format,
+    load_into_model,
+    load_pretrained,
+    load_weights,
+    safe_torch_load,
+)
+from hqm.zoo.classes import dataset_object_names
+
+# DETR's own layout, written from its published structure (not from our model): torchvision ResNet
+# under backbone.0.body with frozen-BN buffers (no num_batches_tracked), post-norm transformer with
+# nn.MultiheadAttention names, 92-way classifier (COCO ids + no-object 91), 3-layer box MLP.
+_DROP = ("model.backbone_norm", "model.backbone_out")
+DETR_OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith(_DROP)]
+DETR_OVERRIDES += ["model.backbone_norm=frozen", "model.backbone_out=layer4"]
+
+
+def detr_state_dict(backbone: str = "resnet18", d: int = 32, enc: int = 1, dec: int = 2, ff: int = 64,
+                    queries: int = 100, with_backbone: bool = True) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    sd: dict[str, torch.Tensor] = {}
+    if with_backbone:
+        net = getattr(torchvision.models, backbone)(weights=None)
+        for k, v in net.state_dict().items():
+            if not k.startswith("fc.") and not k.endswith("num_batches_tracked"):
+                sd[f"backbone.0.body.{k}"] = torch.randn(v.shape, generator=g)
+        c5 = 512 if backbone in ("resnet18", "resnet34") else 2048
+        sd["input_proj.weight"] = torch.randn(d, c5, 1, 1, generator=g)
+        sd["input_proj.bias"] = torch.randn(d, generator=g)
+
+    def attn(prefix: str) -> None:
+        sd[f"{prefix}.in_proj_weight"] = torch.randn(3 * d, d, generator=g)
+        sd[f"{prefix}.in_proj_bias"] = torch.randn(3 * d, generator=g)
+        sd[f"{prefix}.out_proj.weight"] = torch.randn(d, d, generator=g)
+        sd[f"{prefix}.out_proj.bias"] = torch.randn(d, generator=g)
+
+    def ffn_norms(prefix: str, norms: int) -> None:
+        sd[f"{prefix}.linear1.weight"] = torch.randn(ff, d, generator=g)
+        sd[f"{prefix}.linear1.bias"] = torch.randn(ff, generator=g)
+        sd[f"{prefix}.linear2.weight"] = torch.randn(d, ff, generator=g)
+        sd[f"{prefix}.linear2.bias"] = torch.randn(d, generator=g)
+        for n in range(1, norms + 1):
+            sd[f"{prefix}.norm{n}.weight"] = torch.randn(d, generator=g)
+            sd[f"{prefix}.norm{n}.bias"] = torch.randn(d, generator=g)
+
+    for i in range(enc):
+        attn(f"transformer.encoder.layers.{i}.self_attn")
+        ffn_norms(f"transformer.encoder.layers.{i}", 2)
+    for i in range(dec):
+        attn(f"transformer.decoder.layers.{i}.self_attn")
+        attn(f"transformer.decoder.layers.{i}.multihead_attn")
+        ffn_norms(f"transformer.decoder.layers.{i}", 3)
+    sd["transformer.decoder.norm.weight"] = torch.randn(d, generator=g)
+    sd["transformer.decoder.norm.bias"] = torch.randn(d, generator=g)
+    sd["query_embed.weight"] = torch.randn(queries, d, generator=g)
+    sd["class_embed.weight"] = torch.randn(92, d, generator=g)
+    sd["class_embed.bias"] = torch.randn(92, generator=g)
+    for i, (a, b) in enumerate([(d, d), (d, d), (4, d)]):
+        sd[f"bbox_embed.layers.{i}.weight"] = torch.randn(a, b, generator=g)
+        sd[f"bbox_embed.layers.{i}.bias"] = torch.randn(a, generator=g)
+    return sd
+
+
+def test_detr_conversion_loads_into_the_detector():
+    cfg = load_config(None, DETR_OVERRIDES)
+    model = build_model(cfg, 80, 5)
+    detr = detr_state_dict()
+    assert detect_format(detr) == "detr"
+    converted, conv = convert_state_dict(detr, "qpic", object_names=dataset_object_names("hico_det"))
+    own = model.state_dict()
+    # every converted key exists in the detector with the same shape, except the 100 DETR queries
+    for k, v in converted.items():
+        assert k in own, k
+        if k != "query_embed.weight":
+            assert v.shape == own[k].shape, k
+    # with the first num_queries rows and the (fresh) verb head, the state dict loads strictly
+    full = dict(converted, **{"query_embed.weight": converted["query_embed.weight"][:8]})
+    full.update({k: v for k, v in own.items() if k.startswith("verb_class_embed")})
+    model.load_state_dict(full, strict=True)
+
+    report = load_into_model(build_model(cfg, 80, 5), _save(detr), "qpic", dataset_object_names("hico_det"))
+    assert report.ignored == []
+    assert sorted(report.fresh) == ["verb_class_embed.bias", "verb_class_embed.weight"]
+    assert any(e.startswith("query_embed.weight") for e in report.reshaped)
+    assert any(e.startswith("obj_class_embed.weight <- class_embed.weight") for e in report.reshaped)
+    assert "sub_bbox_embed.layers.2.weight <- bbox_embed.layers.2.weight" in report.loaded
+    assert "summary" not in report.summary() and "fresh (2):" in report.summary()
+
+
+def _save(obj, name: str = "ckpt.pt", args: bool = True) -> str:
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(), name)
+    payload = {"model": obj}
+    if args:
+        payload["args"] = argparse.Namespace(lr=1e-4, hidden_dim=32, dataset_file="hico")
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("dataset,rows,fresh", [("hico_det", 81, []), ("vcoco", 82, [80]),
+                                                ("hoia", 12, [2, 3, 4])])
+def test_class_rows_with_true_r50_head_shapes(dataset, rows, fresh):
+    detr = {k: v for k, v in detr_state_dict(d=256, with_backbone=False, enc=0, dec=0).items()
+            if k.startswith(("class_embed", "bbox_embed", "query_embed"))}
+    assert detr["class_embed.weight"].shape == (92, 256)
+    names = dataset_object_names(dataset)
+    out, report = convert_state_dict(detr, "qpic", object_names=names)
+    w, b = out["obj_class_embed.weight"], out["obj_class_embed.bias"]
+    assert w.shape == (rows, 256) and b.shape == (rows,)
+    assert torch.equal(w[-1], detr["class_embed.weight"][91])  # no-object row last
+    _, ids = coco_objects()
+    coco_of = dict(zip(coco_objects()[0], ids))
+    alias = {"cellphone": "cell_phone", "bike": "bicycle", "motorbike": "motorcycle", "ball": "sports_ball",
+             "computer": "laptop", "document": "book"}
+    for i, name in enumerate(names):
+        cid = coco_of.get(alias.get(name, name))
+        if i in fresh:
+            assert cid is None and any(f"{i} ({name})" in e for e in report.fresh)
+        else:
+            assert torch.equal(w[i], detr["class_embed.weight"][cid]), name
+    assert torch.equal(out["sub_bbox_embed.layers.0.weight"], detr["bbox_embed.layers.0.weight"])
+    assert torch.equal(out["obj_bbox_embed.layers.2.bias"], detr["bbox_embed.layers.2.bias"])
+
+
+def _outputs(model, seed: int = 0):
+    torch.manual_seed(seed)
+    images, masks = torch.randn(2, 3, 64, 80), torch.zeros(2, 64, 80, dtype=torch.bool)
+    masks[1, :, 60:] = True
+    model.eval()
+    return model(images, masks)
+
+
+@pytest.mark.parametrize("layout", ["qpic", "hqm"])
+def test_released_layout_loads_with_identical_outputs(tiny_cfg, layout):
+    torch.manual_seed(1)
+    source = build_model(tiny_cfg, 6, 5)
+    state = source.state_dict()
+    if layout == "hqm":  # MuchHair/HQM: heads inside the decoder, F_p as query_embed_sp (12 -> D -> D)
+        heads = ("obj_class_embed", "verb_class_embed", "sub_bbox_embed", "obj_bbox_embed")
+        state = {(f"transformer.decoder.{k}" if k.startswith(heads) else k): v for k, v in state.items()}
+        state["query_embed_sp.layers.0.weight"] = torch.randn(32, 12)
+        state["query_embed_sp.layers.0.bias"] = torch.randn(32)
+        state["query_embed_sp.layers.1.weight"] = torch.randn(32, 32)
+        state["query_embed_sp.layers.1.bias"] = torch.randn(32)
+    path = _save(state)
+    assert detect_format(safe_torch_load(path)["model"]) == layout
+    torch.manual_seed(2)
+    # fine-tuning HQM weights with GBS: F_p (query_embed_sp) lands in our GBS miner
+    cfg = load_config(None, TINY_OVERRIDES + ["mining.strategy=gbs"]) if layout == "hqm" else tiny_cfg
+    target = build_model(cfg, 6, 5)
+    report = load_weights(target, path)
+    assert report.fresh == [] and report.ignored == []
+    if layout == "hqm":
+        fp = target.miners["gbs"].query_embed_sp
+        assert torch.equal(fp[0].weight, state["query_embed_sp.layers.0.weight"])
+        assert torch.equal(fp[2].bias, state["query_embed_sp.layers.1.bias"])
+    ref, out = _outputs(source), _outputs(target)
+    for key in ("pred_obj_logits", "pred_verb_logits", "pred_sub_boxes", "pred_obj_boxes"):
+        torch.testing.assert_close(out[key], ref[key], rtol=0, atol=0)
+
+
+class _Evil:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_not_executed(tmp_path, tiny_cfg):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": _Evil(str(marker))}, path)
+    assert not marker.exists()
+    with pytest.raises(UnsafeCheckpointError) as e:
+        safe_torch_load(path)
+    msg = str(e.value)
+    assert str(path) in msg and "system" in msg
+    with pytest.raises(UnsafeCheckpointError):
+        load_weights(build_model(tiny_cfg, 6, 5), str(path))
+    assert not marker.exists()
+
+
+def test_namespace_checkpoint_is_accepted(tmp_path):
+    path = tmp_path / "ns.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1e-4, epochs=150)}, path)
+    ckpt = safe_torch_load(path)
+    assert isinstance(ckpt["args"], argparse.Namespace) and ckpt["args"].epochs == 150
+
+
+def test_convert_cli_and_pretrained(tmp_path, capsys):
+    from hqm.cli import main
+    from hqm.structures import DatasetMeta
+
+    detr = detr_state_dict()
+    detr["some.unknown.key"] = torch.zeros(3)
+    src = _save(detr, "detr-r18.pth")
+    out = tmp_path / "init.pt"
+    assert main(["convert", "detr-to-hoi", src, str(out), "--dataset", "vcoco"]) == 0
+    text = capsys.readouterr().out
+    assert "some.unknown.key: no rule" in text and "fresh rows 80 (none)" in text and "loaded (" in text
+    cfg = load_config(None, DETR_OVERRIDES)
+    names = dataset_object_names("vcoco")
+    meta = DatasetMeta("vcoco", names, [f"v{i}" for i in range(5)], torch.ones(5, 81).bool().numpy(), 80)
+    model = build_model(cfg, 81, 5)
+    for path in (str(out), src):  # converted file, or the raw DETR file converted on the fly
+        report = load_pretrained(model, path, cfg, meta)
+        assert sorted(k for k in report.fresh if ":" not in k) == ["verb_class_embed.bias",
+                                                                   "verb_class_embed.weight"]
+        assert torch.equal(model.obj_class_embed.weight[0], detr["class_embed.weight"][1])  # person
