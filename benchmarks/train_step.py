@@ -1,0 +1,206 @@
+"""Training-step time and peak memory of QPIC with each HQM strategy, on the same model and batch.
+
+Every strategy (none / gbs / amm / ajl / pjl / cjl) trains the same detector (same seed, same weights)
+on the same random batch (images plus ``--pairs`` GT pairs per image) with full optimiser steps as
+the trainer runs them: mining schedule -> forward -> criterion -> backward -> gradient clipping ->
+AdamW step. Timing is interleaved: round r runs step r of every strategy in turn, so a load change
+on the machine hits all strategies alike. The miners a strategy does not own are detached during its
+steps. A strategy's step time is the median over its steps of the same kind (AJL alternates GBS and
+AMM steps: the table shows the mean of the two medians, i.e. the average AJL step). Peak memory comes
+from a separate short run per strategy in a fresh process: ``torch.cuda.max_memory_allocated`` on a
+GPU, the peak resident set size on the CPU (model, optimiser state and activations included).
+
+    .venv/bin/python benchmarks/train_step.py                 # R50, 512 px, batch 2, 100 queries, CPU
+    .venv/bin/python benchmarks/train_step.py --quick         # small model, for a smoke run
+    .venv/bin/python benchmarks/train_step.py --device cuda --size 800 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+STRATEGIES = ("none", "gbs", "amm", "ajl", "pjl", "cjl")
+
+
+def model_overrides(args) -> list[str]:
+    if args.quick:
+        return ["model.backbone=resnet18", "model.backbone_out=layer3", "model.hidden_dim=64",
+                "model.nheads=4", "model.enc_layers=2", "model.dec_layers=2", "model.dim_feedforward=128",
+                "model.num_queries=20"]
+    return [f"model.backbone={args.backbone}", "model.backbone_norm=frozen",
+            f"model.num_queries={args.queries}", f"model.hidden_dim={args.hidden}",
+            f"model.enc_layers={args.enc_layers}", f"model.dec_layers={args.dec_layers}"]
+
+
+def make_batch(args, num_obj: int, num_verb: int, device: torch.device):
+    """Images (B, 3, S, S), no padding, and B targets of ``--pairs`` random pairs (normalised cxcywh)."""
+    g = torch.Generator().manual_seed(0)
+    size = 256 if args.quick else args.size
+    images = torch.randn(args.batch, 3, size, size, generator=g)
+    masks = torch.zeros(args.batch, size, size, dtype=torch.bool)
+    targets = []
+    for _ in range(args.batch):
+        n = args.pairs
+        wh = torch.rand(n, 2, generator=g) * 0.4 + 0.1
+        targets.append({
+            "obj_labels": torch.randint(0, num_obj, (n,), generator=g),
+            "verb_labels": (torch.rand(n, num_verb, generator=g) > 0.95).float(),
+            "sub_boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, wh], 1),
+            "obj_boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, wh * 0.7], 1),
+            "has_obj": torch.ones(n, dtype=torch.bool),
+            "size": torch.tensor([size, size]),
+        })
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    return images.to(device), masks.to(device), targets
+
+
+def build(args, device: torch.device):
+    """One detector holding every miner (GBS, AMM, CJL), its criterion and optimiser, and per strategy
+    (schedule, miners it owns)."""
+    from torch import nn
+
+    from hqm.config import load_config
+    from hqm.mining import build_miners
+    from hqm.mining.schedule import build_schedule
+    from hqm.models import build_criterion, build_matcher, build_model
+
+    cfgs = {s: load_config(None, model_overrides(args) + [f"mining.strategy={s}", f"device={args.device}"])
+            for s in STRATEGIES}
+    torch.manual_seed(0)
+    model = build_model(cfgs["none"], 80, 117)
+    torch.manual_seed(1)
+    miners = {**build_miners(cfgs["pjl"], model), **build_miners(cfgs["cjl"], model)}
+    model.attach_miners(miners)
+    model.to(device).train()
+    criterion = build_criterion(cfgs["none"], 80, build_matcher(cfgs["none"].loss)).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    plans = {s: (build_schedule(c.mining), nn.ModuleDict({n: model.miners[n] for n in
+                                                          build_schedule(c.mining).miner_names}))
+             for s, c in cfgs.items()}
+    return model, criterion, optimizer, params, plans
+
+
+def train_step(model, criterion, optimizer, params, schedule, batch, step: int, device,
+               clock_wall: bool = True) -> tuple[str, float]:
+    """One optimiser step; returns (step kind, seconds of wall clock or of process CPU time)."""
+    images, masks, targets = batch
+    active = schedule.active(step)
+    sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    outputs = model(images, masks, targets, mining=active)
+    loss, _ = criterion(outputs, targets, 1.0, schedule.weights(active))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 0.1)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    clock = time.perf_counter() - t0 if clock_wall else time.process_time() - c0
+    return ",".join(active) or "none", clock
+
+
+def time_interleaved(args, strategies: list[str]) -> dict[str, dict[str, list[float]]]:
+    """strategy -> step kind -> timed seconds."""
+    device = torch.device(args.device)
+    model, criterion, optimizer, params, plans = build(args, device)
+    all_miners = model.miners
+    batch = make_batch(args, 80, 117, device)
+    times: dict[str, dict[str, list[float]]] = {s: {} for s in strategies}
+    for step in range(args.warmup + args.steps):
+        for s in strategies:
+            schedule, owned = plans[s]
+            model.miners = owned  # a strategy sees only its own miners (idle ones get the zero touch)
+            kind, seconds = train_step(model, criterion, optimizer, params, schedule, batch, step, device,
+                                       args.clock == "wall")
+            if step >= args.warmup:
+                times[s].setdefault(kind, []).append(seconds)
+        print(f"  round {step + 1}/{args.warmup + args.steps}", file=sys.stderr)
+    model.miners = all_miners
+    return times
+
+
+def peak_memory(args, strategy: str) -> float:
+    """MiB: a fresh process (``--only``) runs two steps of ``strategy`` alone."""
+    device = torch.device(args.device)
+    model, criterion, optimizer, params, plans = build(args, device)
+    schedule, owned = plans[strategy]
+    model.miners = owned
+    batch = make_batch(args, 80, 117, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(2):
+        train_step(model, criterion, optimizer, params, schedule, batch, step, device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def summarise(kinds: dict[str, list[float]]) -> tuple[float, str]:
+    """Average over the step kinds of the per-kind median (one kind except for AJL)."""
+    medians = {k: statistics.median(v) for k, v in kinds.items()}
+    detail = ", ".join(f"{k} {1000 * v:.0f}" for k, v in medians.items()) if len(medians) > 1 else ""
+    return statistics.mean(medians.values()), detail
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--size", type=int, default=512, help="square image side in pixels")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--pairs", type=int, default=3, help="GT pairs per image")
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--enc-layers", type=int, default=6)
+    p.add_argument("--dec-layers", type=int, default=6)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=6, help="timed steps (even, so AJL has both kinds)")
+    p.add_argument("--quick", action="store_true", help="ResNet-18 C4, 256 px, D 64, 2+2 layers, 20 queries")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: process CPU time (all threads), robust when other jobs share the CPU")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-strategy peak-memory runs")
+    p.add_argument("--only", help=argparse.SUPPRESS)  # internal: peak memory of one strategy, as JSON
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.only:
+        print(json.dumps({"peak_mib": peak_memory(args, args.only)}))
+        return
+    times = time_interleaved(args, args.strategies)
+    peaks = {}
+    if not args.no_memory:
+        for strategy in args.strategies:
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--only", strategy]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()
+            peaks[strategy] = json.loads(out[-1])["peak_mib"]
+    base = summarise(times["none"])[0] if "none" in times else None
+    desc = "quick model" if args.quick else f"{args.backbone}, {args.size} px, {args.queries} queries, " \
+        f"{args.enc_layers}+{args.dec_layers} layers, D {args.hidden}"
+    print(f"training step, {desc}, batch {args.batch}, {args.pairs} pairs/image, {args.device}, "
+          f"{torch.get_num_threads()} threads, {args.clock} clock; median of {args.steps} interleaved "
+          f"steps after {args.warmup} warm-up")
+    print("| strategy | step ms | x none | peak MiB | per kind (ms) |")
+    print("|---|---:|---:|---:|---|")
+    for s, kinds in times.items():
+        t, detail = summarise(kinds)
+        ratio = f"{t / base:.2f}" if base else "-"
+        peak = f"{peaks[s]:.0f}" if s in peaks else "-"
+        print(f"| {s} | {1000 * t:.0f} | {ratio} | {peak} | {detail} |")
+
+if __name__ == "__main__":
+    main()

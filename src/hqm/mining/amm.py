@@ -1,0 +1,182 @@
+"""AMM, Attention Map Masking: implicit hard-positive queries whose best-attended keys are hidden.
+
+In every decoder layer and head (cross-attention only), for every query row, take the top-K keys of a
+reference score map and hide a fraction gamma of them in the hard pass's own attention:
+
+* ``mask: exact_count`` (default, released code): exactly m = round(gamma * K) of the top-K ranks
+  are set to -inf before the softmax, so the remaining keys renormalise. As in the released code
+  (``torch.rand(K).topk(int(gamma * K))`` once per attention call) the masked RANKS are drawn once
+  per layer call and shared by every image, head and query row; each row masks the keys it ranks
+  at those positions.
+* ``mask: bernoulli`` (paper Algorithm 1): every top-K entry is dropped independently with
+  probability gamma (M ~ Bernoulli(1 - gamma)), by a Hadamard product after the softmax, without
+  renormalisation.
+
+K is capped per image at its number of valid (unpadded) keys, and m at that number minus one so a
+row always keeps a key. The selection uses detached scores only; nothing flows through it.
+Variants: ``select: random`` masks gamma of ALL valid keys chosen uniformly per row (random scores
+replace the reference); ``reference: self`` ranks by the hard pass's own pre-mask scores of the same
+layer call (computed inside the hook, no extra pass); ``target: learnable`` masks the learnable
+queries' own pass (``learnable_hook``) and adds no query group.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hqm.mining.base import MiningContext, QueryMiner
+from hqm.models.attention import AttentionHook
+
+
+def topk_mask(ref: Tensor, k: int, gamma: float, mode: str = "exact_count",
+              valid: Tensor | None = None) -> Tensor:
+    """Which keys to hide: ref (B, T, Q, S) scores -> (B, T, Q, S) bool.
+
+    valid (B, S) bool: unpadded keys (default: the finite entries of ``ref``'s first row).
+    exact_count: round(gamma * K_b) ranks shared by all rows of the call; bernoulli: each top-K entry
+    with probability gamma. K_b = min(k, valid keys of image b).
+    """
+    b, _, _, s = ref.shape
+    if valid is None:
+        valid = torch.isfinite(ref[:, 0, 0])  # padding is the same for every head and row
+    ref = ref.masked_fill(~valid[:, None, None], float("-inf"))
+    n_valid = valid.sum(1)  # (B,)
+    kk = min(k, s)
+    k_b = n_valid.clamp(max=kk)  # (B,)
+    idx = ref.topk(kk, dim=-1).indices  # (B, T, Q, kk)
+    rank = torch.arange(kk, device=ref.device)
+    in_topk = rank[None] < k_b[:, None]  # (B, kk)
+    if mode == "exact_count":
+        m_b = torch.minimum(torch.floor(gamma * k_b.float() + 0.5).long(), (n_valid - 1).clamp(min=0))
+        u = torch.rand(kk, device=ref.device).expand(b, kk).masked_fill(~in_topk, float("inf"))
+        order = u.argsort(dim=1).argsort(dim=1)  # position of each rank in the shared random order
+        hide = (order < m_b[:, None])[:, None, None].expand(idx.shape)
+    elif mode == "bernoulli":
+        hide = (torch.rand(idx.shape, device=ref.device) < gamma) & in_topk[:, None, None]
+    else:
+        raise ValueError(f"unknown AMM mask mode {mode!r}")
+    return torch.zeros(ref.shape, dtype=torch.bool, device=ref.device).scatter_(-1, idx, hide)
+
+
+class AttentionMasking(AttentionHook):
+    """Masks one pass's cross-attention, layer by layer.
+
+    reference: layer -> (B, T, Q, S) detached scores to rank keys by, or None to rank by the pass's
+    own incoming logits (``reference: self``). select "random": rank by random scores and use K = S.
+    mode: "exact_count" (-inf before the softmax) | "bernoulli" (x 0 after the softmax).
+    """
+
+    def __init__(self, reference: dict[int, Tensor] | None, k: int = 100, gamma: float = 0.4,
+                 mode: str = "exact_count", select: str = "topk"):
+        self.reference = reference
+        self.k = k
+        self.gamma = gamma
+        self.mode = mode
+        self.select = select
+        self._pending: Tensor | None = None
+
+    @torch.no_grad()
+    def _mask(self, layer: int, logits: Tensor) -> Tensor:
+        ref = logits.detach() if self.reference is None else self.reference[layer]
+        if ref.shape != logits.shape:
+            raise ValueError(f"reference scores {tuple(ref.shape)} do not match the pass "
+                             f"{tuple(logits.shape)}")
+        valid = torch.isfinite(logits[:, 0, 0])  # (B, S) the pass's own unpadded keys
+        k = self.k
+        if self.select == "random":
+            ref, k = torch.rand(ref.shape, device=ref.device), ref.shape[-1]
+        return topk_mask(ref, k, self.gamma, self.mode, valid)
+
+    def pre_softmax(self, layer: int, logits: Tensor) -> Tensor:
+        hide = self._mask(layer, logits)
+        if self.mode == "exact_count":
+            return logits.masked_fill(hide, float("-inf"))
+        self._pending = hide
+        return logits
+
+    def post_softmax(self, layer: int, probs: Tensor) -> Tensor:
+        if self.mode == "bernoulli" and self._pending is not None:
+            hide, self._pending = self._pending, None
+            return probs.masked_fill(hide, 0.0)
+        return probs
+
+
+def select_rows(scores: dict[int, Tensor], rows: list[Tensor], width: int) -> dict[int, Tensor]:
+    """Per layer (B, T, Nq, S) -> (B, T, width, S): image i's rows ``rows[i]`` first, zeros after."""
+    out = {}
+    for layer, s in scores.items():
+        sel = s.new_zeros(s.shape[0], s.shape[1], width, s.shape[3])
+        for i, r in enumerate(rows):  # per image, not per query
+            sel[i, :, : len(r)] = s[i][:, r.to(s.device)]
+        out[layer] = sel
+    return out
+
+
+def matched_learnable(ctx: MiningContext, matcher) -> list:
+    """The learnable queries' Hungarian assignment on every layer (last layer first), computed once
+    per forward and cached in ``learnable_outputs["indices"]``, where the criterion reuses it."""
+    out = ctx.learnable_outputs
+    if "indices" not in out:
+        layers = [out] + list(out.get("aux_outputs", []))[::-1]
+        out["indices"] = [matcher(o, ctx.targets) for o in layers]
+    return out["indices"]
+
+
+class AMMMiner(QueryMiner):
+    """AMM hard queries: copies of the learnable positional queries decoded with masked attention.
+
+    queries "all": all Nq copies, assignment {"type": "learnable", "query_map": None} (the copies
+    take the learnable queries' per-layer matches); "matched": only the copies of queries matched on
+    some layer (needs ``matcher``), with a ``query_map``. skip_final_norm reproduces the released
+    combined model (heads on the un-normalised decoder output).
+    """
+
+    def __init__(self, k: int = 100, gamma: float = 0.4, mask: str = "exact_count", select: str = "topk",
+                 reference: str = "learnable", target: str = "hard_queries", queries: str = "all",
+                 skip_final_norm: bool = False, matcher=None, name: str = "amm"):
+        super().__init__()
+        if queries == "matched" and matcher is None:
+            raise ValueError("amm.queries=matched needs a matcher")
+        self.name = name
+        self.k, self.gamma, self.mask, self.select = k, gamma, mask, select
+        self.reference, self.target, self.queries = reference, target, queries
+        self.skip_final_norm = skip_final_norm
+        self.matcher = matcher
+        self.needs_reference_attention = (target == "hard_queries" and reference == "learnable"
+                                          and select == "topk")
+
+    def masking(self, reference: dict[int, Tensor] | None) -> AttentionMasking:
+        return AttentionMasking(reference, self.k, self.gamma, self.mask, self.select)
+
+    def learnable_hook(self) -> AttentionHook | None:
+        return self.masking(None) if self.target == "learnable" else None
+
+    def forward(self, ctx: MiningContext) -> dict[str, dict]:
+        if self.target == "learnable":
+            return {}  # the learnable pass itself was masked ("w/o Q^m")
+        ref = ctx.reference_attention if self.needs_reference_attention else None
+        bsz = ctx.encoded.memory.shape[0]
+        query_pos = ctx.detector.learnable_query_pos(bsz)
+        query_mask, query_map = None, None
+        if self.queries == "matched":
+            layer_idx = matched_learnable(ctx, self.matcher)
+            query_map = [torch.unique(torch.cat([idx[i][0] for idx in layer_idx])) for i in range(bsz)]
+            width = max(max((len(r) for r in query_map), default=0), 1)
+            query_pos = _pad_rows(query_pos, query_map, width)
+            query_mask = torch.ones(bsz, width, dtype=torch.bool, device=query_pos.device)
+            for i, r in enumerate(query_map):
+                query_mask[i, : len(r)] = False
+            if ref is not None:
+                ref = select_rows(ref, query_map, width)
+        outputs = ctx.detector.decode(ctx.encoded, query_pos, query_mask, self.masking(ref),
+                                      final_norm=not self.skip_final_norm)
+        return {self.name: {"outputs": outputs, "assignment": {"type": "learnable", "query_map": query_map}}}
+
+
+def _pad_rows(x: Tensor, rows: list[Tensor], width: int) -> Tensor:
+    """x (B, N, D) -> (B, width, D): image i's rows ``rows[i]`` first, zeros after."""
+    out = x.new_zeros(x.shape[0], width, x.shape[2])
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = x[i, r.to(x.device)]
+    return out

@@ -1,0 +1,187 @@
+"""GBS, Ground-truth Bounding-box Shifting: explicit hard-positive queries from shifted GT pairs.
+
+For every labelled pair of a training image the GT human and object boxes are shifted so that each
+shifted box overlaps its own GT box with an IoU inside a window ([0.4, 0.6]); the two boxes are
+encoded as the 12-d vector of :func:`pair_vector` and mapped to a positional query
+``q = tanh(F_p(p))`` with ``F_p = Linear(12, D) - ReLU - Linear(D, D)``. The hard queries of an
+image are decoded in a separate decoder pass (zero content, shared layers, memory, final norm and
+heads; padding slots masked) and hard query j is supervised by GT pair j on every decoder layer.
+
+Box shifting works on normalised cxcywh boxes of the augmented image: a shift scales x and y by
+the image size, which leaves the IoU unchanged, and "clipped to the image" is a clip to [0, 1].
+
+Samplers (``mining.gbs.sampler``):
+
+* ``per_box`` (default, paper semantics): every shifted box lies in the closed window. Each round
+  draws ``num_candidates`` candidates for every still unresolved box at once and keeps the first
+  valid one; after ``max_rounds`` the best candidate (closest IoU to the window) is kept and counted
+  (``GBSMiner.num_outside``, logged on ``hqm.mining``). Candidates: r = 1 + U(-0.4, 0.4) and
+  (dx, dy) = U(-0.4, 0.4) * (w, h), the continuous version of the released grid. The human of a pair
+  without object is still shifted; the missing object box stays empty.
+* ``official`` (released code): r = 1 + 0.04 i, dx = 0.04 j w, dy = 0.04 k h with integers i, j, k
+  uniform in [-10, 9] drawn per box; one draw covers every box of the per-device batch and is
+  accepted when >= 70% of them fall in the OPEN window; then only in-window boxes take their shifted
+  coordinates. Up to 40 draws (all drawn at once, the first accepted one wins); none accepted -> no
+  shift. Humans and objects are drawn independently; pairs without an object are not shifted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from hqm.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, elementwise_iou
+from hqm.mining.base import MiningContext, QueryMiner
+
+LOGGER = logging.getLogger("hqm.mining")
+
+
+def pair_vector(sub: Tensor, obj: Tensor) -> Tensor:
+    """(N, 4) + (N, 4) normalised cxcywh -> (N, 12) GBS pair encoding:
+    [cx_h, cy_h, w_h, h_h, cx_o, cy_o, w_o, h_o, cx_h - cx_o, cy_h - cy_o, w_h * h_h, w_o * h_o]."""
+    return torch.cat([sub, obj, sub[:, :2] - obj[:, :2], (sub[:, 2] * sub[:, 3])[:, None],
+                      (obj[:, 2] * obj[:, 3])[:, None]], dim=1)
+
+
+def shift_boxes(boxes: Tensor, ratio: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
+    """Boxes (..., 4) cxcywh shifted to centre (cx + dx*w, cy + dy*h), size (r*w, r*h), clipped to
+    [0, 1]. ratio, dx, dy broadcast against ``boxes[..., 0]`` and are relative to the box size."""
+    cx, cy, w, h = boxes.unbind(-1)
+    cand = torch.stack([cx + dx * w, cy + dy * h, ratio * w, ratio * h], dim=-1)
+    return box_xyxy_to_cxcywh(box_cxcywh_to_xyxy(cand).clamp(0.0, 1.0))
+
+
+def box_iou_cxcywh(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of broadcast-matching cxcywh boxes (..., 4) -> (...)."""
+    a, b = torch.broadcast_tensors(a, b)
+    return elementwise_iou(box_cxcywh_to_xyxy(a), box_cxcywh_to_xyxy(b))
+
+
+def sample_per_box(boxes: Tensor, iou_range: tuple[float, float], num_candidates: int = 64,
+                   max_rounds: int = 8, spread: float = 0.4) -> tuple[Tensor, Tensor]:
+    """Shift every box (N, 4) normalised cxcywh into the closed IoU window.
+
+    Returns (shifted boxes (N, 4), outside (N,) bool: no valid candidate within the budget, the
+    returned box is then the best candidate seen). Loops over rounds only, never over boxes.
+    """
+    lo, hi = iou_range
+    n = boxes.shape[0]
+    out = boxes.clone()
+    best_gap = torch.full((n,), float("inf"), device=boxes.device)
+    todo = torch.arange(n, device=boxes.device)
+    for _ in range(max_rounds):
+        if todo.numel() == 0:
+            break
+        src = boxes[todo]
+        u = torch.rand(len(todo), num_candidates, 3, device=boxes.device) * 2 - 1
+        cand = shift_boxes(src[:, None], 1 + spread * u[..., 0], spread * u[..., 1], spread * u[..., 2])
+        iou = box_iou_cxcywh(src[:, None], cand)  # (n_todo, C)
+        gap = (lo - iou).clamp(min=0) + (iou - hi).clamp(min=0)  # 0 inside the window
+        g, pick = gap.min(dim=1)  # a candidate reaching the minimum: a valid one whenever there is one
+        better = g < best_gap[todo]
+        rows = todo[better]
+        out[rows] = cand[better, pick[better]]
+        best_gap[rows] = g[better]
+        todo = todo[best_gap[todo] > 0]
+    return out, best_gap > 0
+
+
+def sample_official(boxes: Tensor, eligible: Tensor, iou_range: tuple[float, float], max_draws: int = 40,
+                    accept: float = 0.7, step: float = 0.04) -> tuple[Tensor, Tensor]:
+    """The released sampler. boxes (N, 4) normalised cxcywh of the whole per-device batch; eligible
+    (N,) bool (boxes that take part: pairs with an object).
+
+    All ``max_draws`` draws are made at once; draw d is accepted when at least ``accept`` of the
+    eligible boxes land in the open window; the first accepted draw shifts its in-window eligible
+    boxes. Returns (boxes (N, 4), shifted (N,) bool).
+    """
+    lo, hi = iou_range
+    ijk = torch.randint(-10, 10, (max_draws, boxes.shape[0], 3), device=boxes.device).to(boxes.dtype) * step
+    cand = shift_boxes(boxes[None], 1 + ijk[..., 0], ijk[..., 1], ijk[..., 2])  # (D, N, 4)
+    iou = box_iou_cxcywh(boxes[None], cand)
+    inside = (iou > lo) & (iou < hi) & eligible[None]  # (D, N)
+    frac = inside.sum(1).float() / eligible.sum().clamp(min=1)
+    ok = (frac >= accept) & eligible.any()
+    first = ok.int().argmax()  # index of the first accepted draw (0 when none: then masked below)
+    take = inside[first] & ok.any()
+    return torch.where(take[:, None], cand[first], boxes), take
+
+
+class GBSMiner(QueryMiner):
+    """GBS hard queries. Group ``name`` (default "gbs") with a fixed assignment j <-> GT pair j.
+
+    hidden_dim: D. iou_range: the IoU window. sampler: "per_box" | "official". shift: "shift"
+    (hard positives), "none" (encode the unshifted GT: easy positives) or "gaussian" (GT vector plus
+    ``noise_proj(N(0, I))`` added to q). ``hook_factory(ctx, query_pos, query_mask, indices)``, when
+    given, returns a cross-attention hook for the hard pass (CJL uses it to apply AMM).
+    """
+
+    def __init__(self, hidden_dim: int, iou_range: tuple[float, float] = (0.4, 0.6), sampler: str = "per_box",
+                 shift: str = "shift", num_candidates: int = 64, max_rounds: int = 8, name: str = "gbs"):
+        super().__init__()
+        self.name = name
+        self.iou_range = (float(iou_range[0]), float(iou_range[1]))
+        self.sampler = sampler
+        self.shift = shift
+        self.num_candidates = num_candidates
+        self.max_rounds = max_rounds
+        d = hidden_dim
+        self.query_embed_sp = nn.Sequential(nn.Linear(12, d), nn.ReLU(), nn.Linear(d, d))  # F_p
+        self.noise_proj = nn.Linear(hidden_dim, hidden_dim) if shift == "gaussian" else None
+        self.num_sampled = 0  # boxes shifted by the per_box sampler so far
+        self.num_outside = 0  # ... of which no candidate reached the window (best candidate kept)
+
+    @torch.no_grad()
+    def shifted_pairs(self, sub: Tensor, obj: Tensor, has_obj: Tensor) -> tuple[Tensor, Tensor]:
+        """Shift the (N, 4) GT boxes of the per-device batch (``shift`` mode decides whether)."""
+        if self.shift != "shift" or sub.shape[0] == 0:
+            return sub, obj
+        if self.sampler == "official":
+            sub, _ = sample_official(sub, has_obj, self.iou_range)
+            obj, _ = sample_official(obj, has_obj, self.iou_range)
+            return sub, obj
+        boxes = torch.cat([sub, obj[has_obj]])
+        shifted, outside = sample_per_box(boxes, self.iou_range, self.num_candidates, self.max_rounds)
+        self.num_sampled += len(boxes)
+        n_out = int(outside.sum())
+        if n_out:
+            self.num_outside += n_out
+            LOGGER.info("GBS: %d of %d boxes found no shift inside IoU %s (best kept; %d of %d so far)",
+                         n_out, len(boxes), self.iou_range, self.num_outside, self.num_sampled)
+        obj = obj.clone()
+        obj[has_obj] = shifted[len(sub):]
+        return shifted[: len(sub)], obj
+
+    def build_queries(self, targets: list[dict]) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
+        """Per-image hard queries, padded: query_pos (B, N, D), query_mask (B, N) True on padding
+        (N = max pairs per image, at least 1), and the fixed assignment (arange(n_i), arange(n_i))."""
+        counts = [len(t["obj_labels"]) for t in targets]
+        dev = self.query_embed_sp[0].weight.device
+        sub = torch.cat([t["sub_boxes"] for t in targets]).to(dev).float()
+        obj = torch.cat([t["obj_boxes"] for t in targets]).to(dev).float()
+        has_obj = torch.cat([t["has_obj"] for t in targets]).to(dev).bool()
+        sub, obj = self.shifted_pairs(sub, obj, has_obj)
+        q = torch.tanh(self.query_embed_sp(pair_vector(sub, obj)))  # (sum n_i, D)
+        if self.noise_proj is not None:
+            q = q + self.noise_proj(torch.randn_like(q))
+        n_max = max(max(counts, default=0), 1)
+        slot = torch.cat([torch.arange(c, device=dev) for c in counts])  # per image, not per box
+        img = torch.repeat_interleave(torch.arange(len(counts), device=dev), torch.tensor(counts, device=dev))
+        query_pos = q.new_zeros(len(counts), n_max, q.shape[1])
+        query_pos[img, slot] = q
+        query_mask = torch.ones(len(counts), n_max, dtype=torch.bool, device=dev)
+        query_mask[img, slot] = False
+        indices = [(torch.arange(c), torch.arange(c)) for c in counts]
+        return query_pos, query_mask, indices
+
+    def hook(self, ctx: MiningContext, query_pos: Tensor, query_mask: Tensor, indices):
+        """Cross-attention hook of the hard pass (None: the fused attention path)."""
+        return None
+
+    def forward(self, ctx: MiningContext) -> dict[str, dict]:
+        query_pos, query_mask, indices = self.build_queries(ctx.targets)
+        hook = self.hook(ctx, query_pos, query_mask, indices)
+        outputs = ctx.detector.decode(ctx.encoded, query_pos, query_mask, hook)
+        return {self.name: {"outputs": outputs, "assignment": {"type": "fixed", "indices": indices}}}
