@@ -56,6 +56,17 @@ def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
     return float(t.item()) / get_world_size()
 
 
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Element-wise sum of a list of Python numbers over ranks, in one collective (float64, so counts
+    stay exact). Used for the global loss normalisers."""
+    if not is_dist():
+        return [float(v) for v in values]
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     if not is_dist():
         return [obj]

@@ -72,8 +72,10 @@ def build_eval_setup(cfg, train_annotations, device: torch.device, rank: int = 0
 
     dataset = build_dataset(cfg.data, cfg.eval.split, train=False)
     sampler = EpochSampler(len(dataset), 0, False, rank, world)
+    # private generator: iterating the loader never advances the global random stream
     loader = DataLoader(SeededDataset(dataset, 0), batch_size=cfg.eval.batch_size, sampler=sampler,
-                        collate_fn=collate_fn, num_workers=cfg.data.num_workers)
+                        collate_fn=collate_fn, num_workers=cfg.data.num_workers,
+                        generator=torch.Generator().manual_seed(0))
     post = build_postprocessor(cfg, dataset.meta).to(device)
     evaluator = build_evaluator(cfg.data.dataset, dataset.meta, dataset.annotations, train_annotations,
                                 mode=cfg.eval.mode, max_dets=cfg.eval.max_dets)

@@ -3,13 +3,30 @@
 Call order of one run (``Trainer.fit``)::
 
     setup (device, process group, seeds, run dir, config.yaml) -> build data / model / optimiser
-    -> [resume] -> for each epoch: train_one_epoch (steps: mining schedule -> forward -> criterion
-    -> backward -> clip -> optimiser step; periodic step checkpoints) -> lr step -> last.pt
-    -> evaluate every ``eval.every`` epochs (results.csv, best.pt) -> final evaluation.
+    -> [resume] -> for each epoch: train_one_epoch (optimiser steps, see ``train_step``; periodic
+    step checkpoints) -> lr step -> last.pt -> evaluate every ``eval.every`` epochs (results.csv,
+    best.pt) -> final evaluation.
+
+One optimiser step (``train_step``) takes ``train.accumulate`` micro-batches: mining schedule (a pure
+function of the global step, so identical on every rank and restored on resume) -> global loss
+normalisers of the whole window (one all-reduce) -> per micro-batch: forward under autocast ->
+criterion in fp32 -> backward (DDP gradient sync only on the last micro-batch) -> unscale (fp16) ->
+clip -> optimiser step. With global normalisers, ``N ranks x batch b x accumulate a`` computes the
+gradient of one process with batch ``N*b*a`` (exactly, with frozen BN and no dropout).
+
+Reproducibility: data order and augmentation are functions of (seed, epoch, index) (``sampling``);
+the loaders draw their base seeds from private generators, so the global random stream (dropout,
+mining) only advances inside forward; checkpoints carry every rank's random state. A run killed
+and resumed from a step checkpoint ends with the same weights as an uninterrupted one (CPU,
+``train.deterministic``).
+
+Unused parameters: the detector touches idle miners' parameters with a zero (AJL), so DDP runs
+without ``find_unused_parameters``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -19,8 +36,15 @@ from torch.utils.data import DataLoader
 
 from hqm.config import Config, config_from_dict, config_to_dict, save_config
 from hqm.data import build_dataset, collate_fn
-from hqm.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from hqm.engine.distributed import get_rank, get_world_size, init_distributed, is_main_process
+from hqm.engine.checkpoint import CheckpointManager, load_checkpoint, resolve_resume, rng_state, set_rng_state
+from hqm.engine.distributed import (
+    all_gather_object,
+    cleanup,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+)
 from hqm.engine.evaluate import (
     PRIMARY_METRIC,
     autocast_context,
@@ -33,6 +57,7 @@ from hqm.engine.sampling import EpochSampler, SeededDataset
 from hqm.evaluation import format_table
 from hqm.mining.schedule import build_schedule
 from hqm.models import build_criterion, build_matcher, build_model
+from hqm.models.criterion import LossNormalisers
 from hqm.structures import DatasetMeta
 
 
@@ -63,10 +88,24 @@ def param_groups(model: torch.nn.Module, lr: float, lr_backbone: float) -> list[
     return [{"params": rest, "lr": lr}, {"params": backbone, "lr": lr_backbone}]
 
 
-class Trainer:
-    """Builds everything from a ``Config`` and trains. ``resume``: a checkpoint path to continue."""
+def use_channels_last(device: torch.device, requested: bool | None, deterministic: bool = False) -> bool:
+    """channels_last (NHWC) for the backbone convolutions. Automatic: on CUDA (cuDNN's tensor-core
+    kernels prefer it) and on the CPU unless ``train.deterministic`` (oneDNN skips its layout
+    reorders: R50 / 512 px / batch 2 fp32 step 2.87 s instead of 3.32 s on a 2-core AVX-512 machine,
+    see benchmarks/throughput.py; but its rounding then depends on the batch size, which breaks the
+    exact DDP / accumulation equivalences that deterministic runs are tested for)."""
+    if requested is not None:
+        return requested
+    return device.type == "cuda" or (device.type == "cpu" and not deterministic)
 
-    def __init__(self, cfg: Config, resume: str | None = None):
+
+class Trainer:
+    """Builds everything from a ``Config`` and trains.
+
+    resume: a checkpoint path, a run folder or ``auto`` (see ``checkpoint.resolve_resume``).
+    channels_last: backbone in NHWC memory format; None = automatic (see ``use_channels_last``)."""
+
+    def __init__(self, cfg: Config, resume: str | None = None, channels_last: bool | None = None):
         self.cfg = cfg
         self.distributed, local_rank = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, local_rank)
@@ -88,16 +127,23 @@ class Trainer:
                     f"{len(self.eval_setup.dataset)} {cfg.eval.split} images, {self.meta.num_obj_classes} "
                     f"objects, {self.meta.num_verb_classes} verbs")
         self.sampler = EpochSampler(len(self.train_set), cfg.train.seed, True, self.rank, self.world)
+        # a private generator for the loader's base seed: creating an iterator must not advance the
+        # global random stream (it would shift dropout / mining draws after a mid-epoch resume)
         self.train_loader = DataLoader(
             SeededDataset(self.train_set, cfg.train.seed), batch_size=cfg.train.batch_size,
             sampler=self.sampler, collate_fn=collate_fn, num_workers=cfg.data.num_workers, drop_last=True,
-            persistent_workers=cfg.data.num_workers > 0, pin_memory=self.device.type == "cuda")
+            persistent_workers=cfg.data.num_workers > 0, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.train.seed))
 
-        self.model = build_model(cfg, self.meta.num_obj_classes, self.meta.num_verb_classes).to(self.device)
+        self.model = build_model(cfg, self.meta.num_obj_classes, self.meta.num_verb_classes)
         if cfg.model.pretrained:
             from hqm.zoo import load_pretrained
 
             load_pretrained(self.model, cfg.model.pretrained, cfg, self.meta)
+        self.model.to(self.device)
+        self.channels_last = use_channels_last(self.device, channels_last, cfg.train.deterministic)
+        if self.channels_last:
+            self.model.backbone.to(memory_format=torch.channels_last)
         matcher = build_matcher(cfg.loss)
         self.criterion = build_criterion(cfg, self.meta.num_obj_classes, matcher).to(self.device)
         self.schedule = build_schedule(cfg.mining)
@@ -107,15 +153,20 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, max(cfg.train.lr_drop, 1))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.train_model = self.model
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # no find_unused_parameters: every parameter takes part in every step (zero-touch)
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.train_model = self.ddp
         if cfg.train.compile:
             self.train_model = torch.compile(self.train_model)
 
         self.epoch, self.step, self.epoch_start_step, self.step_in_epoch = 0, 0, 0, 0
         self.best = -math.inf
         self.writer = RunWriter(self.out, self.main)
+        self.checkpoints = CheckpointManager(self.out / "checkpoints", cfg.train.keep_last, self.main)
+        resume = resolve_resume(resume, self.out)
         if resume:
             self.resume(resume)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -124,19 +175,29 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state(self, metrics: dict | None = None) -> dict:
+        """Everything a resumed run needs. Collective under DDP (gathers every rank's RNG state)."""
+        rngs = all_gather_object(rng_state())
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.lr_scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step": self.step, "epoch_start_step": self.epoch_start_step,
             "step_in_epoch": self.step_in_epoch, "best": self.best, "config": config_to_dict(self.cfg),
-            "meta": self.meta.to_dict(), "rng": rng_state(), "metrics": metrics or {},
+            "meta": self.meta.to_dict(), "rng": rngs[0], "rng_per_rank": rngs, "world_size": self.world,
+            "metrics": metrics or {},
         }
 
     def save(self, name: str, metrics: dict | None = None) -> None:
-        if self.main:
-            save_checkpoint(self.out / "checkpoints" / name, self.state(metrics))
+        """``last.pt`` (plus the step-stamped copy, see ``CheckpointManager``) or ``best.pt``. Called
+        on every rank (the state is collective); only rank 0 writes."""
+        state = self.state(metrics)
+        if name == "best.pt":
+            self.checkpoints.save_best(state)
+        else:
+            self.checkpoints.save_last(state, self.step)
 
     def resume(self, path: str) -> None:
+        """Model, optimiser, scheduler, scaler, epoch / step counters (hence the data position and the
+        mining schedule, a function of the step), best metric and random states."""
         ckpt = load_checkpoint(path, "cpu")
         check_compatible(config_from_dict(ckpt["config"]), self.cfg, path)
         self.model.load_state_dict(ckpt["model"])
@@ -146,7 +207,13 @@ class Trainer:
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.epoch_start_step, self.step_in_epoch = ckpt["epoch_start_step"], ckpt["step_in_epoch"]
         self.best = ckpt["best"]
-        set_rng_state(ckpt["rng"])
+        world = ckpt.get("world_size", 1)
+        if self.step_in_epoch and world != self.world:
+            raise ValueError(f"cannot resume from {path} mid-epoch with {self.world} processes: it was "
+                             f"written by {world} (the data position depends on it); resume from an "
+                             f"epoch-end checkpoint or keep the process count")
+        rngs = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        set_rng_state(rngs[self.rank] if len(rngs) == self.world else ckpt["rng"])
         LOGGER.info(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
 
     # -- training -----------------------------------------------------------------------------------
@@ -167,61 +234,80 @@ class Trainer:
             metrics = self.evaluate_and_record()
         LOGGER.info(f"training finished in {time.time() - start:.0f}s ({self.step} steps)")
         self.writer.close()
+        cleanup()
         return metrics
 
     def _done(self) -> bool:
         return self.cfg.train.max_steps > 0 and self.step >= self.cfg.train.max_steps
 
     def train_one_epoch(self) -> None:
-        cfg, acc = self.cfg, self.cfg.train.accumulate
+        cfg, acc, bs = self.cfg, self.cfg.train.accumulate, self.cfg.train.batch_size
         self.train_model.train()
-        steps_per_epoch = self.sampler.num_local // cfg.train.batch_size // acc
-        self.sampler.set_epoch(self.epoch, self.step_in_epoch * acc * cfg.train.batch_size)
+        steps_per_epoch = self.sampler.num_local // bs // acc
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch * acc * bs)
         meter = SmoothedMeter()
         progress = Progress(steps_per_epoch, self.epoch, cfg.train.epochs, self.main, cfg.train.log_every,
                             self.device)
-        t_data = time.time()
-        micro = 0
-        for images, masks, targets in self.train_loader:
-            if self.step_in_epoch >= steps_per_epoch or self._done():
-                break
-            data_time = time.time() - t_data
-            images = images.to(self.device, non_blocking=True)
-            masks = masks.to(self.device, non_blocking=True)
-            targets = move_targets(targets, self.device)
+        batches = iter(self.train_loader)
+        while self.step_in_epoch < steps_per_epoch and not self._done():
+            t0 = time.time()
+            window = [next(batches) for _ in range(acc)]
+            data_time = time.time() - t0
             active = self.schedule.active(self.step, self.epoch_start_step)
-            with autocast_context(self.device, cfg.train.amp):
-                outputs = self.train_model(images, masks, targets, mining=active)
-            with torch.autocast(self.device.type, enabled=False):
-                loss, logs = self.criterion(outputs, targets, cfg.mining.alpha, self.schedule.weights(active))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: "
-                                         + ", ".join(f"{k}={v.item():.4g}" for k, v in logs.items()))
-            self.scaler.scale(loss / acc).backward()
-            micro += 1
-            if micro % acc:
-                continue
-            if cfg.train.clip_max_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_max_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
+            loss, logs = self.train_step(window, active)
             self.step += 1
             self.step_in_epoch += 1
-            meter.update(loss=loss.item(), data_time=data_time, step_time=time.time() - t_data,
-                         **{k: v.item() for k, v in logs.items() if not k[-1].isdigit()})
-            progress.update(self.step_in_epoch - 1, meter, self.optimizer.param_groups[0]["lr"])
+            meter.update(loss=loss, data_time=data_time, step_time=time.time() - t0,
+                         **{k: v for k, v in logs.items() if not k[-1].isdigit()})
+            lr = self.optimizer.param_groups[0]["lr"]
+            progress.update(self.step_in_epoch - 1, meter, lr)
             if self.main and self.step % cfg.train.log_every == 0:
-                lr = self.optimizer.param_groups[0]["lr"]
                 self.writer.log("train", self.step, self.epoch,
                                 {**meter.averages(), "mining": ",".join(active), "lr": lr})
             if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
                 self.save("last.pt")
-            t_data = time.time()
         progress.close()
         if self.step_in_epoch >= steps_per_epoch:
             self.step_in_epoch = 0
+
+    def train_step(self, window: list[tuple], active: tuple[str, ...]) -> tuple[float, dict[str, float]]:
+        """One optimiser step over ``window`` (``train.accumulate`` collated micro-batches).
+
+        Returns the rank's loss and terms of the whole window: each micro-batch's terms carry the
+        window's global denominators, so their sum is the loss of one batch holding the window."""
+        cfg = self.cfg
+        counts = [LossNormalisers.local_counts(t, self.model.num_queries, cfg.loss.eos_coef)
+                  for _, _, t in window]
+        norms = LossNormalisers.from_counts([sum(c) for c in zip(*counts)])
+        group_weights = self.schedule.weights(active)
+        total, logs = 0.0, {}
+        for i, (images, masks, targets) in enumerate(window):
+            images = images.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            masks = masks.to(self.device, non_blocking=True)
+            targets = move_targets(targets, self.device)
+            last = i == len(window) - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with sync:
+                with autocast_context(self.device, cfg.train.amp):
+                    outputs = self.train_model(images, masks, targets, mining=active)
+                with torch.autocast(self.device.type, enabled=False):  # matcher and losses in fp32
+                    loss, terms = self.criterion(outputs, targets, cfg.mining.alpha, group_weights, norms)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: "
+                                             + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()))
+                self.scaler.scale(loss).backward()
+            total += loss.item()
+            for k, v in terms.items():
+                logs[k] = logs.get(k, 0.0) + v.item()
+        if cfg.train.clip_max_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, logs
 
     def evaluate_and_record(self) -> dict[str, float]:
         ev = self.eval_setup

@@ -1,0 +1,138 @@
+"""Training engine: gradient accumulation equivalence, bf16 on the CPU, checkpoint files and resume
+helpers, the incompatible-config error, and the data loader leaving the global random stream alone."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_OVERRIDES
+from hqm.config import load_config
+from hqm.engine.checkpoint import CheckpointManager, load_checkpoint, resolve_resume
+from hqm.engine.trainer import Trainer, check_compatible
+
+# fixed 64 x 64 batches (every image resized into (32, 64] on both sides, padded to 64), frozen BN,
+# no dropout: the gradient of a batch is exactly the sum of its parts
+EXACT = ["data.scales=[64]", "data.max_size=64", "data.test_scale=64", "data.crop_resize=[64]",
+         "data.crop_min=48", "data.crop_max=64", "data.num_workers=0", "eval.batch_size=8", "eval.every=0",
+         "model.backbone_norm=frozen", "model.dropout=0.0", "train.deterministic=true", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    from hqm.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "tiny", preset="tiny")
+
+
+def exact_cfg(root, out, *extra: str):
+    return load_config("qpic_r18_synthetic", TINY_OVERRIDES + EXACT + [
+        "data.dataset=synthetic", f"data.root={root}", "data.synth_preset=tiny", f"train.output_dir={out}",
+        *extra])
+
+
+def final_weights(out) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
+
+
+def test_accumulation_equals_the_large_batch(tiny_root, tmp_path):
+    torch.manual_seed(0)
+    Trainer(exact_cfg(tiny_root, tmp_path / "b4", "train.batch_size=4", "train.max_steps=3")).fit()
+    Trainer(exact_cfg(tiny_root, tmp_path / "b2x2", "train.batch_size=2", "train.accumulate=2",
+                      "train.max_steps=3")).fit()
+    w4, w22 = final_weights(tmp_path / "b4"), final_weights(tmp_path / "b2x2")
+    init = Trainer(exact_cfg(tiny_root, tmp_path / "init")).model.state_dict()
+    assert max_abs_diff(w4, init) > 1e-4  # the runs did train
+    diff = max_abs_diff(w4, w22)
+    print(f"accumulation: max |batch 4 - batch 2 x accumulate 2| = {diff:.3g}")
+    assert diff < 1e-5
+
+
+def test_bf16_autocast_on_cpu(tiny_root, tmp_path):
+    trainer = Trainer(exact_cfg(tiny_root, tmp_path / "bf16", "train.amp=bf16", "train.max_steps=2",
+                                "train.batch_size=2"))
+    trainer.train_one_epoch()
+    assert trainer.step == 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
+
+
+def test_step_checkpoints_keep_last_and_resume_helpers(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    Trainer(exact_cfg(tiny_root, out, "train.batch_size=2", "train.max_steps=5",
+                      "train.checkpoint_every_steps=1", "train.keep_last=2")).fit()
+    folder = out / "checkpoints"
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == ["step_0000004.pt", "step_0000005.pt"]
+    assert load_checkpoint(folder / "step_0000004.pt")["step"] == 4
+    assert load_checkpoint(folder / "last.pt")["step"] == 5 and (folder / "best.pt").is_file()
+    assert not list(folder.glob(".*tmp*"))  # atomic writes leave no temporary file
+    assert resolve_resume("auto", out) == str(folder / "last.pt")
+    assert resolve_resume(str(out), "elsewhere") == str(folder / "last.pt")
+    assert resolve_resume("auto", tmp_path / "fresh") is None
+    with pytest.raises(FileNotFoundError):
+        resolve_resume(str(tmp_path / "missing.pt"), out)
+
+    # an incompatible config is refused with the key that differs
+    with pytest.raises(ValueError, match="train.batch_size"):
+        Trainer(exact_cfg(tiny_root, out, "train.batch_size=4"), resume="auto")
+    old = load_config(out / "config.yaml")
+    new = load_config(out / "config.yaml", ["model.hidden_dim=64"])
+    with pytest.raises(ValueError, match="model"):
+        check_compatible(old, new, "last.pt")
+    check_compatible(old, load_config(out / "config.yaml", ["train.lr=1e-3"]), "last.pt")  # lr may change
+
+
+def test_checkpoint_manager_prunes_oldest(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    for step in (10, 20, 30, 40, 1000):
+        mgr.save_last({"w": torch.full((2,), float(step))}, step)
+    assert [p.name for p in mgr.step_files()] == ["step_0000030.pt", "step_0000040.pt", "step_0001000.pt"]
+    assert torch.equal(load_checkpoint(tmp_path / "step_0000040.pt")["w"], torch.full((2,), 40.0))
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["w"], torch.full((2,), 1000.0))
+    single = CheckpointManager(tmp_path / "one", keep_last=1)
+    single.save_last({"w": torch.zeros(1)}, 5)
+    assert not single.step_files() and (tmp_path / "one" / "last.pt").is_file()
+
+
+def test_loading_data_leaves_the_global_random_stream_alone(tiny_root, tmp_path):
+    trainer = Trainer(exact_cfg(tiny_root, tmp_path / "rng", "train.batch_size=2"))
+    torch.manual_seed(123)
+    np.random.seed(5)
+    random.seed(7)
+    expected = torch.rand(3), np.random.rand(), random.random()
+    torch.manual_seed(123)
+    np.random.seed(5)
+    random.seed(7)
+    next(iter(trainer.train_loader))
+    next(iter(trainer.eval_setup.loader))
+    got = torch.rand(3), np.random.rand(), random.random()
+    assert torch.equal(expected[0], got[0]) and expected[1:] == got[1:]
+
+
+@pytest.mark.slow
+def test_compile_trains_on_cpu(tiny_root, tmp_path):
+    """torch.compile (inductor) of the tiny model: minutes of compilation on a 2-core CPU."""
+    trainer = Trainer(exact_cfg(tiny_root, tmp_path / "compiled", "train.compile=true", "train.max_steps=2",
+                                "train.batch_size=2"))
+    trainer.train_one_epoch()
+    assert trainer.step == 2 and all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_cuda_amp_channels_last_fused_adamw(tiny_root, tmp_path, amp):
+    cfg = exact_cfg(tiny_root, tmp_path / amp, f"train.amp={amp}", "train.max_steps=3", "train.batch_size=2",
+                    "device=cuda")
+    trainer = Trainer(cfg)
+    assert trainer.channels_last and trainer.optimizer.defaults["fused"]
+    trainer.train_one_epoch()
+    assert trainer.step == 3 and all(torch.isfinite(p).all() for p in trainer.model.parameters())
