@@ -44,10 +44,15 @@ def make_batch(args, device: torch.device):
         wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1
         verbs = (torch.rand(n, 117, generator=g) > 0.98).float()
         verbs[torch.arange(n), torch.randint(0, 117, (n,), generator=g)] = 1.0
-        targets.append({"obj_labels": torch.randint(0, 80, (n,), generator=g).to(device),
-                        "verb_labels": verbs.to(device), "sub_boxes": torch.cat([cxcy, wh], 1).to(device),
-                        "obj_boxes": torch.cat([cxcy.flip(1), wh * 0.8], 1).to(device),
-                        "has_obj": torch.ones(n, dtype=torch.bool, device=device)})
+        targets.append(
+            {
+                "obj_labels": torch.randint(0, 80, (n,), generator=g).to(device),
+                "verb_labels": verbs.to(device),
+                "sub_boxes": torch.cat([cxcy, wh], 1).to(device),
+                "obj_boxes": torch.cat([cxcy.flip(1), wh * 0.8], 1).to(device),
+                "has_obj": torch.ones(n, dtype=torch.bool, device=device),
+            }
+        )
     return images, masks, targets
 
 
@@ -62,8 +67,15 @@ def worker(args) -> dict:
     mode = args.worker
     device = torch.device(args.device)
     amp = {"bf16": "bf16", "bf16-cl": "bf16", "fp16": "fp16"}.get(mode, "off")
-    cfg = load_config(None, [f"model.backbone={args.backbone}", "model.backbone_norm=frozen",
-                             f"model.num_queries={args.queries}", f"device={args.device}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.backbone={args.backbone}",
+            "model.backbone_norm=frozen",
+            f"model.num_queries={args.queries}",
+            f"device={args.device}",
+        ],
+    )
     torch.manual_seed(0)
     model = build_model(cfg, 80, 117).to(device).train()
     channels_last = mode in ("cl", "bf16-cl")
@@ -98,8 +110,13 @@ def worker(args) -> dict:
         sync()
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    return {"mode": mode, "times": times[args.warmup:], "cpu": cpu[args.warmup:],
-            "peak_mb": peak_memory_mb(device), "threads": torch.get_num_threads()}
+    return {
+        "mode": mode,
+        "times": times[args.warmup :],
+        "cpu": cpu[args.warmup :],
+        "peak_mb": peak_memory_mb(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -134,18 +151,24 @@ def main() -> None:
             results[m]["threads"] = r["threads"]
     h = -(-args.size // 32) * 32
     w = -(-round(args.size * 4 / 3) // 32) * 32
-    print(f"QPIC {args.backbone}, {args.queries} queries, batch {args.batch} x {h}x{w}, "
-          f"device {args.device}, threads {results[modes[0]].get('threads')}, "
-          f"{args.steps} steps x {args.repeat} after {args.warmup} warm-up")
+    print(
+        f"QPIC {args.backbone}, {args.queries} queries, batch {args.batch} x {h}x{w}, "
+        f"device {args.device}, threads {results[modes[0]].get('threads')}, "
+        f"{args.steps} steps x {args.repeat} after {args.warmup} warm-up"
+    )
     # CPU seconds per step (all threads): on a shared machine, wall time / (CPU time / threads) shows
     # how much of the wall time was lost to other processes
-    print(f"{'mode':<9}{'median s/step':>14}{'min':>8}{'max':>8}{'images/s':>10}{'cpu s/step':>11}"
-          f"{'peak MiB':>10}")
+    print(
+        f"{'mode':<9}{'median s/step':>14}{'min':>8}{'max':>8}{'images/s':>10}{'cpu s/step':>11}"
+        f"{'peak MiB':>10}"
+    )
     for m in modes:
         t = results[m]["times"]
         med = statistics.median(t)
-        print(f"{m:<9}{med:>14.3f}{min(t):>8.3f}{max(t):>8.3f}{args.batch / med:>10.2f}"
-              f"{statistics.median(results[m]['cpu']):>11.3f}{results[m]['peak_mb']:>10.0f}")
+        print(
+            f"{m:<9}{med:>14.3f}{min(t):>8.3f}{max(t):>8.3f}{args.batch / med:>10.2f}"
+            f"{statistics.median(results[m]['cpu']):>11.3f}{results[m]['peak_mb']:>10.0f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)

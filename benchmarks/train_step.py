@@ -32,12 +32,24 @@ STRATEGIES = ("none", "gbs", "amm", "ajl", "pjl", "cjl")
 
 def model_overrides(args) -> list[str]:
     if args.quick:
-        return ["model.backbone=resnet18", "model.backbone_out=layer3", "model.hidden_dim=64",
-                "model.nheads=4", "model.enc_layers=2", "model.dec_layers=2", "model.dim_feedforward=128",
-                "model.num_queries=20"]
-    return [f"model.backbone={args.backbone}", "model.backbone_norm=frozen",
-            f"model.num_queries={args.queries}", f"model.hidden_dim={args.hidden}",
-            f"model.enc_layers={args.enc_layers}", f"model.dec_layers={args.dec_layers}"]
+        return [
+            "model.backbone=resnet18",
+            "model.backbone_out=layer3",
+            "model.hidden_dim=64",
+            "model.nheads=4",
+            "model.enc_layers=2",
+            "model.dec_layers=2",
+            "model.dim_feedforward=128",
+            "model.num_queries=20",
+        ]
+    return [
+        f"model.backbone={args.backbone}",
+        "model.backbone_norm=frozen",
+        f"model.num_queries={args.queries}",
+        f"model.hidden_dim={args.hidden}",
+        f"model.enc_layers={args.enc_layers}",
+        f"model.dec_layers={args.dec_layers}",
+    ]
 
 
 def make_batch(args, num_obj: int, num_verb: int, device: torch.device):
@@ -50,14 +62,16 @@ def make_batch(args, num_obj: int, num_verb: int, device: torch.device):
     for _ in range(args.batch):
         n = args.pairs
         wh = torch.rand(n, 2, generator=g) * 0.4 + 0.1
-        targets.append({
-            "obj_labels": torch.randint(0, num_obj, (n,), generator=g),
-            "verb_labels": (torch.rand(n, num_verb, generator=g) > 0.95).float(),
-            "sub_boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, wh], 1),
-            "obj_boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, wh * 0.7], 1),
-            "has_obj": torch.ones(n, dtype=torch.bool),
-            "size": torch.tensor([size, size]),
-        })
+        targets.append(
+            {
+                "obj_labels": torch.randint(0, num_obj, (n,), generator=g),
+                "verb_labels": (torch.rand(n, num_verb, generator=g) > 0.95).float(),
+                "sub_boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, wh], 1),
+                "obj_boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, wh * 0.7], 1),
+                "has_obj": torch.ones(n, dtype=torch.bool),
+                "size": torch.tensor([size, size]),
+            }
+        )
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     return images.to(device), masks.to(device), targets
 
@@ -72,8 +86,10 @@ def build(args, device: torch.device):
     from hqm.mining.schedule import build_schedule
     from hqm.models import build_criterion, build_matcher, build_model
 
-    cfgs = {s: load_config(None, model_overrides(args) + [f"mining.strategy={s}", f"device={args.device}"])
-            for s in STRATEGIES}
+    cfgs = {
+        s: load_config(None, model_overrides(args) + [f"mining.strategy={s}", f"device={args.device}"])
+        for s in STRATEGIES
+    }
     torch.manual_seed(0)
     model = build_model(cfgs["none"], 80, 117)
     torch.manual_seed(1)
@@ -83,14 +99,19 @@ def build(args, device: torch.device):
     criterion = build_criterion(cfgs["none"], 80, build_matcher(cfgs["none"].loss)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
-    plans = {s: (build_schedule(c.mining), nn.ModuleDict({n: model.miners[n] for n in
-                                                          build_schedule(c.mining).miner_names}))
-             for s, c in cfgs.items()}
+    plans = {
+        s: (
+            build_schedule(c.mining),
+            nn.ModuleDict({n: model.miners[n] for n in build_schedule(c.mining).miner_names}),
+        )
+        for s, c in cfgs.items()
+    }
     return model, criterion, optimizer, params, plans
 
 
-def train_step(model, criterion, optimizer, params, schedule, batch, step: int, device,
-               clock_wall: bool = True) -> tuple[str, float]:
+def train_step(
+    model, criterion, optimizer, params, schedule, batch, step: int, device, clock_wall: bool = True
+) -> tuple[str, float]:
     """One optimiser step; returns (step kind, seconds of wall clock or of process CPU time)."""
     images, masks, targets = batch
     active = schedule.active(step)
@@ -118,8 +139,9 @@ def time_interleaved(args, strategies: list[str]) -> dict[str, dict[str, list[fl
         for s in strategies:
             schedule, owned = plans[s]
             model.miners = owned  # a strategy sees only its own miners (idle ones get the zero touch)
-            kind, seconds = train_step(model, criterion, optimizer, params, schedule, batch, step, device,
-                                       args.clock == "wall")
+            kind, seconds = train_step(
+                model, criterion, optimizer, params, schedule, batch, step, device, args.clock == "wall"
+            )
             if step >= args.warmup:
                 times[s].setdefault(kind, []).append(seconds)
         print(f"  round {step + 1}/{args.warmup + args.steps}", file=sys.stderr)
@@ -171,8 +193,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=6, help="timed steps (even, so AJL has both kinds)")
     p.add_argument("--quick", action="store_true", help="ResNet-18 C4, 256 px, D 64, 2+2 layers, 20 queries")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="cpu: process CPU time (all threads), robust when other jobs share the CPU")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: process CPU time (all threads), robust when other jobs share the CPU",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the per-strategy peak-memory runs")
     p.add_argument("--only", help=argparse.SUPPRESS)  # internal: peak memory of one strategy, as JSON
     args = p.parse_args()
@@ -189,11 +215,17 @@ def main() -> None:
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()
             peaks[strategy] = json.loads(out[-1])["peak_mib"]
     base = summarise(times["none"])[0] if "none" in times else None
-    desc = "quick model" if args.quick else f"{args.backbone}, {args.size} px, {args.queries} queries, " \
+    desc = (
+        "quick model"
+        if args.quick
+        else f"{args.backbone}, {args.size} px, {args.queries} queries, "
         f"{args.enc_layers}+{args.dec_layers} layers, D {args.hidden}"
-    print(f"training step, {desc}, batch {args.batch}, {args.pairs} pairs/image, {args.device}, "
-          f"{torch.get_num_threads()} threads, {args.clock} clock; median of {args.steps} interleaved "
-          f"steps after {args.warmup} warm-up")
+    )
+    print(
+        f"training step, {desc}, batch {args.batch}, {args.pairs} pairs/image, {args.device}, "
+        f"{torch.get_num_threads()} threads, {args.clock} clock; median of {args.steps} interleaved "
+        f"steps after {args.warmup} warm-up"
+    )
     print("| strategy | step ms | x none | peak MiB | per kind (ms) |")
     print("|---|---:|---:|---:|---|")
     for s, kinds in times.items():
@@ -201,6 +233,7 @@ def main() -> None:
         ratio = f"{t / base:.2f}" if base else "-"
         peak = f"{peaks[s]:.0f}" if s in peaks else "-"
         print(f"| {s} | {1000 * t:.0f} | {ratio} | {peak} | {detail} |")
+
 
 if __name__ == "__main__":
     main()

@@ -8,9 +8,17 @@ import torch
 from hqm.config import Config, load_config
 
 TINY_OVERRIDES = [
-    "model.backbone=resnet18", "model.backbone_norm=batch", "model.train_backbone_from=conv1",
-    "model.backbone_out=layer3", "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1",
-    "model.dec_layers=2", "model.dim_feedforward=64", "model.num_queries=8", "model.dropout=0.0",
+    "model.backbone=resnet18",
+    "model.backbone_norm=batch",
+    "model.train_backbone_from=conv1",
+    "model.backbone_out=layer3",
+    "model.hidden_dim=32",
+    "model.nheads=4",
+    "model.enc_layers=1",
+    "model.dec_layers=2",
+    "model.dim_feedforward=64",
+    "model.num_queries=8",
+    "model.dropout=0.0",
     "device=cpu",
 ]
 
@@ -22,8 +30,13 @@ def tiny_cfg() -> Config:
     return load_config(None, TINY_OVERRIDES)
 
 
-def make_target(n: int, num_verbs: int = NUM_VERB, num_obj: int = NUM_OBJ, seed: int = 0,
-                has_obj: list[bool] | None = None) -> dict:
+def make_target(
+    n: int,
+    num_verbs: int = NUM_VERB,
+    num_obj: int = NUM_OBJ,
+    seed: int = 0,
+    has_obj: list[bool] | None = None,
+) -> dict:
     g = torch.Generator().manual_seed(seed)
     cxcy = torch.rand(n, 2, generator=g) * 0.5 + 0.25
     wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1

@@ -24,14 +24,32 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("api")
     root = generate(tmp / "synth", preset="tiny")
-    cfg = load_config(None, TINY_OVERRIDES + ["data.dataset=synthetic", f"data.root={root}",
-                                              "data.test_scale=96", "data.max_size=128", "eval.batch_size=4"])
+    cfg = load_config(
+        None,
+        TINY_OVERRIDES
+        + [
+            "data.dataset=synthetic",
+            f"data.root={root}",
+            "data.test_scale=96",
+            "data.max_size=128",
+            "eval.batch_size=4",
+        ],
+    )
     meta = build_meta(cfg.data)
     torch.manual_seed(0)
     model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
     ckpt = tmp / "last.pt"
-    save_checkpoint(ckpt, {"model": model.state_dict(), "config": config_to_dict(cfg), "meta": meta.to_dict(),
-                           "metrics": {"mAP_full": 1.5}, "epoch": 1, "step": 3})
+    save_checkpoint(
+        ckpt,
+        {
+            "model": model.state_dict(),
+            "config": config_to_dict(cfg),
+            "meta": meta.to_dict(),
+            "metrics": {"mAP_full": 1.5},
+            "epoch": 1,
+            "step": 3,
+        },
+    )
     rng = np.random.default_rng(0)
     images = []
     for i, (h, w) in enumerate([(80, 110), (96, 64), (70, 70)]):

@@ -11,16 +11,32 @@ from hqm.config import CONFIG_DIR, ConfigError, config_from_dict, config_to_dict
 def test_defaults_are_the_paper_recipe():
     cfg = load_config()
     assert (cfg.model.detector, cfg.model.backbone, cfg.model.num_queries, cfg.model.hidden_dim) == (
-        "qpic", "resnet50", 100, 256)
+        "qpic",
+        "resnet50",
+        100,
+        256,
+    )
     assert (cfg.train.lr, cfg.train.lr_backbone, cfg.train.weight_decay, cfg.train.clip_max_norm) == (
-        1e-4, 1e-5, 1e-4, 0.1)
+        1e-4,
+        1e-5,
+        1e-4,
+        0.1,
+    )
     assert (cfg.loss.bbox_loss_coef, cfg.loss.eos_coef) == (2.5, 0.1)
     assert cfg.mining.gbs.iou_range == [0.4, 0.6] and cfg.mining.amm.k == 100 and cfg.mining.amm.gamma == 0.4
 
 
 def test_overrides_and_types():
-    cfg = load_config(None, ["train.lr=3e-4", "model.num_queries=16", "data.scales=[128, 160]",
-                             "model.aux_loss=false", "device=cpu"])
+    cfg = load_config(
+        None,
+        [
+            "train.lr=3e-4",
+            "model.num_queries=16",
+            "data.scales=[128, 160]",
+            "model.aux_loss=false",
+            "device=cpu",
+        ],
+    )
     assert cfg.train.lr == 3e-4 and cfg.model.num_queries == 16 and cfg.data.scales == [128, 160]
     assert cfg.model.aux_loss is False and cfg.device == "cpu"
 

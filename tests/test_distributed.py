@@ -36,8 +36,13 @@ def free_port() -> int:
 
 def _rank_worker(rank: int, world: int, port: int, root: str, out: str, extra: list[str]) -> None:
     """One DDP rank (env:// rendezvous on localhost): train, then dump this rank's parameters."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(1)  # two ranks share the two cores
     trainer = Trainer(exact_cfg(root, Path(out), *extra))
     trainer.fit()  # destroys the process group at the end
@@ -48,8 +53,12 @@ def test_two_gloo_ranks_equal_one_process(tiny_root, tmp_path):
     steps = ["train.max_steps=3"]
     Trainer(exact_cfg(tiny_root, tmp_path / "single", "train.batch_size=4", *steps)).fit()
     out = tmp_path / "ddp"
-    mp.spawn(_rank_worker, args=(2, free_port(), str(tiny_root), str(out), ["train.batch_size=2", *steps]),
-             nprocs=2, join=True)
+    mp.spawn(
+        _rank_worker,
+        args=(2, free_port(), str(tiny_root), str(out), ["train.batch_size=2", *steps]),
+        nprocs=2,
+        join=True,
+    )
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks diverged"
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3
@@ -59,8 +68,20 @@ def test_two_gloo_ranks_equal_one_process(tiny_root, tmp_path):
 
 
 def torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-           "127.0.0.1", "--master-port", str(free_port()), "-m", "hqm", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "hqm",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -72,12 +93,33 @@ def test_torchrun_cli_with_ajl_mining_and_distributed_eval(tiny_root, tmp_path, 
 
     out = tmp_path / "ajl"
     common = TINY_OVERRIDES + [
-        "data.dataset=synthetic", f"data.root={tiny_root}", "data.synth_preset=tiny", "data.scales=[64]",
-        "data.max_size=64", "data.test_scale=64", "data.crop_resize=[64]", "data.crop_min=48",
-        "data.crop_max=64", "data.num_workers=0", "eval.batch_size=3", "eval.every=0"]
+        "data.dataset=synthetic",
+        f"data.root={tiny_root}",
+        "data.synth_preset=tiny",
+        "data.scales=[64]",
+        "data.max_size=64",
+        "data.test_scale=64",
+        "data.crop_resize=[64]",
+        "data.crop_min=48",
+        "data.crop_max=64",
+        "data.num_workers=0",
+        "eval.batch_size=3",
+        "eval.every=0",
+    ]
     # AJL alternates GBS / AMM: the idle miner's parameters get no gradient unless zero-touched
-    torchrun(["train", "qpic_r18_synthetic", *common, f"train.output_dir={out}", "train.max_steps=3",
-              "train.batch_size=2", "train.log_every=1", "mining.strategy=ajl", "--json"])
+    torchrun(
+        [
+            "train",
+            "qpic_r18_synthetic",
+            *common,
+            f"train.output_dir={out}",
+            "train.max_steps=3",
+            "train.batch_size=2",
+            "train.log_every=1",
+            "mining.strategy=ajl",
+            "--json",
+        ]
+    )
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["step"] == 3 and ckpt["world_size"] == 2 and len(ckpt["rng_per_rank"]) == 2
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

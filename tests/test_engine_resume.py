@@ -27,19 +27,39 @@ def tiny_root(tmp_path_factory):
 
 def run_args(root, out) -> list[str]:
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("model.dropout")] + [
-        "model.dropout=0.1", "data.dataset=synthetic", f"data.root={root}", "data.synth_preset=tiny",
-        "data.scales=[64]", "data.max_size=64", "data.test_scale=64", "data.crop_resize=[64]",
-        "data.crop_min=48", "data.crop_max=64", "data.num_workers=0", "eval.batch_size=8", "eval.every=0",
-        "train.epochs=2", "train.lr_drop=1", "train.batch_size=4", "train.deterministic=true",
-        "train.checkpoint_every_steps=2", "train.keep_last=2", "train.log_every=4", "mining.strategy=ajl",
-        f"train.output_dir={out}"]
+        "model.dropout=0.1",
+        "data.dataset=synthetic",
+        f"data.root={root}",
+        "data.synth_preset=tiny",
+        "data.scales=[64]",
+        "data.max_size=64",
+        "data.test_scale=64",
+        "data.crop_resize=[64]",
+        "data.crop_min=48",
+        "data.crop_max=64",
+        "data.num_workers=0",
+        "eval.batch_size=8",
+        "eval.every=0",
+        "train.epochs=2",
+        "train.lr_drop=1",
+        "train.batch_size=4",
+        "train.deterministic=true",
+        "train.checkpoint_every_steps=2",
+        "train.keep_last=2",
+        "train.log_every=4",
+        "mining.strategy=ajl",
+        f"train.output_dir={out}",
+    ]
     return ["train", "qpic_r18_synthetic", *overrides]
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_root, tmp_path):
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "hqm", *run_args(tiny_root, killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hqm", *run_args(tiny_root, killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     last = killed / "checkpoints" / "last.pt"
     try:
         for _ in range(12000):  # bounded poll (at most ~2 minutes), not a timing assumption
@@ -62,12 +82,17 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_root, tmp_path
     b = load_checkpoint(full / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 8 and a["epoch"] == b["epoch"] == 2
     assert a["model"].keys() == b["model"].keys()
-    diff = max((a["model"][n].double() - b["model"][n].double()).abs().max().item()
-               for n in a["model"] if a["model"][n].numel())
+    diff = max(
+        (a["model"][n].double() - b["model"][n].double()).abs().max().item()
+        for n in a["model"]
+        if a["model"][n].numel()
+    )
     print(f"resume: killed at step {k}, max |resumed - uninterrupted| = {diff:.3g}")
     assert all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2
     # step-stamped copies: the two newest are kept
     assert sorted(p.name for p in (killed / "checkpoints").glob("step_*.pt")) == [
-        "step_0000006.pt", "step_0000008.pt"]
+        "step_0000006.pt",
+        "step_0000008.pt",
+    ]
     torch.set_grad_enabled(True)

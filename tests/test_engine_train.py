@@ -16,9 +16,21 @@ from hqm.engine.trainer import Trainer, check_compatible
 
 # fixed 64 x 64 batches (every image resized into (32, 64] on both sides, padded to 64), frozen BN,
 # no dropout: the gradient of a batch is exactly the sum of its parts
-EXACT = ["data.scales=[64]", "data.max_size=64", "data.test_scale=64", "data.crop_resize=[64]",
-         "data.crop_min=48", "data.crop_max=64", "data.num_workers=0", "eval.batch_size=8", "eval.every=0",
-         "model.backbone_norm=frozen", "model.dropout=0.0", "train.deterministic=true", "train.log_every=1"]
+EXACT = [
+    "data.scales=[64]",
+    "data.max_size=64",
+    "data.test_scale=64",
+    "data.crop_resize=[64]",
+    "data.crop_min=48",
+    "data.crop_max=64",
+    "data.num_workers=0",
+    "eval.batch_size=8",
+    "eval.every=0",
+    "model.backbone_norm=frozen",
+    "model.dropout=0.0",
+    "train.deterministic=true",
+    "train.log_every=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +41,18 @@ def tiny_root(tmp_path_factory):
 
 
 def exact_cfg(root, out, *extra: str):
-    return load_config("qpic_r18_synthetic", TINY_OVERRIDES + EXACT + [
-        "data.dataset=synthetic", f"data.root={root}", "data.synth_preset=tiny", f"train.output_dir={out}",
-        *extra])
+    return load_config(
+        "qpic_r18_synthetic",
+        TINY_OVERRIDES
+        + EXACT
+        + [
+            "data.dataset=synthetic",
+            f"data.root={root}",
+            "data.synth_preset=tiny",
+            f"train.output_dir={out}",
+            *extra,
+        ],
+    )
 
 
 def final_weights(out) -> dict[str, torch.Tensor]:
@@ -46,8 +67,11 @@ def max_abs_diff(a: dict, b: dict) -> float:
 def test_accumulation_equals_the_large_batch(tiny_root, tmp_path):
     torch.manual_seed(0)
     Trainer(exact_cfg(tiny_root, tmp_path / "b4", "train.batch_size=4", "train.max_steps=3")).fit()
-    Trainer(exact_cfg(tiny_root, tmp_path / "b2x2", "train.batch_size=2", "train.accumulate=2",
-                      "train.max_steps=3")).fit()
+    Trainer(
+        exact_cfg(
+            tiny_root, tmp_path / "b2x2", "train.batch_size=2", "train.accumulate=2", "train.max_steps=3"
+        )
+    ).fit()
     w4, w22 = final_weights(tmp_path / "b4"), final_weights(tmp_path / "b2x2")
     init = Trainer(exact_cfg(tiny_root, tmp_path / "init")).model.state_dict()
     assert max_abs_diff(w4, init) > 1e-4  # the runs did train
@@ -57,8 +81,9 @@ def test_accumulation_equals_the_large_batch(tiny_root, tmp_path):
 
 
 def test_bf16_autocast_on_cpu(tiny_root, tmp_path):
-    trainer = Trainer(exact_cfg(tiny_root, tmp_path / "bf16", "train.amp=bf16", "train.max_steps=2",
-                                "train.batch_size=2"))
+    trainer = Trainer(
+        exact_cfg(tiny_root, tmp_path / "bf16", "train.amp=bf16", "train.max_steps=2", "train.batch_size=2")
+    )
     trainer.train_one_epoch()
     assert trainer.step == 2
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
@@ -67,8 +92,16 @@ def test_bf16_autocast_on_cpu(tiny_root, tmp_path):
 
 def test_step_checkpoints_keep_last_and_resume_helpers(tiny_root, tmp_path):
     out = tmp_path / "run"
-    Trainer(exact_cfg(tiny_root, out, "train.batch_size=2", "train.max_steps=5",
-                      "train.checkpoint_every_steps=1", "train.keep_last=2")).fit()
+    Trainer(
+        exact_cfg(
+            tiny_root,
+            out,
+            "train.batch_size=2",
+            "train.max_steps=5",
+            "train.checkpoint_every_steps=1",
+            "train.keep_last=2",
+        )
+    ).fit()
     folder = out / "checkpoints"
     assert sorted(p.name for p in folder.glob("step_*.pt")) == ["step_0000004.pt", "step_0000005.pt"]
     assert load_checkpoint(folder / "step_0000004.pt")["step"] == 4
@@ -120,8 +153,11 @@ def test_loading_data_leaves_the_global_random_stream_alone(tiny_root, tmp_path)
 @pytest.mark.slow
 def test_compile_trains_on_cpu(tiny_root, tmp_path):
     """torch.compile (inductor) of the tiny model: minutes of compilation on a 2-core CPU."""
-    trainer = Trainer(exact_cfg(tiny_root, tmp_path / "compiled", "train.compile=true", "train.max_steps=2",
-                                "train.batch_size=2"))
+    trainer = Trainer(
+        exact_cfg(
+            tiny_root, tmp_path / "compiled", "train.compile=true", "train.max_steps=2", "train.batch_size=2"
+        )
+    )
     trainer.train_one_epoch()
     assert trainer.step == 2 and all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
@@ -130,8 +166,14 @@ def test_compile_trains_on_cpu(tiny_root, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_cuda_amp_channels_last_fused_adamw(tiny_root, tmp_path, amp):
-    cfg = exact_cfg(tiny_root, tmp_path / amp, f"train.amp={amp}", "train.max_steps=3", "train.batch_size=2",
-                    "device=cuda")
+    cfg = exact_cfg(
+        tiny_root,
+        tmp_path / amp,
+        f"train.amp={amp}",
+        "train.max_steps=3",
+        "train.batch_size=2",
+        "device=cuda",
+    )
     trainer = Trainer(cfg)
     assert trainer.channels_last and trainer.optimizer.defaults["fused"]
     trainer.train_one_epoch()

@@ -17,7 +17,7 @@ def scores(b=2, t=3, q=5, s=40, pad=None, seed=0):
     if pad is not None:  # pad[i] = number of padded keys at the end of image i's key list
         for i, p in enumerate(pad):
             if p:
-                x[i, ..., s - p:] = float("-inf")
+                x[i, ..., s - p :] = float("-inf")
     return x
 
 

@@ -17,14 +17,16 @@ def random_boxes(n: int, seed: int = 0) -> torch.Tensor:
     wh = torch.rand(n, 2, generator=g) * 0.9 + 0.05
     cxcy = wh / 2 + torch.rand(n, 2, generator=g) * (1 - wh)
     boxes = torch.cat([cxcy, wh], 1)
-    special = torch.tensor([
-        [0.5, 0.5, 1.0, 1.0],  # the whole image
-        [0.5, 0.5, 1.0, 0.02],  # a full-width sliver
-        [0.3, 0.7, 1e-3, 2e-3],  # tiny
-        [5e-4, 5e-4, 1e-3, 1e-3],  # tiny, in the corner
-        [0.9, 0.1, 0.2, 0.2],  # touching the top-right corner
-        [0.5, 0.5, 0.98, 0.6],
-    ])
+    special = torch.tensor(
+        [
+            [0.5, 0.5, 1.0, 1.0],  # the whole image
+            [0.5, 0.5, 1.0, 0.02],  # a full-width sliver
+            [0.3, 0.7, 1e-3, 2e-3],  # tiny
+            [5e-4, 5e-4, 1e-3, 1e-3],  # tiny, in the corner
+            [0.9, 0.1, 0.2, 0.2],  # touching the top-right corner
+            [0.5, 0.5, 0.98, 0.6],
+        ]
+    )
     return torch.cat([boxes, special])
 
 
@@ -51,6 +53,7 @@ def _fake_randint(draws: torch.Tensor):
     def randint(low, high, size, device=None, **kw):
         assert (low, high) == (-10, 10) and tuple(size) == tuple(draws.shape)
         return draws.clone().to(device)
+
     return randint
 
 
@@ -161,8 +164,13 @@ def test_hard_losses_use_the_fixed_assignment(batch):
     images, masks, targets = batch
     _, model, crit = _tiny(["mining.strategy=gbs", "mining.gbs.shift=none"])
     perm = torch.tensor([2, 0, 1])
-    permuted = [{k: (v[perm] if torch.is_tensor(v) and v.dim() and len(v) == 3 else v)
-                 for k, v in targets[0].items()}, targets[1]]
+    permuted = [
+        {
+            k: (v[perm] if torch.is_tensor(v) and v.dim() and len(v) == 3 else v)
+            for k, v in targets[0].items()
+        },
+        targets[1],
+    ]
     out_a = model(images, masks, targets, mining=("gbs",))
     out_b = model(images, masks, permuted, mining=("gbs",))
     ga, gb = out_a["groups"]["gbs"], out_b["groups"]["gbs"]

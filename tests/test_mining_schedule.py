@@ -39,11 +39,17 @@ def test_weights_pjl_half_beta_and_single_strategies():
     assert MiningSchedule("none").active(0) == () and MiningSchedule("none").weights(()) == {}
 
 
-@pytest.mark.parametrize("strategy,kinds", [
-    ("none", {}), ("gbs", {"gbs": GBSMiner}), ("amm", {"amm": AMMMiner}),
-    ("ajl", {"gbs": GBSMiner, "amm": AMMMiner}), ("pjl", {"gbs": GBSMiner, "amm": AMMMiner}),
-    ("cjl", {"cjl": CJLMiner}),
-])
+@pytest.mark.parametrize(
+    "strategy,kinds",
+    [
+        ("none", {}),
+        ("gbs", {"gbs": GBSMiner}),
+        ("amm", {"amm": AMMMiner}),
+        ("ajl", {"gbs": GBSMiner, "amm": AMMMiner}),
+        ("pjl", {"gbs": GBSMiner, "amm": AMMMiner}),
+        ("cjl", {"cjl": CJLMiner}),
+    ],
+)
 def test_build_miners_matches_the_schedule(tiny_cfg, strategy, kinds):
     tiny_cfg.mining.strategy = strategy
     miners = build_miners(tiny_cfg, build_model(load_config(None, TINY_OVERRIDES), NUM_OBJ, NUM_VERB))
@@ -88,8 +94,9 @@ def test_evaluation_outputs_identical_with_and_without_miners(batch, strategy):
     assert set(a) == set(b)
     for key in ("pred_obj_logits", "pred_verb_logits", "pred_sub_boxes", "pred_obj_boxes"):
         assert torch.equal(a[key], b[key])
-    assert torch.equal(plain.inference(images, masks)["pred_verb_logits"],
-                       mined.inference(images, masks)["pred_verb_logits"])
+    assert torch.equal(
+        plain.inference(images, masks)["pred_verb_logits"], mined.inference(images, masks)["pred_verb_logits"]
+    )
 
 
 def test_pjl_runs_both_groups_independently_with_half_beta(batch):
@@ -101,8 +108,10 @@ def test_pjl_runs_both_groups_independently_with_half_beta(batch):
     s = MiningSchedule("pjl", 1.0)
     total, logs = crit(out, targets, 1.0, s.weights(s.active(0)))
     only, _ = crit({k: v for k, v in out.items() if k != "groups"}, targets, 1.0, {})
-    per_group = {g: crit({**out, "groups": {g: out["groups"][g]}}, targets, 1.0, {g: 1.0})[0] - only
-                 for g in ("gbs", "amm")}
+    per_group = {
+        g: crit({**out, "groups": {g: out["groups"][g]}}, targets, 1.0, {g: 1.0})[0] - only
+        for g in ("gbs", "amm")
+    }
     torch.testing.assert_close(total, only + 0.5 * (per_group["gbs"] + per_group["amm"]))
 
 
@@ -145,6 +154,7 @@ def test_cjl_self_reference_runs_an_unmasked_pass_first(batch):
     hooks = []
     real_decode = model.decode
     model.decode = lambda enc, qp, qm=None, hook=None, final_norm=True: (
-        hooks.append(type(hook).__name__) or real_decode(enc, qp, qm, hook, final_norm))
+        hooks.append(type(hook).__name__) or real_decode(enc, qp, qm, hook, final_norm)
+    )
     model(images, masks, targets, mining=("cjl",))
     assert hooks == ["NoneType", "RecordAttention", "AttentionMasking"]

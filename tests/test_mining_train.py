@@ -11,14 +11,31 @@ from hqm.config import load_config
 from hqm.data import ensure_synthetic
 from hqm.engine.trainer import Trainer
 
-SMALL = ["data.dataset=synthetic", "data.synth_preset=tiny", "data.scales=[64,80]", "data.max_size=128",
-         "data.test_scale=64", "data.crop_resize=[64]", "data.crop_min=48", "data.crop_max=64",
-         "data.num_workers=0", "train.max_steps=2", "train.log_every=1", "eval.batch_size=4", "eval.every=0",
-         "mining.amm.k=8",
-         "model.train_backbone_from=none"]  # mining never touches the backbone: keep the steps cheap
+SMALL = [
+    "data.dataset=synthetic",
+    "data.synth_preset=tiny",
+    "data.scales=[64,80]",
+    "data.max_size=128",
+    "data.test_scale=64",
+    "data.crop_resize=[64]",
+    "data.crop_min=48",
+    "data.crop_max=64",
+    "data.num_workers=0",
+    "train.max_steps=2",
+    "train.log_every=1",
+    "eval.batch_size=4",
+    "eval.every=0",
+    "mining.amm.k=8",
+    "model.train_backbone_from=none",
+]  # mining never touches the backbone: keep the steps cheap
 
 RUNS = {
-    "none": [], "gbs": [], "amm": [], "ajl": [], "pjl": [], "cjl": [],
+    "none": [],
+    "gbs": [],
+    "amm": [],
+    "ajl": [],
+    "pjl": [],
+    "cjl": [],
     "ajl-official": ["mining.gbs.sampler=official", "mining.beta=0.8", "mining.ajl.reset_each_epoch=true"],
     "ajl-start-amm": ["mining.ajl.start=amm"],
     "gbs-shift-none": ["mining.gbs.shift=none"],
@@ -41,8 +58,13 @@ def synth_root(tmp_path_factory):
 @pytest.mark.parametrize("run", list(RUNS))
 def test_two_training_steps(run, synth_root, tmp_path):
     strategy = run.split("-")[0]
-    cfg = load_config(None, TINY_OVERRIDES + SMALL + RUNS[run] + [
-        f"data.root={synth_root}", f"mining.strategy={strategy}", f"train.output_dir={tmp_path}"])
+    cfg = load_config(
+        None,
+        TINY_OVERRIDES
+        + SMALL
+        + RUNS[run]
+        + [f"data.root={synth_root}", f"mining.strategy={strategy}", f"train.output_dir={tmp_path}"],
+    )
     trainer = Trainer(cfg)
     trainer.train_one_epoch()  # the step loop only: evaluation is covered elsewhere
     trainer.writer.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import NUM_OBJ, NUM_VERB, make_target
 
+from conftest import NUM_OBJ, NUM_VERB, make_target
 from hqm.models import build_criterion, build_matcher, build_model
 from hqm.models.attention import AttentionHook, MultiheadAttention, RecordAttention
 from hqm.models.postprocess import PostProcessHOI
@@ -29,17 +29,28 @@ def test_output_contract(model, batch, tiny_cfg):
         assert out[k].shape == (2, nq, 4)
         assert (out[k] >= 0).all() and (out[k] <= 1).all()
     assert len(out["aux_outputs"]) == tiny_cfg.model.dec_layers - 1
-    assert set(out["aux_outputs"][0]) == {"pred_obj_logits", "pred_verb_logits", "pred_sub_boxes",
-                                          "pred_obj_boxes"}
+    assert set(out["aux_outputs"][0]) == {
+        "pred_obj_logits",
+        "pred_verb_logits",
+        "pred_sub_boxes",
+        "pred_obj_boxes",
+    }
 
 
 def test_qpic_parameter_names(model):
     names = set(model.state_dict())
-    for key in ("query_embed.weight", "input_proj.weight", "obj_class_embed.weight", "verb_class_embed.weight",
-                "sub_bbox_embed.layers.2.weight", "obj_bbox_embed.layers.0.bias",
-                "backbone.0.body.conv1.weight", "transformer.decoder.norm.weight",
-                "transformer.encoder.layers.0.self_attn.in_proj_weight",
-                "transformer.decoder.layers.1.multihead_attn.out_proj.weight"):
+    for key in (
+        "query_embed.weight",
+        "input_proj.weight",
+        "obj_class_embed.weight",
+        "verb_class_embed.weight",
+        "sub_bbox_embed.layers.2.weight",
+        "obj_bbox_embed.layers.0.bias",
+        "backbone.0.body.conv1.weight",
+        "transformer.decoder.norm.weight",
+        "transformer.encoder.layers.0.self_attn.in_proj_weight",
+        "transformer.decoder.layers.1.multihead_attn.out_proj.weight",
+    ):
         assert key in names, key
 
 
@@ -116,7 +127,7 @@ def test_matcher_batch_equals_single(model, batch, tiny_cfg):
     matcher = build_matcher(tiny_cfg.loss)
     both = matcher(out, targets)
     for i in range(2):
-        single = matcher({k: v[i:i + 1] for k, v in out.items() if k != "aux_outputs"}, [targets[i]])
+        single = matcher({k: v[i : i + 1] for k, v in out.items() if k != "aux_outputs"}, [targets[i]])
         assert torch.equal(both[i][0], single[0][0]) and torch.equal(both[i][1], single[0][1])
         assert len(both[i][0]) == len(targets[i]["obj_labels"])
 
@@ -133,9 +144,12 @@ def test_matcher_missing_object_ignores_object_box(tiny_cfg):
     """With the object missing, moving the predicted object box must not change the cost."""
     matcher = build_matcher(tiny_cfg.loss)
     t = make_target(1, has_obj=[False])
-    out = {"pred_obj_logits": torch.zeros(1, 2, NUM_OBJ + 1), "pred_verb_logits": torch.zeros(1, 2, NUM_VERB),
-           "pred_sub_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.4, 0.4, 0.3, 0.3]]]),
-           "pred_obj_boxes": torch.tensor([[[0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]]])}
+    out = {
+        "pred_obj_logits": torch.zeros(1, 2, NUM_OBJ + 1),
+        "pred_verb_logits": torch.zeros(1, 2, NUM_VERB),
+        "pred_sub_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.4, 0.4, 0.3, 0.3]]]),
+        "pred_obj_boxes": torch.tensor([[[0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]]]),
+    }
     c1 = matcher.cost_matrices(out, [t])[0]
     out["pred_obj_boxes"] = torch.rand(1, 2, 4) * 0.5 + 0.2
     c2 = matcher.cost_matrices(out, [t])[0]
@@ -184,9 +198,12 @@ def test_postprocess_scores_validity_and_boxes():
     meta = DatasetMeta("t", ["person", "ball"], ["kick", "hold"], np.array([[0, 1], [1, 1]], dtype=bool))
     post = PostProcessHOI(meta, max_dets=10)
     obj_logits = torch.tensor([[[-10.0, 5.0, -10.0], [5.0, -10.0, -10.0]]])  # q0 -> ball, q1 -> person
-    out = {"pred_obj_logits": obj_logits, "pred_verb_logits": torch.zeros(1, 2, 2),
-           "pred_sub_boxes": torch.tensor([[[0.5, 0.5, 0.5, 0.5]] * 2]),
-           "pred_obj_boxes": torch.tensor([[[0.25, 0.25, 0.5, 0.5]] * 2])}
+    out = {
+        "pred_obj_logits": obj_logits,
+        "pred_verb_logits": torch.zeros(1, 2, 2),
+        "pred_sub_boxes": torch.tensor([[[0.5, 0.5, 0.5, 0.5]] * 2]),
+        "pred_obj_boxes": torch.tensor([[[0.25, 0.25, 0.5, 0.5]] * 2]),
+    }
     (pred,) = post(out, torch.tensor([[100, 200]]), ["a.jpg"])
     # kick is invalid with person: 3 valid candidates of 4
     assert len(pred) == 3

@@ -22,13 +22,18 @@ from hqm.viz.predict_files import expand_sources
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict")
     cfg = load_config(None, TINY_OVERRIDES + ["data.test_scale=96", "data.max_size=128"])
-    meta = DatasetMeta("toy", ["person", "ball", "cup", "dog", "kite", "bike"],
-                       ["hold", "kick", "ride", "look", "throw"], np.ones((5, 6), bool))
+    meta = DatasetMeta(
+        "toy",
+        ["person", "ball", "cup", "dog", "kite", "bike"],
+        ["hold", "kick", "ride", "look", "throw"],
+        np.ones((5, 6), bool),
+    )
     torch.manual_seed(0)
     model = build_model(cfg, 6, 5)
     ckpt = tmp / "model.pt"
-    save_checkpoint(ckpt, {"model": model.state_dict(), "config": config_to_dict(cfg),
-                           "meta": meta.to_dict()})
+    save_checkpoint(
+        ckpt, {"model": model.state_dict(), "config": config_to_dict(cfg), "meta": meta.to_dict()}
+    )
     imgs = tmp / "imgs"
     imgs.mkdir()
     rng = np.random.default_rng(0)
@@ -40,8 +45,19 @@ def setup(tmp_path_factory):
 
 def test_predict_writes_pngs_and_jsonl(setup, capsys):
     out = setup["tmp"] / "out"
-    rc = main(["predict", str(setup["ckpt"]), f"source={setup['imgs']}", f"out={out}", "top_k=3",
-               "threshold=0.0", "batch=2", "--attn", "--quiet"])
+    rc = main(
+        [
+            "predict",
+            str(setup["ckpt"]),
+            f"source={setup['imgs']}",
+            f"out={out}",
+            "top_k=3",
+            "threshold=0.0",
+            "batch=2",
+            "--attn",
+            "--quiet",
+        ]
+    )
     assert rc == 0 and "3 images" in capsys.readouterr().out
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 3
@@ -58,12 +74,25 @@ def test_predict_writes_pngs_and_jsonl(setup, capsys):
 
 def test_predict_glob_single_file_and_size(setup):
     out = setup["tmp"] / "out_glob"
-    assert main(["predict", str(setup["ckpt"]), f"source={setup['imgs']}/im[01].jpg", f"out={out}",
-                 "size=64", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(setup["ckpt"]),
+                f"source={setup['imgs']}/im[01].jpg",
+                f"out={out}",
+                "size=64",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
     out1 = setup["tmp"] / "out_one"
-    assert main(["predict", str(setup["ckpt"]), f"source={setup['imgs'] / 'im2.jpg'}", f"out={out1}",
-                 "--quiet"]) == 0
+    assert (
+        main(["predict", str(setup["ckpt"]), f"source={setup['imgs'] / 'im2.jpg'}", f"out={out1}", "--quiet"])
+        == 0
+    )
     assert (out1 / "im2.png").is_file() and not (out1 / "im2_attn.png").exists()
     assert [p.name for p in expand_sources(setup["imgs"])] == ["im0.jpg", "im1.jpg", "im2.jpg"]
 
@@ -71,7 +100,17 @@ def test_predict_glob_single_file_and_size(setup):
 def test_predict_errors_are_one_line(setup, capsys):
     assert main(["predict", str(setup["ckpt"]), f"out={setup['tmp']}"]) == 2
     assert "source=" in capsys.readouterr().err
-    assert main(["predict", str(setup["ckpt"]), f"source={setup['tmp']}/nothing*.png",
-                 f"out={setup['tmp'] / 'x'}", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(setup["ckpt"]),
+                f"source={setup['tmp']}/nothing*.png",
+                f"out={setup['tmp'] / 'x'}",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no images found" in err and "Traceback" not in err

@@ -12,8 +12,16 @@ from hqm.cli import main
 from hqm.config import load_config
 from hqm.engine.checkpoint import load_checkpoint
 
-SMALL_IMAGES = ["data.scales=[64,80]", "data.max_size=128", "data.test_scale=64", "data.crop_resize=[64]",
-                "data.crop_min=48", "data.crop_max=64", "data.num_workers=0", "eval.batch_size=4"]
+SMALL_IMAGES = [
+    "data.scales=[64,80]",
+    "data.max_size=128",
+    "data.test_scale=64",
+    "data.crop_resize=[64]",
+    "data.crop_min=48",
+    "data.crop_max=64",
+    "data.num_workers=0",
+    "eval.batch_size=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +32,19 @@ def tiny_root(tmp_path_factory):
 
 
 def tiny_overrides(root, out) -> list[str]:
-    return TINY_OVERRIDES + SMALL_IMAGES + [
-        "data.dataset=synthetic", f"data.root={root}", "data.synth_preset=tiny",
-        f"train.output_dir={out}", "train.max_steps=2", "train.batch_size=2", "train.log_every=1"]
+    return (
+        TINY_OVERRIDES
+        + SMALL_IMAGES
+        + [
+            "data.dataset=synthetic",
+            f"data.root={root}",
+            "data.synth_preset=tiny",
+            f"train.output_dir={out}",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "train.log_every=1",
+        ]
+    )
 
 
 def test_two_step_run_writes_run_files(tiny_root, tmp_path, capsys):
@@ -34,8 +52,14 @@ def test_two_step_run_writes_run_files(tiny_root, tmp_path, capsys):
     assert main(["train", "qpic_r18_synthetic", *tiny_overrides(tiny_root, out), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"mAP_full", "mAP_rare", "mAP_nonrare"} <= set(metrics)
-    for name in ("config.yaml", "log.txt", "metrics.jsonl", "results.csv", "checkpoints/last.pt",
-                 "checkpoints/best.pt"):
+    for name in (
+        "config.yaml",
+        "log.txt",
+        "metrics.jsonl",
+        "results.csv",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (out / name).is_file(), name
     cfg = load_config(out / "config.yaml")
     assert cfg.train.max_steps == 2 and cfg.data.root == str(tiny_root)
@@ -46,16 +70,40 @@ def test_two_step_run_writes_run_files(tiny_root, tmp_path, capsys):
 
     # hqm eval on the checkpoint reproduces the training run's final evaluation
     preds_file = tmp_path / "preds.json"
-    assert main(["eval", str(out / "config.yaml"), f"weights={out / 'checkpoints' / 'last.pt'}", "--json",
-                 "--save-predictions", str(preds_file)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out / "config.yaml"),
+                f"weights={out / 'checkpoints' / 'last.pt'}",
+                "--json",
+                "--save-predictions",
+                str(preds_file),
+            ]
+        )
+        == 0
+    )
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again == metrics
 
     # the saved predictions file evaluates, without a model, to the same numbers
     records = json.loads(preds_file.read_text())
     assert {"file_name", "predictions", "hoi_prediction"} <= set(records[0])
-    assert main(["eval-file", "--dataset", "synthetic", "--root", str(tiny_root), "--predictions",
-                 str(preds_file), "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval-file",
+                "--dataset",
+                "synthetic",
+                "--root",
+                str(tiny_root),
+                "--predictions",
+                str(preds_file),
+                "--json",
+            ]
+        )
+        == 0
+    )
     from_file = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert from_file == pytest.approx(metrics, abs=1e-6, nan_ok=True)
     torch.set_grad_enabled(True)

@@ -19,9 +19,13 @@ def _preds(meta=META) -> HOIPredictions:
         file_name="x.jpg",
         sub_boxes=np.array([[10, 10, 60, 90], [10, 10, 60, 90], [70, 20, 110, 90], [0, 0, 5, 5]], np.float32),
         obj_boxes=np.array([[50, 60, 80, 90], [50, 60, 80, 90], [20, 5, 40, 25], [1, 1, 2, 2]], np.float32),
-        obj_labels=np.array([1, 1, 2, 0]), verb_labels=np.array([1, 0, 0, 1]),
-        scores=np.array([0.9, 0.6, 0.7, 0.05], np.float32), image_size=(100, 120),
-        query_index=np.array([3, 3, 5, 7]), meta=meta)
+        obj_labels=np.array([1, 1, 2, 0]),
+        verb_labels=np.array([1, 0, 0, 1]),
+        scores=np.array([0.9, 0.6, 0.7, 0.05], np.float32),
+        image_size=(100, 120),
+        query_index=np.array([3, 3, 5, 7]),
+        meta=meta,
+    )
 
 
 def test_group_pairs_merges_verbs_of_one_query_and_keeps_top_k():
@@ -63,8 +67,9 @@ def test_query_attention_maps_crop_and_resize():
     scores = torch.full((1, 2, 4, 8), -10.0)
     scores[0, :, 1, 0] = 10.0  # query 1 looks at the top-left cell
     scores[0, :, 2, 3] = 10.0  # query 2 looks at the padding column only: cropped away
-    maps = query_attention_maps(scores, (2, 4), (64, 128), torch.tensor([[64, 96]]),
-                                torch.tensor([[100, 150]]), [np.array([1, 2])])
+    maps = query_attention_maps(
+        scores, (2, 4), (64, 128), torch.tensor([[64, 96]]), torch.tensor([[100, 150]]), [np.array([1, 2])]
+    )
     assert maps[0].shape == (2, 100, 150) and np.isclose(maps[0].max(), 1.0)
     m = maps[0][0]
     assert m[:30, :30].mean() > m[70:, 100:].mean()  # the peak stays top-left after resizing

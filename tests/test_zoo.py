@@ -32,8 +32,15 @@ DETR_OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith(_DROP)]
 DETR_OVERRIDES += ["model.backbone_norm=frozen", "model.backbone_out=layer4"]
 
 
-def detr_state_dict(backbone: str = "resnet18", d: int = 32, enc: int = 1, dec: int = 2, ff: int = 64,
-                    queries: int = 100, with_backbone: bool = True) -> dict[str, torch.Tensor]:
+def detr_state_dict(
+    backbone: str = "resnet18",
+    d: int = 32,
+    enc: int = 1,
+    dec: int = 2,
+    ff: int = 64,
+    queries: int = 100,
+    with_backbone: bool = True,
+) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     sd: dict[str, torch.Tensor] = {}
     if with_backbone:
@@ -115,11 +122,15 @@ def _save(obj, name: str = "ckpt.pt", args: bool = True) -> str:
     return path
 
 
-@pytest.mark.parametrize("dataset,rows,fresh", [("hico_det", 81, []), ("vcoco", 82, [80]),
-                                                ("hoia", 12, [2, 3, 4])])
+@pytest.mark.parametrize(
+    "dataset,rows,fresh", [("hico_det", 81, []), ("vcoco", 82, [80]), ("hoia", 12, [2, 3, 4])]
+)
 def test_class_rows_with_true_r50_head_shapes(dataset, rows, fresh):
-    detr = {k: v for k, v in detr_state_dict(d=256, with_backbone=False, enc=0, dec=0).items()
-            if k.startswith(("class_embed", "bbox_embed", "query_embed"))}
+    detr = {
+        k: v
+        for k, v in detr_state_dict(d=256, with_backbone=False, enc=0, dec=0).items()
+        if k.startswith(("class_embed", "bbox_embed", "query_embed"))
+    }
     assert detr["class_embed.weight"].shape == (92, 256)
     names = dataset_object_names(dataset)
     out, report = convert_state_dict(detr, "qpic", object_names=names)
@@ -128,8 +139,14 @@ def test_class_rows_with_true_r50_head_shapes(dataset, rows, fresh):
     assert torch.equal(w[-1], detr["class_embed.weight"][91])  # no-object row last
     _, ids = coco_objects()
     coco_of = dict(zip(coco_objects()[0], ids))
-    alias = {"cellphone": "cell_phone", "bike": "bicycle", "motorbike": "motorcycle", "ball": "sports_ball",
-             "computer": "laptop", "document": "book"}
+    alias = {
+        "cellphone": "cell_phone",
+        "bike": "bicycle",
+        "motorbike": "motorcycle",
+        "ball": "sports_ball",
+        "computer": "laptop",
+        "document": "book",
+    }
     for i, name in enumerate(names):
         cid = coco_of.get(alias.get(name, name))
         if i in fresh:
@@ -223,6 +240,8 @@ def test_convert_cli_and_pretrained(tmp_path, capsys):
     model = build_model(cfg, 81, 5)
     for path in (str(out), src):  # converted file, or the raw DETR file converted on the fly
         report = load_pretrained(model, path, cfg, meta)
-        assert sorted(k for k in report.fresh if ":" not in k) == ["verb_class_embed.bias",
-                                                                   "verb_class_embed.weight"]
+        assert sorted(k for k in report.fresh if ":" not in k) == [
+            "verb_class_embed.bias",
+            "verb_class_embed.weight",
+        ]
         assert torch.equal(model.obj_class_embed.weight[0], detr["class_embed.weight"][1])  # person

@@ -54,8 +54,16 @@ def _as_items(images: Any) -> list[tuple[Any, str]]:
 class HOIDetector:
     """A detector ready for inference: model (eval mode), config, dataset vocabulary, transforms."""
 
-    def __init__(self, model: torch.nn.Module, cfg, meta: DatasetMeta, device: str | torch.device = "auto",
-                 size: int | None = None, max_size: int | None = None, batch_size: int = 4):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg,
+        meta: DatasetMeta,
+        device: str | torch.device = "auto",
+        size: int | None = None,
+        max_size: int | None = None,
+        batch_size: int = 4,
+    ):
         from hqm.models import build_postprocessor
 
         self.cfg = cfg
@@ -69,10 +77,16 @@ class HOIDetector:
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
-                        config: str | os.PathLike | None = None, overrides: list[str] | None = None,
-                        size: int | None = None, max_size: int | None = None, batch_size: int = 4
-                        ) -> HOIDetector:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        config: str | os.PathLike | None = None,
+        overrides: list[str] | None = None,
+        size: int | None = None,
+        max_size: int | None = None,
+        batch_size: int = 4,
+    ) -> HOIDetector:
         """An ``hqm train`` checkpoint (``.pt``) or an ``hqm export`` directory. Released QPIC / HQM
         weights carry no config: pass ``config`` (e.g. ``qpic_r50_hico``) and ``overrides``."""
         from hqm.config import config_from_dict, load_config
@@ -108,8 +122,9 @@ class HOIDetector:
         return list(self.meta.verb_names)
 
     # -- inference ------------------------------------------------------------------------------
-    def preprocess(self, items: list[tuple[Any, str]], size: int | None = None
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def preprocess(
+        self, items: list[tuple[Any, str]], size: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-> images (B, 3, H, W) normalised and padded, masks (B, H, W) True on padding,
         input sizes (B, 2) and original sizes (B, 2), both (h, w)."""
         from torchvision import tv_tensors
@@ -159,23 +174,37 @@ class HOIDetector:
         from hqm.viz.attention import query_attention_maps
 
         last = record.scores[max(record.scores)]
-        maps = query_attention_maps(last, enc.shape, tuple(images.shape[-2:]), sizes, orig,
-                                    [p.query_index for p in preds])
+        maps = query_attention_maps(
+            last, enc.shape, tuple(images.shape[-2:]), sizes, orig, [p.query_index for p in preds]
+        )
         return preds, maps
 
-    def iter_predict(self, images: Any, threshold: float = 0.0, top_k: int | None = None,
-                     return_attention: bool = False, batch_size: int | None = None, size: int | None = None
-                     ) -> Iterator[tuple[list, list[HOIPredictions], list[np.ndarray] | None]]:
+    def iter_predict(
+        self,
+        images: Any,
+        threshold: float = 0.0,
+        top_k: int | None = None,
+        return_attention: bool = False,
+        batch_size: int | None = None,
+        size: int | None = None,
+    ) -> Iterator[tuple[list, list[HOIPredictions], list[np.ndarray] | None]]:
         """Yield (input items, predictions, attention maps or None) batch by batch (lazy loading)."""
         items = _as_items(images)
         bs = batch_size or self.batch_size
         for start in range(0, len(items), bs):
-            chunk = items[start:start + bs]
+            chunk = items[start : start + bs]
             preds, maps = self._predict_batch(chunk, threshold, top_k, return_attention, size)
             yield chunk, preds, maps
 
-    def predict(self, images: Any, threshold: float = 0.0, top_k: int | None = None,
-                return_attention: bool = False, batch_size: int | None = None, size: int | None = None):
+    def predict(
+        self,
+        images: Any,
+        threshold: float = 0.0,
+        top_k: int | None = None,
+        return_attention: bool = False,
+        batch_size: int | None = None,
+        size: int | None = None,
+    ):
         """HOI triplets of every image (``list[HOIPredictions]``, best first, names from the meta).
 
         threshold: minimum triplet score; top_k: at most this many triplets per image;
@@ -194,8 +223,14 @@ class HOIDetector:
     __call__ = predict
 
     # -- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, root: str | os.PathLike | None = None, dataset: str | None = None, split: str = "test",
-                 batch_size: int | None = None, show_progress: bool = False) -> dict[str, float]:
+    def evaluate(
+        self,
+        root: str | os.PathLike | None = None,
+        dataset: str | None = None,
+        split: str = "test",
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> dict[str, float]:
         """Evaluate on a dataset root (default: the checkpoint config's ``data.root``) with the
         engine's evaluator (``hqm.engine.evaluate``); returns the metrics."""
         from hqm.data import build_meta, load_annotations
@@ -213,8 +248,15 @@ class HOIDetector:
         build_meta(cfg.data)  # generates the synthetic benchmark when it is missing
         train_ann = load_annotations(cfg.data.dataset, cfg.data.root, "train", cfg.data.on_bad_record)
         ev = build_eval_setup(cfg, train_ann, self.device)
-        metrics, _ = run_evaluation(self.model, ev.loader, ev.postprocessor, ev.evaluator, self.device,
-                                    cfg.train.amp, show_progress=show_progress)
+        metrics, _ = run_evaluation(
+            self.model,
+            ev.loader,
+            ev.postprocessor,
+            ev.evaluator,
+            self.device,
+            cfg.train.amp,
+            show_progress=show_progress,
+        )
         torch.set_grad_enabled(True)
         return metrics
 

@@ -49,8 +49,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     from hqm.engine.evaluator_run import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.config, extra["weights"], overrides,
-                                  save_predictions=args.save_predictions)
+    metrics = evaluate_checkpoint(
+        args.config, extra["weights"], overrides, save_predictions=args.save_predictions
+    )
     from hqm.evaluation import format_table
 
     print(format_table(metrics))
@@ -69,8 +70,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg)
     metrics = trainer.fit()
     print()
-    print(f"hqm demo: {cfg.model.detector} ({cfg.model.backbone}, mining={cfg.mining.strategy}) trained "
-          f"for {trainer.step} steps on the synthetic benchmark at {cfg.data.root}")
+    print(
+        f"hqm demo: {cfg.model.detector} ({cfg.model.backbone}, mining={cfg.mining.strategy}) trained "
+        f"for {trainer.step} steps on the synthetic benchmark at {cfg.data.root}"
+    )
     print(format_table(metrics))
     print(f"run directory: {Path(cfg.train.output_dir).resolve()}")
     if args.json:
@@ -112,17 +115,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if target.is_dir() or target.suffix in (".pt", ".pth", ".safetensors"):
         det = HOIDetector.from_checkpoint(target, device=device, overrides=overrides or None)
     elif "weights" in extra:  # a config + released / converted weights
-        det = HOIDetector.from_checkpoint(extra["weights"], device=device, config=args.model,
-                                          overrides=overrides)
+        det = HOIDetector.from_checkpoint(
+            extra["weights"], device=device, config=args.model, overrides=overrides
+        )
     else:
-        print("hqm predict: give a checkpoint (.pt / exported folder), or a config with weights=PATH",
-              file=sys.stderr)
+        print(
+            "hqm predict: give a checkpoint (.pt / exported folder), or a config with weights=PATH",
+            file=sys.stderr,
+        )
         return 2
     summary = predict_to_dir(
-        det, extra["source"], extra["out"], threshold=float(extra.get("threshold", 0.0)),
-        top_k=int(extra.get("top_k", 10)), attention=args.attn,
+        det,
+        extra["source"],
+        extra["out"],
+        threshold=float(extra.get("threshold", 0.0)),
+        top_k=int(extra.get("top_k", 10)),
+        attention=args.attn,
         batch_size=int(extra["batch"]) if "batch" in extra else None,
-        size=int(extra["size"]) if "size" in extra else None, progress=not args.quiet)
+        size=int(extra["size"]) if "size" in extra else None,
+        progress=not args.quiet,
+    )
     print(f"hqm predict: {summary['images']} images, {summary['triplets']} triplets -> {summary['out']}")
     return 0
 
@@ -147,16 +159,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_api_commands(sub) -> None:
     """``predict``, ``convert`` and ``export`` (the "using a trained model" commands)."""
     pr = sub.add_parser(
-        "predict", help="detect HOIs in images: annotated PNGs + predictions.jsonl",
+        "predict",
+        help="detect HOIs in images: annotated PNGs + predictions.jsonl",
         epilog="example: hqm predict runs/demo/checkpoints/best.pt source=imgs/ out=pred/ threshold=0.3 "
-               "top_k=5 --attn", formatter_class=argparse.RawDescriptionHelpFormatter)
-    pr.add_argument("model", metavar="CONFIG_OR_CHECKPOINT",
-                    help="checkpoint (.pt), exported folder, or a config together with weights=PATH")
-    pr.add_argument("overrides", nargs="*",
-                    help="source=FILE|DIR|GLOB out=DIR (required); threshold=, top_k= (pairs drawn), "
-                         "size= (input short side), batch=, device=, weights=; section.key=value")
-    pr.add_argument("--attn", action="store_true",
-                    help="also write <name>_attn.png: the decoder cross-attention map of each shown pair")
+        "top_k=5 --attn",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pr.add_argument(
+        "model",
+        metavar="CONFIG_OR_CHECKPOINT",
+        help="checkpoint (.pt), exported folder, or a config together with weights=PATH",
+    )
+    pr.add_argument(
+        "overrides",
+        nargs="*",
+        help="source=FILE|DIR|GLOB out=DIR (required); threshold=, top_k= (pairs drawn), "
+        "size= (input short side), batch=, device=, weights=; section.key=value",
+    )
+    pr.add_argument(
+        "--attn",
+        action="store_true",
+        help="also write <name>_attn.png: the decoder cross-attention map of each shown pair",
+    )
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 
@@ -165,8 +189,12 @@ def add_api_commands(sub) -> None:
     cv.add_argument("input", metavar="IN.pth", help="DETR checkpoint, e.g. detr-r50-e632da11.pth")
     cv.add_argument("output", metavar="OUT.pt", help="converted file (use as model.pretrained=OUT.pt)")
     cv.add_argument("--detector", default="qpic", help="target detector (default: qpic)")
-    cv.add_argument("--dataset", default="hico_det", choices=["hico_det", "vcoco", "hoia"],
-                    help="object vocabulary for the classifier rows (default: hico_det)")
+    cv.add_argument(
+        "--dataset",
+        default="hico_det",
+        choices=["hico_det", "vcoco", "hoia"],
+        help="object vocabulary for the classifier rows (default: hico_det)",
+    )
     cv.set_defaults(func=cmd_convert)
 
     ex = sub.add_parser("export", help="export a checkpoint as model.safetensors + config.yaml")
@@ -176,14 +204,18 @@ def add_api_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hqm", description="DETR-based HOI detection with Hard-Positive "
-                                "Query Mining (QPIC + HQM).", epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="hqm",
+        description="DETR-based HOI detection with Hard-Positive Query Mining (QPIC + HQM).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"hqm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a detector", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train", help="train a detector", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     t.add_argument("config", help="YAML config file or packaged config name")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
     t.add_argument("--resume", help="checkpoint to resume from (e.g. RUN/checkpoints/last.pt)")
@@ -203,16 +235,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
     d.set_defaults(func=cmd_demo)
 
-    f = sub.add_parser("eval-file", help="evaluate a predictions JSON file without a model",
-                       description="Evaluate a predictions file: a JSON list of per-image records "
-                       '{"file_name", "predictions": [{"bbox": [x1,y1,x2,y2], "category_id"}], '
-                       '"hoi_prediction": [{"subject_id", "object_id", "category_id", "score"}]} with the '
-                       "id conventions of the dataset's annotation files.")
+    f = sub.add_parser(
+        "eval-file",
+        help="evaluate a predictions JSON file without a model",
+        description="Evaluate a predictions file: a JSON list of per-image records "
+        '{"file_name", "predictions": [{"bbox": [x1,y1,x2,y2], "category_id"}], '
+        '"hoi_prediction": [{"subject_id", "object_id", "category_id", "score"}]} with the '
+        "id conventions of the dataset's annotation files.",
+    )
     f.add_argument("--dataset", required=True, choices=["hico_det", "vcoco", "hoia", "synthetic"])
     f.add_argument("--root", required=True, help="dataset root (annotations/ and images/)")
     f.add_argument("--predictions", required=True, help="predictions JSON file")
-    f.add_argument("--mode", default="default", choices=["default", "ko", "both"],
-                   help="HICO-DET: Default, Known-Object or both")
+    f.add_argument(
+        "--mode",
+        default="default",
+        choices=["default", "ko", "both"],
+        help="HICO-DET: Default, Known-Object or both",
+    )
     f.add_argument("--max-dets", type=int, default=100, help="triplets kept per image (default 100)")
     f.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
     f.set_defaults(func=cmd_eval_file)

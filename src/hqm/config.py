@@ -258,8 +258,9 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
         if cand.is_file():
             return cand
     available = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
-    raise ConfigError(f"config '{name}' not found (not a file, not a packaged config)." +
-                      _suggest(p.stem, available))
+    raise ConfigError(
+        f"config '{name}' not found (not a file, not a packaged config)." + _suggest(p.stem, available)
+    )
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -36,8 +36,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": _to_plain(random.getstate()),
     }
     if torch.cuda.is_available():
@@ -48,8 +52,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
@@ -93,8 +98,9 @@ class CheckpointManager:
 
     def step_files(self) -> list[Path]:
         """Step-stamped checkpoints, oldest first."""
-        found = [(int(m.group(1)), f) for f in self.folder.glob("step_*.pt")
-                 if (m := _STEP_FILE.match(f.name))]
+        found = [
+            (int(m.group(1)), f) for f in self.folder.glob("step_*.pt") if (m := _STEP_FILE.match(f.name))
+        ]
         return [f for _, f in sorted(found)]
 
     def save_last(self, state: dict[str, Any], step: int) -> Path | None:
@@ -110,7 +116,7 @@ class CheckpointManager:
             except OSError:  # no hard links here (e.g. some network file systems): copy
                 shutil.copyfile(last, tmp)
             os.replace(tmp, stamped)
-            for old in self.step_files()[:-self.keep_last]:
+            for old in self.step_files()[: -self.keep_last]:
                 old.unlink(missing_ok=True)
         return last
 

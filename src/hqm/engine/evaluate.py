@@ -21,13 +21,22 @@ def autocast_context(device: torch.device, amp: str):
 
 
 def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
-            for t in targets]
+    return [
+        {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+        for t in targets
+    ]
 
 
 @torch.no_grad()
-def run_evaluation(model, loader, postprocessor, evaluator, device: torch.device, amp: str = "off",
-                   show_progress: bool = False) -> tuple[dict[str, float], list]:
+def run_evaluation(
+    model,
+    loader,
+    postprocessor,
+    evaluator,
+    device: torch.device,
+    amp: str = "off",
+    show_progress: bool = False,
+) -> tuple[dict[str, float], list]:
     """Returns (metrics, this rank's HOIPredictions). Mining never runs: ``model(images, masks)``."""
     model.eval()
     evaluator.reset()
@@ -60,8 +69,9 @@ class EvalSetup:
     evaluator: object
 
 
-def build_eval_setup(cfg, train_annotations, device: torch.device, rank: int = 0,
-                     world: int = 1) -> EvalSetup:
+def build_eval_setup(
+    cfg, train_annotations, device: torch.device, rank: int = 0, world: int = 1
+) -> EvalSetup:
     """Test dataset, a loader sharded over ranks (each image once; padding duplicates are removed by
     the evaluator's gather), the post-processor and the evaluator. ``train_annotations`` give the
     rare / non-rare split."""
@@ -73,10 +83,21 @@ def build_eval_setup(cfg, train_annotations, device: torch.device, rank: int = 0
     dataset = build_dataset(cfg.data, cfg.eval.split, train=False)
     sampler = EpochSampler(len(dataset), 0, False, rank, world)
     # private generator: iterating the loader never advances the global random stream
-    loader = DataLoader(SeededDataset(dataset, 0), batch_size=cfg.eval.batch_size, sampler=sampler,
-                        collate_fn=collate_fn, num_workers=cfg.data.num_workers,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        SeededDataset(dataset, 0),
+        batch_size=cfg.eval.batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=cfg.data.num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )
     post = build_postprocessor(cfg, dataset.meta).to(device)
-    evaluator = build_evaluator(cfg.data.dataset, dataset.meta, dataset.annotations, train_annotations,
-                                mode=cfg.eval.mode, max_dets=cfg.eval.max_dets)
+    evaluator = build_evaluator(
+        cfg.data.dataset,
+        dataset.meta,
+        dataset.annotations,
+        train_annotations,
+        mode=cfg.eval.mode,
+        max_dets=cfg.eval.max_dets,
+    )
     return EvalSetup(dataset, loader, post, evaluator)

@@ -13,8 +13,9 @@ from hqm.engine.logging import LOGGER, setup_logging
 from hqm.engine.trainer import resolve_device
 
 
-def evaluate_checkpoint(config: str, weights: str, overrides: list[str],
-                        save_predictions: str | None = None) -> dict[str, float]:
+def evaluate_checkpoint(
+    config: str, weights: str, overrides: list[str], save_predictions: str | None = None
+) -> dict[str, float]:
     from hqm.data import load_annotations
     from hqm.models import build_model
     from hqm.zoo import load_weights
@@ -29,8 +30,9 @@ def evaluate_checkpoint(config: str, weights: str, overrides: list[str],
     model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
     load_weights(model, weights)
     model.to(device)
-    metrics, preds = run_evaluation(model, ev.loader, ev.postprocessor, ev.evaluator, device, cfg.train.amp,
-                                    show_progress=True)
+    metrics, preds = run_evaluation(
+        model, ev.loader, ev.postprocessor, ev.evaluator, device, cfg.train.amp, show_progress=True
+    )
     if save_predictions:
         from hqm.data import file_ids
         from hqm.evaluation.predictions_io import save_predictions as save
@@ -42,8 +44,14 @@ def evaluate_checkpoint(config: str, weights: str, overrides: list[str],
     return metrics
 
 
-def evaluate_file(dataset: str, root: str, predictions: str, mode: str = "default", max_dets: int = 100,
-                  on_bad_record: str = "error") -> tuple[dict[str, float], object]:
+def evaluate_file(
+    dataset: str,
+    root: str,
+    predictions: str,
+    mode: str = "default",
+    max_dets: int = 100,
+    on_bad_record: str = "error",
+) -> tuple[dict[str, float], object]:
     """Evaluate a predictions JSON file (annotation-file id conventions) without a model.
 
     Returns (metrics, evaluator); ``evaluator.per_class`` holds the per-class tables."""
@@ -55,8 +63,9 @@ def evaluate_file(dataset: str, root: str, predictions: str, mode: str = "defaul
     test_ann = load_annotations(dataset, root, "test", on_bad_record)
     train_ann = load_annotations(dataset, root, "train", on_bad_record, check_images=False)
     object_ids, verb_offset = file_ids(dataset, root)
-    preds = load_predictions(predictions, object_ids, verb_offset, meta.no_object_class,
-                             meta.num_verb_classes)
+    preds = load_predictions(
+        predictions, object_ids, verb_offset, meta.no_object_class, meta.num_verb_classes
+    )
     evaluator = build_evaluator(dataset, meta, test_ann, train_ann, mode=mode, max_dets=max_dets)
     evaluator.process(preds)
     return evaluator.evaluate(), evaluator

@@ -110,8 +110,9 @@ class RunWriter:
 class Progress:
     """Per-epoch progress: tqdm on a TTY (rank 0), periodic log lines otherwise."""
 
-    def __init__(self, total: int, epoch: int, epochs: int, enabled: bool, log_every: int,
-                 device: torch.device):
+    def __init__(
+        self, total: int, epoch: int, epochs: int, enabled: bool, log_every: int, device: torch.device
+    ):
         self.total, self.epoch, self.epochs = total, epoch, epochs
         self.log_every = max(1, log_every)
         self.device = device
@@ -128,8 +129,11 @@ class Progress:
             return
         avg = meter.averages()
         # total and last-layer terms (per query group); per-layer aux terms end in a digit
-        short = {k.replace("loss_", ""): v for k, v in avg.items() if k.split("/")[-1].startswith("loss")
-                 and not k[-1].isdigit()}
+        short = {
+            k.replace("loss_", ""): v
+            for k, v in avg.items()
+            if k.split("/")[-1].startswith("loss") and not k[-1].isdigit()
+        }
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k: f"{v:.3f}" for k, v in list(short.items())[:4]}, refresh=False)

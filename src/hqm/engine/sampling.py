@@ -38,10 +38,10 @@ class EpochSampler(Sampler):
             order = list(range(self.size))
         total = self.num_local * self.world_size
         order = (order * math.ceil(total / max(len(order), 1)))[:total]
-        return order[self.rank:total:self.world_size]
+        return order[self.rank : total : self.world_size]
 
     def __iter__(self):
-        for i in self.indices()[self.start:]:
+        for i in self.indices()[self.start :]:
             yield (i, self.epoch)
 
     def __len__(self) -> int:

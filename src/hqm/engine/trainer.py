@@ -121,19 +121,28 @@ class Trainer:
 
         self.train_set = build_dataset(cfg.data, "train", train=True)
         self.meta: DatasetMeta = self.train_set.meta
-        self.eval_setup = build_eval_setup(cfg, self.train_set.annotations, self.device, self.rank,
-                                           self.world)
-        LOGGER.info(f"data: {cfg.data.dataset} at {cfg.data.root}: {len(self.train_set)} train / "
-                    f"{len(self.eval_setup.dataset)} {cfg.eval.split} images, {self.meta.num_obj_classes} "
-                    f"objects, {self.meta.num_verb_classes} verbs")
+        self.eval_setup = build_eval_setup(
+            cfg, self.train_set.annotations, self.device, self.rank, self.world
+        )
+        LOGGER.info(
+            f"data: {cfg.data.dataset} at {cfg.data.root}: {len(self.train_set)} train / "
+            f"{len(self.eval_setup.dataset)} {cfg.eval.split} images, {self.meta.num_obj_classes} "
+            f"objects, {self.meta.num_verb_classes} verbs"
+        )
         self.sampler = EpochSampler(len(self.train_set), cfg.train.seed, True, self.rank, self.world)
         # a private generator for the loader's base seed: creating an iterator must not advance the
         # global random stream (it would shift dropout / mining draws after a mid-epoch resume)
         self.train_loader = DataLoader(
-            SeededDataset(self.train_set, cfg.train.seed), batch_size=cfg.train.batch_size,
-            sampler=self.sampler, collate_fn=collate_fn, num_workers=cfg.data.num_workers, drop_last=True,
-            persistent_workers=cfg.data.num_workers > 0, pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(cfg.train.seed))
+            SeededDataset(self.train_set, cfg.train.seed),
+            batch_size=cfg.train.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate_fn,
+            num_workers=cfg.data.num_workers,
+            drop_last=True,
+            persistent_workers=cfg.data.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
 
         self.model = build_model(cfg, self.meta.num_obj_classes, self.meta.num_verb_classes)
         if cfg.model.pretrained:
@@ -148,8 +157,11 @@ class Trainer:
         self.criterion = build_criterion(cfg, self.meta.num_obj_classes, matcher).to(self.device)
         self.schedule = build_schedule(cfg.mining)
         fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train.lr, cfg.train.lr_backbone),
-                                           weight_decay=cfg.train.weight_decay, fused=fused)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.train.lr, cfg.train.lr_backbone),
+            weight_decay=cfg.train.weight_decay,
+            fused=fused,
+        )
         self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, max(cfg.train.lr_drop, 1))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.train_model = self.model
@@ -170,19 +182,30 @@ class Trainer:
         if resume:
             self.resume(resume)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        LOGGER.info(f"model: {cfg.model.detector} {cfg.model.backbone}, {n_train / 1e6:.2f}M trainable "
-                    f"parameters, mining={cfg.mining.strategy}, device={self.device}, world={self.world}")
+        LOGGER.info(
+            f"model: {cfg.model.detector} {cfg.model.backbone}, {n_train / 1e6:.2f}M trainable "
+            f"parameters, mining={cfg.mining.strategy}, device={self.device}, world={self.world}"
+        )
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state(self, metrics: dict | None = None) -> dict:
         """Everything a resumed run needs. Collective under DDP (gathers every rank's RNG state)."""
         rngs = all_gather_object(rng_state())
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.lr_scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "step": self.step, "epoch_start_step": self.epoch_start_step,
-            "step_in_epoch": self.step_in_epoch, "best": self.best, "config": config_to_dict(self.cfg),
-            "meta": self.meta.to_dict(), "rng": rngs[0], "rng_per_rank": rngs, "world_size": self.world,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "epoch_start_step": self.epoch_start_step,
+            "step_in_epoch": self.step_in_epoch,
+            "best": self.best,
+            "config": config_to_dict(self.cfg),
+            "meta": self.meta.to_dict(),
+            "rng": rngs[0],
+            "rng_per_rank": rngs,
+            "world_size": self.world,
             "metrics": metrics or {},
         }
 
@@ -209,9 +232,11 @@ class Trainer:
         self.best = ckpt["best"]
         world = ckpt.get("world_size", 1)
         if self.step_in_epoch and world != self.world:
-            raise ValueError(f"cannot resume from {path} mid-epoch with {self.world} processes: it was "
-                             f"written by {world} (the data position depends on it); resume from an "
-                             f"epoch-end checkpoint or keep the process count")
+            raise ValueError(
+                f"cannot resume from {path} mid-epoch with {self.world} processes: it was "
+                f"written by {world} (the data position depends on it); resume from an "
+                f"epoch-end checkpoint or keep the process count"
+            )
         rngs = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         set_rng_state(rngs[self.rank] if len(rngs) == self.world else ckpt["rng"])
         LOGGER.info(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
@@ -246,8 +271,9 @@ class Trainer:
         steps_per_epoch = self.sampler.num_local // bs // acc
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * acc * bs)
         meter = SmoothedMeter()
-        progress = Progress(steps_per_epoch, self.epoch, cfg.train.epochs, self.main, cfg.train.log_every,
-                            self.device)
+        progress = Progress(
+            steps_per_epoch, self.epoch, cfg.train.epochs, self.main, cfg.train.log_every, self.device
+        )
         batches = iter(self.train_loader)
         while self.step_in_epoch < steps_per_epoch and not self._done():
             t0 = time.time()
@@ -257,13 +283,18 @@ class Trainer:
             loss, logs = self.train_step(window, active)
             self.step += 1
             self.step_in_epoch += 1
-            meter.update(loss=loss, data_time=data_time, step_time=time.time() - t0,
-                         **{k: v for k, v in logs.items() if not k[-1].isdigit()})
+            meter.update(
+                loss=loss,
+                data_time=data_time,
+                step_time=time.time() - t0,
+                **{k: v for k, v in logs.items() if not k[-1].isdigit()},
+            )
             lr = self.optimizer.param_groups[0]["lr"]
             progress.update(self.step_in_epoch - 1, meter, lr)
             if self.main and self.step % cfg.train.log_every == 0:
-                self.writer.log("train", self.step, self.epoch,
-                                {**meter.averages(), "mining": ",".join(active), "lr": lr})
+                self.writer.log(
+                    "train", self.step, self.epoch, {**meter.averages(), "mining": ",".join(active), "lr": lr}
+                )
             if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
                 self.save("last.pt")
         progress.close()
@@ -276,8 +307,9 @@ class Trainer:
         Returns the rank's loss and terms of the whole window: each micro-batch's terms carry the
         window's global denominators, so their sum is the loss of one batch holding the window."""
         cfg = self.cfg
-        counts = [LossNormalisers.local_counts(t, self.model.num_queries, cfg.loss.eos_coef)
-                  for _, _, t in window]
+        counts = [
+            LossNormalisers.local_counts(t, self.model.num_queries, cfg.loss.eos_coef) for _, _, t in window
+        ]
         norms = LossNormalisers.from_counts([sum(c) for c in zip(*counts)])
         group_weights = self.schedule.weights(active)
         total, logs = 0.0, {}
@@ -295,8 +327,10 @@ class Trainer:
                 with torch.autocast(self.device.type, enabled=False):  # matcher and losses in fp32
                     loss, terms = self.criterion(outputs, targets, cfg.mining.alpha, group_weights, norms)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: "
-                                             + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()))
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {self.step}: "
+                        + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                    )
                 self.scaler.scale(loss).backward()
             total += loss.item()
             for k, v in terms.items():
@@ -311,8 +345,9 @@ class Trainer:
 
     def evaluate_and_record(self) -> dict[str, float]:
         ev = self.eval_setup
-        metrics, _ = run_evaluation(self.model, ev.loader, ev.postprocessor, ev.evaluator, self.device,
-                                    self.cfg.train.amp)
+        metrics, _ = run_evaluation(
+            self.model, ev.loader, ev.postprocessor, ev.evaluator, self.device, self.cfg.train.amp
+        )
         LOGGER.info(f"evaluation after epoch {self.epoch} (step {self.step}):\n{format_table(metrics)}")
         self.writer.log("eval", self.step, self.epoch, metrics)
         self.writer.result(self.epoch, self.step, metrics)

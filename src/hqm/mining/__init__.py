@@ -22,15 +22,21 @@ def build_miners(cfg, detector) -> dict[str, QueryMiner]:
     mc = cfg.mining
     names = build_schedule(mc).miner_names
     g, a = mc.gbs, mc.amm
-    gbs_kwargs = dict(iou_range=tuple(g.iou_range), sampler=g.sampler, shift=g.shift,
-                      num_candidates=g.num_candidates, max_rounds=g.max_rounds)
+    gbs_kwargs = dict(
+        iou_range=tuple(g.iou_range),
+        sampler=g.sampler,
+        shift=g.shift,
+        num_candidates=g.num_candidates,
+        max_rounds=g.max_rounds,
+    )
     miners: dict[str, QueryMiner] = {}
     if "gbs" in names:
         miners["gbs"] = GBSMiner(detector.hidden_dim, **gbs_kwargs)
     if "amm" in names:
         matcher = build_matcher(cfg.loss) if a.queries == "matched" else None
-        miners["amm"] = AMMMiner(a.k, a.gamma, a.mask, a.select, a.reference, a.target, a.queries,
-                                 a.skip_final_norm, matcher)
+        miners["amm"] = AMMMiner(
+            a.k, a.gamma, a.mask, a.select, a.reference, a.target, a.queries, a.skip_final_norm, matcher
+        )
     if "cjl" in names:
         matcher = build_matcher(cfg.loss) if mc.cjl_reference == "learnable" else None
         masking = dict(k=a.k, gamma=a.gamma, mode=a.mask, select=a.select)

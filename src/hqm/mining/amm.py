@@ -29,8 +29,9 @@ from hqm.mining.base import MiningContext, QueryMiner
 from hqm.models.attention import AttentionHook
 
 
-def topk_mask(ref: Tensor, k: int, gamma: float, mode: str = "exact_count",
-              valid: Tensor | None = None) -> Tensor:
+def topk_mask(
+    ref: Tensor, k: int, gamma: float, mode: str = "exact_count", valid: Tensor | None = None
+) -> Tensor:
     """Which keys to hide: ref (B, T, Q, S) scores -> (B, T, Q, S) bool.
 
     valid (B, S) bool: unpadded keys (default: the finite entries of ``ref``'s first row).
@@ -67,8 +68,14 @@ class AttentionMasking(AttentionHook):
     mode: "exact_count" (-inf before the softmax) | "bernoulli" (x 0 after the softmax).
     """
 
-    def __init__(self, reference: dict[int, Tensor] | None, k: int = 100, gamma: float = 0.4,
-                 mode: str = "exact_count", select: str = "topk"):
+    def __init__(
+        self,
+        reference: dict[int, Tensor] | None,
+        k: int = 100,
+        gamma: float = 0.4,
+        mode: str = "exact_count",
+        select: str = "topk",
+    ):
         self.reference = reference
         self.k = k
         self.gamma = gamma
@@ -80,8 +87,9 @@ class AttentionMasking(AttentionHook):
     def _mask(self, layer: int, logits: Tensor) -> Tensor:
         ref = logits.detach() if self.reference is None else self.reference[layer]
         if ref.shape != logits.shape:
-            raise ValueError(f"reference scores {tuple(ref.shape)} do not match the pass "
-                             f"{tuple(logits.shape)}")
+            raise ValueError(
+                f"reference scores {tuple(ref.shape)} do not match the pass {tuple(logits.shape)}"
+            )
         valid = torch.isfinite(logits[:, 0, 0])  # (B, S) the pass's own unpadded keys
         k = self.k
         if self.select == "random":
@@ -132,9 +140,19 @@ class AMMMiner(QueryMiner):
     combined model (heads on the un-normalised decoder output).
     """
 
-    def __init__(self, k: int = 100, gamma: float = 0.4, mask: str = "exact_count", select: str = "topk",
-                 reference: str = "learnable", target: str = "hard_queries", queries: str = "all",
-                 skip_final_norm: bool = False, matcher=None, name: str = "amm"):
+    def __init__(
+        self,
+        k: int = 100,
+        gamma: float = 0.4,
+        mask: str = "exact_count",
+        select: str = "topk",
+        reference: str = "learnable",
+        target: str = "hard_queries",
+        queries: str = "all",
+        skip_final_norm: bool = False,
+        matcher=None,
+        name: str = "amm",
+    ):
         super().__init__()
         if queries == "matched" and matcher is None:
             raise ValueError("amm.queries=matched needs a matcher")
@@ -143,8 +161,9 @@ class AMMMiner(QueryMiner):
         self.reference, self.target, self.queries = reference, target, queries
         self.skip_final_norm = skip_final_norm
         self.matcher = matcher
-        self.needs_reference_attention = (target == "hard_queries" and reference == "learnable"
-                                          and select == "topk")
+        self.needs_reference_attention = (
+            target == "hard_queries" and reference == "learnable" and select == "topk"
+        )
 
     def masking(self, reference: dict[int, Tensor] | None) -> AttentionMasking:
         return AttentionMasking(reference, self.k, self.gamma, self.mask, self.select)
@@ -169,8 +188,9 @@ class AMMMiner(QueryMiner):
                 query_mask[i, : len(r)] = False
             if ref is not None:
                 ref = select_rows(ref, query_map, width)
-        outputs = ctx.detector.decode(ctx.encoded, query_pos, query_mask, self.masking(ref),
-                                      final_norm=not self.skip_final_norm)
+        outputs = ctx.detector.decode(
+            ctx.encoded, query_pos, query_mask, self.masking(ref), final_norm=not self.skip_final_norm
+        )
         return {self.name: {"outputs": outputs, "assignment": {"type": "learnable", "query_map": query_map}}}
 
 

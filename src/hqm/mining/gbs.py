@@ -41,8 +41,16 @@ LOGGER = logging.getLogger("hqm.mining")
 def pair_vector(sub: Tensor, obj: Tensor) -> Tensor:
     """(N, 4) + (N, 4) normalised cxcywh -> (N, 12) GBS pair encoding:
     [cx_h, cy_h, w_h, h_h, cx_o, cy_o, w_o, h_o, cx_h - cx_o, cy_h - cy_o, w_h * h_h, w_o * h_o]."""
-    return torch.cat([sub, obj, sub[:, :2] - obj[:, :2], (sub[:, 2] * sub[:, 3])[:, None],
-                      (obj[:, 2] * obj[:, 3])[:, None]], dim=1)
+    return torch.cat(
+        [
+            sub,
+            obj,
+            sub[:, :2] - obj[:, :2],
+            (sub[:, 2] * sub[:, 3])[:, None],
+            (obj[:, 2] * obj[:, 3])[:, None],
+        ],
+        dim=1,
+    )
 
 
 def shift_boxes(boxes: Tensor, ratio: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
@@ -59,8 +67,13 @@ def box_iou_cxcywh(a: Tensor, b: Tensor) -> Tensor:
     return elementwise_iou(box_cxcywh_to_xyxy(a), box_cxcywh_to_xyxy(b))
 
 
-def sample_per_box(boxes: Tensor, iou_range: tuple[float, float], num_candidates: int = 64,
-                   max_rounds: int = 8, spread: float = 0.4) -> tuple[Tensor, Tensor]:
+def sample_per_box(
+    boxes: Tensor,
+    iou_range: tuple[float, float],
+    num_candidates: int = 64,
+    max_rounds: int = 8,
+    spread: float = 0.4,
+) -> tuple[Tensor, Tensor]:
     """Shift every box (N, 4) normalised cxcywh into the closed IoU window.
 
     Returns (shifted boxes (N, 4), outside (N,) bool: no valid candidate within the budget, the
@@ -88,8 +101,14 @@ def sample_per_box(boxes: Tensor, iou_range: tuple[float, float], num_candidates
     return out, best_gap > 0
 
 
-def sample_official(boxes: Tensor, eligible: Tensor, iou_range: tuple[float, float], max_draws: int = 40,
-                    accept: float = 0.7, step: float = 0.04) -> tuple[Tensor, Tensor]:
+def sample_official(
+    boxes: Tensor,
+    eligible: Tensor,
+    iou_range: tuple[float, float],
+    max_draws: int = 40,
+    accept: float = 0.7,
+    step: float = 0.04,
+) -> tuple[Tensor, Tensor]:
     """The released sampler. boxes (N, 4) normalised cxcywh of the whole per-device batch; eligible
     (N,) bool (boxes that take part: pairs with an object).
 
@@ -118,8 +137,16 @@ class GBSMiner(QueryMiner):
     given, returns a cross-attention hook for the hard pass (CJL uses it to apply AMM).
     """
 
-    def __init__(self, hidden_dim: int, iou_range: tuple[float, float] = (0.4, 0.6), sampler: str = "per_box",
-                 shift: str = "shift", num_candidates: int = 64, max_rounds: int = 8, name: str = "gbs"):
+    def __init__(
+        self,
+        hidden_dim: int,
+        iou_range: tuple[float, float] = (0.4, 0.6),
+        sampler: str = "per_box",
+        shift: str = "shift",
+        num_candidates: int = 64,
+        max_rounds: int = 8,
+        name: str = "gbs",
+    ):
         super().__init__()
         self.name = name
         self.iou_range = (float(iou_range[0]), float(iou_range[1]))
@@ -148,10 +175,16 @@ class GBSMiner(QueryMiner):
         n_out = int(outside.sum())
         if n_out:
             self.num_outside += n_out
-            LOGGER.info("GBS: %d of %d boxes found no shift inside IoU %s (best kept; %d of %d so far)",
-                         n_out, len(boxes), self.iou_range, self.num_outside, self.num_sampled)
+            LOGGER.info(
+                "GBS: %d of %d boxes found no shift inside IoU %s (best kept; %d of %d so far)",
+                n_out,
+                len(boxes),
+                self.iou_range,
+                self.num_outside,
+                self.num_sampled,
+            )
         obj = obj.clone()
-        obj[has_obj] = shifted[len(sub):]
+        obj[has_obj] = shifted[len(sub) :]
         return shifted[: len(sub)], obj
 
     def build_queries(self, targets: list[dict]) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:

@@ -26,8 +26,14 @@ class MiningSchedule:
     @property
     def miner_names(self) -> tuple[str, ...]:
         """Every miner the strategy may activate (what ``build_miners`` must create)."""
-        return {"none": (), "gbs": ("gbs",), "amm": ("amm",), "ajl": ("gbs", "amm"),
-                "pjl": ("gbs", "amm"), "cjl": ("cjl",)}[self.strategy]
+        return {
+            "none": (),
+            "gbs": ("gbs",),
+            "amm": ("amm",),
+            "ajl": ("gbs", "amm"),
+            "pjl": ("gbs", "amm"),
+            "cjl": ("cjl",),
+        }[self.strategy]
 
     def active(self, step: int, epoch_start_step: int = 0) -> tuple[str, ...]:
         """Names of the miners to run at global optimiser step ``step``."""
@@ -44,5 +50,6 @@ class MiningSchedule:
 
 
 def build_schedule(cfg_mining) -> MiningSchedule:
-    return MiningSchedule(cfg_mining.strategy, cfg_mining.beta, cfg_mining.ajl.start,
-                          cfg_mining.ajl.reset_each_epoch)
+    return MiningSchedule(
+        cfg_mining.strategy, cfg_mining.beta, cfg_mining.ajl.start, cfg_mining.ajl.reset_each_epoch
+    )

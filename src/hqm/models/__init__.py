@@ -32,6 +32,13 @@ def build_model(cfg, num_obj_classes: int, num_verb_classes: int) -> DetrHOIMode
 
 
 __all__ = [
-    "DETECTORS", "DetrHOIModel", "HungarianMatcher", "PostProcessHOI", "SetCriterion", "build_criterion",
-    "build_matcher", "build_model", "build_postprocessor",
+    "DETECTORS",
+    "DetrHOIModel",
+    "HungarianMatcher",
+    "PostProcessHOI",
+    "SetCriterion",
+    "build_criterion",
+    "build_matcher",
+    "build_model",
+    "build_postprocessor",
 ]

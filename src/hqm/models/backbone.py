@@ -49,8 +49,14 @@ class Backbone(nn.Module):
         -> features (B, C5, H', W'), masks (B, H', W') bool
     """
 
-    def __init__(self, name: str = "resnet50", norm: str = "frozen", train_from: str = "layer2",
-                 dilation: bool = False, out_layer: str = "layer4"):
+    def __init__(
+        self,
+        name: str = "resnet50",
+        norm: str = "frozen",
+        train_from: str = "layer2",
+        dilation: bool = False,
+        out_layer: str = "layer4",
+    ):
         super().__init__()
         if name not in ("resnet18", "resnet34", "resnet50", "resnet101"):
             raise ValueError(f"unsupported backbone {name!r}")
@@ -58,7 +64,7 @@ class Backbone(nn.Module):
         resnet = getattr(torchvision.models, name)(
             weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=norm_layer
         )
-        trainable = set() if train_from == "none" else set(_STAGES[_STAGES.index(train_from):])
+        trainable = set() if train_from == "none" else set(_STAGES[_STAGES.index(train_from) :])
         for pname, p in resnet.named_parameters():
             stage = pname.split(".")[0]
             stage = "conv1" if stage in ("conv1", "bn1") else stage
@@ -89,6 +95,11 @@ class Joiner(nn.Sequential):
 
 
 def build_backbone(cfg_model) -> Joiner:
-    backbone = Backbone(cfg_model.backbone, cfg_model.backbone_norm, cfg_model.train_backbone_from,
-                        cfg_model.dilation, cfg_model.backbone_out)
+    backbone = Backbone(
+        cfg_model.backbone,
+        cfg_model.backbone_norm,
+        cfg_model.train_backbone_from,
+        cfg_model.dilation,
+        cfg_model.backbone_out,
+    )
     return Joiner(backbone, PositionEmbeddingSine(cfg_model.hidden_dim // 2))

@@ -88,8 +88,13 @@ class LossNormalisers:
 
 
 class SetCriterion(nn.Module):
-    def __init__(self, num_obj_classes: int, matcher: HungarianMatcher, weights: dict[str, float],
-                 eos_coef: float = 0.1):
+    def __init__(
+        self,
+        num_obj_classes: int,
+        matcher: HungarianMatcher,
+        weights: dict[str, float],
+        eos_coef: float = 0.1,
+    ):
         super().__init__()
         self.num_obj_classes = num_obj_classes
         self.matcher = matcher
@@ -103,8 +108,9 @@ class SetCriterion(nn.Module):
         counts = LossNormalisers.local_counts(targets, num_queries, float(self.empty_weight[-1]))
         return LossNormalisers.from_counts(counts)
 
-    def layer_losses(self, out: dict, targets: list[dict], indices: Indices, norms: LossNormalisers,
-                     all_queries: bool) -> dict[str, Tensor]:
+    def layer_losses(
+        self, out: dict, targets: list[dict], indices: Indices, norms: LossNormalisers, all_queries: bool
+    ) -> dict[str, Tensor]:
         """The six terms for one layer's predictions ``out`` under ``indices``.
 
         all_queries: True for learnable queries (unassigned ones are "no object"/all-negative verbs);
@@ -125,16 +131,19 @@ class SetCriterion(nn.Module):
             cls_t = torch.full(logits.shape[:2], self.num_obj_classes, dtype=torch.int64, device=dev)
             cls_t[b_idx, q_idx] = t_obj
             # weighted mean with a global denominator (sum of the weights over ranks / world size)
-            loss_obj = F.cross_entropy(logits.transpose(1, 2), cls_t, self.empty_weight,
-                                       reduction="sum") / norms.obj_weight
+            loss_obj = (
+                F.cross_entropy(logits.transpose(1, 2), cls_t, self.empty_weight, reduction="sum")
+                / norms.obj_weight
+            )
             verb_t = torch.zeros_like(verb_logits)
             verb_t[b_idx, q_idx] = t_verb
             loss_verb = focal_verb_loss(verb_logits, verb_t, norms.positives)
         else:
             # mined groups: no "no object" term; an empty batch contributes an exact zero
             sel = logits[b_idx, q_idx]
-            loss_obj = F.cross_entropy(sel, t_obj, reduction="sum") / norms.pairs if len(t_obj) \
-                else logits.sum() * 0
+            loss_obj = (
+                F.cross_entropy(sel, t_obj, reduction="sum") / norms.pairs if len(t_obj) else logits.sum() * 0
+            )
             loss_verb = focal_verb_loss(verb_logits[b_idx, q_idx], t_verb, norms.positives)
 
         num_pairs = norms.pairs
@@ -145,16 +154,26 @@ class SetCriterion(nn.Module):
             "loss_verb_ce": loss_verb,
             "loss_sub_bbox": (s_sub - t_sub).abs().sum() / num_pairs,
             "loss_obj_bbox": ((s_obj - t_objb).abs().sum(-1) * exists).sum() / num_pairs,
-            "loss_sub_giou": (1 - elementwise_giou(box_cxcywh_to_xyxy(s_sub),
-                                                   box_cxcywh_to_xyxy(t_sub))).sum() / num_pairs,
-            "loss_obj_giou": ((1 - elementwise_giou(box_cxcywh_to_xyxy(s_obj), box_cxcywh_to_xyxy(t_objb)))
-                              * exists).sum() / num_pairs,
+            "loss_sub_giou": (
+                1 - elementwise_giou(box_cxcywh_to_xyxy(s_sub), box_cxcywh_to_xyxy(t_sub))
+            ).sum()
+            / num_pairs,
+            "loss_obj_giou": (
+                (1 - elementwise_giou(box_cxcywh_to_xyxy(s_obj), box_cxcywh_to_xyxy(t_objb))) * exists
+            ).sum()
+            / num_pairs,
         }
         return losses
 
-    def _all_layers(self, outputs: dict, targets: list[dict], layer_indices: list[Indices],
-                    norms: LossNormalisers, all_queries: bool,
-                    prefix: str) -> tuple[Tensor, dict[str, Tensor]]:
+    def _all_layers(
+        self,
+        outputs: dict,
+        targets: list[dict],
+        layer_indices: list[Indices],
+        norms: LossNormalisers,
+        all_queries: bool,
+        prefix: str,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted sum over layers and terms, and every unweighted term keyed
         ``<prefix><term>[_<layer>]``."""
         layers = [outputs] + list(outputs.get("aux_outputs", []))[::-1]  # last layer first
@@ -172,9 +191,14 @@ class SetCriterion(nn.Module):
         layers = [outputs] + list(outputs.get("aux_outputs", []))[::-1]
         return [self.matcher(o, targets) for o in layers]
 
-    def forward(self, outputs: dict, targets: list[dict], alpha: float = 1.0,
-                group_weights: dict[str, float] | None = None,
-                norms: LossNormalisers | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self,
+        outputs: dict,
+        targets: list[dict],
+        alpha: float = 1.0,
+        group_weights: dict[str, float] | None = None,
+        norms: LossNormalisers | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Returns (total loss, dict of every unweighted term for logging).
 
         total = alpha * L_learnable + sum_g group_weights[g] * L_g (+ 0 * unused miner params).
@@ -219,8 +243,11 @@ def _remap(indices: Indices, query_map: list[Tensor] | None, num_queries: int) -
 def build_criterion(cfg, num_obj_classes: int, matcher: HungarianMatcher) -> SetCriterion:
     lc = cfg.loss
     weights = {
-        "loss_obj_ce": lc.obj_loss_coef, "loss_verb_ce": lc.verb_loss_coef,
-        "loss_sub_bbox": lc.bbox_loss_coef, "loss_obj_bbox": lc.bbox_loss_coef,
-        "loss_sub_giou": lc.giou_loss_coef, "loss_obj_giou": lc.giou_loss_coef,
+        "loss_obj_ce": lc.obj_loss_coef,
+        "loss_verb_ce": lc.verb_loss_coef,
+        "loss_sub_bbox": lc.bbox_loss_coef,
+        "loss_obj_bbox": lc.bbox_loss_coef,
+        "loss_sub_giou": lc.giou_loss_coef,
+        "loss_obj_giou": lc.giou_loss_coef,
     }
     return SetCriterion(num_obj_classes, matcher, weights, lc.eos_coef)

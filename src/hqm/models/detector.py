@@ -52,8 +52,14 @@ class DetrHOIModel(nn.Module):
     def encode(self, images: Tensor, masks: Tensor) -> EncodedImages:
         raise NotImplementedError
 
-    def decode(self, enc: EncodedImages, query_pos: Tensor, query_mask: Tensor | None = None,
-               hook: AttentionHook | None = None, final_norm: bool = True) -> dict:
+    def decode(
+        self,
+        enc: EncodedImages,
+        query_pos: Tensor,
+        query_mask: Tensor | None = None,
+        hook: AttentionHook | None = None,
+        final_norm: bool = True,
+    ) -> dict:
         raise NotImplementedError
 
     def learnable_query_pos(self, batch_size: int) -> Tensor:
@@ -64,8 +70,9 @@ class DetrHOIModel(nn.Module):
         for name, miner in miners.items():
             self.miners[name] = miner
 
-    def forward(self, images: Tensor, masks: Tensor, targets: list[dict] | None = None,
-                mining: Sequence[str] = ()) -> dict:
+    def forward(
+        self, images: Tensor, masks: Tensor, targets: list[dict] | None = None, mining: Sequence[str] = ()
+    ) -> dict:
         """images (B, 3, H, W) normalised; masks (B, H, W) bool, True on padding.
 
         Returns ``pred_obj_logits`` (B, Nq, C_obj + 1), ``pred_verb_logits`` (B, Nq, C_verb),

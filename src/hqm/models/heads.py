@@ -42,8 +42,12 @@ class QPICHeadsMixin:
         sub_boxes = self.sub_bbox_embed(hs).sigmoid()
         obj_boxes = self.obj_bbox_embed(hs).sigmoid()
         return [
-            {"pred_obj_logits": obj[i], "pred_verb_logits": verb[i],
-             "pred_sub_boxes": sub_boxes[i], "pred_obj_boxes": obj_boxes[i]}
+            {
+                "pred_obj_logits": obj[i],
+                "pred_verb_logits": verb[i],
+                "pred_sub_boxes": sub_boxes[i],
+                "pred_obj_boxes": obj_boxes[i],
+            }
             for i in range(hs.shape[0])
         ]
 

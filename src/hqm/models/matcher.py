@@ -24,8 +24,13 @@ class HungarianMatcher(nn.Module):
     forward(outputs, targets) -> list over images of (query_idx, target_idx) int64 tensors on CPU.
     """
 
-    def __init__(self, cost_obj_class: float = 1.0, cost_verb_class: float = 1.0, cost_bbox: float = 2.5,
-                 cost_giou: float = 1.0):
+    def __init__(
+        self,
+        cost_obj_class: float = 1.0,
+        cost_verb_class: float = 1.0,
+        cost_bbox: float = 2.5,
+        cost_giou: float = 1.0,
+    ):
         super().__init__()
         self.cost_obj_class = cost_obj_class
         self.cost_verb_class = cost_verb_class
@@ -60,8 +65,12 @@ class HungarianMatcher(nn.Module):
         g_obj = -generalized_box_iou(box_cxcywh_to_xyxy(obj_boxes), box_cxcywh_to_xyxy(t_objb))
         g_obj = torch.where(exists[None], g_obj, g_sub)
         c_giou = torch.maximum(g_sub, g_obj)
-        c = (self.cost_obj_class * c_obj + self.cost_verb_class * c_verb + self.cost_bbox * c_box
-             + self.cost_giou * c_giou)
+        c = (
+            self.cost_obj_class * c_obj
+            + self.cost_verb_class * c_verb
+            + self.cost_bbox * c_box
+            + self.cost_giou * c_giou
+        )
         chunks = c.view(bs, nq, -1).split(sizes, dim=-1)
         return [chunks[i][i] for i in range(bs)]
 
@@ -78,5 +87,9 @@ class HungarianMatcher(nn.Module):
 
 
 def build_matcher(cfg_loss) -> HungarianMatcher:
-    return HungarianMatcher(cfg_loss.set_cost_obj_class, cfg_loss.set_cost_verb_class, cfg_loss.set_cost_bbox,
-                            cfg_loss.set_cost_giou)
+    return HungarianMatcher(
+        cfg_loss.set_cost_obj_class,
+        cfg_loss.set_cost_verb_class,
+        cfg_loss.set_cost_bbox,
+        cfg_loss.set_cost_giou,
+    )

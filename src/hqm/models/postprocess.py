@@ -22,16 +22,27 @@ class PostProcessHOI(nn.Module):
     IoU_sub^alpha * IoU_obj^beta > thresh.
     """
 
-    def __init__(self, meta: DatasetMeta, max_dets: int = 100, per_object_topk: bool = False,
-                 nms: bool = False, nms_thresh: float = 0.7, nms_alpha: float = 1.0, nms_beta: float = 0.5):
+    def __init__(
+        self,
+        meta: DatasetMeta,
+        max_dets: int = 100,
+        per_object_topk: bool = False,
+        nms: bool = False,
+        nms_thresh: float = 0.7,
+        nms_alpha: float = 1.0,
+        nms_beta: float = 0.5,
+    ):
         super().__init__()
         self.meta = meta
         self.max_dets = max_dets
         self.per_object_topk = per_object_topk
         self.nms = nms
         self.nms_thresh, self.nms_alpha, self.nms_beta = nms_thresh, nms_alpha, nms_beta
-        self.register_buffer("correct_mat", torch.as_tensor(np.asarray(meta.correct_mat), dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer(
+            "correct_mat",
+            torch.as_tensor(np.asarray(meta.correct_mat), dtype=torch.float32),
+            persistent=False,
+        )
 
     @torch.no_grad()
     def forward(self, outputs: dict, orig_sizes: Tensor, file_names: list[str]) -> list[HOIPredictions]:
@@ -57,14 +68,19 @@ class PostProcessHOI(nn.Module):
             if self.nms:
                 keep_nms = self._pair_nms(sub[i][q], obj[i][q], obj_labels[i][q], v, flat[keep])
                 q, v, keep = q[keep_nms], v[keep_nms], keep[keep_nms]
-            results.append(HOIPredictions(
-                file_name=file_names[i],
-                sub_boxes=sub[i][q].cpu().numpy(), obj_boxes=obj[i][q].cpu().numpy(),
-                obj_labels=obj_labels[i][q].cpu().numpy(), verb_labels=v.cpu().numpy(),
-                scores=flat[keep].cpu().numpy(),
-                image_size=(int(orig_sizes[i, 0]), int(orig_sizes[i, 1])),
-                query_index=q.cpu().numpy(), meta=self.meta,
-            ))
+            results.append(
+                HOIPredictions(
+                    file_name=file_names[i],
+                    sub_boxes=sub[i][q].cpu().numpy(),
+                    obj_boxes=obj[i][q].cpu().numpy(),
+                    obj_labels=obj_labels[i][q].cpu().numpy(),
+                    verb_labels=v.cpu().numpy(),
+                    scores=flat[keep].cpu().numpy(),
+                    image_size=(int(orig_sizes[i, 0]), int(orig_sizes[i, 1])),
+                    query_index=q.cpu().numpy(),
+                    meta=self.meta,
+                )
+            )
         return results
 
     def _select(self, scores: Tensor, obj_of: Tensor) -> Tensor:
@@ -79,7 +95,9 @@ class PostProcessHOI(nn.Module):
         rank = (onehot.cumsum(0) * onehot).sum(-1) - 1
         return order[rank < self.max_dets]
 
-    def _pair_nms(self, sub: Tensor, obj: Tensor, obj_labels: Tensor, verbs: Tensor, scores: Tensor) -> Tensor:
+    def _pair_nms(
+        self, sub: Tensor, obj: Tensor, obj_labels: Tensor, verbs: Tensor, scores: Tensor
+    ) -> Tensor:
         order = scores.argsort(descending=True, stable=True)
         sub, obj, obj_labels, verbs = sub[order], obj[order], obj_labels[order], verbs[order]
         overlap = box_iou(sub, sub)[0] ** self.nms_alpha * box_iou(obj, obj)[0] ** self.nms_beta
@@ -88,11 +106,18 @@ class PostProcessHOI(nn.Module):
         keep = torch.ones(len(order), dtype=torch.bool, device=order.device)
         for i in range(len(order)):
             if keep[i]:
-                keep[i + 1:] &= ~suppress[i, i + 1:]
+                keep[i + 1 :] &= ~suppress[i, i + 1 :]
         return order[keep]
 
 
 def build_postprocessor(cfg, meta: DatasetMeta) -> PostProcessHOI:
     e = cfg.eval
-    return PostProcessHOI(meta, e.max_dets, per_object_topk=e.mode == "ko", nms=e.nms,
-                          nms_thresh=e.nms_thresh, nms_alpha=e.nms_alpha, nms_beta=e.nms_beta)
+    return PostProcessHOI(
+        meta,
+        e.max_dets,
+        per_object_topk=e.mode == "ko",
+        nms=e.nms,
+        nms_thresh=e.nms_thresh,
+        nms_alpha=e.nms_alpha,
+        nms_beta=e.nms_beta,
+    )

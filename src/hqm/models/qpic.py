@@ -16,8 +16,15 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
     ``query_embed``, ``transformer``, ``obj_class_embed``, ``verb_class_embed``, ``sub_bbox_embed``,
     ``obj_bbox_embed``)."""
 
-    def __init__(self, backbone: Joiner, transformer: Transformer, num_obj_classes: int,
-                 num_verb_classes: int, num_queries: int = 100, aux_loss: bool = True):
+    def __init__(
+        self,
+        backbone: Joiner,
+        transformer: Transformer,
+        num_obj_classes: int,
+        num_verb_classes: int,
+        num_queries: int = 100,
+        aux_loss: bool = True,
+    ):
         super().__init__()
         d = transformer.d_model
         self.num_queries = num_queries
@@ -44,13 +51,21 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
     def learnable_query_pos(self, batch_size: int) -> Tensor:
         return self.query_embed.weight[None].expand(batch_size, -1, -1)
 
-    def decode(self, enc: EncodedImages, query_pos: Tensor, query_mask: Tensor | None = None,
-               hook: AttentionHook | None = None, final_norm: bool = True) -> dict:
+    def decode(
+        self,
+        enc: EncodedImages,
+        query_pos: Tensor,
+        query_mask: Tensor | None = None,
+        hook: AttentionHook | None = None,
+        final_norm: bool = True,
+    ) -> dict:
         hs = self.transformer.decoder(query_pos, enc.memory, enc.pos, enc.mask, query_mask, hook, final_norm)
         return pack_outputs(self.predict(hs), self.aux_loss)
 
 
 def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
     m = cfg.model
-    transformer = Transformer(m.hidden_dim, m.nheads, m.enc_layers, m.dec_layers, m.dim_feedforward, m.dropout)
+    transformer = Transformer(
+        m.hidden_dim, m.nheads, m.enc_layers, m.dec_layers, m.dim_feedforward, m.dropout
+    )
     return QPIC(build_backbone(m), transformer, num_obj_classes, num_verb_classes, m.num_queries, m.aux_loss)

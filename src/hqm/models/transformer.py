@@ -49,12 +49,22 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, memory: Tensor, query_pos: Tensor, pos: Tensor, memory_mask: Tensor,
-                query_mask: Tensor | None, hook: AttentionHook | None, layer: int) -> Tensor:
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        query_pos: Tensor,
+        pos: Tensor,
+        memory_mask: Tensor,
+        query_mask: Tensor | None,
+        hook: AttentionHook | None,
+        layer: int,
+    ) -> Tensor:
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt, key_padding_mask=query_mask)))
-        attn = self.multihead_attn(tgt + query_pos, memory + pos, memory, key_padding_mask=memory_mask,
-                                   hook=hook, layer=layer)
+        attn = self.multihead_attn(
+            tgt + query_pos, memory + pos, memory, key_padding_mask=memory_mask, hook=hook, layer=layer
+        )
         tgt = self.norm2(tgt + self.dropout2(attn))
         ff = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(ff))
@@ -78,9 +88,16 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(d, nheads, dim_ff, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, query_pos: Tensor, memory: Tensor, pos: Tensor, memory_mask: Tensor,
-                query_mask: Tensor | None = None, hook: AttentionHook | None = None,
-                final_norm: bool = True) -> Tensor:
+    def forward(
+        self,
+        query_pos: Tensor,
+        memory: Tensor,
+        pos: Tensor,
+        memory_mask: Tensor,
+        query_mask: Tensor | None = None,
+        hook: AttentionHook | None = None,
+        final_norm: bool = True,
+    ) -> Tensor:
         """Decode one query group.
 
         query_pos: (B, Q, D) positional queries (the content starts at zeros);
@@ -99,8 +116,15 @@ class TransformerDecoder(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, d: int = 256, nheads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
-                 dim_ff: int = 2048, dropout: float = 0.1):
+    def __init__(
+        self,
+        d: int = 256,
+        nheads: int = 8,
+        enc_layers: int = 6,
+        dec_layers: int = 6,
+        dim_ff: int = 2048,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.d_model = d
         self.nhead = nheads

@@ -21,9 +21,14 @@ from hqm.structures import HOIPredictions
 from hqm.viz.draw import draw_pairs, draw_predictions, font, group_pairs, to_pil
 
 
-def query_attention_maps(scores: Tensor, feat_shape: tuple[int, int], padded_size: tuple[int, int],
-                         input_sizes: Tensor, orig_sizes: Tensor, queries: list[np.ndarray]
-                         ) -> list[np.ndarray]:
+def query_attention_maps(
+    scores: Tensor,
+    feat_shape: tuple[int, int],
+    padded_size: tuple[int, int],
+    input_sizes: Tensor,
+    orig_sizes: Tensor,
+    queries: list[np.ndarray],
+) -> list[np.ndarray]:
     """Per image ``b``, the maps (K_b, H0_b, W0_b) float32 in [0, 1] of the queries ``queries[b]``.
 
     scores: (B, T, Q, H'W') pre-softmax scores (padded keys at -inf); feat_shape: (H', W');
@@ -49,8 +54,9 @@ def query_attention_maps(scores: Tensor, feat_shape: tuple[int, int], padded_siz
     return out
 
 
-def overlay_heatmap(image: Image.Image, heat: np.ndarray, alpha: float = 0.55, cmap: str = "jet"
-                    ) -> Image.Image:
+def overlay_heatmap(
+    image: Image.Image, heat: np.ndarray, alpha: float = 0.55, cmap: str = "jet"
+) -> Image.Image:
     """``heat`` (H, W) in [0, 1] coloured with a matplotlib colormap and blended over ``image``."""
     from matplotlib import colormaps
 
@@ -63,8 +69,15 @@ def overlay_heatmap(image: Image.Image, heat: np.ndarray, alpha: float = 0.55, c
     return Image.blend(image.convert("RGB"), colored, alpha)
 
 
-def attention_grid(image: Any, preds: HOIPredictions, maps: np.ndarray, top_k: int | None = 6,
-                   threshold: float = 0.0, panel: int = 256, cols: int = 4) -> Image.Image:
+def attention_grid(
+    image: Any,
+    preds: HOIPredictions,
+    maps: np.ndarray,
+    top_k: int | None = 6,
+    threshold: float = 0.0,
+    panel: int = 256,
+    cols: int = 4,
+) -> Image.Image:
     """A grid: the detections, then one panel per shown pair: its query's cross-attention map over
     the image, the pair's boxes and its labels. ``maps`` (K, H0, W0) is aligned with ``preds`` rows
     (as returned by ``HOIDetector.predict(..., return_attention=True)``)."""

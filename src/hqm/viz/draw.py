@@ -58,21 +58,31 @@ def font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def group_pairs(preds: HOIPredictions, top_k: int | None, threshold: float, labels_per_pair: int = 3
-                ) -> list[dict]:
+def group_pairs(
+    preds: HOIPredictions, top_k: int | None, threshold: float, labels_per_pair: int = 3
+) -> list[dict]:
     """The ``top_k`` best pairs (triplets grouped by decoder query, or by identical boxes when the
     query is unknown), each ``{"sub", "obj", "obj_label", "score", "labels": [(verb, score)]}``."""
     kept = preds.filter(threshold)
     pairs: dict[Any, dict] = {}
     for i in range(len(kept)):
-        key = (int(kept.query_index[i]) if kept.query_index is not None
-               else (tuple(np.round(kept.sub_boxes[i], 1)), tuple(np.round(kept.obj_boxes[i], 1))))
+        key = (
+            int(kept.query_index[i])
+            if kept.query_index is not None
+            else (tuple(np.round(kept.sub_boxes[i], 1)), tuple(np.round(kept.obj_boxes[i], 1)))
+        )
         if key not in pairs:
             if top_k is not None and len(pairs) >= top_k:
                 continue
-            pairs[key] = {"sub": kept.sub_boxes[i], "obj": kept.obj_boxes[i],
-                          "obj_label": int(kept.obj_labels[i]), "score": float(kept.scores[i]),
-                          "labels": [], "query": key, "rows": []}
+            pairs[key] = {
+                "sub": kept.sub_boxes[i],
+                "obj": kept.obj_boxes[i],
+                "obj_label": int(kept.obj_labels[i]),
+                "score": float(kept.scores[i]),
+                "labels": [],
+                "query": key,
+                "rows": [],
+            }
         pair = pairs[key]
         pair["rows"].append(i)
         if len(pair["labels"]) < labels_per_pair:
@@ -86,8 +96,9 @@ def _names(preds: HOIPredictions, verb: int, obj: int) -> tuple[str, str]:
     return preds.meta.verb_names[verb], preds.meta.object_names[obj]
 
 
-def draw_pairs(canvas: Image.Image, preds: HOIPredictions, pairs: list[dict], scale: float,
-               font_size: int | None = None) -> Image.Image:
+def draw_pairs(
+    canvas: Image.Image, preds: HOIPredictions, pairs: list[dict], scale: float, font_size: int | None = None
+) -> Image.Image:
     """Draw ``pairs`` (from :func:`group_pairs`) on ``canvas`` (boxes multiplied by ``scale``)."""
     draw = ImageDraw.Draw(canvas)
     w, h = canvas.size
@@ -135,8 +146,9 @@ def _default_image(preds: HOIPredictions) -> str | None:
     return preds.file_name if preds.file_name and Path(preds.file_name).is_file() else None
 
 
-def draw_predictions(image: Any, preds: HOIPredictions, top_k: int | None = 10, threshold: float = 0.0,
-                     min_side: int = 480) -> Image.Image:
+def draw_predictions(
+    image: Any, preds: HOIPredictions, top_k: int | None = 10, threshold: float = 0.0, min_side: int = 480
+) -> Image.Image:
     """The ``top_k`` best pairs with score >= ``threshold`` drawn on ``image`` (path, PIL image,
     HxWx3 uint8 array, (3, H, W) tensor in [0, 1], or None: the predictions' file, else a grey
     canvas). Returns a new RGB PIL image (short side >= ``min_side``)."""

@@ -24,8 +24,11 @@ def expand_sources(source: str | os.PathLike) -> list[Path]:
     if p.is_dir():
         files = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
     else:
-        files = sorted(Path(q) for q in glob.glob(str(source), recursive=True)
-                       if Path(q).suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            Path(q)
+            for q in glob.glob(str(source), recursive=True)
+            if Path(q).suffix.lower() in IMAGE_SUFFIXES
+        )
     if not files:
         raise FileNotFoundError(f"no images found for source={source} (a file, a folder or a glob pattern)")
     return files
@@ -38,9 +41,17 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return [f"{p.parent.name}_{p.stem}" if p.stem in dup else p.stem for p in paths]
 
 
-def predict_to_dir(detector, source: str | os.PathLike, out: str | os.PathLike, threshold: float = 0.0,
-                   top_k: int = 10, attention: bool = False, batch_size: int | None = None,
-                   size: int | None = None, progress: bool = True) -> dict:
+def predict_to_dir(
+    detector,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    threshold: float = 0.0,
+    top_k: int = 10,
+    attention: bool = False,
+    batch_size: int | None = None,
+    size: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Predict every image of ``source``; write PNGs and ``predictions.jsonl`` into ``out``.
 
     ``top_k`` bounds the pairs drawn per image (the JSONL keeps every triplet with score >=
@@ -58,9 +69,13 @@ def predict_to_dir(detector, source: str | os.PathLike, out: str | os.PathLike, 
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
     n_trip = 0
     with open(out / "predictions.jsonl", "w") as jsonl:
-        for items, preds, maps in detector.iter_predict([str(p) for p in paths], threshold=threshold,
-                                                        return_attention=attention, batch_size=batch_size,
-                                                        size=size):
+        for items, preds, maps in detector.iter_predict(
+            [str(p) for p in paths],
+            threshold=threshold,
+            return_attention=attention,
+            batch_size=batch_size,
+            size=size,
+        ):
             for k, ((path, _), pred) in enumerate(zip(items, preds)):
                 jsonl.write(pred.to_json() + "\n")
                 n_trip += len(pred)
@@ -69,7 +84,8 @@ def predict_to_dir(detector, source: str | os.PathLike, out: str | os.PathLike, 
                 draw_predictions(image, pred, top_k=top_k, threshold=threshold).save(out / f"{stem}.png")
                 if attention:
                     attention_grid(image, pred, maps[k], top_k=top_k, threshold=threshold).save(
-                        out / f"{stem}_attn.png")
+                        out / f"{stem}_attn.png"
+                    )
             bar.update(len(items))
     bar.close()
     return {"images": len(paths), "triplets": n_trip, "out": str(out)}

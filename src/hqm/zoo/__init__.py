@@ -31,8 +31,12 @@ from hqm.zoo.tables import TABLES, detect_format
 LOG = logging.getLogger("hqm.zoo")
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike, object_names: list[str] | None = None,
-                 detector: str = "qpic") -> LoadReport:
+def load_weights(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    object_names: list[str] | None = None,
+    detector: str = "qpic",
+) -> LoadReport:
     """Load trained weights for evaluation / inference.
 
     ``hqm train`` checkpoints and exported directories load strictly (mining parameters may be
@@ -48,21 +52,44 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, object_names: 
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("miners.")]
         if missing or unexpected:
-            LOG.warning("loaded %s with %d missing and %d unexpected keys: %s", path, len(missing),
-                        len(unexpected), ", ".join((missing + unexpected)[:10]))
+            LOG.warning(
+                "loaded %s with %d missing and %d unexpected keys: %s",
+                path,
+                len(missing),
+                len(unexpected),
+                ", ".join((missing + unexpected)[:10]),
+            )
         return LoadReport(loaded=[k for k in state if k not in unexpected], fresh=missing, ignored=unexpected)
     report = load_into_model(model, path, detector, object_names, source)
     log_report(report, path)
     heads_fresh = [k for k in report.fresh if not k.startswith("miners.")]
     if heads_fresh:
-        LOG.warning("%s: %d parameters of the model were not in the checkpoint (random): %s", path,
-                    len(heads_fresh), ", ".join(heads_fresh[:10]))
+        LOG.warning(
+            "%s: %d parameters of the model were not in the checkpoint (random): %s",
+            path,
+            len(heads_fresh),
+            ", ".join(heads_fresh[:10]),
+        )
     return report
 
 
 __all__ = [
-    "TABLES", "ConversionSpec", "LoadReport", "Rule", "UnsafeCheckpointError", "convert_detr_file",
-    "convert_state_dict", "detect_format", "export_checkpoint", "is_exported", "load_into_model",
-    "load_partial", "load_pretrained", "load_weights", "log_report", "read_exported", "read_state_dict",
+    "TABLES",
+    "ConversionSpec",
+    "LoadReport",
+    "Rule",
+    "UnsafeCheckpointError",
+    "convert_detr_file",
+    "convert_state_dict",
+    "detect_format",
+    "export_checkpoint",
+    "is_exported",
+    "load_into_model",
+    "load_partial",
+    "load_pretrained",
+    "load_weights",
+    "log_report",
+    "read_exported",
+    "read_state_dict",
     "safe_torch_load",
 ]

@@ -26,9 +26,13 @@ from hqm.zoo.tables import detect_format, get_spec
 LOG = logging.getLogger("hqm.zoo")
 
 
-def convert_state_dict(state: dict[str, Tensor], detector: str = "qpic", source: str | None = None,
-                       object_names: list[str] | None = None, hidden_dim: int | None = None
-                       ) -> tuple[dict[str, Tensor], LoadReport]:
+def convert_state_dict(
+    state: dict[str, Tensor],
+    detector: str = "qpic",
+    source: str | None = None,
+    object_names: list[str] | None = None,
+    hidden_dim: int | None = None,
+) -> tuple[dict[str, Tensor], LoadReport]:
     """``state`` (any known layout; detected when ``source`` is None) -> our ``detector``'s names.
 
     ``object_names``: the dataset's object classes (needed for a DETR classifier, see
@@ -59,8 +63,13 @@ def _merge(conversion: LoadReport, loading: LoadReport) -> LoadReport:
     return merged
 
 
-def load_into_model(model: nn.Module, path: str | os.PathLike, detector: str = "qpic",
-                    object_names: list[str] | None = None, source: str | None = None) -> LoadReport:
+def load_into_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    detector: str = "qpic",
+    object_names: list[str] | None = None,
+    source: str | None = None,
+) -> LoadReport:
     """Load any supported checkpoint file (DETR, QPIC, HQM, ours, converted, exported directory)
     into ``model`` as far as names and shapes allow; returns the report."""
     state, _ = read_state_dict(path)
@@ -84,8 +93,9 @@ def load_pretrained(model: nn.Module, path: str, cfg, meta) -> LoadReport:
     return report
 
 
-def convert_detr_file(in_path: str | os.PathLike, out_path: str | os.PathLike, detector: str = "qpic",
-                      dataset: str = "hico_det") -> LoadReport:
+def convert_detr_file(
+    in_path: str | os.PathLike, out_path: str | os.PathLike, detector: str = "qpic", dataset: str = "hico_det"
+) -> LoadReport:
     """``hqm convert detr-to-hoi``: write an initialisation file (plain data, ``weights_only``-safe)
     with the converted state dict under ``model`` and the conversion report."""
     from hqm import __version__
@@ -94,14 +104,20 @@ def convert_detr_file(in_path: str | os.PathLike, out_path: str | os.PathLike, d
     state, _ = read_state_dict(in_path)
     source = detect_format(state)
     if source != "detr":
-        raise ValueError(f"{in_path}: expected a DETR checkpoint (class_embed / bbox_embed), found a "
-                         f"{source} layout")
+        raise ValueError(
+            f"{in_path}: expected a DETR checkpoint (class_embed / bbox_embed), found a {source} layout"
+        )
     names = dataset_object_names(dataset)
     converted, report = convert_state_dict(state, detector, "detr", names)
     payload: dict[str, Any] = {
         "model": converted,
-        "converted": {"source": "detr", "detector": detector, "dataset": dataset, "object_names": names,
-                      "from": str(in_path)},
+        "converted": {
+            "source": "detr",
+            "detector": detector,
+            "dataset": dataset,
+            "object_names": names,
+            "from": str(in_path),
+        },
         "report": report.to_dict(),
         "version": __version__,
     }

@@ -50,8 +50,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
 
     ckpt = safe_torch_load(checkpoint)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt or "meta" not in ckpt:
-        raise ValueError(f"{checkpoint}: not an hqm training checkpoint (needs model, config and meta); "
-                         "convert foreign weights with `hqm convert` and fine-tune them first")
+        raise ValueError(
+            f"{checkpoint}: not an hqm training checkpoint (needs model, config and meta); "
+            "convert foreign weights with `hqm convert` and fine-tune them first"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state: dict[str, Tensor] = {k: v.detach().contiguous().cpu() for k, v in ckpt["model"].items()}

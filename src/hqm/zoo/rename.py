@@ -68,12 +68,18 @@ class LoadReport:
         return self
 
     def to_dict(self) -> dict[str, list[str]]:
-        return {"loaded": list(self.loaded), "reshaped": list(self.reshaped), "fresh": list(self.fresh),
-                "ignored": list(self.ignored)}
+        return {
+            "loaded": list(self.loaded),
+            "reshaped": list(self.reshaped),
+            "fresh": list(self.fresh),
+            "ignored": list(self.ignored),
+        }
 
     def counts(self) -> str:
-        return (f"{len(self.loaded)} loaded, {len(self.reshaped)} reshaped, {len(self.fresh)} fresh, "
-                f"{len(self.ignored)} ignored")
+        return (
+            f"{len(self.loaded)} loaded, {len(self.reshaped)} reshaped, {len(self.fresh)} fresh, "
+            f"{len(self.ignored)} ignored"
+        )
 
     def summary(self, verbose: bool = True) -> str:
         """Printable report; ``verbose=False`` lists the loaded keys by count only."""
@@ -106,8 +112,9 @@ def register_op(name: str):
     return deco
 
 
-def apply_spec(state: dict[str, Tensor], spec: ConversionSpec, context: dict[str, Any] | None = None
-               ) -> tuple[dict[str, Tensor], LoadReport]:
+def apply_spec(
+    state: dict[str, Tensor], spec: ConversionSpec, context: dict[str, Any] | None = None
+) -> tuple[dict[str, Tensor], LoadReport]:
     """Rename (and transform) ``state`` with ``spec``. ``context`` feeds the ops (e.g. object names)."""
     context = context or {}
     compiled = [(re.compile(r.pattern), r) for r in spec.rules]
@@ -150,8 +157,9 @@ def init_linear_rows(rows: int, fan_in: int, like: Tensor, bias: bool) -> Tensor
 ROW_RESIZABLE = ("query_embed.weight",)
 
 
-def load_partial(model: nn.Module, state: dict[str, Tensor], row_resizable: tuple[str, ...] = ROW_RESIZABLE
-                 ) -> LoadReport:
+def load_partial(
+    model: nn.Module, state: dict[str, Tensor], row_resizable: tuple[str, ...] = ROW_RESIZABLE
+) -> LoadReport:
     """Load every tensor of ``state`` whose name and shape match ``model``; report the rest.
 
     A key in ``row_resizable`` with a different number of rows (DETR's 100 queries vs the model's
@@ -177,7 +185,8 @@ def load_partial(model: nn.Module, state: dict[str, Tensor], row_resizable: tupl
             report.reshaped.append(f"{key}: {tuple(value.shape)} -> first {n} rows of {tuple(target.shape)}")
         else:
             report.ignored.append(
-                f"{key}: shape {tuple(value.shape)} does not fit the model's {tuple(target.shape)}")
+                f"{key}: shape {tuple(value.shape)} does not fit the model's {tuple(target.shape)}"
+            )
     for key in own:
         if key not in new and not key.endswith("num_batches_tracked"):
             report.fresh.append(key)

@@ -85,7 +85,7 @@ def extract_state_dict(obj: Any, path: str | os.PathLike = "<memory>") -> dict[s
         if state:
             # DDP-saved weights carry a "module." prefix on every key
             if all(k.startswith("module.") for k in state):
-                state = {k[len("module."):]: v for k, v in state.items()}
+                state = {k[len("module.") :]: v for k, v in state.items()}
             return state
     raise ValueError(f"{path}: no model state dict found (expected a 'model' entry of name -> tensor)")
 

@@ -38,10 +38,10 @@ TRUNK = (
 DETR_TO_QPIC = ConversionSpec(
     source="detr",
     detector="qpic",
-    rules=TRUNK + (
+    rules=TRUNK
+    + (
         Rule(r"class_embed\.(weight|bias)", (r"obj_class_embed.\1",), op="class_rows"),
-        Rule(r"bbox_embed\.(layers\.\d+\.(?:weight|bias))",
-             (r"sub_bbox_embed.\1", r"obj_bbox_embed.\1")),
+        Rule(r"bbox_embed\.(layers\.\d+\.(?:weight|bias))", (r"sub_bbox_embed.\1", r"obj_bbox_embed.\1")),
     ),
     fresh=("verb_class_embed", "miners."),
     description="DETR COCO detector -> QPIC initialisation (QPIC convert_parameters.py semantics)",
@@ -58,7 +58,8 @@ QPIC_TO_QPIC = ConversionSpec(
 HQM_TO_QPIC = ConversionSpec(
     source="hqm",
     detector="qpic",
-    rules=TRUNK + (
+    rules=TRUNK
+    + (
         Rule(r"transformer\.decoder\." + HEADS + r"\.(.+)", (r"\1.\2",)),
         # HQM's MLP(12, D, D, 2) layers 0 / 1 = our nn.Sequential(Linear, ReLU, Linear) entries 0 / 2
         Rule(r"query_embed_sp\.layers\.0\.(weight|bias)", (GBS_FP_PREFIX + r".0.\1",)),
