@@ -24,6 +24,29 @@ TINY_OVERRIDES = [
 
 NUM_OBJ, NUM_VERB = 6, 5
 
+# the tiny synthetic preset at 64 px: every image resized into (32, 64] on both sides and padded to a
+# 64 x 64 batch, so batches of any composition have the same shape
+TINY_DATA_64 = [
+    "data.dataset=synthetic",
+    "data.synth_preset=tiny",
+    "data.scales=[64]",
+    "data.max_size=64",
+    "data.test_scale=64",
+    "data.crop_resize=[64]",
+    "data.crop_min=48",
+    "data.crop_max=64",
+    "data.num_workers=0",
+    "eval.every=0",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """The tiny synthetic benchmark, generated once per test session (read-only for tests)."""
+    from hqm.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "tiny", preset="tiny")
+
 
 @pytest.fixture
 def tiny_cfg() -> Config:

@@ -11,21 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_DATA_64, TINY_OVERRIDES
 from hqm.engine.checkpoint import load_checkpoint
 from hqm.engine.trainer import Trainer
 from test_engine_train import exact_cfg, final_weights, max_abs_diff
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from hqm.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "tiny", preset="tiny")
 
 
 def free_port() -> int:
@@ -92,20 +84,7 @@ def test_torchrun_cli_with_ajl_mining_and_distributed_eval(tiny_root, tmp_path, 
     from hqm.cli import main
 
     out = tmp_path / "ajl"
-    common = TINY_OVERRIDES + [
-        "data.dataset=synthetic",
-        f"data.root={tiny_root}",
-        "data.synth_preset=tiny",
-        "data.scales=[64]",
-        "data.max_size=64",
-        "data.test_scale=64",
-        "data.crop_resize=[64]",
-        "data.crop_min=48",
-        "data.crop_max=64",
-        "data.num_workers=0",
-        "eval.batch_size=3",
-        "eval.every=0",
-    ]
+    common = TINY_OVERRIDES + TINY_DATA_64 + [f"data.root={tiny_root}", "eval.batch_size=3"]
     # AJL alternates GBS / AMM: the idle miner's parameters get no gradient unless zero-touched
     torchrun(
         [

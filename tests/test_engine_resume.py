@@ -10,36 +10,19 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_DATA_64, TINY_OVERRIDES
 from hqm.cli import main
 from hqm.engine.checkpoint import load_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from hqm.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "tiny", preset="tiny")
 
 
 def run_args(root, out) -> list[str]:
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("model.dropout")] + [
         "model.dropout=0.1",
-        "data.dataset=synthetic",
+        *TINY_DATA_64,
         f"data.root={root}",
-        "data.synth_preset=tiny",
-        "data.scales=[64]",
-        "data.max_size=64",
-        "data.test_scale=64",
-        "data.crop_resize=[64]",
-        "data.crop_min=48",
-        "data.crop_max=64",
-        "data.num_workers=0",
         "eval.batch_size=8",
-        "eval.every=0",
         "train.epochs=2",
         "train.lr_drop=1",
         "train.batch_size=4",

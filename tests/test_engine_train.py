@@ -9,35 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_DATA_64, TINY_OVERRIDES
 from hqm.config import load_config
 from hqm.engine.checkpoint import CheckpointManager, load_checkpoint, resolve_resume
 from hqm.engine.trainer import Trainer, check_compatible
 
 # fixed 64 x 64 batches (every image resized into (32, 64] on both sides, padded to 64), frozen BN,
 # no dropout: the gradient of a batch is exactly the sum of its parts
-EXACT = [
-    "data.scales=[64]",
-    "data.max_size=64",
-    "data.test_scale=64",
-    "data.crop_resize=[64]",
-    "data.crop_min=48",
-    "data.crop_max=64",
-    "data.num_workers=0",
+EXACT = TINY_DATA_64 + [
     "eval.batch_size=8",
-    "eval.every=0",
     "model.backbone_norm=frozen",
     "model.dropout=0.0",
     "train.deterministic=true",
     "train.log_every=1",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from hqm.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "tiny", preset="tiny")
 
 
 def exact_cfg(root, out, *extra: str):
@@ -46,9 +31,7 @@ def exact_cfg(root, out, *extra: str):
         TINY_OVERRIDES
         + EXACT
         + [
-            "data.dataset=synthetic",
             f"data.root={root}",
-            "data.synth_preset=tiny",
             f"train.output_dir={out}",
             *extra,
         ],

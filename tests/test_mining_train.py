@@ -6,25 +6,16 @@ import json
 
 import pytest
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_DATA_64, TINY_OVERRIDES
 from hqm.config import load_config
-from hqm.data import ensure_synthetic
 from hqm.engine.trainer import Trainer
 
-SMALL = [
-    "data.dataset=synthetic",
-    "data.synth_preset=tiny",
+SMALL = TINY_DATA_64 + [
     "data.scales=[64,80]",
     "data.max_size=128",
-    "data.test_scale=64",
-    "data.crop_resize=[64]",
-    "data.crop_min=48",
-    "data.crop_max=64",
-    "data.num_workers=0",
     "train.max_steps=2",
     "train.log_every=1",
     "eval.batch_size=4",
-    "eval.every=0",
     "mining.amm.k=8",
     "model.train_backbone_from=none",
 ]  # mining never touches the backbone: keep the steps cheap
@@ -50,20 +41,15 @@ RUNS = {
 }
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    return str(ensure_synthetic(tmp_path_factory.mktemp("synth") / "tiny", "tiny"))
-
-
 @pytest.mark.parametrize("run", list(RUNS))
-def test_two_training_steps(run, synth_root, tmp_path):
+def test_two_training_steps(run, tiny_root, tmp_path):
     strategy = run.split("-")[0]
     cfg = load_config(
         None,
         TINY_OVERRIDES
         + SMALL
         + RUNS[run]
-        + [f"data.root={synth_root}", f"mining.strategy={strategy}", f"train.output_dir={tmp_path}"],
+        + [f"data.root={tiny_root}", f"mining.strategy={strategy}", f"train.output_dir={tmp_path}"],
     )
     trainer = Trainer(cfg)
     trainer.train_one_epoch()  # the step loop only: evaluation is covered elsewhere

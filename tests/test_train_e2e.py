@@ -7,28 +7,13 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_DATA_64, TINY_OVERRIDES
 from hqm.cli import main
 from hqm.config import load_config
 from hqm.engine.checkpoint import load_checkpoint
 
-SMALL_IMAGES = [
-    "data.scales=[64,80]",
-    "data.max_size=128",
-    "data.test_scale=64",
-    "data.crop_resize=[64]",
-    "data.crop_min=48",
-    "data.crop_max=64",
-    "data.num_workers=0",
-    "eval.batch_size=4",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from hqm.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "tiny", preset="tiny")
+# multi-scale training on the tiny preset
+SMALL_IMAGES = TINY_DATA_64 + ["data.scales=[64,80]", "data.max_size=128", "eval.batch_size=4"]
 
 
 def tiny_overrides(root, out) -> list[str]:

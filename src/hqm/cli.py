@@ -218,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("config", help="YAML config file or packaged config name")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    t.add_argument("--resume", help="checkpoint to resume from (e.g. RUN/checkpoints/last.pt)")
+    t.add_argument(
+        "--resume",
+        help="resume from a checkpoint file, a run folder (its checkpoints/last.pt) or 'auto' (last.pt of "
+        "train.output_dir if it exists)",
+    )
     t.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last line")
     t.set_defaults(func=cmd_train)
 

@@ -30,7 +30,7 @@ class ModelConfig:
     backbone_norm: str = "frozen"  # frozen (DETR, pretrained) | batch (trainable BN, from scratch)
     train_backbone_from: str = "layer2"  # first trainable stage: conv1 | layer1 | layer2 | ... | none
     dilation: bool = False  # DC5: dilate layer4 (stride 16 instead of 32; ResNet-50/101)
-    backbone_out: str = "layer4"  # layer4 = C5 (DETR) | layer3 = C4, stride 16 (small images)
+    backbone_out: str = "layer4"  # layer4 = C5 (DETR) | layer3 = C4, stride 16 | layer2 = C3, stride 8
     num_queries: int = 100
     hidden_dim: int = 256
     nheads: int = 8
@@ -307,7 +307,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 _CHOICES = {
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.backbone_norm": ("frozen", "batch"),
-    "model.backbone_out": ("layer3", "layer4"),
+    "model.backbone_out": ("layer2", "layer3", "layer4"),
     "model.train_backbone_from": ("conv1", "layer1", "layer2", "layer3", "layer4", "none"),
     "data.dataset": ("hico_det", "vcoco", "hoia", "synthetic"),
     "data.on_bad_record": ("error", "skip"),

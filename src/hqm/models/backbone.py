@@ -71,9 +71,9 @@ class Backbone(nn.Module):
             p.requires_grad_(stage in trainable)
         # C5 (DETR) by default; C4 (stride 16, layer4 dropped) for small images trained from scratch
         self.body = IntermediateLayerGetter(resnet, return_layers={out_layer: "0"})
-        width = {"layer3": 256, "layer4": 512}[out_layer]
+        width = {"layer2": 128, "layer3": 256, "layer4": 512}[out_layer]
         self.num_channels = width if name in ("resnet18", "resnet34") else width * 4
-        self.stride = 16 if (dilation or out_layer == "layer3") else 32
+        self.stride = {"layer2": 8, "layer3": 16, "layer4": 16 if dilation else 32}[out_layer]
 
     def forward(self, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
         feat = self.body(images)["0"]
