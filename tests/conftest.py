@@ -90,3 +90,19 @@ def batch():
     masks[1, 80:, :] = True
     targets = [make_target(3, seed=1), make_target(2, seed=2)]
     return images, masks, targets
+
+
+@pytest.fixture
+def masking_reference(monkeypatch) -> dict:
+    """Records the reference scores every ``AttentionMasking`` hook is built with (key "reference")."""
+    from hqm.mining.amm import AttentionMasking
+
+    seen: dict = {}
+    original = AttentionMasking.__init__
+
+    def spy(self, reference, *args, **kw):
+        seen["reference"] = reference
+        original(self, reference, *args, **kw)
+
+    monkeypatch.setattr(AttentionMasking, "__init__", spy)
+    return seen

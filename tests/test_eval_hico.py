@@ -8,8 +8,14 @@ import pytest
 from hqm.evaluation import build_evaluator, format_class_table, format_table, merge_records
 from hqm.evaluation.hico_det import HICODetEvaluator
 from hqm.evaluation.reference import reference_hico_eval
-from hqm.evaluation.testing import iter_random_predictions, random_annotations, random_meta
-from hqm.structures import DatasetMeta, HOIPredictions, ImageAnnotation
+from hqm.evaluation.testing import (
+    iter_random_predictions,
+    make_annotation,
+    make_predictions,
+    random_annotations,
+    random_meta,
+)
+from hqm.structures import DatasetMeta
 
 H = [0.0, 0.0, 9.0, 9.0]  # a 10 x 10 px person (+1 convention)
 OB = [20.0, 20.0, 29.0, 29.0]  # a 10 x 10 px object
@@ -20,22 +26,8 @@ def meta3() -> DatasetMeta:
     return DatasetMeta("toy", ["person", "cup", "ball"], ["hold", "look"], np.ones((2, 3), bool))
 
 
-def ann(name: str, boxes: list, labels: list, hois: list) -> ImageAnnotation:
-    return ImageAnnotation(
-        name, np.array(boxes, np.float32), np.array(labels, np.int64), np.array(hois, np.int64).reshape(-1, 3)
-    )
-
-
-def pred(name: str, rows: list) -> HOIPredictions:
-    """rows: (sub_box, obj_box, obj_label, verb, score)."""
-    return HOIPredictions(
-        name,
-        np.array([r[0] for r in rows], np.float32).reshape(-1, 4),
-        np.array([r[1] for r in rows], np.float32).reshape(-1, 4),
-        np.array([r[2] for r in rows], np.int64),
-        np.array([r[3] for r in rows], np.int64),
-        np.array([r[4] for r in rows], np.float32),
-    )
+ann = make_annotation
+pred = make_predictions
 
 
 def run(test, preds, mode="default", train=None, max_dets=100):

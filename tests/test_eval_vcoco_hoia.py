@@ -7,8 +7,9 @@ import pytest
 
 from hqm.evaluation import build_evaluator, merge_records
 from hqm.evaluation.hoia import HOIAEvaluator
+from hqm.evaluation.testing import make_annotation, make_predictions
 from hqm.evaluation.vcoco import VCOCOEvaluator, parse_role_classes
-from hqm.structures import DatasetMeta, HOIPredictions, ImageAnnotation
+from hqm.structures import DatasetMeta
 
 P = [0.0, 0.0, 99.0, 99.0]
 P2 = [300.0, 0.0, 399.0, 99.0]
@@ -17,22 +18,8 @@ ZERO = [0.0, 0.0, 0.0, 0.0]
 NAN = [float("nan")] * 4
 
 
-def ann(name, boxes, labels, hois):
-    return ImageAnnotation(
-        name, np.array(boxes, np.float32), np.array(labels, np.int64), np.array(hois, np.int64).reshape(-1, 3)
-    )
-
-
-def pred(name, rows):
-    """rows: (sub_box, obj_box, obj_label, class, score)."""
-    return HOIPredictions(
-        name,
-        np.array([r[0] for r in rows], np.float32).reshape(-1, 4),
-        np.array([r[1] for r in rows], np.float32).reshape(-1, 4),
-        np.array([r[2] for r in rows], np.int64),
-        np.array([r[3] for r in rows], np.int64),
-        np.array([r[4] for r in rows], np.float32),
-    )
+ann = make_annotation
+pred = make_predictions
 
 
 VERBS = ["hold_obj", "stand", "eat_obj", "eat_instr", "point_instr"]

@@ -111,22 +111,14 @@ def _tiny(extra):
     return cfg, model, build_criterion(cfg, NUM_OBJ, build_matcher(cfg.loss))
 
 
-def test_amm_pass_uses_the_learnable_reference_and_copies(batch, monkeypatch):
+def test_amm_pass_uses_the_learnable_reference_and_copies(batch, masking_reference):
     images, masks, targets = batch
     _, model, crit = _tiny(["mining.strategy=amm", "mining.amm.k=6"])
-    seen = {}
-    original = AttentionMasking.__init__
-
-    def spy(self, reference, *args, **kw):
-        seen["reference"] = reference
-        original(self, reference, *args, **kw)
-
-    monkeypatch.setattr(AttentionMasking, "__init__", spy)
     out = model(images, masks, targets, mining=("amm",))
     group = out["groups"]["amm"]
     assert group["assignment"] == {"type": "learnable", "query_map": None}
     assert group["outputs"]["pred_obj_logits"].shape == out["pred_obj_logits"].shape
-    ref = seen["reference"]
+    ref = masking_reference["reference"]
     assert sorted(ref) == [0, 1] and ref[0].shape[:3] == (2, 4, 8) and not ref[0].requires_grad
     loss, logs = crit(out, targets, 1.0, {"amm": 1.0})
     assert torch.isfinite(loss) and "amm/loss_verb_ce" in logs and "amm/loss_obj_ce_0" in logs

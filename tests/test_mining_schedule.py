@@ -8,7 +8,7 @@ import torch
 from conftest import NUM_OBJ, NUM_VERB, TINY_OVERRIDES
 from hqm.config import load_config
 from hqm.mining import build_miners
-from hqm.mining.amm import AMMMiner, AttentionMasking
+from hqm.mining.amm import AMMMiner
 from hqm.mining.cjl import CJLMiner
 from hqm.mining.gbs import GBSMiner
 from hqm.mining.schedule import MiningSchedule, build_schedule
@@ -115,18 +115,10 @@ def test_pjl_runs_both_groups_independently_with_half_beta(batch):
     torch.testing.assert_close(total, only + 0.5 * (per_group["gbs"] + per_group["amm"]))
 
 
-def test_cjl_masks_gbs_queries_with_the_matched_learnable_reference(batch, monkeypatch):
+def test_cjl_masks_gbs_queries_with_the_matched_learnable_reference(batch, masking_reference):
     images, masks, targets = batch
     model, crit = _model("cjl", ["mining.cjl_reference=learnable"])
     model.train()
-    seen = {}
-    original = AttentionMasking.__init__
-
-    def spy(self, reference, *args, **kw):
-        seen["reference"] = reference
-        original(self, reference, *args, **kw)
-
-    monkeypatch.setattr(AttentionMasking, "__init__", spy)
     recorded = {}
     real_decode = model.decode
 
@@ -139,7 +131,7 @@ def test_cjl_masks_gbs_queries_with_the_matched_learnable_reference(batch, monke
     out = model(images, masks, targets, mining=("cjl",))
     group = out["groups"]["cjl"]
     assert group["assignment"]["type"] == "fixed"
-    ref, learn = seen["reference"], recorded["learnable"].scores
+    ref, learn = masking_reference["reference"], recorded["learnable"].scores
     last = out["indices"][0]
     for i, (q, t) in enumerate(last):
         for layer in ref:

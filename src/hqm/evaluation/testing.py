@@ -15,6 +15,25 @@ import numpy as np
 from hqm.structures import DatasetMeta, HOIPredictions, ImageAnnotation
 
 
+def make_annotation(name: str, boxes: list, labels: list, hois: list) -> ImageAnnotation:
+    """A hand-written ground-truth record: xyxy boxes, contiguous labels, [subject, object, verb] rows."""
+    return ImageAnnotation(
+        name, np.array(boxes, np.float32), np.array(labels, np.int64), np.array(hois, np.int64).reshape(-1, 3)
+    )
+
+
+def make_predictions(name: str, rows: list) -> HOIPredictions:
+    """Hand-written triplets; rows: (sub_box, obj_box, obj_label, verb or role class, score)."""
+    return HOIPredictions(
+        name,
+        np.array([r[0] for r in rows], np.float32).reshape(-1, 4),
+        np.array([r[1] for r in rows], np.float32).reshape(-1, 4),
+        np.array([r[2] for r in rows], np.int64),
+        np.array([r[3] for r in rows], np.int64),
+        np.array([r[4] for r in rows], np.float32),
+    )
+
+
 def random_correct_mat(n_verb: int, n_obj: int, n_valid: int, rng: np.random.Generator) -> np.ndarray:
     """(V, C) bool with exactly ``n_valid`` true entries and every object column used at least once."""
     if not n_obj <= n_valid <= n_verb * n_obj:
