@@ -15,7 +15,7 @@ and the table reports the median and the spread (min, max) of the remaining step
 
 Modes: fp32, bf16, fp16 (GradScaler), compile (fp32 + torch.compile), cl (fp32, channels_last
 backbone), bf16-cl. On a GPU the defaults give the per-GPU numbers of the paper's recipe (800 px,
-batch 2); fused AdamW is used on CUDA as in the trainer.
+batch 2). The optimiser is the trainer's (fused AdamW on CUDA and CPU).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def worker(args) -> dict:
     from hqm.config import load_config
     from hqm.engine.evaluate import autocast_context
     from hqm.engine.logging import peak_memory_mb
-    from hqm.engine.trainer import param_groups
+    from hqm.engine.trainer import build_optimizer
     from hqm.models import build_criterion, build_matcher, build_model
 
     mode = args.worker
@@ -82,7 +82,7 @@ def worker(args) -> dict:
     if channels_last:
         model.backbone.to(memory_format=torch.channels_last)
     criterion = build_criterion(cfg, 80, build_matcher(cfg.loss)).to(device)
-    opt = torch.optim.AdamW(param_groups(model, 1e-4, 1e-5), weight_decay=1e-4, fused=device.type == "cuda")
+    opt = build_optimizer(model, cfg.train, device)  # as the trainer: lr 1e-4 / 1e-5, wd 1e-4, fused
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     fwd = torch.compile(model) if mode == "compile" else model
     images, masks, targets = make_batch(args, device)

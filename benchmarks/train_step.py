@@ -82,6 +82,7 @@ def build(args, device: torch.device):
     from torch import nn
 
     from hqm.config import load_config
+    from hqm.engine.trainer import build_optimizer
     from hqm.mining import build_miners
     from hqm.mining.schedule import build_schedule
     from hqm.models import build_criterion, build_matcher, build_model
@@ -98,7 +99,7 @@ def build(args, device: torch.device):
     model.to(device).train()
     criterion = build_criterion(cfgs["none"], 80, build_matcher(cfgs["none"].loss)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    optimizer = build_optimizer(model, cfgs["none"].train, device)
     plans = {
         s: (
             build_schedule(c.mining),

@@ -79,6 +79,32 @@ def test_sdpa_and_explicit_attention_agree():
     assert torch.allclose(fused, explicit, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_folded_frozen_bn_equals_module_forward(name):
+    """The backbone folds each frozen BN into its convolution: same outputs and same weight
+    gradients as running torchvision's modules one after the other (random BN statistics)."""
+    from hqm.models.backbone import Backbone, FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    backbone = Backbone(name, "frozen", "layer2", False, "layer4")
+    for m in backbone.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.normal_()
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 64, 96)
+    ref = backbone.body(x)["0"]
+    trainable = [p for p in backbone.parameters() if p.requires_grad]
+    grads_ref = torch.autograd.grad(ref.square().mean(), trainable)
+    got, _ = backbone(x, torch.zeros(2, 64, 96, dtype=torch.bool))
+    grads = torch.autograd.grad(got.square().mean(), trainable)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    assert not backbone.body.conv1.weight.requires_grad and len(grads) > 0
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-4 * r.abs().max().item())
+
+
 def test_seam_extra_query_group_and_attention_hook(model, batch):
     """Extra groups are decoded apart from the learnable queries; the hook returns and masks attention."""
     images, masks, _ = batch

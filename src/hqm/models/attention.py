@@ -4,7 +4,9 @@ Parameters are named like ``nn.MultiheadAttention`` (``in_proj_weight``, ``in_pr
 ``out_proj``) so DETR checkpoints load unchanged. Two execution paths compute the same function:
 
 * fused ``scaled_dot_product_attention`` when nobody needs the attention map (encoder, learnable
-  decoding at inference, GBS passes);
+  decoding at inference, GBS passes). Exception: training on the CPU with attention dropout, where
+  PyTorch has no fused kernel (SDPA falls back to its math path, one Bernoulli draw per weight);
+  the explicit path computes the same with the cheaper mask of :mod:`hqm.models.dropout`;
 * an explicit path when an :class:`AttentionHook` is given: the hook sees the pre-softmax scores
   (and may mask them) and the post-softmax probabilities (and may rescale them). AMM uses this seam.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hqm.models.dropout import dropout
 
 
 class AttentionHook:
@@ -107,14 +111,17 @@ class MultiheadAttention(nn.Module):
             bias = torch.zeros(kpm.shape, dtype=q.dtype, device=q.device)
             bias = bias.masked_fill(kpm, float("-inf"))[:, None, None, :]  # (B, 1, 1, S)
         p = self.dropout if self.training else 0.0
-        if hook is None:
+        # fused SDPA unless a hook needs the map, or training on the CPU: there SDPA with dropout
+        # falls back to the same explicit computation with a slower mask (see hqm.models.dropout)
+        if hook is None and (p == 0.0 or q.device.type != "cpu"):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
         else:
+            hook = hook or AttentionHook()
             logits = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
             if bias is not None:
                 logits = logits + bias
             logits = hook.pre_softmax(layer, logits)
             probs = hook.post_softmax(layer, logits.softmax(dim=-1))
-            out = F.dropout(probs, p=p) @ v
+            out = dropout(probs, p, True) @ v
         bsz, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(bsz, n, d))

