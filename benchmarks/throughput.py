@@ -1,20 +1,22 @@
 """Training throughput (images/s, s/step) and peak memory of QPIC: fp32 vs bf16 (vs torch.compile,
-vs channels_last) on the current device, printed as a table.
+vs channels_last, vs the released QPIC code) on the current device, printed as a table.
 
 One step is what the trainer runs per optimiser step: forward under autocast -> criterion in fp32
 (Hungarian matching included) -> backward -> gradient clipping -> AdamW step. Input: a fixed random
 batch (default 2 x 512 x 683, the 512 px short side of a 4:3 image, padded to a multiple of 32 like the
-collate function) with random targets (``--pairs`` GT pairs per image), HICO-DET class counts
-(80 objects, 117 verbs), R50 with frozen BN trained from layer2, 100 queries, 6 + 6 layers.
-Each mode runs in a fresh process (clean peak memory); the first ``--warmup`` steps are excluded
-and the table reports the median and the spread (min, max) of the remaining steps.
+collate function unless ``--no-pad32``) with random targets (``--pairs`` GT pairs per image),
+HICO-DET class counts (80 objects, 117 verbs), R50 with frozen BN trained from layer2, 100 queries,
+6 + 6 layers. Each mode runs in a fresh process (clean peak memory); the first ``--warmup`` steps are
+excluded and the table reports the median and the spread (min, max) of the remaining steps.
 
     .venv/bin/python benchmarks/throughput.py                      # CPU: fp32 and bf16, 512 px
-    .venv/bin/python benchmarks/throughput.py --modes fp32 --steps 15 --repeat 3
+    .venv/bin/python benchmarks/throughput.py --modes released,fp32,cl --qpic-root ~/src/qpic --repeat 2
     .venv/bin/python benchmarks/throughput.py --device cuda --size 800 --modes fp32,bf16,fp16,compile,cl
 
 Modes: fp32, bf16, fp16 (GradScaler), compile (fp32 + torch.compile), cl (fp32, channels_last
-backbone), bf16-cl. On a GPU the defaults give the per-GPU numbers of the paper's recipe (800 px,
+backbone: what the trainer runs by default), bf16-cl, and released: the same step of the released
+QPIC code from a checkout given by ``--qpic-root`` (see released_qpic.py; the speed-up column is then
+relative to it). On a GPU the defaults give the per-GPU numbers of the paper's recipe (800 px,
 batch 2). The optimiser is the trainer's (fused AdamW on CUDA and CPU).
 """
 
@@ -34,7 +36,8 @@ def make_batch(args, device: torch.device):
     g = torch.Generator().manual_seed(0)
     h = args.size
     w = round(args.size * 4 / 3)
-    h, w = -(-h // 32) * 32, -(-w // 32) * 32
+    if args.pad32:  # as hqm's collate function
+        h, w = -(-h // 32) * 32, -(-w // 32) * 32
     images = torch.randn(args.batch, 3, h, w, generator=g).to(device)
     masks = torch.zeros(args.batch, h, w, dtype=torch.bool, device=device)
     targets = []
@@ -56,16 +59,13 @@ def make_batch(args, device: torch.device):
     return images, masks, targets
 
 
-def worker(args) -> dict:
-    """Run one mode in this process; returns the step times and peak memory."""
+def build_hqm_step(args, mode: str, device: torch.device):
+    """-> (step(): one optimiser step of hqm's trainer, input shape)."""
     from hqm.config import load_config
     from hqm.engine.evaluate import autocast_context
-    from hqm.engine.logging import peak_memory_mb
     from hqm.engine.trainer import build_optimizer
     from hqm.models import build_criterion, build_matcher, build_model
 
-    mode = args.worker
-    device = torch.device(args.device)
     amp = {"bf16": "bf16", "bf16-cl": "bf16", "fp16": "fp16"}.get(mode, "off")
     cfg = load_config(
         None,
@@ -89,14 +89,7 @@ def worker(args) -> dict:
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    times, cpu = [], []
-    for _ in range(args.warmup + args.steps):
-        sync()
-        t, c = time.perf_counter(), time.process_time()
+    def step() -> None:
         with autocast_context(device, amp):
             out = fwd(images, masks)
         with torch.autocast(device.type, enabled=False):
@@ -107,11 +100,40 @@ def worker(args) -> dict:
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
+
+    return step, tuple(images.shape)
+
+
+def worker(args) -> dict:
+    """Run one mode in this process; returns the step times and peak memory."""
+    from hqm.engine.logging import peak_memory_mb
+
+    mode = args.worker
+    device = torch.device(args.device)
+    if mode == "released":
+        from released_qpic import build_released_step
+
+        if not args.qpic_root:
+            raise SystemExit("mode 'released' needs --qpic-root (a checkout of hitachi-rd-cv/qpic)")
+        step, shape = build_released_step(args, device)
+    else:
+        step, shape = build_hqm_step(args, mode, device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times, cpu = [], []
+    for _ in range(args.warmup + args.steps):
+        sync()
+        t, c = time.perf_counter(), time.process_time()
+        step()
         sync()
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     return {
         "mode": mode,
+        "shape": "x".join(map(str, shape)),
         "times": times[args.warmup :],
         "cpu": cpu[args.warmup :],
         "peak_mb": peak_memory_mb(device),
@@ -122,7 +144,17 @@ def worker(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--modes", default="fp32,bf16", help="comma list: fp32,bf16,fp16,compile,cl,bf16-cl")
+    p.add_argument(
+        "--modes", default="fp32,bf16", help="comma list: fp32,bf16,fp16,compile,cl,bf16-cl,released"
+    )
+    p.add_argument("--qpic-root", help="checkout of hitachi-rd-cv/qpic, for mode 'released'")
+    p.add_argument(
+        "--pad32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pad hqm's input to a multiple of 32 as its collate function does (--no-pad32: the exact "
+        "size, as the released code batches it)",
+    )
     p.add_argument("--size", type=int, default=None, help="short side (default 512 on CPU, 800 on GPU)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--queries", type=int, default=100)
@@ -143,31 +175,35 @@ def main() -> None:
     for _ in range(args.repeat):  # interleaved, so a load change on the machine hits every mode alike
         for m in modes:
             cmd = [sys.executable, __file__, "--worker", m, *sys.argv[1:]]
-            proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"mode {m} failed:\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.splitlines()[-1])
             results[m]["times"] += r["times"]
             results[m]["cpu"] += r["cpu"]
             results[m]["peak_mb"] = max(results[m]["peak_mb"], r["peak_mb"])
             results[m]["threads"] = r["threads"]
-    h = -(-args.size // 32) * 32
-    w = -(-round(args.size * 4 / 3) // 32) * 32
+            results[m]["shape"] = r["shape"]
     print(
-        f"QPIC {args.backbone}, {args.queries} queries, batch {args.batch} x {h}x{w}, "
+        f"QPIC {args.backbone}, {args.queries} queries, batch {args.batch}, {args.size} px short side, "
         f"device {args.device}, threads {results[modes[0]].get('threads')}, "
         f"{args.steps} steps x {args.repeat} after {args.warmup} warm-up"
     )
     # CPU seconds per step (all threads): on a shared machine, wall time / (CPU time / threads) shows
     # how much of the wall time was lost to other processes
+    base = "released" if "released" in modes else modes[0]
     print(
-        f"{'mode':<9}{'median s/step':>14}{'min':>8}{'max':>8}{'images/s':>10}{'cpu s/step':>11}"
-        f"{'peak MiB':>10}"
+        f"{'mode':<9}{'input':>16}{'median s/step':>14}{'min':>8}{'max':>8}{'images/s':>10}"
+        f"{'cpu s/step':>11}{'peak MiB':>10}{'speed-up vs ' + base:>22}"
     )
+    base_med = statistics.median(results[base]["times"])
     for m in modes:
         t = results[m]["times"]
         med = statistics.median(t)
         print(
-            f"{m:<9}{med:>14.3f}{min(t):>8.3f}{max(t):>8.3f}{args.batch / med:>10.2f}"
-            f"{statistics.median(results[m]['cpu']):>11.3f}{results[m]['peak_mb']:>10.0f}"
+            f"{m:<9}{results[m]['shape']:>16}{med:>14.3f}{min(t):>8.3f}{max(t):>8.3f}"
+            f"{args.batch / med:>10.2f}{statistics.median(results[m]['cpu']):>11.3f}"
+            f"{results[m]['peak_mb']:>10.0f}{base_med / med:>21.2f}x"
         )
     if args.json:
         with open(args.json, "w") as f:
