@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hqm.models.dropout import Dropout, dropout, keep_mask
+from hqm.models.dropout import Dropout, drop_mask, dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_keep_rate_matches_p(p):
     torch.manual_seed(0)
     n = 400_000
-    keep = keep_mask(torch.Size([n]), p).double().mean().item()
+    keep = 1.0 - drop_mask(torch.Size([n]), p).double().mean().item()
     expected = 1.0 - round(p * 65536) / 65536
     # 6 standard deviations of a binomial proportion: fails for any real bias, not by chance
     assert abs(keep - expected) < 6 * math.sqrt(expected * (1 - expected) / n)
@@ -25,7 +25,7 @@ def test_lanes_are_independent():
     """Neighbouring elements come from the same 64-bit word: their keep decisions must still be
     independent (P(both kept) = P(kept)^2)."""
     torch.manual_seed(1)
-    m = keep_mask(torch.Size([200_000, 4]), 0.5).double()
+    m = drop_mask(torch.Size([200_000, 4]), 0.5).double()
     for a, b in [(0, 1), (1, 2), (2, 3), (0, 3)]:
         both = (m[:, a] * m[:, b]).mean().item()
         assert abs(both - 0.25) < 6 * math.sqrt(0.25 * 0.75 / m.shape[0])

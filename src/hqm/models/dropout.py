@@ -20,12 +20,12 @@ from torch import Tensor, nn
 _LANES = 4  # 16-bit lanes per 64-bit random word
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> Tensor:
-    """Bool tensor of ``shape``: True (keep) with probability ``1 - round(p * 2^16) / 2^16``."""
+def drop_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> Tensor:
+    """Bool tensor of ``shape``: True (drop) with probability ``round(p * 2^16) / 2^16``."""
     n = shape.numel()
     words = torch.randint(-(2**63), 2**63 - 1, (-(-n // _LANES),), dtype=torch.int64, device=device)
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform on [-2^15, 2^15)
-    return lanes >= round(p * 65536) - 32768
+    return lanes < round(p * 65536) - 32768
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -34,7 +34,9 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0 or not x.is_floating_point():
         return F.dropout(x, p, True)
-    return x.mul(keep_mask(x.shape, p, x.device)).mul_(1.0 / (1.0 - p))
+    # masked_fill: one pass, and its backward keeps only the bool mask (x * mask would first convert
+    # the mask to a float tensor)
+    return x.masked_fill(drop_mask(x.shape, p, x.device), 0.0).mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Dropout):
