@@ -1,14 +1,15 @@
 """Training-step time and peak memory of QPIC with each HQM strategy, on the same model and batch.
 
 Every strategy (none / gbs / amm / ajl / pjl / cjl) trains the same detector (same seed, same weights)
-on the same random batch (images plus ``--pairs`` GT pairs per image) with full optimiser steps as
-the trainer runs them: mining schedule -> forward -> criterion -> backward -> gradient clipping ->
-AdamW step. Timing is interleaved: round r runs step r of every strategy in turn, so a load change
-on the machine hits all strategies alike. The miners a strategy does not own are detached during its
-steps. A strategy's step time is the median over its steps of the same kind (AJL alternates GBS and
-AMM steps: the table shows the mean of the two medians, i.e. the average AJL step). Peak memory comes
-from a separate short run per strategy in a fresh process: ``torch.cuda.max_memory_allocated`` on a
-GPU, the peak resident set size on the CPU (model, optimiser state and activations included).
+on the same random batch (images plus ``--pairs`` GT pairs per image) with full optimiser steps as the
+trainer runs them (channels_last backbone, fused AdamW): mining schedule -> forward -> criterion ->
+backward -> gradient clipping -> AdamW step. Timing is interleaved: round r runs step r of every
+strategy in turn, so a load change on the machine hits all strategies alike. The miners a strategy does
+not own are detached during its steps. A strategy's step time is the median over its steps of the same
+kind (AJL alternates GBS and AMM steps: the table shows the mean of the two medians, i.e. the average
+AJL step). Peak memory comes from a separate short run per strategy in a fresh process:
+``torch.cuda.max_memory_allocated`` on a GPU, the peak resident set size on the CPU (model, optimiser
+state and activations included).
 
     .venv/bin/python benchmarks/train_step.py                 # R50, 512 px, batch 2, 100 queries, CPU
     .venv/bin/python benchmarks/train_step.py --quick         # small model, for a smoke run
@@ -26,6 +27,8 @@ import sys
 import time
 
 import torch
+
+from hqm.engine.trainer import use_channels_last
 
 STRATEGIES = ("none", "gbs", "amm", "ajl", "pjl", "cjl")
 
@@ -73,7 +76,10 @@ def make_batch(args, num_obj: int, num_verb: int, device: torch.device):
             }
         )
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-    return images.to(device), masks.to(device), targets
+    images = images.to(device)
+    if use_channels_last(device, None):  # as the trainer (and the backbone in build)
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks.to(device), targets
 
 
 def build(args, device: torch.device):
@@ -97,6 +103,8 @@ def build(args, device: torch.device):
     miners = {**build_miners(cfgs["pjl"], model), **build_miners(cfgs["cjl"], model)}
     model.attach_miners(miners)
     model.to(device).train()
+    if use_channels_last(device, None):
+        model.backbone.to(memory_format=torch.channels_last)
     criterion = build_criterion(cfgs["none"], 80, build_matcher(cfgs["none"].loss)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, cfgs["none"].train, device)
