@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.multiprocessing as mp
 
@@ -108,9 +109,38 @@ def test_torchrun_cli_with_ajl_mining_and_distributed_eval(tiny_root, tmp_path, 
 
     # evaluation: 8 test images over 2 ranks x batch 3 (padded by repetition) == one process
     weights = out / "checkpoints" / "last.pt"
-    proc = torchrun(["eval", str(out / "config.yaml"), f"weights={weights}", "--json"])
-    ddp_metrics = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert main(["eval", str(out / "config.yaml"), f"weights={weights}", "--json"]) == 0
+    ddp_file, single_file = tmp_path / "ddp.json", tmp_path / "single.json"
+    proc = torchrun(
+        [
+            "eval",
+            str(out / "config.yaml"),
+            f"weights={weights}",
+            "--json",
+            "--save-predictions",
+            str(ddp_file),
+        ]
+    )
+    # only rank 0 prints: exactly one JSON line (both ranks printing interleaved them before)
+    json_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(json_lines) == 1, proc.stdout
+    ddp_metrics = json.loads(json_lines[0])
+    argv = [
+        "eval",
+        str(out / "config.yaml"),
+        f"weights={weights}",
+        "--json",
+        "--save-predictions",
+        str(single_file),
+    ]
+    assert main(argv) == 0
     single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ddp_metrics == single
+    # the saved file holds every test image once, gathered from both ranks, in annotation order
+    ddp_saved, single_saved = json.loads(ddp_file.read_text()), json.loads(single_file.read_text())
+    assert len(single_saved) == 8
+    assert [r["file_name"] for r in ddp_saved] == [r["file_name"] for r in single_saved]
+    for a, b in zip(ddp_saved, single_saved, strict=True):  # batches are padded differently: allclose
+        boxes = [[p["bbox"] for p in r["predictions"]] for r in (a, b)]
+        scores = [[h["score"] for h in r["hoi_prediction"]] for r in (a, b)]
+        assert np.allclose(*boxes, atol=1e-3) and np.allclose(*scores, atol=1e-4)
     torch.set_grad_enabled(True)

@@ -19,6 +19,13 @@ def _metrics_json(metrics: dict) -> str:
     return json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()})
 
 
+def _is_main() -> bool:
+    """Only torchrun's rank 0 prints results (every rank returns the same gathered metrics)."""
+    from hqm.engine.distributed import launch_rank
+
+    return launch_rank() == 0
+
+
 def _split_overrides(items: list[str], special: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     overrides, extra = [], {}
     for item in items:
@@ -37,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hqm.engine.trainer import Trainer
 
     metrics = Trainer(cfg, resume=args.resume).fit()
-    if args.json:
+    if args.json and _is_main():
         print(_metrics_json(metrics))
     return 0
 
@@ -54,9 +61,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     from hqm.evaluation import format_table
 
-    print(format_table(metrics))
-    if args.json:
-        print(_metrics_json(metrics))
+    if _is_main():
+        print(format_table(metrics))
+        if args.json:
+            print(_metrics_json(metrics))
     return 0
 
 

@@ -28,6 +28,14 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def launch_rank() -> int:
+    """The global rank torchrun gave this process (``RANK``), 0 when not launched by it.
+
+    Unlike :func:`get_rank` this stays valid after the process group is destroyed (the trainer
+    cleans up at the end of ``fit``), so the CLI uses it to print results once."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device: str) -> tuple[bool, int]:
     """Initialise the process group when launched by torchrun. Returns (distributed, local_rank)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:

@@ -7,10 +7,21 @@ from pathlib import Path
 import torch
 
 from hqm.config import load_config
-from hqm.engine.distributed import get_rank, get_world_size, init_distributed
+from hqm.engine.distributed import all_gather_object, get_rank, get_world_size, init_distributed
 from hqm.engine.evaluate import build_eval_setup, run_evaluation
 from hqm.engine.logging import LOGGER, setup_logging
 from hqm.engine.trainer import resolve_device
+from hqm.evaluation.base import merge_records
+
+
+def gather_predictions(preds: list, order: list[str]) -> list:
+    """Every rank's predictions, one per image, in ``order`` (the test annotations' file names), so a
+    distributed run saves the same file as one process. The sampler's padding repeats are dropped (the
+    first copy in rank order wins, as in the evaluators). Identity when not distributed."""
+    if get_world_size() == 1:
+        return preds
+    merged = merge_records({p.file_name: p for p in rank_preds} for rank_preds in all_gather_object(preds))
+    return [merged[name] for name in order if name in merged]
 
 
 def evaluate_checkpoint(
@@ -34,12 +45,14 @@ def evaluate_checkpoint(
         model, ev.loader, ev.postprocessor, ev.evaluator, device, cfg.train.amp, show_progress=True
     )
     if save_predictions:
-        from hqm.data import file_ids
-        from hqm.evaluation.predictions_io import save_predictions as save
+        preds = gather_predictions(preds, [a.file_name for a in ev.dataset.annotations])
+        if get_rank() == 0:
+            from hqm.data import file_ids
+            from hqm.evaluation.predictions_io import save_predictions as save
 
-        object_ids, verb_offset = file_ids(cfg.data.dataset, cfg.data.root)
-        save(preds, Path(save_predictions), object_ids, verb_offset, meta.no_object_class)
-        LOGGER.info(f"predictions written to {save_predictions}")
+            object_ids, verb_offset = file_ids(cfg.data.dataset, cfg.data.root)
+            save(preds, Path(save_predictions), object_ids, verb_offset, meta.no_object_class)
+            LOGGER.info(f"predictions for {len(preds)} images written to {save_predictions}")
     torch.set_grad_enabled(True)
     return metrics
 
