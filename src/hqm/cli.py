@@ -77,6 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     trainer = Trainer(cfg)
     metrics = trainer.fit()
+    if not _is_main():
+        return 0
     print()
     print(
         f"hqm demo: {cfg.model.detector} ({cfg.model.backbone}, mining={cfg.mining.strategy}) trained "
