@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 
 from hqm.config import load_config
-from hqm.engine.distributed import all_gather_object, get_rank, get_world_size, init_distributed
+from hqm.engine.distributed import get_rank, get_world_size, init_distributed
 from hqm.engine.evaluate import build_eval_setup, run_evaluation
 from hqm.engine.logging import LOGGER, setup_logging
 from hqm.engine.trainer import resolve_device
-from hqm.evaluation.base import merge_records
+from hqm.evaluation.base import gather_records
 
 
 def gather_predictions(preds: list, order: list[str]) -> list:
@@ -20,7 +20,7 @@ def gather_predictions(preds: list, order: list[str]) -> list:
     first copy in rank order wins, as in the evaluators). Identity when not distributed."""
     if get_world_size() == 1:
         return preds
-    merged = merge_records({p.file_name: p for p in rank_preds} for rank_preds in all_gather_object(preds))
+    merged = gather_records({p.file_name: p for p in preds})
     return [merged[name] for name in order if name in merged]
 
 
