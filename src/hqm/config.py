@@ -71,6 +71,8 @@ class DataConfig:
     color_jitter: float = 0.4
     # synthetic benchmark: preset used when `root` has no data yet (hqm demo / tests)
     synth_preset: str = "default"
+    # synthetic only: train on fresh generated images every epoch (hqm.data.synthetic_stream)
+    synth_stream: bool = False
 
 
 @dataclass

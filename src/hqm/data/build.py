@@ -127,9 +127,16 @@ def build_dataset(cfg_data: DataConfig, split: str, train: bool) -> HOIDataset:
     """``HOIDataset`` of ``split`` with train (random) or test (deterministic) transforms.
 
     For ``data.dataset == "synthetic"`` the benchmark is generated first with ``data.synth_preset``
-    when ``data.root`` does not hold it yet.
+    when ``data.root`` does not hold it yet; with ``data.synth_stream`` the training split is an
+    endless stream of fresh images (``hqm.data.synthetic_stream.SyntheticStream``).
     """
     meta = build_meta(cfg_data)
+    if cfg_data.synth_stream and split == "train":
+        if cfg_data.dataset != "synthetic":
+            raise DatasetError(f"data.synth_stream needs data.dataset=synthetic (got {cfg_data.dataset})")
+        from hqm.data.synthetic_stream import SyntheticStream
+
+        return SyntheticStream(cfg_data.root, meta, build_transforms(cfg_data, train))
     anns = load_annotations(cfg_data.dataset, cfg_data.root, split, cfg_data.on_bad_record)
     return HOIDataset(
         anns, meta, image_dir(cfg_data.dataset, cfg_data.root, split), build_transforms(cfg_data, train)

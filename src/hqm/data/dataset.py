@@ -120,8 +120,12 @@ class HOIDataset(torch.utils.data.Dataset):
             return im.convert("RGB")
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        ann = self.annotations[index]
-        image = self.load_image(index)
+        return self.make_item(index, self.annotations[index], self.load_image(index))
+
+    def make_item(
+        self, index: int, ann: ImageAnnotation, image: Image.Image
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """(transformed image, target) of record ``ann`` shown by ``image`` (see the module docstring)."""
         w0, h0 = image.size
         pairs = merge_pairs(ann, self.meta)
         sub = torch.from_numpy(pairs["sub_boxes"])
