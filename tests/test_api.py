@@ -116,11 +116,34 @@ def test_input_size_is_configurable(detector, trained):
     assert not masks[0, :, :88].any() and masks[0, :, 88:].all()
 
 
-def test_attention_maps(detector, trained):
-    preds, maps = detector.predict(trained["images"][:2], top_k=4, return_attention=True)
-    for p, m in zip(preds, maps):
-        assert m.shape == (len(p), *p.image_size) and m.dtype == np.float32
+def test_attention_maps_stay_at_feature_resolution(detector, trained):
+    """Maps cover the image's feature cells (stride 16 here), not its pixels: a 12-megapixel input
+    gets maps as small as a thumbnail's (at the original size, 100 maps would take 4.8 GB)."""
+    paths = trained["images"][:2]
+    preds, maps = detector.predict(paths, top_k=4, return_attention=True)
+    _, _, sizes, _ = detector.preprocess([(p, "") for p in paths])
+    for p, m, (h, w) in zip(preds, maps, sizes.tolist()):
+        assert m.shape == (len(p), -(-h // 16), -(-w // 16)) and m.dtype == np.float32
         assert np.allclose(m.reshape(len(p), -1).max(1), 1.0) and m.min() >= 0
+    (p,), (m,) = detector.predict(np.zeros((3000, 4000, 3), np.uint8), top_k=100, return_attention=True)
+    assert p.image_size == (3000, 4000) and m.shape == (len(p), 6, 8)  # input 96 x 128
+
+
+def test_grey_arrays_exif_photos_and_ambiguous_inputs(detector, tmp_path):
+    from test_images import oriented_photo
+
+    grey = np.random.default_rng(1).integers(0, 255, (70, 90), dtype=np.uint8)
+    (p,) = detector.predict(grey, top_k=3)
+    assert p.image_size == (70, 90)  # H x W grey, not an image 3 pixels wide
+    (ref,) = detector.predict(np.stack([grey] * 3, -1), top_k=3)
+    np.testing.assert_array_equal(p.scores, ref.scores)
+    photo = tmp_path / "portrait.jpg"
+    oriented_photo(photo)  # stored 100 x 40, EXIF orientation 6
+    (p,) = detector.predict(photo, top_k=3)
+    assert p.image_size == (100, 40)  # (h, w) of the upright photo
+    for bad in (np.zeros((3, 70, 90), np.uint8), torch.randn(1, 3, 40, 50), np.zeros((40, 50, 3), np.int32)):
+        with pytest.raises(ValueError, match=str(tuple(bad.shape[-3:]))):
+            detector.predict(bad)
 
 
 def test_export_roundtrip(detector, trained, tmp_path):

@@ -120,6 +120,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if key not in extra:
             print(f"hqm predict: {key}=... is required", file=sys.stderr)
             return 2
+    from hqm.engine.logging import setup_logging
+
+    setup_logging(None, True)  # one line per skipped file, model-loading notes
     target = Path(args.model)
     device = extra.get("device", "auto")
     if target.is_dir() or target.suffix in (".pt", ".pth", ".safetensors"):
@@ -145,8 +148,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         size=int(extra["size"]) if "size" in extra else None,
         progress=not args.quiet,
     )
-    print(f"hqm predict: {summary['images']} images, {summary['triplets']} triplets -> {summary['out']}")
-    return 0
+    for src, name in list(summary["renamed"].items())[:5]:
+        print(f"hqm predict: {src} -> {name}.png (another input has the same name)", file=sys.stderr)
+    if len(summary["renamed"]) > 5:
+        print(f"hqm predict: ... {len(summary['renamed']) - 5} more renamed outputs", file=sys.stderr)
+    skipped = f", {summary['skipped']} unreadable skipped" if summary["skipped"] else ""
+    n_img, n_trip = summary["images"], summary["triplets"]
+    print(f"hqm predict: {n_img} images{skipped}, {n_trip} triplets -> {summary['out']}")
+    return 0 if n_img else 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
