@@ -167,3 +167,23 @@ def test_export_roundtrip(detector, trained, tmp_path):
 def test_evaluate_runs_the_engine(detector, trained):
     metrics = detector.evaluate(trained["root"], batch_size=4)
     assert "mAP_full" in metrics and 0.0 <= metrics["mAP_full"] <= 100.0
+
+
+def test_evaluate_never_generates_and_checks_the_classes(detector, trained, tmp_path):
+    """The synthetic-trained detector pointed at a HICO-DET root: an error naming the missing file,
+    not 2,400 generated images scored as if they were HICO-DET."""
+    from hqm.data import DatasetError
+
+    hico = tmp_path / "hico_20160224_det"
+    with pytest.raises(DatasetError, match="annotations/meta.json not found"):
+        detector.evaluate(hico)
+    assert not hico.exists()
+    with pytest.raises(DatasetError, match="no hico_det dataset.*annotations/trainval_hico.json not found"):
+        detector.evaluate(hico, dataset="hico_det")
+    assert not hico.exists()
+    # a HICO-DET root (the packaged 80-object vocabulary): other classes, refused
+    (hico / "annotations").mkdir(parents=True)
+    for name in ("trainval_hico.json", "test_hico.json"):
+        (hico / "annotations" / name).write_text("[]")
+    with pytest.raises(ValueError, match="object classes differ \\(11 vs 80"):
+        detector.evaluate(hico, dataset="hico_det")

@@ -249,7 +249,10 @@ class HOIDetector:
         show_progress: bool = False,
     ) -> dict[str, float]:
         """Evaluate on a dataset root (default: the checkpoint config's ``data.root``) with the
-        engine's evaluator (``hqm.engine.evaluate``); returns the metrics."""
+        engine's evaluator (``hqm.engine.evaluate``); returns the metrics.
+
+        Never writes data: a root without the dataset raises ``DatasetError`` naming the missing
+        file, and a dataset whose classes differ from the model's raises ``ValueError``."""
         from hqm.data import build_meta, load_annotations
         from hqm.engine.evaluate import build_eval_setup, run_evaluation
 
@@ -262,8 +265,14 @@ class HOIDetector:
         cfg.data.num_workers = 0
         if batch_size:
             cfg.eval.batch_size = batch_size
-        build_meta(cfg.data)  # generates the synthetic benchmark when it is missing
+        meta = build_meta(cfg.data)  # loading never generates data: missing files raise
         train_ann = load_annotations(cfg.data.dataset, cfg.data.root, "train", cfg.data.on_bad_record)
+        problem = self.meta.class_mismatch(meta)
+        if problem:
+            raise ValueError(
+                f"cannot evaluate this detector on {cfg.data.dataset} at {cfg.data.root}: {problem} "
+                "(model vs dataset)"
+            )
         ev = build_eval_setup(cfg, train_ann, self.device)
         metrics, _ = run_evaluation(
             self.model,

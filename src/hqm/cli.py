@@ -72,6 +72,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hqm.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.data.dataset == "synthetic" and not any(o.startswith("data.generate=") for o in args.overrides):
+        # the demo writes the synthetic benchmark (into an absent, empty or generator-made data.root)
+        cfg.data.generate = True
     from hqm.engine.trainer import Trainer
     from hqm.evaluation import format_table
 

@@ -69,7 +69,10 @@ class DataConfig:
     crop_max: int = 600
     test_scale: int = 800
     color_jitter: float = 0.4
-    # synthetic benchmark: preset used when `root` has no data yet (hqm demo / tests)
+    # synthetic benchmark: with generate=true (set by `hqm demo`), training writes it into `root`
+    # with `synth_preset` when `root` is absent, empty or an unfinished generator folder; never
+    # otherwise (evaluation and loading never generate data)
+    generate: bool = False
     synth_preset: str = "default"
 
 
@@ -343,6 +346,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"mining.gbs.iou_range={cfg.mining.gbs.iou_range} must satisfy 0 < lo < hi < 1")
     if not 0.0 <= cfg.mining.amm.gamma < 1.0:
         raise ConfigError(f"mining.amm.gamma={cfg.mining.amm.gamma} must be in [0, 1)")
+    if cfg.data.generate and cfg.data.dataset != "synthetic":
+        raise ConfigError(f"data.generate=true needs data.dataset=synthetic (got {cfg.data.dataset!r})")
     if cfg.train.accumulate < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.accumulate and train.batch_size must be >= 1")
 

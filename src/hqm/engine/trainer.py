@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hqm.config import Config, config_from_dict, config_to_dict, save_config
-from hqm.data import build_dataset, collate_fn
+from hqm.data import build_dataset, collate_fn, ensure_synthetic
 from hqm.engine.checkpoint import CheckpointManager, load_checkpoint, resolve_resume, rng_state, set_rng_state
 from hqm.engine.distributed import (
     all_gather_object,
@@ -131,6 +131,8 @@ class Trainer:
             save_config(cfg, self.out / "config.yaml")
         set_seed(cfg.train.seed, cfg.train.deterministic)
 
+        if cfg.data.generate:  # hqm demo: write the synthetic benchmark if data.root lacks it
+            ensure_synthetic(cfg.data.root, cfg.data.synth_preset)
         self.train_set = build_dataset(cfg.data, "train", train=True)
         self.meta: DatasetMeta = self.train_set.meta
         self.eval_setup = build_eval_setup(
