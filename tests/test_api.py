@@ -187,3 +187,43 @@ def test_evaluate_never_generates_and_checks_the_classes(detector, trained, tmp_
         (hico / "annotations" / name).write_text("[]")
     with pytest.raises(ValueError, match="object classes differ \\(11 vs 80"):
         detector.evaluate(hico, dataset="hico_det")
+
+
+def test_eval_and_predict_build_the_model_from_the_checkpoint(trained, tmp_path, capsys):
+    """``hqm eval`` with ``model.dec_layers=3`` on a 2-layer checkpoint used to leave 18 weights random,
+    warn after the metrics and exit 0: now it refuses before evaluating. A config file given with
+    the weights does not rebuild the model: what it would change is said."""
+    import yaml
+
+    from hqm import HOIDetector
+    from hqm.cli import main
+    from hqm.zoo import WeightsMismatchError
+
+    ckpt = trained["ckpt"]
+    assert main(["eval", str(ckpt), "model.dec_layers=3", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert "18 missing from the file (transformer.decoder.layers.2." in captured.err
+    assert (
+        "model.dec_layers 2 -> 3" in captured.err and captured.out == "" and "Traceback" not in captured.err
+    )
+    with pytest.raises(WeightsMismatchError, match="18 missing"):
+        HOIDetector.from_checkpoint(ckpt, device="cpu", overrides=["model.dec_layers=3"])
+
+    other = tmp_path / "three_layers.yaml"
+    own = torch.load(ckpt, weights_only=True)["config"]
+    other.write_text(yaml.safe_dump({**own, "model": {**own["model"], "dec_layers": 3}}))
+    det = HOIDetector.from_checkpoint(ckpt, device="cpu", config=other)  # logger hqm: on stderr here
+    assert len(det.model.transformer.decoder.layers) == 2
+    assert "would change model.dec_layers 2 -> 3" in capsys.readouterr().err
+    assert main(["eval", str(other), f"weights={ckpt}", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "would change model.dec_layers 2 -> 3" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["mAP_full"] >= 0.0
+
+    # weights trained on other classes than the dataset's are refused before evaluating
+    hico = tmp_path / "hico"
+    (hico / "annotations").mkdir(parents=True)
+    for name in ("trainval_hico.json", "test_hico.json"):
+        (hico / "annotations" / name).write_text("[]")
+    assert main(["eval", str(ckpt), "data.dataset=hico_det", f"data.root={hico}"]) == 2
+    assert "trained on other classes" in capsys.readouterr().err

@@ -92,19 +92,22 @@ class HOIDetector:
         max_size: int | None = None,
         batch_size: int = 4,
     ) -> HOIDetector:
-        """An ``hqm train`` checkpoint (``.pt``) or an ``hqm export`` directory. Released QPIC / HQM
-        weights carry no config: pass ``config`` (e.g. ``qpic_r50_hico``) and ``overrides``."""
-        from hqm.config import config_from_dict, load_config
-        from hqm.models import build_model
-        from hqm.zoo import load_weights, read_state_dict
+        """An ``hqm train`` checkpoint (``.pt``) or an ``hqm export`` directory, built with the
+        checkpoint's own config plus ``overrides`` (``section.key=value``). A ``config`` given too is
+        not applied: the values it would change are logged as a warning (logger ``hqm``). Released
+        QPIC / HQM weights carry no config: pass ``config`` (e.g. ``qpic_r50_hico``) and ``overrides``.
 
-        _, info = read_state_dict(path)
-        if config is not None:
-            cfg = load_config(config, overrides)
-        elif isinstance(info.get("config"), dict):
-            cfg = config_from_dict(_merge_overrides(info["config"], list(overrides or [])))
-        else:
-            raise ValueError(f"{path} carries no hqm config (released weights?): pass config=NAME_OR_YAML")
+        Raises ``ConfigError`` when released weights come without a config, and
+        ``WeightsMismatchError`` (a ``ValueError``) listing the keys when the weights do not fit the
+        model (e.g. a ``model.dec_layers`` override): nothing is ever half-loaded."""
+        from hqm.models import build_model
+        from hqm.zoo import load_weights, read_state_dict, resolve_model_config
+
+        state, info = read_state_dict(path)
+        resolved = resolve_model_config(info, path, config, overrides)
+        for line in resolved.notes(config):
+            logging.getLogger("hqm").warning(f"{path}: {line}")
+        cfg = resolved.cfg
         if isinstance(info.get("meta"), dict):
             meta = DatasetMeta.from_dict(info["meta"])
         else:
@@ -115,7 +118,7 @@ class HOIDetector:
         cfg.mining.strategy = "none"  # inference never mines; the miners' parameters are not needed
         cfg.model.pretrained = ""
         model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
-        load_weights(model, path, list(meta.object_names), cfg.model.detector)
+        load_weights(model, path, list(meta.object_names), cfg.model.detector, state=state)
         return cls(model, cfg, meta, device, size, max_size, batch_size)
 
     @property
@@ -285,19 +288,3 @@ class HOIDetector:
         )
         torch.set_grad_enabled(True)
         return metrics
-
-
-def _merge_overrides(base: dict, overrides: list[str]) -> dict:
-    """A checkpoint's config dict with ``section.key=value`` overrides applied (validated later)."""
-    from hqm.config import parse_overrides
-
-    def update(dst: dict, src: dict) -> None:
-        for k, v in src.items():
-            if isinstance(v, dict) and isinstance(dst.get(k), dict):
-                update(dst[k], v)
-            else:
-                dst[k] = v
-
-    merged = copy.deepcopy(base)
-    update(merged, parse_overrides(overrides))
-    return merged

@@ -49,16 +49,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_weights(target: str) -> bool:
+    """A checkpoint file or an exported model folder (as opposed to a config name or YAML file)."""
+    p = Path(target)
+    return p.is_dir() or p.suffix in (".pt", ".pth", ".safetensors")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     overrides, extra = _split_overrides(args.overrides, ("weights",))
-    if "weights" not in extra:
-        print("hqm eval: weights=PATH is required", file=sys.stderr)
+    config, weights = (None, args.config) if _is_weights(args.config) else (args.config, extra.get("weights"))
+    if weights is None or (config is None and "weights" in extra):
+        print("hqm eval: give a checkpoint (hqm eval CKPT), or a config with weights=PATH", file=sys.stderr)
         return 2
     from hqm.engine.evaluator_run import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(
-        args.config, extra["weights"], overrides, save_predictions=args.save_predictions
-    )
+    metrics = evaluate_checkpoint(config, weights, overrides, save_predictions=args.save_predictions)
     from hqm.evaluation import format_table
 
     if _is_main():
@@ -128,7 +133,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     setup_logging(None, True)  # one line per skipped file, model-loading notes
     target = Path(args.model)
     device = extra.get("device", "auto")
-    if target.is_dir() or target.suffix in (".pt", ".pth", ".safetensors"):
+    if _is_weights(args.model):
         det = HOIDetector.from_checkpoint(target, device=device, overrides=overrides or None)
     elif "weights" in extra:  # a config + released / converted weights
         det = HOIDetector.from_checkpoint(
@@ -248,9 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last line")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on the config's test split")
-    e.add_argument("config", help="YAML config file or packaged config name")
-    e.add_argument("overrides", nargs="*", help="weights=PATH (required) and section.key=value overrides")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on the test split",
+        description="Evaluate weights with their own config (hqm eval CKPT) or, for released weights "
+        "that carry none, with a config (hqm eval CONFIG weights=PATH). A config given for weights that "
+        "carry one is only compared with it: the values it would change are printed, not applied; "
+        "key=value overrides are applied. Weights that do not fit the model are refused.",
+    )
+    e.add_argument(
+        "config",
+        metavar="CKPT_OR_CONFIG",
+        help="checkpoint (.pt) / exported folder, or a config (YAML or name)",
+    )
+    e.add_argument(
+        "overrides", nargs="*", help="weights=PATH (with a config) and section.key=value overrides"
+    )
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
     e.add_argument("--save-predictions", metavar="FILE", help="also write the predictions file (JSON)")
     e.set_defaults(func=cmd_eval)
