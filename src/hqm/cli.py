@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from hqm.engine.trainer import Trainer
 
-    metrics = Trainer(cfg, resume=args.resume).fit()
+    metrics = Trainer(cfg, resume=args.resume, overwrite=args.overwrite).fit()
     if args.json and _is_main():
         print(_metrics_json(metrics))
     return 0
@@ -80,10 +80,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if cfg.data.dataset == "synthetic" and not any(o.startswith("data.generate=") for o in args.overrides):
         # the demo writes the synthetic benchmark (into an absent, empty or generator-made data.root)
         cfg.data.generate = True
+    from hqm.engine.rundir import holds_run, next_free_run_dir
     from hqm.engine.trainer import Trainer
     from hqm.evaluation import format_table
 
-    trainer = Trainer(cfg)
+    chosen = any(o.startswith("train.output_dir=") for o in args.overrides)
+    if holds_run(cfg.train.output_dir) and not (chosen or args.overwrite):
+        # a re-run keeps the earlier demo: the next free folder (runs/demo-2, ...), said up front
+        fresh = next_free_run_dir(cfg.train.output_dir)
+        if _is_main():
+            print(
+                f"hqm demo: {cfg.train.output_dir} holds an earlier demo run; this one goes to {fresh} "
+                "(--overwrite replaces the earlier one)",
+                file=sys.stderr,
+            )
+        cfg.train.output_dir = str(fresh)
+    trainer = Trainer(cfg, overwrite=args.overwrite)
     metrics = trainer.fit()
     if not _is_main():
         return 0
@@ -248,7 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume",
         help="resume from a checkpoint file, a run folder (its checkpoints/last.pt) or 'auto' (last.pt of "
-        "train.output_dir if it exists)",
+        "train.output_dir if it exists). Changed schedule / length / eval settings are applied and logged; "
+        "changed model, data, batch geometry, seed or mining strategy are refused",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train.output_dir holds a finished or stopped run: delete its checkpoints and logs, start over",
     )
     t.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last line")
     t.set_defaults(func=cmd_train)
@@ -276,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="generate the synthetic benchmark if missing, train, evaluate")
     d.add_argument("--config", default="qpic_r18_synthetic", help="config (default: qpic_r18_synthetic)")
     d.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier demo run in train.output_dir (default: a re-run goes to runs/demo-2, ...)",
+    )
     d.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
     d.set_defaults(func=cmd_demo)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,6 +54,8 @@ from hqm.engine.evaluate import (
     run_evaluation,
 )
 from hqm.engine.logging import LOGGER, Progress, RunWriter, SmoothedMeter, setup_logging
+from hqm.engine.resume_policy import SCHEDULE_KEYS, check_compatible, describe
+from hqm.engine.rundir import RunDirError, claim_run_dir
 from hqm.engine.sampling import EpochSampler, SeededDataset
 from hqm.evaluation import format_table
 from hqm.mining.schedule import build_schedule
@@ -100,6 +103,11 @@ def build_optimizer(model: torch.nn.Module, cfg_train, device: torch.device) -> 
     )
 
 
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg_train) -> torch.optim.lr_scheduler.LRScheduler:
+    """Step decay: lr x 0.1 every ``train.lr_drop`` epochs (stepped once per epoch)."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, max(cfg_train.lr_drop, 1))
+
+
 def use_channels_last(device: torch.device, requested: bool | None, deterministic: bool = False) -> bool:
     """channels_last (NHWC) for the backbone convolutions. Automatic: on CUDA (cuDNN's tensor-core
     kernels prefer it) and on the CPU unless ``train.deterministic`` (oneDNN skips its layout
@@ -117,18 +125,31 @@ class Trainer:
     resume: a checkpoint path, a run folder or ``auto`` (see ``checkpoint.resolve_resume``).
     channels_last: backbone in NHWC memory format; None = automatic (see ``use_channels_last``)."""
 
-    def __init__(self, cfg: Config, resume: str | None = None, channels_last: bool | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        resume: str | None = None,
+        channels_last: bool | None = None,
+        overwrite: bool = False,
+    ):
         self.cfg = cfg
         self.distributed, local_rank = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, local_rank)
         self.rank, self.world = get_rank(), get_world_size()
         self.main = is_main_process()
         self.out = Path(cfg.train.output_dir)
+        # before anything is written: refuse settings the resumed run cannot take, lock the folder
+        resume = resolve_resume(resume, self.out)
+        ckpt = load_checkpoint(resume, "cpu") if resume else None
+        changes = check_compatible(config_from_dict(ckpt["config"]), cfg, resume) if ckpt else None
+        self.run_lock = self._claim_run_dir(resume, overwrite)
         if self.main:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         setup_logging(self.out if self.main else None, self.main)
         if self.main:
             save_config(cfg, self.out / "config.yaml")
+        for line in describe(changes) if changes else []:
+            LOGGER.info(line)
         set_seed(cfg.train.seed, cfg.train.deterministic)
 
         if cfg.data.generate:  # hqm demo: write the synthetic benchmark if data.root lacks it
@@ -171,7 +192,7 @@ class Trainer:
         self.criterion = build_criterion(cfg, self.meta.num_obj_classes, matcher).to(self.device)
         self.schedule = build_schedule(cfg.mining)
         self.optimizer = build_optimizer(self.model, cfg.train, self.device)
-        self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, max(cfg.train.lr_drop, 1))
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.train)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.train_model = self.model
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
@@ -187,9 +208,8 @@ class Trainer:
         self.best = -math.inf
         self.writer = RunWriter(self.out, self.main)
         self.checkpoints = CheckpointManager(self.out / "checkpoints", cfg.train.keep_last, self.main)
-        resume = resolve_resume(resume, self.out)
-        if resume:
-            self.resume(resume)
+        if ckpt is not None:
+            self.resume(resume, ckpt)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         LOGGER.info(
             f"model: {cfg.model.detector} {cfg.model.backbone}, {n_train / 1e6:.2f}M trainable "
@@ -227,15 +247,36 @@ class Trainer:
         else:
             self.checkpoints.save_last(state, self.step)
 
-    def resume(self, path: str) -> None:
+    def _claim_run_dir(self, resume: str | None, overwrite: bool):
+        """Rank 0 locks the run folder and checks it may write there (``rundir.claim_run_dir``);
+        every rank raises the same ``RunDirError`` when it may not."""
+        lock, problem = None, None
+        if self.main:
+            try:
+                lock = claim_run_dir(self.out, resume, overwrite)
+            except RunDirError as e:
+                problem = str(e)
+        problem = all_gather_object(problem)[0]
+        if problem:
+            raise RunDirError(problem)
+        return lock
+
+    def resume(self, path: str, ckpt: dict | None = None) -> None:
         """Model, optimiser, scheduler, scaler, epoch / step counters (hence the data position and the
-        mining schedule, a function of the step), best metric and random states."""
-        ckpt = load_checkpoint(path, "cpu")
-        check_compatible(config_from_dict(ckpt["config"]), self.cfg, path)
+        mining schedule, a function of the step), best metric and random states. Settings that
+        differ from the checkpoint's are applied or refused (``resume_policy``): a changed lr, weight
+        decay or lr_drop is written into the restored optimiser and scheduler."""
+        ckpt = ckpt if ckpt is not None else load_checkpoint(path, "cpu")
+        changes = check_compatible(config_from_dict(ckpt["config"]), self.cfg, path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lr_scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if any(key in SCHEDULE_KEYS for key, _, _ in changes["applied"]):
+            self._retarget_schedule()
+        if ckpt["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        else:
+            LOGGER.info("train.amp=fp16 from now on: a fresh gradient scaler (the run had none)")
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.epoch_start_step, self.step_in_epoch = ckpt["epoch_start_step"], ckpt["step_in_epoch"]
         self.best = ckpt["best"]
@@ -249,6 +290,20 @@ class Trainer:
         rngs = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         set_rng_state(rngs[self.rank] if len(rngs) == self.world else ckpt["rng"])
         LOGGER.info(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
+
+    def _retarget_schedule(self) -> None:
+        """The config's lr, lr_backbone, weight decay and lr_drop over the restored optimiser: a fresh
+        scheduler replayed to the restored epoch count (lr = base x 0.1 ** (epochs // lr_drop))."""
+        done = self.lr_scheduler.last_epoch
+        cfg = self.cfg.train
+        for group, lr in zip(self.optimizer.param_groups, (cfg.lr, cfg.lr_backbone)):
+            group["lr"] = group["initial_lr"] = lr
+            group["weight_decay"] = cfg.weight_decay
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg)
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": a replay
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(done):
+                self.lr_scheduler.step()
 
     # -- training -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -269,6 +324,8 @@ class Trainer:
         LOGGER.info(f"training finished in {time.time() - start:.0f}s ({self.step} steps)")
         self.writer.close()
         cleanup()
+        if self.run_lock is not None:
+            self.run_lock.release()
         return metrics
 
     def _done(self) -> bool:
@@ -366,16 +423,3 @@ class Trainer:
             self.save("best.pt", metrics)
         self.save("last.pt", metrics)
         return metrics
-
-
-_MUST_MATCH = ("model", "data.dataset", "mining.strategy", "train.batch_size", "train.accumulate")
-
-
-def check_compatible(old: Config, new: Config, path: str) -> None:
-    """Resuming needs the same model, data and batch geometry; say which key differs."""
-    from hqm.config import get_key
-
-    for key in _MUST_MATCH:
-        a, b = get_key(old, key), get_key(new, key)
-        if a != b:
-            raise ValueError(f"cannot resume from {path}: {key} was {a!r} in that run, now {b!r}")
