@@ -144,3 +144,22 @@ def test_tensors_by_shape_and_dtype():
         assert str(tuple(t.shape)) in str(e.value) and str(t.dtype).replace("torch.", "") in str(e.value)
     with pytest.raises(ValueError, match="list"):
         as_image([1, 2, 3])
+
+
+def test_dataset_images_keep_stored_order_and_name_a_broken_file(tmp_path):
+    """Dataset boxes refer to the stored pixels: no EXIF rotation there; a file that cannot be
+    decoded mid-training is an error naming the file and its record."""
+    from hqm.data import DatasetError, HOIDataset
+    from hqm.structures import DatasetMeta, ImageAnnotation
+
+    oriented_photo(tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_bytes((tmp_path / "a.jpg").read_bytes()[:200])
+    empty = dict(
+        boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64), hois=np.zeros((0, 3), np.int64)
+    )
+    anns = [ImageAnnotation(file_name=n, width=100, height=40, **empty) for n in ("a.jpg", "b.jpg")]
+    meta = DatasetMeta("toy", ["person"], ["hold"], np.ones((1, 1), bool))
+    ds = HOIDataset(anns, meta, tmp_path)
+    assert ds.load_image(0).size == (100, 40)  # stored (w, h), as the annotation boxes
+    with pytest.raises(DatasetError, match="record 1 \\(file_name 'b.jpg'\\).*b.jpg: cannot decode"):
+        ds[1]
