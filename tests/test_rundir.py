@@ -88,6 +88,7 @@ def test_hqm_train_refuses_before_writing(tiny_root, tmp_path, capsys):
     assert "annotations/meta.json not found" in capsys.readouterr().err and not typo.exists()
 
 
+@pytest.mark.slow
 def test_demo_reruns_into_a_fresh_folder_and_generates_only_when_asked(tmp_path, monkeypatch, capsys):
     """hqm demo on a fresh machine writes the benchmark; run twice, it keeps the first run."""
     monkeypatch.chdir(tmp_path)

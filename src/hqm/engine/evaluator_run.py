@@ -36,7 +36,7 @@ def evaluate_checkpoint(
     from the dataset's and ``DatasetError`` naming the missing file when ``data.root`` holds no such
     dataset, before any evaluation runs.
     """
-    from hqm.data import load_annotations
+    from hqm.data import build_meta, load_annotations
     from hqm.models import build_model
     from hqm.structures import DatasetMeta
     from hqm.zoo import load_weights, read_state_dict, resolve_model_config
@@ -49,20 +49,27 @@ def evaluate_checkpoint(
     setup_logging(None, get_rank() == 0)
     for line in resolved.notes(config):
         LOGGER.warning(line)
+    model_cfg = copy.deepcopy(cfg)
+    model_cfg.mining.strategy = "none"  # evaluation never mines; miners' weights are not needed
+
+    def build_and_load(meta: DatasetMeta) -> torch.nn.Module:
+        model = build_model(model_cfg, meta.num_obj_classes, meta.num_verb_classes)
+        load_weights(model, weights, list(meta.object_names), cfg.model.detector, state=state)
+        return model
+
+    trained_on = DatasetMeta.from_dict(info["meta"]) if isinstance(info.get("meta"), dict) else None
+    model = build_and_load(trained_on) if trained_on is not None else None  # fail fast, before the data
+    problem = trained_on.class_mismatch(build_meta(cfg.data)) if trained_on is not None else None
+    if problem:
+        raise ValueError(
+            f"{weights} was trained on other classes than {cfg.data.dataset} at {cfg.data.root}: "
+            f"{problem} (checkpoint vs dataset)"
+        )
     train_ann = load_annotations(cfg.data.dataset, cfg.data.root, "train", cfg.data.on_bad_record)
     ev = build_eval_setup(cfg, train_ann, device, get_rank(), get_world_size())
     meta = ev.dataset.meta
-    if isinstance(info.get("meta"), dict):
-        problem = DatasetMeta.from_dict(info["meta"]).class_mismatch(meta)
-        if problem:
-            raise ValueError(
-                f"{weights} was trained on other classes than {cfg.data.dataset} at {cfg.data.root}: "
-                f"{problem} (checkpoint vs dataset)"
-            )
-    model_cfg = copy.deepcopy(cfg)
-    model_cfg.mining.strategy = "none"  # evaluation never mines; miners' weights are not needed
-    model = build_model(model_cfg, meta.num_obj_classes, meta.num_verb_classes)
-    load_weights(model, weights, list(meta.object_names), cfg.model.detector, state=state)
+    if model is None:  # released weights: the dataset gives the classes
+        model = build_and_load(meta)
     model.to(device)
     metrics, preds = run_evaluation(
         model, ev.loader, ev.postprocessor, ev.evaluator, device, cfg.train.amp, show_progress=True
