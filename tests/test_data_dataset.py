@@ -132,10 +132,10 @@ def test_collate_pads_bottom_right_and_masks():
     assert not masks[1, :5, :3].any() and masks[1, :, 3:].all()
 
 
-def test_build_dataset_generates_synthetic(tmp_path):
+def test_build_dataset_on_the_synthetic_benchmark(tiny_root):
     cfg = DataConfig(
         dataset="synthetic",
-        root=str(tmp_path / "synth"),
+        root=str(tiny_root),
         synth_preset="tiny",
         scales=[64, 72],
         max_size=128,
