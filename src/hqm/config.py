@@ -7,21 +7,47 @@ A config is built in three steps, each overriding the previous one:
    ``_base_: other.yaml`` (relative to itself) to inherit from;
 3. command-line ``section.key=value`` overrides, parsed as YAML scalars/lists.
 
-Unknown keys fail with a close-match suggestion. ``save_config`` writes the resolved config.
+Unknown keys fail with a close-match suggestion; values are checked by type, by choice and by range
+(``validate``). Every problem raises :class:`ConfigError` (a usage error: exit code 2 on the command
+line) naming the file or key. ``save_config`` writes the resolved config.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from hqm.errors import UsageError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with the booleans of YAML 1.2 (``true`` / ``false`` only): PyYAML's YAML 1.1 also reads
+    ``on`` / ``off`` / ``yes`` / ``no`` as booleans, which turned ``train.amp=off`` into ``False``.
+    Boolean keys still accept yes / no (``_coerce``)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text: Any) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -101,6 +127,10 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20
+    # a step whose loss or gradient is not finite never reaches the optimiser: skip (log it, go on;
+    # max_nonfinite_skips consecutive ones stop the run) | stop (at the first one)
+    on_nonfinite: str = "skip"
+    max_nonfinite_skips: int = 10
 
 
 @dataclass
@@ -165,8 +195,9 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or an ill-typed value."""
+class ConfigError(UsageError, ValueError):
+    """A config file or override names an unknown key, a missing file or a value of the wrong type or
+    outside its range (the message names the file or key)."""
 
 
 def _suggest(key: str, options: list[str], prefix: str = "") -> str:
@@ -237,7 +268,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: circular _base_ chain")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = _load_yaml(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -245,9 +276,28 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("_base_", None)
     if base is None:
         return data
-    merged = _read_yaml(path.parent / base, seen + (path,))
+    merged = _read_yaml(_base_path(path, base), seen + (path,))
     _deep_update(merged, data)
     return merged
+
+
+def _base_path(path: Path, base: Any) -> Path:
+    """The file ``_base_: base`` of the YAML file ``path`` names: relative to that file, else a
+    packaged config of that name (``_base_: qpic_r50_hico``)."""
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: _base_ must be a file name, got {base!r}")
+    looked = [path.parent / base]
+    if Path(base).suffix == "":
+        looked.append(path.parent / f"{base}.yaml")
+    looked += [CONFIG_DIR / Path(base).name, CONFIG_DIR / f"{Path(base).stem}.yaml"]
+    looked = list(dict.fromkeys(looked))
+    for cand in looked:
+        if cand.is_file():
+            return cand
+    raise ConfigError(
+        f"{path}: _base_ file {base!r} not found (looked for {', '.join(map(str, looked))}); give a path "
+        "relative to this file or the name of a packaged config"
+    )
 
 
 def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
@@ -280,7 +330,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -322,7 +372,9 @@ _CHOICES = {
     "data.on_bad_record": ("error", "skip"),
     "train.amp": ("off", "bf16", "fp16"),
     "train.lr_schedule": ("step", "cosine"),
+    "train.on_nonfinite": ("skip", "stop"),
     "eval.mode": ("default", "ko"),
+    "eval.split": ("train", "test"),
     "mining.strategy": ("none", "gbs", "amm", "ajl", "pjl", "cjl"),
     "mining.cjl_reference": ("self", "learnable"),
     "mining.gbs.sampler": ("per_box", "official"),
@@ -343,25 +395,83 @@ def get_key(cfg: Config, dotted: str) -> Any:
     return node
 
 
+_FINITE = math.isfinite
+
+#: range of every numeric key: (test, what the value must be); checked after the type
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.num_queries": (lambda v: v >= 1, ">= 1"),
+    "model.hidden_dim": (lambda v: v >= 1, ">= 1"),
+    "model.nheads": (lambda v: v >= 1, ">= 1"),
+    "model.enc_layers": (lambda v: v >= 0, ">= 0"),
+    "model.dec_layers": (lambda v: v >= 1, ">= 1"),
+    "model.dim_feedforward": (lambda v: v >= 1, ">= 1"),
+    "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "data.num_workers": (lambda v: v >= 0, ">= 0"),
+    "data.scales": (lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of sizes >= 1 (pixels)"),
+    "data.max_size": (lambda v: v >= 1, ">= 1 (pixels)"),
+    "data.crop_resize": (lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of sizes >= 1 (pixels)"),
+    "data.crop_min": (lambda v: v >= 1, ">= 1 (pixels)"),
+    "data.crop_max": (lambda v: v >= 1, ">= 1 (pixels)"),
+    "data.test_scale": (lambda v: v >= 1, ">= 1 (pixels)"),
+    "data.color_jitter": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.max_steps": (lambda v: v >= 0, ">= 0 (0: no limit)"),
+    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.lr": (lambda v: _FINITE(v) and v > 0, "a finite number > 0"),
+    "train.lr_backbone": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "train.weight_decay": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "train.lr_drop": (lambda v: v >= 0, ">= 0 (0: never)"),
+    "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "train.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "train.clip_max_norm": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
+    "train.accumulate": (lambda v: v >= 1, ">= 1"),
+    "train.seed": (lambda v: v >= 0, ">= 0"),
+    "train.checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: only at epoch ends)"),
+    "train.keep_last": (lambda v: v >= 0, ">= 0"),
+    "train.log_every": (lambda v: v >= 1, ">= 1 (steps)"),
+    "train.max_nonfinite_skips": (lambda v: v >= 1, ">= 1"),
+    "eval.every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.max_dets": (lambda v: v >= 1, ">= 1"),
+    "eval.nms_thresh": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "mining.alpha": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "mining.beta": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "mining.gbs.num_candidates": (lambda v: v >= 1, ">= 1"),
+    "mining.gbs.max_rounds": (lambda v: v >= 1, ">= 1"),
+    "mining.amm.k": (lambda v: v >= 1, ">= 1"),
+    "mining.amm.gamma": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+}
+_LOSS_KEYS = [f"loss.{f.name}" for f in fields(LossConfig)]
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
 def validate(cfg: Config) -> None:
+    """Check every value by choice and by range, and the relations between keys. Raises
+    :class:`ConfigError` naming the first key that is wrong and the values it may take."""
     for key, choices in _CHOICES.items():
         value = get_key(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
-    lo, hi = cfg.mining.gbs.iou_range
-    if not 0.0 < lo < hi < 1.0:
-        raise ConfigError(f"mining.gbs.iou_range={cfg.mining.gbs.iou_range} must satisfy 0 < lo < hi < 1")
-    if not 0.0 <= cfg.mining.amm.gamma < 1.0:
-        raise ConfigError(f"mining.amm.gamma={cfg.mining.amm.gamma} must be in [0, 1)")
-    if cfg.train.warmup_steps < 0 or not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
+    ranges = {**_RANGES, **{k: (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0") for k in _LOSS_KEYS}}
+    for key, (ok, allowed) in ranges.items():
+        value = get_key(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {allowed}")
+    if not _DEVICE.match(cfg.device):
+        raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    m = cfg.model
+    if m.hidden_dim % m.nheads:
         raise ConfigError(
-            f"train.warmup_steps={cfg.train.warmup_steps} must be >= 0 and "
-            f"train.min_lr_ratio={cfg.train.min_lr_ratio} in [0, 1]"
+            f"model.hidden_dim={m.hidden_dim} is not divisible by model.nheads={m.nheads} (each attention "
+            "head gets hidden_dim / nheads channels)"
         )
+    if cfg.data.crop_min > cfg.data.crop_max:
+        raise ConfigError(f"data.crop_min={cfg.data.crop_min} must be <= data.crop_max={cfg.data.crop_max}")
+    iou = cfg.mining.gbs.iou_range
+    if len(iou) != 2 or not 0.0 < iou[0] < iou[1] < 1.0:
+        raise ConfigError(f"mining.gbs.iou_range={iou} must be [lo, hi] with 0 < lo < hi < 1")
     if cfg.data.generate and cfg.data.dataset != "synthetic":
         raise ConfigError(f"data.generate=true needs data.dataset=synthetic (got {cfg.data.dataset!r})")
-    if cfg.train.accumulate < 1 or cfg.train.batch_size < 1:
-        raise ConfigError("train.accumulate and train.batch_size must be >= 1")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

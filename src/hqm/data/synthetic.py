@@ -41,6 +41,7 @@ from hqm.data.records import DatasetError
 from hqm.data.synthetic_draw import render
 from hqm.data.synthetic_rules import cfg_objects, cfg_verbs
 from hqm.data.synthetic_scene import Scene, sample_scene
+from hqm.progress import track
 
 
 @dataclass
@@ -197,7 +198,7 @@ def _make_split(out: Path, split: str, cfg: SynthConfig) -> list[dict[str, Any]]
     image_dir.mkdir(parents=True, exist_ok=True)
     classes, probs = interaction_classes(cfg), class_probabilities(cfg)
     records = []
-    for k in range(size):
+    for k in track(range(size), size, f"synthetic {split} images", "images"):
         rng = np.random.default_rng([cfg.seed, split_id, k])
         # the first test images show every class once: each class has at least one test instance
         force = k if split == "test" and k < len(classes) else None

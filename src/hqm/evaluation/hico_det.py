@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from hqm.data.records import DatasetError
 from hqm.evaluation.ap import (
     best_match,
     box_iou_pairs,
@@ -96,7 +97,7 @@ def rare_split(meta: DatasetMeta, class_index: np.ndarray, counts: np.ndarray) -
     rare = counts < RARE_THRESHOLD
     real = meta.num_verb_classes == 117 and meta.num_obj_classes == 80 and counts.shape[0] == 600
     if real and bool((counts > 0).all()) and int(rare.sum()) != 138:
-        raise ValueError(
+        raise DatasetError(
             f"HICO-DET rare split mismatch: {int(rare.sum())} rare / {int((~rare).sum())} non-rare, "
             "expected 138 / 462 - are the training annotations complete (trainval_hico.json)?"
         )
@@ -124,7 +125,7 @@ class HICODetEvaluator(HOIEvaluator):
         self.num_classes = int(self.class_verb.shape[0])
         self.file_index = {ann.file_name: i for i, ann in enumerate(test_annotations)}
         if len(self.file_index) != len(test_annotations):
-            raise ValueError("test annotations contain duplicate file names")
+            raise DatasetError("test annotations contain duplicate file names (`hqm check-data` lists them)")
         self._build_gt(test_annotations)
         self.train_counts: np.ndarray | None = None
         self.rare: np.ndarray | None = None

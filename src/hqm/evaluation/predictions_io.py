@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from hqm.errors import UserError
 from hqm.structures import HOIPredictions
 
 
-class PredictionsFormatError(ValueError):
+class PredictionsFormatError(UserError, ValueError):
     """A malformed record in a predictions file (the message names file, record and field)."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hqm.config import ConfigError
 from hqm.models.criterion import SetCriterion, build_criterion
 from hqm.models.detector import DetrHOIModel
 from hqm.models.matcher import HungarianMatcher, build_matcher
@@ -23,7 +24,7 @@ def build_model(cfg, num_obj_classes: int, num_verb_classes: int) -> DetrHOIMode
     """The detector named by ``cfg.model.detector`` with the miners of ``cfg.mining`` attached."""
     name = cfg.model.detector
     if name not in DETECTORS:
-        raise ValueError(f"unknown model.detector {name!r}; available: {', '.join(sorted(DETECTORS))}")
+        raise ConfigError(f"unknown model.detector {name!r}; available: {', '.join(sorted(DETECTORS))}")
     model = DETECTORS[name](cfg, num_obj_classes, num_verb_classes)
     from hqm.mining import build_miners
 

@@ -21,6 +21,9 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from hqm.config import ConfigError
+from hqm.errors import NotFoundError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -38,7 +41,7 @@ def expand_sources(source: str | os.PathLike) -> list[Path]:
             if Path(q).suffix.lower() in IMAGE_SUFFIXES
         )
     if not files:
-        raise FileNotFoundError(f"no images found for source={source} (a file, a folder or a glob pattern)")
+        raise NotFoundError(f"no images found for source={source} (a file, a folder or a glob pattern)")
     return files
 
 
@@ -71,11 +74,11 @@ def check_output_dir(out: Path, paths: list[Path]) -> None:
     """Refuse an ``out`` that is a file or a folder holding input images (writing there could replace
     an input: ``a.png`` drawn over the picture ``a.png``)."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out={out} is a file; give a folder for the predictions")
+        raise ConfigError(f"out={out} is a file; give a folder for the predictions")
     target = out.resolve()
     inside = [p for p in paths if p.resolve().parent == target]
     if inside:
-        raise ValueError(
+        raise ConfigError(
             f"out={out} holds the input images (e.g. {inside[0]}); writing the predictions there could "
             f"replace them: choose another folder, e.g. out={out.resolve().name}_hoi"
         )

@@ -46,11 +46,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
     from safetensors.torch import save_file
 
     from hqm import __version__
-    from hqm.zoo.safe_load import safe_torch_load
+    from hqm.zoo.safe_load import CheckpointError, safe_torch_load
 
     ckpt = safe_torch_load(checkpoint)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt or "meta" not in ckpt:
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint}: not an hqm training checkpoint (needs model, config and meta); "
             "convert foreign weights with `hqm convert` and fine-tune them first"
         )
@@ -84,12 +84,19 @@ def is_exported(path: str | os.PathLike) -> bool:
 
 
 def read_exported(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(state dict, {"config", "meta", "hqm_export"}) of an exported directory."""
-    from safetensors.torch import load_file
+    """(state dict, {"config", "meta", "hqm_export"}) of an exported directory. Raises
+    ``CheckpointError`` naming the folder when it lacks a file or one of them cannot be read."""
+    from hqm.zoo.safe_load import CheckpointError, read_state_dict
 
     p = Path(path)
     if not is_exported(p):
-        raise FileNotFoundError(f"{p} is not an exported model directory (needs {WEIGHTS} and {CONFIG})")
-    with open(p / CONFIG) as f:
-        info = yaml.safe_load(f) or {}
-    return load_file(str(p / WEIGHTS)), info
+        raise CheckpointError(f"{p} is not an exported model directory (needs {WEIGHTS} and {CONFIG})")
+    try:
+        with open(p / CONFIG) as f:
+            info = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{p / CONFIG}: not valid YAML ({e})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{p / CONFIG}: expected a mapping (config, meta), got {type(info).__name__}")
+    state, _ = read_state_dict(p / WEIGHTS)
+    return state, info

@@ -19,7 +19,9 @@ pair decoder, plus one registry line in :data:`TABLES`.
 
 from __future__ import annotations
 
+from hqm.config import ConfigError
 from hqm.zoo.rename import ConversionSpec, Rule
+from hqm.zoo.safe_load import CheckpointError
 
 #: where our GBS miner keeps F_p: ``nn.Sequential(Linear(12, D), ReLU, Linear(D, D))`` (hqm.mining.gbs)
 GBS_FP_PREFIX = "miners.gbs.query_embed_sp"
@@ -86,7 +88,7 @@ SOURCES = ("detr", "qpic", "hqm", "ours")
 def get_spec(source: str, detector: str) -> ConversionSpec:
     if (source, detector) not in TABLES:
         have = ", ".join(f"{s}->{d}" for s, d in sorted(TABLES))
-        raise ValueError(f"no rename table for {source} checkpoints -> {detector!r} detector (have: {have})")
+        raise ConfigError(f"no rename table for {source} checkpoints -> {detector!r} detector (have: {have})")
     return TABLES[(source, detector)]
 
 
@@ -100,4 +102,6 @@ def detect_format(state: dict) -> str:
     if "obj_class_embed.weight" in keys:
         return "ours" if any(k.startswith("miners.") for k in keys) else "qpic"
     sample = ", ".join(sorted(keys)[:5])
-    raise ValueError(f"unrecognised checkpoint layout (keys like: {sample}); expected DETR, QPIC, HQM or hqm")
+    raise CheckpointError(
+        f"unrecognised checkpoint layout (keys like: {sample}); expected DETR, QPIC, HQM or hqm weights"
+    )
