@@ -35,6 +35,7 @@ class ModelConfig:
     num_queries: int = 100
     # embed (DETR/QPIC) | conditional | gaussian: spatial queries, see hqm.models.spatial_queries
     query_type: str = "embed"
+    box_refine: bool = False  # refine the reference points layer by layer (needs query_type != embed)
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
