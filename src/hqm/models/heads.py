@@ -41,7 +41,8 @@ class QPICHeadsMixin:
     def predict(self, hs: Tensor, reference: Tensor | None = None) -> list[dict[str, Tensor]]:
         """hs (L, B, Q, D) -> one output dict per layer. ``reference``: (B, Q, 4) or, one per layer,
         (L, B, Q, 4) reference points (x_sub, y_sub, x_obj, y_obj) of spatial queries, box centres
-        are then predicted relative to them (``box_ops.relative_boxes``); None: absolute boxes (DETR / QPIC)."""
+        are then predicted relative to them (``box_ops.relative_boxes``);
+        None: absolute boxes (DETR / QPIC)."""
         obj = self.obj_class_embed(hs)
         verb = self.verb_class_embed(hs)
         if reference is None:
