@@ -59,6 +59,9 @@ class ModelConfig:
     dilation: bool = False  # DC5: dilate layer4 (stride 16 instead of 32; ResNet-50/101)
     backbone_out: str = "layer4"  # layer4 = C5 (DETR) | layer3 = C4, stride 16 | layer2 = C3, stride 8
     num_queries: int = 100
+    # embed (DETR/QPIC) | conditional | gaussian: spatial queries, see hqm.models.spatial_queries
+    query_type: str = "embed"
+    box_refine: bool = False  # refine the reference points layer by layer (needs query_type != embed)
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
@@ -366,6 +369,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 _CHOICES = {
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.backbone_norm": ("frozen", "batch"),
+    "model.query_type": ("embed", "conditional", "gaussian"),
     "model.backbone_out": ("layer2", "layer3", "layer4"),
     "model.train_backbone_from": ("conv1", "layer1", "layer2", "layer3", "layer4", "none"),
     "data.dataset": ("hico_det", "vcoco", "hoia", "synthetic"),
@@ -464,6 +468,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.hidden_dim={m.hidden_dim} is not divisible by model.nheads={m.nheads} (each attention "
             "head gets hidden_dim / nheads channels)"
+        )
+    if m.box_refine and m.query_type == "embed":
+        raise ConfigError(
+            "model.box_refine=true needs reference points: set model.query_type to conditional or gaussian"
         )
     if cfg.data.crop_min > cfg.data.crop_max:
         raise ConfigError(f"data.crop_min={cfg.data.crop_min} must be <= data.crop_max={cfg.data.crop_max}")

@@ -435,8 +435,11 @@ class Trainer:
         """Optimiser steps to the end of the epoch (or ``train.max_steps``), with the periodic step
         checkpoints; stops at a step boundary after SIGTERM / SIGINT (see ``fit``)."""
         cfg, acc, bs = self.cfg, self.cfg.train.accumulate, self.cfg.train.batch_size
-        progress = progress if progress is not None else self._progress()
         meter = meter if meter is not None else SmoothedMeter()
+        # called on its own (tests, notebooks): no progress output
+        progress = progress if progress is not None else Progress(
+            0, self.step, cfg.train.epochs, False, cfg.train.log_every, self.device
+        )
         self.train_model.train()
         steps_per_epoch = self.steps_per_epoch
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * acc * bs)
