@@ -63,7 +63,7 @@ from hqm.engine.evaluate import (
     move_targets,
     run_evaluation,
 )
-from hqm.engine.logging import LOGGER, Progress, RunWriter, SmoothedMeter, setup_logging
+from hqm.engine.logging import LOGGER, RunWriter, SmoothedMeter, TrainProgress, setup_logging
 from hqm.engine.lr_schedule import build_lr_schedule
 from hqm.engine.nonfinite import NonFiniteGuard
 from hqm.engine.resume_policy import ResumeError, check_compatible, describe
@@ -363,12 +363,12 @@ class Trainer:
         cleanup()
         return metrics
 
-    def _progress(self) -> Progress:
+    def _progress(self) -> TrainProgress:
         cfg = self.cfg
         total = self.lr_schedule.total_steps
-        return Progress(total, self.step, cfg.train.epochs, self.main, cfg.train.log_every, self.device)
+        return TrainProgress(total, self.step, cfg.train.epochs, self.main, cfg.train.log_every, self.device)
 
-    def _fit(self, progress: Progress) -> dict[str, float]:
+    def _fit(self, progress: TrainProgress) -> dict[str, float]:
         cfg = self.cfg
         metrics: dict[str, float] = {}
         meter = SmoothedMeter()
@@ -413,7 +413,7 @@ class Trainer:
         at = f" (step {self.saved_step})" if self.saved_step is not None else ""
         return f"The last good checkpoint is {last}{at}; resume with: {self.resume_command()}"
 
-    def _stop_if_requested(self, progress: Progress) -> None:
+    def _stop_if_requested(self, progress: TrainProgress) -> None:
         """At a step boundary (collective under DDP): after SIGTERM / SIGINT, save ``last.pt`` (unless
         this step's is already written) and stop."""
         if self.stop.requested() is None:
@@ -431,15 +431,15 @@ class Trainer:
             signum,
         )
 
-    def train_one_epoch(self, progress: Progress | None = None, meter: SmoothedMeter | None = None) -> None:
+    def train_one_epoch(
+        self, progress: TrainProgress | None = None, meter: SmoothedMeter | None = None
+    ) -> None:
         """Optimiser steps to the end of the epoch (or ``train.max_steps``), with the periodic step
         checkpoints; stops at a step boundary after SIGTERM / SIGINT (see ``fit``)."""
         cfg, acc, bs = self.cfg, self.cfg.train.accumulate, self.cfg.train.batch_size
         meter = meter if meter is not None else SmoothedMeter()
         # called on its own (tests, notebooks): no progress output
-        progress = progress if progress is not None else Progress(
-            0, self.step, cfg.train.epochs, False, cfg.train.log_every, self.device
-        )
+        progress = progress or TrainProgress(0, self.step, cfg.train.epochs, False, 1, self.device)
         self.train_model.train()
         steps_per_epoch = self.steps_per_epoch
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * acc * bs)
@@ -461,7 +461,7 @@ class Trainer:
                     step_time=time.time() - t0,
                     **{k: v for k, v in logs.items() if not k[-1].isdigit()},
                 )
-                progress.update(self.step, self.epoch, meter, lr)
+                progress.step_done(self.step, self.epoch, meter, lr)
             if self.main and self.step % cfg.train.log_every == 0:
                 self.writer.log(
                     "train", self.step, self.epoch, {**meter.averages(), "mining": ",".join(active), "lr": lr}

@@ -102,8 +102,7 @@ def predict_to_dir(
     warning. Returns {"images" (predicted), "skipped", "triplets", "out", "renamed": {input: name}}.
     Raises ``ValueError`` for an ``out`` that holds input images or is a file.
     """
-    from tqdm import tqdm
-
+    from hqm.progress import Progress
     from hqm.viz.attention import attention_grid
     from hqm.viz.draw import draw_predictions, to_pil
 
@@ -113,7 +112,7 @@ def predict_to_dir(
     out.mkdir(parents=True, exist_ok=True)
     stems = output_names(paths, attention)
     names = dict(zip(map(str, paths), stems))
-    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = Progress(len(paths), "predict", "images", enabled=progress)
     n_img = n_trip = 0
     with open(out / "predictions.jsonl", "w") as jsonl:
         for items, preds, maps in detector.iter_predict(
@@ -135,7 +134,7 @@ def predict_to_dir(
                         out / f"{stem}_attn.png"
                     )
             n_img += len(items)
-            bar.update(len(items))
+            bar.update(n_img)
     bar.close()
     renamed = {str(p): n for p, n in zip(paths, stems) if n != p.stem}
     return {
