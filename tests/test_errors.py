@@ -227,3 +227,40 @@ def test_api_raises_the_same_typed_errors(bad_checkpoints, monkeypatch):
         HOIDetector.from_checkpoint(bad_checkpoints["empty"])
     with pytest.raises(FileNotFoundError):
         HOIDetector.from_checkpoint(bad_checkpoints["empty"].with_name("absent.pt"))
+
+
+def test_command_line_slips(bad_checkpoints, tmp_path, capsys):
+    """Typos on the command line: each one line and exit code 2, before any model is loaded."""
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train:\n  epochs: [1\n")
+    one_line(capsys, ["train", str(bad_yaml)], 2, str(bad_yaml), "not valid YAML (line 3, column 1)")
+    one_line(capsys, ["train", "qpic_r18_synthetc"], 2, "Did you mean 'qpic_r18_synthetic'?")
+    one_line(capsys, ["train", "qpic_r18_synthetic", "train.lr=abc"], 2, "train.lr", "expected a number")
+    weights = str(bad_checkpoints["weights"])
+    predict = ["predict", weights, "source=x", "out=y"]
+    one_line(capsys, ["predict", weights, "out=y"], 2, "source=... is required")
+    one_line(capsys, [*predict, "threshold=abc"], 2, "threshold=abc", "expected a number")
+    one_line(capsys, [*predict, "top_k=0"], 2, "top_k=0", ">= 1")
+    one_line(capsys, ["eval", "qpic_r18_synthetic"], 2, "weights=PATH")
+
+
+def test_full_disk_in_export_and_synth(tmp_path, capsys, monkeypatch):
+    """The disk fills up while `hqm export` / `hqm synth` write (simulated: ENOSPC from the write)."""
+    from PIL import Image
+
+    from hqm.zoo import export as export_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    ckpt = tmp_path / "last.pt"
+    torch.save({"model": {"w": torch.zeros(3)}, "config": {}, "meta": {}}, ckpt)
+    with monkeypatch.context() as m:
+        m.setattr(export_module.Path, "write_bytes", full)
+        out = tmp_path / "exported"
+        one_line(capsys, ["export", str(ckpt), str(out)], 1, f"cannot export to {out}", "no space left")
+        assert list(out.iterdir()) == []  # no partial file
+    monkeypatch.setattr(Image.Image, "save", full)
+    out = tmp_path / "synth"
+    line = one_line(capsys, ["synth", "--out", str(out), "--preset", "tiny"], 1, str(out), "no space left")
+    assert "marked incomplete" in line and '"complete": false' in (out / "synth_config.json").read_text()

@@ -94,7 +94,7 @@ def test_track_ends_with_a_summary_and_stays_quiet_when_disabled(lines):
     for i in track(range(10), 10, "evaluate", "batches", logger=logger):
         if i == 1:  # an evaluation stopped by SIGTERM before its second batch
             break
-    assert seen[-1].startswith("evaluate: 1/10 batches in ")
+    assert seen[-1].startswith("evaluate: 1/10 batches in ") and seen[-1].endswith(" (stopped)")
     n = len(seen)
     assert list(track(range(3), 3, "x", enabled=False, logger=logger)) == [0, 1, 2] and len(seen) == n
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from hqm import __version__
+from hqm.errors import UsageError
 
 EPILOG = """Configs are YAML files (see configs/) or the name of a packaged config, e.g.
 qpic_r18_synthetic. Any key can be overridden as section.key=value, e.g.
@@ -76,8 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides, extra = _split_overrides(args.overrides, ("weights",))
     config, weights = (None, args.config) if _is_weights(args.config) else (args.config, extra.get("weights"))
     if weights is None or (config is None and "weights" in extra):
-        print("hqm eval: give a checkpoint (hqm eval CKPT), or a config with weights=PATH", file=sys.stderr)
-        return 2
+        raise UsageError("give a checkpoint (hqm eval CKPT), or a config with weights=PATH")
     from hqm.engine.evaluator_run import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(config, weights, overrides, save_predictions=args.save_predictions)
@@ -149,6 +149,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(extra: dict, key: str, kind: type, default):
+    """``key=VALUE`` of ``hqm predict`` as ``kind`` (``default`` when absent); a usage error if not a
+    number of that kind, or negative."""
+    if key not in extra:
+        return default
+    try:
+        value = kind(extra[key])
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise UsageError(f"{key}={extra[key]}: expected {expected}") from None
+    if value < 0 or (kind is int and value == 0):
+        raise UsageError(f"{key}={extra[key]}: must be {'>= 1' if kind is int else '>= 0'}")
+    return value
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from hqm.api import HOIDetector
     from hqm.viz.predict_files import predict_to_dir
@@ -157,8 +172,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     overrides, extra = _split_overrides(args.overrides, keys)
     for key in ("source", "out"):
         if key not in extra:
-            print(f"hqm predict: {key}=... is required", file=sys.stderr)
-            return 2
+            raise UsageError(f"{key}=... is required")
+    threshold = _number(extra, "threshold", float, 0.0)
+    top_k, batch, size = (_number(extra, k, int, None) for k in ("top_k", "batch", "size"))
     from hqm.engine.logging import setup_logging
 
     setup_logging(None, True)  # one line per skipped file, model-loading notes
@@ -171,20 +187,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             extra["weights"], device=device, config=args.model, overrides=overrides
         )
     else:
-        print(
-            "hqm predict: give a checkpoint (.pt / exported folder), or a config with weights=PATH",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError("give a checkpoint (.pt / exported folder), or a config with weights=PATH")
     summary = predict_to_dir(
         det,
         extra["source"],
         extra["out"],
-        threshold=float(extra.get("threshold", 0.0)),
-        top_k=int(extra.get("top_k", 10)),
+        threshold=threshold,
+        top_k=10 if top_k is None else top_k,
         attention=args.attn,
-        batch_size=int(extra["batch"]) if "batch" in extra else None,
-        size=int(extra["size"]) if "size" in extra else None,
+        batch_size=batch,
+        size=size,
         progress=not args.quiet,
     )
     for src, name in list(summary["renamed"].items())[:5]:
@@ -407,16 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_error(command: str, e: BaseException) -> tuple[str, int] | None:
     """(the one line for stderr, the exit code) of a user error; None for a bug (keep the traceback)."""
-    from hqm.errors import EXIT_RUNTIME, EXIT_USAGE, Interrupted, UserError, write_fault
+    from hqm.errors import EXIT_RUNTIME, EXIT_USAGE, Interrupted, UserError, output_error, write_fault
 
-    if isinstance(e, Interrupted):
-        return f"hqm {command}: {e}", e.exit_code
     if isinstance(e, UserError):
-        return f"hqm {command}: error: {e}", e.exit_code
+        text = " / ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
+        return f"hqm {command}: {'' if isinstance(e, Interrupted) else 'error: '}{text}", e.exit_code
     if isinstance(e, KeyboardInterrupt):
         return f"hqm {command}: interrupted", 130
-    if isinstance(e, OSError) and e.filename and write_fault(e):
-        return f"hqm {command}: error: cannot write {e.filename}: {write_fault(e)}", EXIT_RUNTIME
+    if isinstance(e, OSError) and write_fault(e):  # the disk refused a write: never a bug
+        return f"hqm {command}: error: {output_error(e.filename or 'the output', e)}", EXIT_RUNTIME
     if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError)) and e.filename:
         return f"hqm {command}: error: {e.filename}: {e.strerror.lower()}", EXIT_USAGE
     return None

@@ -203,11 +203,11 @@ class ConfigError(UsageError, ValueError):
     outside its range (the message names the file or key)."""
 
 
-def _suggest(key: str, options: list[str], prefix: str = "") -> str:
+def _suggest(key: str, options: list[str], prefix: str = "", listing: str = "Valid keys") -> str:
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     if close:
         return f" Did you mean '{prefix}{close[0]}'?"
-    return f" Valid keys: {', '.join(prefix + o for o in sorted(options))}."
+    return f" {listing}: {', '.join(prefix + o for o in sorted(options))}."
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -272,8 +272,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         with open(path) as f:
             data = _load_yaml(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # its text spans lines: keep the problem and where it is
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("_base_", None)
@@ -321,7 +324,8 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
             return cand
     available = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
     raise ConfigError(
-        f"config '{name}' not found (not a file, not a packaged config)." + _suggest(p.stem, available)
+        f"config '{name}' not found (not a file, not a packaged config)."
+        + _suggest(p.stem, available, listing="Packaged configs")
     )
 
 
@@ -349,8 +353,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     cfg = Config()
     if path is not None:
         p = resolve_config_path(path)
+        data = _read_yaml(p)  # its errors name the file (p or a _base_ of it)
         try:
-            _merge(cfg, _read_yaml(p))
+            _merge(cfg, data)
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from None
     if overrides:

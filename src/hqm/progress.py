@@ -124,7 +124,8 @@ def track(
     logger: logging.Logger = LOGGER,
 ) -> Iterator[T]:
     """Yield ``items`` (``total`` of them, counted in ``unit``) with a :class:`Progress` named
-    ``desc``; without a terminal, a last line "DESC: n/total UNIT in H:MM:SS". ``enabled=False``
+    ``desc``; without a terminal, a last line "DESC: n/total UNIT in H:MM:SS" (ending in "(stopped)"
+    when the loop ended early: a stopped evaluation, an error). ``enabled=False``
     (e.g. ranks other than 0) shows nothing."""
     if not enabled:
         yield from items
@@ -139,5 +140,6 @@ def track(
                 progress.update(done)
     finally:
         if progress.bar is None and done:
-            logger.info(f"{desc}: {done}/{total} {unit} in {_seconds(progress.elapsed())}")
+            stopped = " (stopped)" if done < total else ""
+            logger.info(f"{desc}: {done}/{total} {unit} in {_seconds(progress.elapsed())}{stopped}")
         progress.close()

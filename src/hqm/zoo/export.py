@@ -43,9 +43,10 @@ def _plain(x: Any) -> Any:
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` + ``config.yaml`` for a checkpoint written by ``hqm train``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from hqm import __version__
+    from hqm.errors import output_error, write_fault
     from hqm.zoo.safe_load import CheckpointError, safe_torch_load
 
     ckpt = safe_torch_load(checkpoint)
@@ -55,9 +56,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
             "convert foreign weights with `hqm convert` and fine-tune them first"
         )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state: dict[str, Tensor] = {k: v.detach().contiguous().cpu() for k, v in ckpt["model"].items()}
-    save_file(state, str(out / WEIGHTS), metadata={"format": "pt", "hqm_version": __version__})
+    weights = save(state, metadata={"format": "pt", "hqm_version": __version__})
     cfg = ckpt["config"]
     info = {
         "hqm_export": {
@@ -73,8 +73,20 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
         "config": cfg,
         "meta": ckpt["meta"],
     }
-    with open(out / CONFIG, "w") as f:
-        yaml.safe_dump(_plain(info), f, sort_keys=False, default_flow_style=None, width=200)
+    text = yaml.safe_dump(_plain(info), sort_keys=False, default_flow_style=None, width=200)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in ((WEIGHTS, weights), (CONFIG, text.encode())):
+            tmp = out / f".{name}.tmp{os.getpid()}"  # a failed write leaves no partial file
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, out / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+    except OSError as e:
+        if not write_fault(e):
+            raise
+        raise output_error(out, e, "export to") from None
     return out
 
 
