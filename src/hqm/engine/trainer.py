@@ -161,7 +161,7 @@ class Trainer:
         if self.main:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         setup_logging(self.out if self.main else None, self.main)
-        if restart:
+        if restart and self.main:
             LOGGER.warning(
                 f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')} of this launch: "
                 + (f"resuming from {resume}" if resume else "no checkpoint yet, starting over")
