@@ -101,6 +101,9 @@ class EvalConfig:
     max_dets: int = 100
     split: str = "test"
     mode: str = "default"  # default | ko (HICO-DET Known-Object)
+    # HICO-DET 11-point AP recall thresholds: matlab (official ho-rcnn, 0:0.1:1) | numpy (QPIC / CDN /
+    # HQM Python evaluators, np.arange(0, 1.1, 0.1)) | exact (k / 10)
+    ap_thresholds: str = "matlab"
     nms: bool = False  # pair-wise NMS (CDN style)
     nms_thresh: float = 0.7
     nms_alpha: float = 1.0
@@ -313,6 +316,7 @@ _CHOICES = {
     "data.on_bad_record": ("error", "skip"),
     "train.amp": ("off", "bf16", "fp16"),
     "eval.mode": ("default", "ko"),
+    "eval.ap_thresholds": ("matlab", "numpy", "exact"),
     "mining.strategy": ("none", "gbs", "amm", "ajl", "pjl", "cjl"),
     "mining.cjl_reference": ("self", "learnable"),
     "mining.gbs.sampler": ("per_box", "official"),

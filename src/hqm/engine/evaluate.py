@@ -99,5 +99,6 @@ def build_eval_setup(
         train_annotations,
         mode=cfg.eval.mode,
         max_dets=cfg.eval.max_dets,
+        ap_thresholds=cfg.eval.ap_thresholds,
     )
     return EvalSetup(dataset, loader, post, evaluator)
