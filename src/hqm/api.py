@@ -12,7 +12,10 @@
 Inputs: a path, a list of paths, a PIL image, an HxWx3 uint8 array, a (3, H, W) or (B, 3, H, W)
 float tensor in [0, 1], or a list mixing those. Every image is resized like the test split
 (short side ``size``, long side at most ``max_size``; defaults from the checkpoint's config),
-normalised with the ImageNet statistics, padded into batches of ``batch_size``.
+normalised with the ImageNet statistics and run in chunks of ``batch_size``. One image, one answer:
+within a chunk only images of the same input size share a forward pass, unpadded, so a list and the
+images one by one give the same triplets (up to float rounding of batched kernels, ~1e-6);
+``eval.batching=padded`` pads each chunk to its largest image as the released QPIC code would.
 """
 
 from __future__ import annotations
@@ -125,8 +128,8 @@ class HOIDetector:
     def preprocess(
         self, items: list[tuple[Any, str]], size: int | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """-> images (B, 3, H, W) normalised and padded, masks (B, H, W) True on padding,
-        input sizes (B, 2) and original sizes (B, 2), both (h, w)."""
+        """-> images (B, 3, H, W) normalised and padded to the largest image (no rounding), masks
+        (B, H, W) True on padding, input sizes (B, 2) and original sizes (B, 2), both (h, w)."""
         from torchvision import tv_tensors
 
         from hqm.data import collate_fn, make_test_transforms
@@ -156,10 +159,30 @@ class HOIDetector:
 
     @torch.no_grad()
     def _predict_batch(self, items, threshold, top_k, return_attention, size):
-        from hqm.models.attention import RecordAttention
+        """Predictions (and attention maps) of one chunk of items, in input order. With
+        ``eval.batching=same_size`` (default) each image runs only with images of its own input size,
+        unpadded: its predictions do not depend on the other items (``hqm.data.batching``)."""
+        from hqm.data.batching import unpadded_groups
 
         images, masks, sizes, orig = self.preprocess(items, size)
         images, masks = images.to(self.device), masks.to(self.device)
+        if self.cfg.eval.batching == "same_size":
+            groups = unpadded_groups(images, masks, sizes)
+        else:  # padded to the largest image of the chunk, as the released QPIC code batches
+            groups = [(list(range(len(items))), images, masks)]
+        preds: list = [None] * len(items)
+        maps: list = [None] * len(items)
+        for index, x, m in groups:
+            names = [items[i][1] for i in index]
+            p, a = self._forward(x, m, sizes[index], orig[index], names, threshold, top_k, return_attention)
+            for j, i in enumerate(index):
+                preds[i] = p[j]
+                maps[i] = None if a is None else a[j]
+        return preds, (maps if return_attention else None)
+
+    def _forward(self, images, masks, sizes, orig, names, threshold, top_k, return_attention):
+        from hqm.models.attention import RecordAttention
+
         record = RecordAttention() if return_attention else None
         if record is None:
             outputs = self.model(images, masks)
@@ -167,7 +190,7 @@ class HOIDetector:
         else:
             enc = self.model.encode(images, masks)
             outputs = self.model.decode(enc, self.model.learnable_query_pos(images.shape[0]), hook=record)
-        preds = self.postprocessor(outputs, orig.to(self.device), [name for _, name in items])
+        preds = self.postprocessor(outputs, orig.to(self.device), names)
         preds = [p.filter(threshold, top_k) for p in preds]
         if record is None:
             return preds, None
@@ -259,6 +282,7 @@ class HOIDetector:
             self.device,
             cfg.train.amp,
             show_progress=show_progress,
+            batching=cfg.eval.batching,
         )
         torch.set_grad_enabled(True)
         return metrics

@@ -89,6 +89,9 @@ class TrainConfig:
     deterministic: bool = False
     seed: int = 42
     output_dir: str = "runs/qpic"
+    # pad each training batch up to a multiple of this (detectron2's SIZE_DIVISIBILITY); 1 = to the
+    # largest image of the batch, as the released QPIC code. Evaluation and prediction never round.
+    size_divisibility: int = 1
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20
@@ -98,6 +101,10 @@ class TrainConfig:
 class EvalConfig:
     every: int = 1  # epochs between evaluations (0: only at the end)
     batch_size: int = 4
+    # same_size: batches hold images of one input size, never padded, so an image's predictions do not
+    # depend on the batch or the number of ranks | padded: consecutive images padded to the largest
+    # (the released QPIC code; predictions depend on the batch). Also used by hqm predict / the API.
+    batching: str = "same_size"
     max_dets: int = 100
     split: str = "test"
     mode: str = "default"  # default | ko (HICO-DET Known-Object)
@@ -316,6 +323,7 @@ _CHOICES = {
     "data.on_bad_record": ("error", "skip"),
     "train.amp": ("off", "bf16", "fp16"),
     "eval.mode": ("default", "ko"),
+    "eval.batching": ("same_size", "padded"),
     "eval.ap_thresholds": ("matlab", "numpy", "exact"),
     "mining.strategy": ("none", "gbs", "amm", "ajl", "pjl", "cjl"),
     "mining.cjl_reference": ("self", "learnable"),
@@ -349,6 +357,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"mining.amm.gamma={cfg.mining.amm.gamma} must be in [0, 1)")
     if cfg.train.accumulate < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.accumulate and train.batch_size must be >= 1")
+    if cfg.train.size_divisibility < 1:
+        raise ConfigError(
+            f"train.size_divisibility={cfg.train.size_divisibility} must be >= 1 "
+            "(1: pad to the largest image of the batch)"
+        )
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -45,7 +45,14 @@ def evaluate_checkpoint(
     load_weights(model, weights)
     model.to(device)
     metrics, preds = run_evaluation(
-        model, ev.loader, ev.postprocessor, ev.evaluator, device, cfg.train.amp, show_progress=True
+        model,
+        ev.loader,
+        ev.postprocessor,
+        ev.evaluator,
+        device,
+        cfg.train.amp,
+        show_progress=True,
+        batching=cfg.eval.batching,
     )
     if save_predictions:
         preds = gather_predictions(preds, [a.file_name for a in ev.dataset.annotations])

@@ -27,6 +27,7 @@ without ``find_unused_parameters``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from pathlib import Path
@@ -148,7 +149,7 @@ class Trainer:
             SeededDataset(self.train_set, cfg.train.seed),
             batch_size=cfg.train.batch_size,
             sampler=self.sampler,
-            collate_fn=collate_fn,
+            collate_fn=functools.partial(collate_fn, size_divisibility=cfg.train.size_divisibility),
             num_workers=cfg.data.num_workers,
             drop_last=True,
             persistent_workers=cfg.data.num_workers > 0,
@@ -353,7 +354,13 @@ class Trainer:
     def evaluate_and_record(self) -> dict[str, float]:
         ev = self.eval_setup
         metrics, _ = run_evaluation(
-            self.model, ev.loader, ev.postprocessor, ev.evaluator, self.device, self.cfg.train.amp
+            self.model,
+            ev.loader,
+            ev.postprocessor,
+            ev.evaluator,
+            self.device,
+            self.cfg.train.amp,
+            batching=self.cfg.eval.batching,
         )
         LOGGER.info(f"evaluation after epoch {self.epoch} (step {self.step}):\n{format_table(metrics)}")
         self.writer.log("eval", self.step, self.epoch, metrics)
