@@ -54,6 +54,22 @@ def _as_items(images: Any) -> list[tuple[Any, str]]:
     return items
 
 
+def _original_size(image: Any) -> tuple[int, int]:
+    """(height, width) of an input item; a file's from its header (PIL opens lazily, decodes nothing).
+    A file that cannot be opened gets (-1, -1): decoding it later reports the problem."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with Image.open(image) as f:
+                return f.height, f.width
+        except (OSError, ValueError):
+            return -1, -1
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    if isinstance(image, np.ndarray):
+        return int(image.shape[0]), int(image.shape[1])
+    return int(image.shape[-2]), int(image.shape[-1])  # (3, H, W) tensor
+
+
 class HOIDetector:
     """A detector ready for inference: model (eval mode), config, dataset vocabulary, transforms."""
 
@@ -202,6 +218,24 @@ class HOIDetector:
         )
         return preds, maps
 
+    def _chunks(self, items: list[tuple[Any, str]], batch_size: int) -> list[list[int]]:
+        """Positions of ``items`` per forward pass: with ``eval.batching=same_size`` images of one
+        original size (read from file headers, nothing decoded) in chunks of ``batch_size``, in order
+        of first appearance; with ``padded`` consecutive chunks."""
+        from hqm.data.batching import same_size_groups
+
+        if self.cfg.eval.batching == "same_size":
+            return same_size_groups([_original_size(im) for im, _ in items], batch_size)
+        return [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
+
+    def _run(self, items, threshold, top_k, return_attention, batch_size, size):
+        """Yield (positions in ``items``, predictions, attention maps or None) chunk by chunk."""
+        for chunk in self._chunks(items, batch_size or self.batch_size):
+            preds, maps = self._predict_batch(
+                [items[i] for i in chunk], threshold, top_k, return_attention, size
+            )
+            yield chunk, preds, maps
+
     def iter_predict(
         self,
         images: Any,
@@ -211,13 +245,13 @@ class HOIDetector:
         batch_size: int | None = None,
         size: int | None = None,
     ) -> Iterator[tuple[list, list[HOIPredictions], list[np.ndarray] | None]]:
-        """Yield (input items, predictions, attention maps or None) batch by batch (lazy loading)."""
+        """Yield (input items, predictions, attention maps or None) chunk by chunk (lazy loading).
+
+        With ``eval.batching=same_size`` a chunk holds images of one size, chunks in order of each
+        size's first appearance (not input order); ``predict`` returns input order."""
         items = _as_items(images)
-        bs = batch_size or self.batch_size
-        for start in range(0, len(items), bs):
-            chunk = items[start : start + bs]
-            preds, maps = self._predict_batch(chunk, threshold, top_k, return_attention, size)
-            yield chunk, preds, maps
+        for chunk, preds, maps in self._run(items, threshold, top_k, return_attention, batch_size, size):
+            yield [items[i] for i in chunk], preds, maps
 
     def predict(
         self,
@@ -228,19 +262,24 @@ class HOIDetector:
         batch_size: int | None = None,
         size: int | None = None,
     ):
-        """HOI triplets of every image (``list[HOIPredictions]``, best first, names from the meta).
+        """HOI triplets of every image (``list[HOIPredictions]`` in input order, best first, names from
+        the meta).
 
         threshold: minimum triplet score; top_k: at most this many triplets per image;
-        size: short side of the model input (default: the config's ``data.test_scale``).
+        batch_size: images per forward pass (default: the detector's); with ``eval.batching=same_size``
+        (default) only images of one size share a pass, so an image's triplets do not depend on the
+        other inputs; size: short side of the model input (default: the config's ``data.test_scale``).
         With ``return_attention=True`` returns ``(predictions, maps)``: ``maps[i]`` is a (K_i, H_i, W_i)
         float32 array, the last decoder layer's cross-attention (mean over heads, max-normalised) of
         the query behind each kept triplet of image ``i``, at the original image size.
         """
-        preds, maps = [], []
-        for _, p, m in self.iter_predict(images, threshold, top_k, return_attention, batch_size, size):
-            preds.extend(p)
-            if m is not None:
-                maps.extend(m)
+        items = _as_items(images)
+        preds: list = [None] * len(items)
+        maps: list = [None] * len(items)
+        for chunk, p, m in self._run(items, threshold, top_k, return_attention, batch_size, size):
+            for j, i in enumerate(chunk):
+                preds[i] = p[j]
+                maps[i] = None if m is None else m[j]
         return (preds, maps) if return_attention else preds
 
     __call__ = predict

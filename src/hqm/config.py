@@ -90,8 +90,10 @@ class TrainConfig:
     seed: int = 42
     output_dir: str = "runs/qpic"
     # pad each training batch up to a multiple of this (detectron2's SIZE_DIVISIBILITY); 1 = to the
-    # largest image of the batch, as the released QPIC code. Evaluation and prediction never round.
-    size_divisibility: int = 1
+    # largest image of the batch, as the released QPIC code. 32 keeps multi-scale batch shapes few,
+    # which is faster on the CPU (README, benchmarks/padding.py). Evaluation and prediction never
+    # round (eval.batching).
+    size_divisibility: int = 32
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20

@@ -159,7 +159,7 @@ def collate_fn(
     largest height and width of the batch, exactly as the released DETR / QPIC code pads
     (``nested_tensor_from_tensor_list``), rounded up to a multiple of ``size_divisibility`` when it is
     > 1 (``train.size_divisibility``, training only: fewer distinct shapes for the kernels, see
-    ``benchmarks/pad_speed.py``). Padding changes a DETR's outputs (the backbone sees the padded
+    ``benchmarks/padding.py``). Padding changes a DETR's outputs (the backbone sees the padded
     border), which is why inference batches images of one size (``hqm.data.batching``).
     """
     images = [b[0] for b in batch]
