@@ -49,8 +49,9 @@ def _eval_predictions(root, batch_size: int, batching: str) -> tuple[dict, dict]
     from hqm.models import build_model
 
     overrides = [f"data.root={root}", f"eval.batch_size={batch_size}", f"eval.batching={batching}"]
-    cfg = load_config(None, TINY_OVERRIDES + TINY_DATA_64 + overrides)
+    cfg = load_config(None, TINY_OVERRIDES + TINY_DATA_64 + overrides + ["eval.ap_thresholds=numpy"])
     ev = build_eval_setup(cfg, None, torch.device("cpu"))
+    assert ev.evaluator.ap_thresholds == "numpy"  # the config reaches the evaluator
     torch.manual_seed(0)
     model = build_model(cfg, ev.dataset.meta.num_obj_classes, ev.dataset.meta.num_verb_classes)
     metrics, preds = run_evaluation(
