@@ -1,5 +1,10 @@
-"""What padding choices cost: training steps with ``train.size_divisibility`` 1 vs 32, and prediction
-with ``eval.batching`` same_size vs padded (vs one image per forward pass), printed as tables.
+"""What padding does and costs, printed as tables: how much padding moves a detector's outputs
+(``effect``), training steps with ``train.size_divisibility`` 1 vs 32 (``train``), and prediction with
+``eval.batching`` same_size vs padded vs one image per forward pass (``predict``).
+
+effect: a randomly initialised R50 QPIC (frozen BN) on one random ``--size`` x 4/3 input, alone and
+zero-padded (with its mask) to larger canvases as batch-mates would pad it; the largest change of the
+object / verb logits and of the boxes (normalised cxcywh).
 
 train: the real trainer (``Trainer.train_step``: forward, criterion, backward, clipping, AdamW) on the
 config's multi-scale, randomly cropped training batches (default: the demo config on the synthetic
@@ -12,6 +17,7 @@ predict: ``HOIDetector.predict`` on ``--images`` random images of ``--sizes`` di
 order) with a randomly initialised R50 QPIC; ``same_size`` (the default: only images of one size
 share a forward pass), ``padded`` (each chunk padded to its largest image) and ``batch 1``.
 
+    .venv/bin/python benchmarks/padding.py effect --size 512
     .venv/bin/python benchmarks/padding.py train --steps 60 --repeat 2
     .venv/bin/python benchmarks/padding.py predict --images 16 --size 512
     .venv/bin/python benchmarks/padding.py train --config qpic_r50_hico --steps 20 --device cuda
@@ -91,6 +97,32 @@ def run_train(args) -> None:
         )
 
 
+def run_effect(args) -> None:
+    from hqm.config import load_config
+    from hqm.models import build_model
+
+    cfg = load_config(None, ["model.backbone_norm=frozen", f"device={args.device}"])
+    torch.manual_seed(0)
+    model = build_model(cfg, 80, 117).to(args.device).eval()
+    h, w = args.size, round(args.size * 4 / 3)
+    x = torch.randn(1, 3, h, w, device=args.device)
+    canvases = [(h, -(-w // 32) * 32), (-(-h // 32) * 32 + 32, -(-w // 32) * 32), (w, w)]
+    print(f"\nR50 QPIC (random weights), one {h} x {w} input alone vs padded, {args.device}")
+    print("| padded to | max change, object logits | verb logits | boxes (normalised) |")
+    print("|---|---|---|---|")
+    with torch.no_grad():
+        alone = model(x, torch.zeros(1, h, w, dtype=torch.bool, device=args.device))
+        for ph, pw in canvases:
+            xp = torch.zeros(1, 3, ph, pw, device=args.device)
+            xp[..., :h, :w] = x
+            mask = torch.ones(1, ph, pw, dtype=torch.bool, device=args.device)
+            mask[:, :h, :w] = False
+            out = model(xp, mask)
+            d = [float((alone[k] - out[k]).abs().max()) for k in ("pred_obj_logits", "pred_verb_logits")]
+            box = float((alone["pred_sub_boxes"] - out["pred_sub_boxes"]).abs().max())
+            print(f"| {ph} x {pw} | {d[0]:.3f} | {d[1]:.3f} | {box:.4f} |")
+
+
 def run_predict(args) -> None:
     import copy
 
@@ -137,7 +169,7 @@ def run_predict(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["train", "predict"])
+    p.add_argument("what", choices=["effect", "train", "predict"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--config", default="qpic_r18_synthetic", help="train: the config to time")
@@ -145,7 +177,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="train: untimed first steps")
     p.add_argument("--images", type=int, default=16, help="predict: number of images")
     p.add_argument("--sizes", type=int, default=4, help="predict: distinct image sizes (<= 6)")
-    p.add_argument("--size", type=int, default=512, help="predict: input short side")
+    p.add_argument("--size", type=int, default=512, help="effect, predict: input short side")
     p.add_argument("--batch", type=int, default=4, help="predict: chunk size")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--divisibility", type=int, default=1, help=argparse.SUPPRESS)
@@ -155,6 +187,8 @@ def main() -> None:
         print(json.dumps(train_worker(args)))
     elif args.what == "train":
         run_train(args)
+    elif args.what == "effect":
+        run_effect(args)
     else:
         run_predict(args)
 

@@ -4,7 +4,7 @@ DETR-family detectors are not batch-independent when images of different sizes s
 batch is zero-padded to the largest image (DETR / QPIC ``nested_tensor_from_tensor_list``, and
 :func:`hqm.data.dataset.collate_fn`), and although the transformer masks the padded keys, the
 backbone's convolutions and norms see the padded border and the feature map (hence every query) is
-computed on a larger grid, so the outputs of an image change with its batch-mates (logits by ~1e-2).
+computed on a larger grid, so the outputs of an image change with its batch-mates.
 A batch of images of one input size needs no padding: each image's outputs equal those of a batch
 of one, up to the rounding of batched kernels (~1e-6 on the logits).
 
