@@ -13,9 +13,10 @@ Inputs: a path, a list of paths, a PIL image, an HxWx3 uint8 array, a (3, H, W) 
 float tensor in [0, 1], or a list mixing those. Every image is resized like the test split
 (short side ``size``, long side at most ``max_size``; defaults from the checkpoint's config),
 normalised with the ImageNet statistics and run in chunks of ``batch_size``. One image, one answer:
-within a chunk only images of the same input size share a forward pass, unpadded, so a list and the
-images one by one give the same triplets (up to float rounding of batched kernels, ~1e-6);
-``eval.batching=padded`` pads each chunk to its largest image as the released QPIC code would.
+inputs are grouped by size (file headers) and only images of one input size share a forward pass,
+unpadded, so a list and the images one by one give the same triplets (up to float rounding of
+batched kernels, ~1e-6); ``eval.batching=padded`` runs consecutive chunks padded to their largest
+image, as the released QPIC code batches.
 """
 
 from __future__ import annotations
