@@ -8,17 +8,18 @@ object / verb logits and of the boxes (normalised cxcywh).
 
 train: the real trainer (``Trainer.train_step``: forward, criterion, backward, clipping, AdamW) on the
 config's multi-scale, randomly cropped training batches (default: the demo config on the synthetic
-benchmark). Every setting sees the same images in the same order (same seed); only the padding
-differs: to the largest image of the batch (1, the released QPIC code) or up to a multiple of 32.
-Each setting runs in a fresh process (kernel caches start empty), settings interleaved ``--repeat``
-times; the table gives the median step time (data loading excluded) and the mean padded area.
+benchmark). Two trainers with the same weights, one per setting, take the same batches in turn (step
+by step, alternating which goes first), so a load change on the machine hits both alike; only the
+padding differs: to the largest image of the batch (1, the released QPIC code) or up to a multiple
+of 32. The table gives median wall-clock and process-CPU step times (data loading excluded), the
+mean padded area and the number of distinct batch shapes.
 
 predict: ``HOIDetector.predict`` on ``--images`` random images of ``--sizes`` distinct sizes (in mixed
 order) with a randomly initialised R50 QPIC; ``same_size`` (the default: only images of one size
 share a forward pass), ``padded`` (each chunk padded to its largest image) and ``batch 1``.
 
     .venv/bin/python benchmarks/padding.py effect --size 512
-    .venv/bin/python benchmarks/padding.py train --steps 60 --repeat 2
+    .venv/bin/python benchmarks/padding.py train --steps 40 data.root=data/synthetic
     .venv/bin/python benchmarks/padding.py predict --images 16 --size 512
     .venv/bin/python benchmarks/padding.py train --config qpic_r50_hico --steps 20 --device cuda
 """
@@ -26,9 +27,7 @@ share a forward pass), ``padded`` (each chunk padded to its largest image) and `
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,58 +41,62 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def train_worker(args) -> dict:
-    """Time ``--steps`` trainer steps with one ``train.size_divisibility`` (fresh process)."""
+def run_train(args) -> None:
     from hqm.config import load_config
+    from hqm.data import collate_fn
     from hqm.engine.trainer import Trainer
 
-    out = tempfile.mkdtemp(prefix="pad_bench_")
-    overrides = [
-        f"train.size_divisibility={args.divisibility}",
-        f"train.output_dir={out}",
-        f"device={args.device}",
-        "data.num_workers=0",
-        "eval.every=0",
-        *args.overrides,
-    ]
-    trainer = Trainer(load_config(args.config, overrides))
-    trainer.train_model.train()
-    trainer.sampler.set_epoch(0)
-    batches = iter(trainer.train_loader)
-    times, area, shapes = [], [], set()
-    for step in range(args.warmup + args.steps):
-        images, masks, targets = next(batches)
-        shapes.add(tuple(images.shape[-2:]))
-        area.append(float(masks.float().mean()))
-        sync(trainer.device)
-        t0 = time.perf_counter()
-        trainer.train_step([(images, masks, targets)], trainer.schedule.active(step))
-        sync(trainer.device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    return {"times": times, "padding": statistics.mean(area), "shapes": len(shapes)}
-
-
-def run_train(args) -> None:
-    results: dict[int, dict] = {1: {"times": []}, 32: {"times": []}}
-    for r in range(args.repeat):
-        for d in (1, 32):
-            cmd = [sys.executable, __file__, "train", "--worker", "--divisibility", str(d)]
-            cmd += ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            cmd += ["--device", args.device, *args.overrides]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            res = json.loads(out.strip().splitlines()[-1])
-            results[d]["times"] += res["times"]
-            results[d].update(padding=res["padding"], shapes=res["shapes"])
-            print(f"  repeat {r + 1}, size_divisibility={d}: done", file=sys.stderr)
-    base = statistics.median(results[1]["times"])
-    print(f"\n{args.config}, {args.steps} steps x {args.repeat} fresh processes per setting, {args.device}")
-    print("| train.size_divisibility | step (ms, median) | x pad-to-largest | padded area | batch shapes |")
-    print("|---|---|---|---|---|")
-    for d, res in results.items():
-        med = statistics.median(res["times"])
+    settings = (1, 32)
+    trainers = {}
+    for d in settings:
+        overrides = [
+            f"train.size_divisibility={d}",
+            f"train.output_dir={tempfile.mkdtemp(prefix='pad_bench_')}",
+            f"device={args.device}",
+            "data.num_workers=0",
+            "eval.every=0",
+            *args.overrides,
+        ]
+        trainers[d] = Trainer(load_config(args.config, overrides))  # same seed: same initial weights
+        trainers[d].train_model.train()
+    first = trainers[settings[0]]
+    first.sampler.set_epoch(0)
+    loader = torch.utils.data.DataLoader(  # the trainer's samples, collated once per setting below
+        first.train_loader.dataset,
+        batch_size=first.cfg.train.batch_size,
+        sampler=first.sampler,
+        collate_fn=list,
+        drop_last=True,
+    )
+    wall: dict[int, list[float]] = {d: [] for d in settings}
+    cpu: dict[int, list[float]] = {d: [] for d in settings}
+    area: dict[int, list[float]] = {d: [] for d in settings}
+    shapes: dict[int, set] = {d: set() for d in settings}
+    for step, samples in enumerate(loader):
+        if step == args.warmup + args.steps:
+            break
+        for d in settings if step % 2 == 0 else settings[::-1]:
+            images, masks, targets = collate_fn(samples, size_divisibility=d)
+            shapes[d].add(tuple(images.shape[-2:]))
+            area[d].append(float(masks.float().mean()))
+            trainer = trainers[d]
+            sync(trainer.device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            trainer.train_step([(images, masks, targets)], trainer.schedule.active(step))
+            sync(trainer.device)
+            if step >= args.warmup:
+                wall[d].append(time.perf_counter() - t0)
+                cpu[d].append(time.process_time() - c0)
+        print(f"  step {step + 1}/{args.warmup + args.steps}", file=sys.stderr)
+    base_wall, base_cpu = statistics.median(wall[1]), statistics.median(cpu[1])
+    print(f"\n{args.config}, {args.steps} timed steps per setting, interleaved, {args.device}")
+    print("| train.size_divisibility | wall ms / step | x 1 | CPU ms / step | x 1 | padded area | shapes |")
+    print("|---|---|---|---|---|---|---|")
+    for d in settings:
+        w, c = statistics.median(wall[d]), statistics.median(cpu[d])
         print(
-            f"| {d} | {1000 * med:.0f} | {med / base:.2f} | {100 * res['padding']:.1f}% | {res['shapes']} |"
+            f"| {d} | {1000 * w:.0f} | {w / base_wall:.2f} | {1000 * c:.0f} | {c / base_cpu:.2f} "
+            f"| {100 * statistics.mean(area[d]):.1f}% | {len(shapes[d])} |"
         )
 
 
@@ -171,26 +174,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["effect", "train", "predict"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--config", default="qpic_r18_synthetic", help="train: the config to time")
-    p.add_argument("--steps", type=int, default=60, help="train: timed steps per process")
+    p.add_argument("--steps", type=int, default=40, help="train: timed steps per setting")
     p.add_argument("--warmup", type=int, default=5, help="train: untimed first steps")
     p.add_argument("--images", type=int, default=16, help="predict: number of images")
     p.add_argument("--sizes", type=int, default=4, help="predict: distinct image sizes (<= 6)")
     p.add_argument("--size", type=int, default=512, help="effect, predict: input short side")
     p.add_argument("--batch", type=int, default=4, help="predict: chunk size")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--divisibility", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, default=2, help="predict: timed rounds")
     p.add_argument("overrides", nargs="*", help="train: section.key=value overrides")
     args = p.parse_intermixed_args()
-    if args.what == "train" and args.worker:
-        print(json.dumps(train_worker(args)))
-    elif args.what == "train":
-        run_train(args)
-    elif args.what == "effect":
-        run_effect(args)
-    else:
-        run_predict(args)
+    {"effect": run_effect, "train": run_train, "predict": run_predict}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -90,10 +90,10 @@ class TrainConfig:
     seed: int = 42
     output_dir: str = "runs/qpic"
     # pad each training batch up to a multiple of this (detectron2's SIZE_DIVISIBILITY); 1 = to the
-    # largest image of the batch, as the released QPIC code. 32 keeps multi-scale batch shapes few,
-    # which is faster on the CPU (README, benchmarks/padding.py). Evaluation and prediction never
-    # round (eval.batching).
-    size_divisibility: int = 32
+    # largest image of the batch, as the released QPIC code. 32 gives multi-scale training few batch
+    # shapes but was not measured faster (README, benchmarks/padding.py train); a fixed canvas (e.g.
+    # 64 for 64 px images) gives every batch one shape. Evaluation and prediction never round.
+    size_divisibility: int = 1
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20

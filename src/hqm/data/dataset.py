@@ -158,8 +158,8 @@ def collate_fn(
     (B, Hmax, Wmax) bool, True on padding, and the list of targets unchanged. Hmax and Wmax are the
     largest height and width of the batch, exactly as the released DETR / QPIC code pads
     (``nested_tensor_from_tensor_list``), rounded up to a multiple of ``size_divisibility`` when it is
-    > 1 (``train.size_divisibility``, training only: fewer distinct shapes for the kernels, see
-    ``benchmarks/padding.py``). Padding changes a DETR's outputs (the backbone sees the padded
+    > 1 (``train.size_divisibility``, training only: fewer distinct batch shapes, or one fixed
+    canvas; ``benchmarks/padding.py``). Padding changes a DETR's outputs (the backbone sees the padded
     border), which is why inference batches images of one size (``hqm.data.batching``).
     """
     images = [b[0] for b in batch]
