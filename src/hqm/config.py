@@ -81,7 +81,10 @@ class TrainConfig:
     lr: float = 1e-4
     lr_backbone: float = 1e-5
     weight_decay: float = 1e-4
-    lr_drop: int = 50
+    lr_drop: int = 50  # lr_schedule=step: lr x0.1 every lr_drop epochs (0: never)
+    lr_schedule: str = "step"  # step (DETR/QPIC) | cosine (see hqm.engine.lr_schedule)
+    warmup_steps: int = 0  # linear lr warm-up over this many optimiser steps
+    min_lr_ratio: float = 0.0  # cosine: final lr / lr
     clip_max_norm: float = 0.1
     accumulate: int = 1
     amp: str = "off"  # off | bf16 | fp16
@@ -324,6 +327,7 @@ _CHOICES = {
     "data.dataset": ("hico_det", "vcoco", "hoia", "synthetic"),
     "data.on_bad_record": ("error", "skip"),
     "train.amp": ("off", "bf16", "fp16"),
+    "train.lr_schedule": ("step", "cosine"),
     "eval.mode": ("default", "ko"),
     "eval.batching": ("same_size", "padded"),
     "eval.ap_thresholds": ("matlab", "numpy", "exact"),
@@ -357,6 +361,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"mining.gbs.iou_range={cfg.mining.gbs.iou_range} must satisfy 0 < lo < hi < 1")
     if not 0.0 <= cfg.mining.amm.gamma < 1.0:
         raise ConfigError(f"mining.amm.gamma={cfg.mining.amm.gamma} must be in [0, 1)")
+    if cfg.train.warmup_steps < 0 or not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
+        raise ConfigError(
+            f"train.warmup_steps={cfg.train.warmup_steps} must be >= 0 and "
+            f"train.min_lr_ratio={cfg.train.min_lr_ratio} in [0, 1]"
+        )
     if cfg.train.accumulate < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.accumulate and train.batch_size must be >= 1")
     if cfg.train.size_divisibility < 1:

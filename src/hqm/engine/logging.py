@@ -1,7 +1,8 @@
 """Run logging: console progress (rank 0), ``log.txt``, ``metrics.jsonl``, ``results.csv``, TensorBoard.
 
-On a TTY a tqdm bar shows eta and the smoothed losses; otherwise a log line is written every
-``log_every`` steps with eta, losses, lr, data time and peak memory.
+On a TTY a tqdm bar shows the whole run's eta and the smoothed losses; otherwise a log line is
+written every ``log_every`` steps (and at least every 30 s) with eta, losses, lr, data time and peak
+memory.
 """
 
 from __future__ import annotations
@@ -108,23 +109,55 @@ class RunWriter:
 
 
 class Progress:
-    """Per-epoch progress: tqdm on a TTY (rank 0), periodic log lines otherwise."""
+    """Whole-run training progress (rank 0): a tqdm bar on a TTY, periodic log lines otherwise.
+
+    ``total``: optimiser steps of the whole run; ``start``: the step the run (re)starts at. The eta is
+    for the whole run (steps left x the mean step time of this process, evaluations excluded: the
+    trainer pauses the clock around them with ``pause()``). Log lines come every ``log_every``
+    steps, and at least every ``min_interval`` seconds so that slow runs still show life.
+    """
 
     def __init__(
-        self, total: int, epoch: int, epochs: int, enabled: bool, log_every: int, device: torch.device
+        self,
+        total: int,
+        start: int,
+        epochs: int,
+        enabled: bool,
+        log_every: int,
+        device: torch.device,
+        min_interval: float = 30.0,
     ):
-        self.total, self.epoch, self.epochs = total, epoch, epochs
+        self.total, self.start_step, self.epochs = total, start, epochs
         self.log_every = max(1, log_every)
+        self.min_interval = min_interval
         self.device = device
         self.enabled = enabled
-        self.start = time.time()
+        self.busy = 0.0  # seconds spent in training steps since the (re)start
+        self.t_last = time.time()
+        self.t_logged = time.time()
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True, leave=False)
+            self.bar = tqdm(
+                total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, leave=False
+            )
 
-    def update(self, i: int, meter: SmoothedMeter, lr: float) -> None:
+    def pause(self) -> None:
+        """Stop counting time (an evaluation or a checkpoint follows)."""
+        self.busy += time.time() - self.t_last
+        self.t_last = None
+
+    def resume(self) -> None:
+        self.t_last = time.time()
+
+    def eta(self, step: int) -> datetime.timedelta:
+        busy = self.busy + (time.time() - self.t_last if self.t_last is not None else 0.0)
+        done = max(step - self.start_step, 1)
+        return datetime.timedelta(seconds=int(busy / done * max(self.total - step, 0)))
+
+    def update(self, step: int, epoch: int, meter: SmoothedMeter, lr: float) -> None:
+        """After optimiser step ``step`` (1-based count of steps done) of epoch ``epoch`` (0-based)."""
         if not self.enabled:
             return
         avg = meter.averages()
@@ -135,17 +168,18 @@ class Progress:
             if k.split("/")[-1].startswith("loss") and not k[-1].isdigit()
         }
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
             self.bar.set_postfix({k: f"{v:.3f}" for k, v in list(short.items())[:4]}, refresh=False)
+            self.bar.update(step - self.bar.n)
             return
-        if (i + 1) % self.log_every and i + 1 != self.total:
+        now = time.time()
+        if step % self.log_every and step != self.total and now - self.t_logged < self.min_interval:
             return
-        elapsed = time.time() - self.start
-        eta = datetime.timedelta(seconds=int(elapsed / (i + 1) * (self.total - i - 1)))
+        self.t_logged = now
         losses = " ".join(f"{k} {v:.4f}" for k, v in short.items())
         LOGGER.info(
-            f"epoch {self.epoch + 1}/{self.epochs} [{i + 1}/{self.total}] eta {eta} {losses} lr {lr:.2e} "
-            f"data {avg.get('data_time', 0):.3f}s step {avg.get('step_time', 0):.3f}s "
+            f"epoch {epoch + 1}/{self.epochs} step {step}/{self.total} eta {self.eta(step)} {losses} "
+            f"lr {lr:.2e} data {avg.get('data_time', 0):.3f}s step {avg.get('step_time', 0):.3f}s "
             f"mem {peak_memory_mb(self.device):.0f}MB"
         )
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader
 from hqm.config import Config, config_from_dict, config_to_dict, save_config
 from hqm.data import build_dataset, collate_fn
 from hqm.engine.checkpoint import CheckpointManager, load_checkpoint, resolve_resume, rng_state, set_rng_state
+from hqm.engine.curves import plot_curves
 from hqm.engine.distributed import (
     all_gather_object,
     cleanup,
@@ -54,6 +56,7 @@ from hqm.engine.evaluate import (
     run_evaluation,
 )
 from hqm.engine.logging import LOGGER, Progress, RunWriter, SmoothedMeter, setup_logging
+from hqm.engine.lr_schedule import build_lr_schedule
 from hqm.engine.sampling import EpochSampler, SeededDataset
 from hqm.evaluation import format_table
 from hqm.mining.schedule import build_schedule
@@ -170,7 +173,10 @@ class Trainer:
         self.criterion = build_criterion(cfg, self.meta.num_obj_classes, matcher).to(self.device)
         self.schedule = build_schedule(cfg.mining)
         self.optimizer = build_optimizer(self.model, cfg.train, self.device)
-        self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, max(cfg.train.lr_drop, 1))
+        self.steps_per_epoch = self.sampler.num_local // cfg.train.batch_size // cfg.train.accumulate
+        self.lr_schedule = build_lr_schedule(cfg.train, self.steps_per_epoch)
+        # the configured lrs, not the ones a resumed optimiser state carries: the schedule applies them
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.train_model = self.model
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
@@ -184,6 +190,7 @@ class Trainer:
 
         self.epoch, self.step, self.epoch_start_step, self.step_in_epoch = 0, 0, 0, 0
         self.best = -math.inf
+        self.curves: Path | None = None  # curves.png, redrawn after every evaluation
         self.writer = RunWriter(self.out, self.main)
         self.checkpoints = CheckpointManager(self.out / "checkpoints", cfg.train.keep_last, self.main)
         resume = resolve_resume(resume, self.out)
@@ -202,7 +209,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.lr_scheduler.state_dict(),
+            "scheduler": {"step": self.step, "lr_factor": self.lr_schedule.factor(self.step)},
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -233,7 +240,6 @@ class Trainer:
         check_compatible(config_from_dict(ckpt["config"]), self.cfg, path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.lr_scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.epoch_start_step, self.step_in_epoch = ckpt["epoch_start_step"], ckpt["step_in_epoch"]
@@ -254,18 +260,31 @@ class Trainer:
         cfg = self.cfg
         metrics: dict[str, float] = {}
         start = time.time()
+        progress = Progress(
+            self.lr_schedule.total_steps,
+            self.step,
+            cfg.train.epochs,
+            self.main,
+            cfg.train.log_every,
+            self.device,
+        )
+        meter = SmoothedMeter()
         while self.epoch < cfg.train.epochs and not self._done():
-            self.train_one_epoch()
+            self.train_one_epoch(progress, meter)
+            progress.pause()
             if self.step_in_epoch == 0:  # the epoch ran to its end
-                self.lr_scheduler.step()
                 self.epoch += 1
                 self.epoch_start_step = self.step
             self.save("last.pt")
             if cfg.eval.every > 0 and self.epoch % cfg.eval.every == 0 and not self._done():
                 metrics = self.evaluate_and_record()
+            progress.resume()
+        progress.close()
         if not metrics or self._done():
             metrics = self.evaluate_and_record()
         LOGGER.info(f"training finished in {time.time() - start:.0f}s ({self.step} steps)")
+        if self.curves is not None:
+            LOGGER.info(f"learning curves: {self.curves}")
         self.writer.close()
         cleanup()
         return metrics
@@ -273,21 +292,18 @@ class Trainer:
     def _done(self) -> bool:
         return self.cfg.train.max_steps > 0 and self.step >= self.cfg.train.max_steps
 
-    def train_one_epoch(self) -> None:
+    def train_one_epoch(self, progress: Progress, meter: SmoothedMeter) -> None:
         cfg, acc, bs = self.cfg, self.cfg.train.accumulate, self.cfg.train.batch_size
         self.train_model.train()
-        steps_per_epoch = self.sampler.num_local // bs // acc
+        steps_per_epoch = self.steps_per_epoch
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * acc * bs)
-        meter = SmoothedMeter()
-        progress = Progress(
-            steps_per_epoch, self.epoch, cfg.train.epochs, self.main, cfg.train.log_every, self.device
-        )
         batches = iter(self.train_loader)
         while self.step_in_epoch < steps_per_epoch and not self._done():
             t0 = time.time()
             window = [next(batches) for _ in range(acc)]
             data_time = time.time() - t0
             active = self.schedule.active(self.step, self.epoch_start_step)
+            self.lr_schedule.apply(self.optimizer, self.base_lrs, self.step)
             loss, logs = self.train_step(window, active)
             self.step += 1
             self.step_in_epoch += 1
@@ -298,14 +314,15 @@ class Trainer:
                 **{k: v for k, v in logs.items() if not k[-1].isdigit()},
             )
             lr = self.optimizer.param_groups[0]["lr"]
-            progress.update(self.step_in_epoch - 1, meter, lr)
+            progress.update(self.step, self.epoch, meter, lr)
             if self.main and self.step % cfg.train.log_every == 0:
                 self.writer.log(
                     "train", self.step, self.epoch, {**meter.averages(), "mining": ",".join(active), "lr": lr}
                 )
             if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
+                progress.pause()
                 self.save("last.pt")
-        progress.close()
+                progress.resume()
         if self.step_in_epoch >= steps_per_epoch:
             self.step_in_epoch = 0
 
@@ -353,6 +370,7 @@ class Trainer:
 
     def evaluate_and_record(self) -> dict[str, float]:
         ev = self.eval_setup
+        show = self.main and sys.stderr.isatty()
         metrics, _ = run_evaluation(
             self.model,
             ev.loader,
@@ -360,11 +378,14 @@ class Trainer:
             ev.evaluator,
             self.device,
             self.cfg.train.amp,
+            show,
             batching=self.cfg.eval.batching,
         )
         LOGGER.info(f"evaluation after epoch {self.epoch} (step {self.step}):\n{format_table(metrics)}")
         self.writer.log("eval", self.step, self.epoch, metrics)
         self.writer.result(self.epoch, self.step, metrics)
+        if self.main:
+            self.curves = plot_curves(self.out)
         key = PRIMARY_METRIC[self.cfg.data.dataset]
         if metrics.get(key, -math.inf) > self.best:
             self.best = metrics[key]
