@@ -149,11 +149,34 @@ def test_input_size_is_configurable(detector, trained):
     assert images.shape[-2:] == (64, 88) and not masks.any()  # one image: no padding
 
 
-def test_attention_maps(detector, trained):
-    preds, maps = detector.predict(trained["images"][:2], top_k=4, return_attention=True)
-    for p, m in zip(preds, maps):
-        assert m.shape == (len(p), *p.image_size) and m.dtype == np.float32
+def test_attention_maps_stay_at_feature_resolution(detector, trained):
+    """Maps cover the image's feature cells (stride 16 here), not its pixels: a 3-megapixel input
+    gets maps as small as a thumbnail's (at the original size, 100 maps would take 1.2 GB)."""
+    paths = trained["images"][:2]
+    preds, maps = detector.predict(paths, top_k=4, return_attention=True)
+    _, _, sizes, _ = detector.preprocess([(p, "") for p in paths])
+    for p, m, (h, w) in zip(preds, maps, sizes.tolist()):
+        assert m.shape == (len(p), -(-h // 16), -(-w // 16)) and m.dtype == np.float32
         assert np.allclose(m.reshape(len(p), -1).max(1), 1.0) and m.min() >= 0
+    (p,), (m,) = detector.predict(np.zeros((1500, 2000, 3), np.uint8), top_k=100, return_attention=True)
+    assert p.image_size == (1500, 2000) and m.shape == (len(p), 6, 8)  # input 96 x 128
+
+
+def test_grey_arrays_exif_photos_and_ambiguous_inputs(detector, tmp_path):
+    from test_images import oriented_photo
+
+    grey = np.random.default_rng(1).integers(0, 255, (70, 90), dtype=np.uint8)
+    (p,) = detector.predict(grey, top_k=3)
+    assert p.image_size == (70, 90)  # H x W grey, not an image 3 pixels wide
+    (ref,) = detector.predict(np.stack([grey] * 3, -1), top_k=3)
+    np.testing.assert_array_equal(p.scores, ref.scores)
+    photo = tmp_path / "portrait.jpg"
+    oriented_photo(photo)  # stored 100 x 40, EXIF orientation 6
+    (p,) = detector.predict(photo, top_k=3)
+    assert p.image_size == (100, 40)  # (h, w) of the upright photo
+    for bad in (np.zeros((3, 70, 90), np.uint8), torch.randn(1, 3, 40, 50), np.zeros((40, 50, 3), np.int32)):
+        with pytest.raises(ValueError, match=str(tuple(bad.shape[-3:]))):
+            detector.predict(bad)
 
 
 def test_export_roundtrip(detector, trained, tmp_path):
@@ -185,3 +208,63 @@ def test_evaluate_needs_no_training_images(detector, trained, tmp_path):
     shutil.copytree(trained["root"] / "annotations", bare / "annotations")
     shutil.copytree(trained["root"] / "images" / "test2015", bare / "images" / "test2015")
     assert detector.evaluate(bare, batch_size=1) == pytest.approx(metrics, rel=0, abs=0, nan_ok=True)
+
+
+def test_evaluate_never_generates_and_checks_the_classes(detector, trained, tmp_path):
+    """The synthetic-trained detector pointed at a HICO-DET root: an error naming the missing file,
+    not 2,400 generated images scored as if they were HICO-DET."""
+    from hqm.data import DatasetError
+
+    hico = tmp_path / "hico_20160224_det"
+    with pytest.raises(DatasetError, match="annotations/meta.json not found"):
+        detector.evaluate(hico)
+    assert not hico.exists()
+    with pytest.raises(DatasetError, match="no hico_det dataset.*annotations/trainval_hico.json not found"):
+        detector.evaluate(hico, dataset="hico_det")
+    assert not hico.exists()
+    # a HICO-DET root (the packaged 80-object vocabulary): other classes, refused
+    (hico / "annotations").mkdir(parents=True)
+    for name in ("trainval_hico.json", "test_hico.json"):
+        (hico / "annotations" / name).write_text("[]")
+    with pytest.raises(ValueError, match="object classes differ \\(11 vs 80"):
+        detector.evaluate(hico, dataset="hico_det")
+
+
+def test_eval_and_predict_build_the_model_from_the_checkpoint(trained, tmp_path, capsys):
+    """``hqm eval`` with ``model.dec_layers=3`` on a 2-layer checkpoint used to leave 18 weights random,
+    warn after the metrics and exit 0: now it refuses before evaluating. A config file given with
+    the weights does not rebuild the model: what it would change is said."""
+    import yaml
+
+    from hqm import HOIDetector
+    from hqm.cli import main
+    from hqm.zoo import WeightsMismatchError
+
+    ckpt = trained["ckpt"]
+    assert main(["eval", str(ckpt), "model.dec_layers=3", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert "18 missing from the file (transformer.decoder.layers.2." in captured.err
+    assert (
+        "model.dec_layers 2 -> 3" in captured.err and captured.out == "" and "Traceback" not in captured.err
+    )
+    with pytest.raises(WeightsMismatchError, match="18 missing"):
+        HOIDetector.from_checkpoint(ckpt, device="cpu", overrides=["model.dec_layers=3"])
+
+    other = tmp_path / "three_layers.yaml"
+    own = torch.load(ckpt, weights_only=True)["config"]
+    other.write_text(yaml.safe_dump({**own, "model": {**own["model"], "dec_layers": 3}}))
+    det = HOIDetector.from_checkpoint(ckpt, device="cpu", config=other)  # logger hqm: on stderr here
+    assert len(det.model.transformer.decoder.layers) == 2
+    assert "would change model.dec_layers 2 -> 3" in capsys.readouterr().err
+    assert main(["eval", str(other), f"weights={ckpt}", "data.num_workers=0", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "would change model.dec_layers 2 -> 3" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["mAP_full"] >= 0.0
+
+    # weights trained on other classes than the dataset's are refused before evaluating
+    hico = tmp_path / "hico"
+    (hico / "annotations").mkdir(parents=True)
+    for name in ("trainval_hico.json", "test_hico.json"):
+        (hico / "annotations" / name).write_text("[]")
+    assert main(["eval", str(ckpt), "data.dataset=hico_det", f"data.root={hico}"]) == 2
+    assert "trained on other classes" in capsys.readouterr().err

@@ -135,10 +135,10 @@ def test_collate_pads_bottom_right_and_masks():
     assert images.shape == (2, 3, 32, 32) and masks[0, :4, :6].logical_not().all() and masks[0, 4:].all()
 
 
-def test_build_dataset_generates_synthetic(tmp_path):
+def test_build_dataset_on_the_synthetic_benchmark(tiny_root):
     cfg = DataConfig(
         dataset="synthetic",
-        root=str(tmp_path / "synth"),
+        root=str(tiny_root),
         synth_preset="tiny",
         scales=[64, 72],
         max_size=128,

@@ -116,6 +116,66 @@ def test_predict_errors_are_one_line(setup, capsys):
     assert "no images found" in err and "Traceback" not in err
 
 
+def _predict(setup, source, out, *extra) -> int:
+    return main(["predict", str(setup["ckpt"]), f"source={source}", f"out={out}", *extra, "--quiet"])
+
+
+def test_predict_never_overwrites_an_input(setup, capsys):
+    src = setup["tmp"] / "own"
+    src.mkdir()
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(src / "a.png")
+    before = (src / "a.png").read_bytes()
+    assert _predict(setup, src, src) == 2  # out= the source folder: a.png would be drawn over a.png
+    err = capsys.readouterr().err
+    assert "holds the input images" in err and "a.png" in err and "Traceback" not in err
+    assert (src / "a.png").read_bytes() == before and not (src / "predictions.jsonl").exists()
+    assert _predict(setup, src / "a.png", src) == 2  # a single file: the same
+    assert _predict(setup, src, src / "a.png") == 2  # out= a file
+    assert "is a file" in capsys.readouterr().err and (src / "a.png").read_bytes() == before
+
+
+def test_distinct_outputs_skipped_files_and_upright_photos(setup, capsys):
+    """a.jpg / a.png would both write a.png; x.jpg's attention panel and x_attn.jpg's drawing would
+    both be x_attn.png: every such input gets a longer, distinct name. Unreadable files are skipped
+    with one warning each and counted; a phone photo is predicted and drawn upright."""
+    from test_images import oriented_photo
+
+    src = setup["tmp"] / "clash"
+    src.mkdir()
+    colours = {"a.jpg": 30, "a.png": 220, "x.jpg": 120, "x_attn.jpg": 60}
+    for name, c in colours.items():
+        Image.fromarray(np.full((40, 60 + c // 10, 3), c, np.uint8)).save(src / name)
+    (src / "cut.jpg").write_bytes((src / "a.jpg").read_bytes()[:300])
+    (src / "text.png").write_text("not a picture")
+    oriented_photo(src / "phone.jpg")  # stored 100 x 40, EXIF orientation 6
+    out = setup["tmp"] / "clash_out"
+    assert _predict(setup, src, out, "batch=3", "--attn") == 0
+    captured = capsys.readouterr()
+    assert "5 images, 2 unreadable skipped" in captured.out and "same name" in captured.err
+    warnings = [line for line in captured.err.splitlines() if "skipped an unreadable image" in line]
+    assert len(warnings) == 2 and "cut.jpg" in warnings[0] and "text.png" in warnings[1]
+    written = {p.name for p in out.iterdir()}
+    expected = ["a_jpg", "a_png", "x_attn_jpg", "x_jpg", "phone"]
+    assert written == {f"{n}.png" for n in expected} | {f"{n}_attn.png" for n in expected} | {
+        "predictions.jsonl"
+    }
+    recs = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    recs = {r["file_name"].rsplit("/", 1)[-1]: r for r in recs}
+    assert sorted(recs) == sorted([*colours, "phone.jpg"])
+    assert (recs["phone.jpg"]["height"], recs["phone.jpg"]["width"]) == (100, 40)  # upright
+    with Image.open(out / "phone.png") as im:
+        assert im.size[1] > im.size[0]  # drawn upright (portrait)
+    # each drawing shows its own input (widths differ per input); short side upscaled to 480
+    for name, c in colours.items():
+        with Image.open(out / f"{name.replace('.', '_')}.png") as im:
+            assert im.size == (round((60 + c // 10) * 12), 480)
+    bad_only = setup["tmp"] / "bad_only"
+    bad_only.mkdir()
+    (bad_only / "cut.jpg").write_bytes((src / "cut.jpg").read_bytes())
+    assert _predict(setup, bad_only, setup["tmp"] / "bad_out") == 1
+    assert "0 images, 1 unreadable skipped" in capsys.readouterr().out
+
+
 def test_predict_folder_equals_one_image_at_a_time(setup):
     """hqm predict folder/ writes, for every image, exactly the triplets of hqm predict image.jpg."""
     folder = setup["tmp"] / "out_folder"

@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 
 from hqm.config import ConfigError
-from hqm.data import DatasetError, load_annotations, load_meta
+from hqm.data import DatasetError, ensure_synthetic, load_annotations, load_meta
 from hqm.data import synthetic_rules as R
+from hqm.data.build import synthetic_ready
 from hqm.data.synthetic import (
+    MARKER,
     PRESETS,
     apply_overrides,
     class_probabilities,
     generate,
     interaction_classes,
+    read_marker,
     statistics,
 )
 from hqm.data.synthetic_rules import point_box_distance
@@ -153,3 +156,54 @@ def test_overrides_and_presets():
 def test_synthetic_meta_needs_a_generated_root(tmp_path):
     with pytest.raises(DatasetError, match="no synthetic benchmark"):
         load_meta("synthetic", tmp_path)
+
+
+def test_generator_refuses_a_folder_it_did_not_make(tmp_path):
+    """A user's README.txt and annotations/test_hico.json are never overwritten."""
+    user = tmp_path / "mine"
+    (user / "annotations").mkdir(parents=True)
+    (user / "README.txt").write_text("my notes")
+    (user / "annotations" / "test_hico.json").write_text("[]")
+    for make in (lambda: generate(user, "tiny"), lambda: ensure_synthetic(user, "tiny")):
+        with pytest.raises(DatasetError, match="did not write.*README.txt"):
+            make()
+    assert sorted(str(p.relative_to(user)) for p in user.rglob("*")) == [
+        "README.txt",
+        "annotations",
+        "annotations/test_hico.json",
+    ]
+    assert (user / "README.txt").read_text() == "my notes"
+    with pytest.raises(DatasetError, match="is a file"):
+        generate(user / "README.txt", "tiny")
+
+
+def test_generator_rewrites_only_its_own_folder(tmp_path):
+    root = generate(tmp_path / "own", "tiny", ["train_size=6", "test_size=3"])
+    (root / "notes.txt").write_text("kept")
+    mark = read_marker(root)
+    assert mark["complete"] and mark["preset"] == "tiny" and mark["train_size"] == 6
+    generate(root, "tiny", ["train_size=4", "test_size=3"])  # a marked folder: regenerated in place
+    assert len(list((root / "images" / "train2015").iterdir())) == 4  # no stale images left behind
+    assert (root / "notes.txt").read_text() == "kept" and read_marker(root)["train_size"] == 4
+    # an interrupted generation (mark not complete) is not ready, and ensure_synthetic finishes it
+    mark = json.loads((root / MARKER).read_text())
+    (root / MARKER).write_text(json.dumps({**mark, "complete": False}))
+    assert not synthetic_ready(root)
+    ensure_synthetic(root, "tiny")
+    assert synthetic_ready(root) and read_marker(root)["train_size"] == 16
+
+
+def test_loading_never_generates(tmp_path):
+    from hqm.config import DataConfig
+    from hqm.data import build_dataset, build_meta
+
+    missing = tmp_path / "typo"
+    cfg = DataConfig(dataset="synthetic", root=str(missing), synth_preset="tiny")
+    for load in (lambda: build_meta(cfg), lambda: build_dataset(cfg, "train", train=True)):
+        with pytest.raises(DatasetError, match="annotations/meta.json not found"):
+            load()
+    hico = DataConfig(dataset="hico_det", root=str(missing))
+    with pytest.raises(DatasetError, match="no hico_det dataset.*annotations/test_hico.json not found"):
+        build_dataset(hico, "test", train=False)
+    assert not missing.exists()
+    assert ensure_synthetic(missing, "tiny") == missing and synthetic_ready(missing)  # asked for: made

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from hqm.structures import DatasetMeta, HOIPredictions
-from hqm.viz.attention import attention_grid, overlay_heatmap, query_attention_maps
+from hqm.viz.attention import attention_grid, overlay_heatmap, query_attention_maps, upsample_map
 from hqm.viz.draw import class_color, draw_predictions, group_pairs, to_pil
 
 META = DatasetMeta("toy", ["person", "ball", "cup"], ["hold", "kick"], np.ones((2, 3), bool))
@@ -61,18 +61,19 @@ def test_plot_and_save_through_structures(tmp_path):
     assert Image.open(tmp_path / "a.png").size[0] > 0 and (tmp_path / "a.json").read_text().startswith("{")
 
 
-def test_query_attention_maps_crop_and_resize():
-    # one image, 2 heads, 4 queries, a 2x4 feature map (stride 32); the input was 64x96 inside a
-    # 64x128 padded batch, the original image 100x150
+def test_query_attention_maps_stay_at_feature_resolution():
+    # one image, 2 heads, 4 queries, a 2x4 feature map whose last column is batch padding
     scores = torch.full((1, 2, 4, 8), -10.0)
     scores[0, :, 1, 0] = 10.0  # query 1 looks at the top-left cell
     scores[0, :, 2, 3] = 10.0  # query 2 looks at the padding column only: cropped away
-    maps = query_attention_maps(
-        scores, (2, 4), (64, 128), torch.tensor([[64, 96]]), torch.tensor([[100, 150]]), [np.array([1, 2])]
-    )
-    assert maps[0].shape == (2, 100, 150) and np.isclose(maps[0].max(), 1.0)
-    m = maps[0][0]
-    assert m[:30, :30].mean() > m[70:, 100:].mean()  # the peak stays top-left after resizing
+    padding = torch.zeros(1, 2, 4, dtype=torch.bool)
+    padding[0, :, 3] = True
+    maps = query_attention_maps(scores, padding, [np.array([1, 2])])
+    assert maps[0].shape == (2, 2, 3) and maps[0].dtype == np.float32
+    assert maps[0][0, 0, 0] == 1.0 and maps[0][0].sum() < 1.01  # normalised by the peak, top-left
+    assert query_attention_maps(scores, padding, [np.array([], np.int64)])[0].shape == (0, 2, 3)
+    up = upsample_map(maps[0][0], (100, 150))
+    assert up.shape == (100, 150) and up[:20, :20].mean() > up[60:, 80:].mean()
 
 
 def test_attention_grid_and_overlay():
@@ -85,3 +86,7 @@ def test_attention_grid_and_overlay():
     maps = np.stack([heat] * 4)
     grid = attention_grid(to_pil(base), _preds(), maps, top_k=2, threshold=0.1, panel=128, cols=3)
     assert grid.size == (3 * 128 + 2 * 4, 128)  # detections + 2 pair panels
+    # feature-resolution maps and a large image give the same panels as full-size maps
+    small = np.stack([heat[::25, ::20]] * 4)  # (4, 4, 6)
+    big = Image.new("RGB", (1200, 1000), (0, 0, 0))
+    assert attention_grid(big, _preds(), small, top_k=2, threshold=0.1, panel=128, cols=3).size == grid.size

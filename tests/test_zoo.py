@@ -268,3 +268,50 @@ def test_convert_cli_and_pretrained(tmp_path, capsys):
             "verb_class_embed.weight",
         ]
         assert torch.equal(model.obj_class_embed.weight[0], detr["class_embed.weight"][1])  # person
+
+
+def test_weights_that_do_not_fit_are_refused_whole(tiny_cfg, tmp_path):
+    """A 2-layer checkpoint into a 3-layer model (18 weights would stay random), into a 1-layer
+    model (weights left over) and into a model with other query rows: refused with every key
+    listed, and the model keeps its own weights."""
+    from hqm.zoo import WeightsMismatchError
+
+    torch.manual_seed(0)
+    path = tmp_path / "two_layers.pt"
+    torch.save({"model": build_model(tiny_cfg, 6, 5).state_dict()}, path)
+    cases = [
+        ("model.dec_layers=3", "18 missing from the file \\(transformer.decoder.layers.2."),
+        ("model.dec_layers=1", "not in the model \\(transformer.decoder.layers.1."),
+        (
+            "model.num_queries=4",
+            "1 with another shape \\(query_embed.weight: \\(8, 32\\) in the file vs \\(4, 32\\)",
+        ),
+    ]
+    for override, listing in cases:
+        model = build_model(load_config(None, TINY_OVERRIDES + [override]), 6, 5)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(WeightsMismatchError, match=listing) as e:
+            load_weights(model, path)
+        assert str(path) in str(e.value) and "nothing was loaded" in str(e.value)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # a DETR detector file is an initialisation (no verb head), not weights to evaluate
+    detr = _save(detr_state_dict(with_backbone=False))
+    with pytest.raises(WeightsMismatchError, match="missing from the file.*changed when converting the detr"):
+        load_weights(
+            build_model(load_config(None, DETR_OVERRIDES), 80, 5), detr, dataset_object_names("hico_det")
+        )
+
+
+def test_mining_parameters_may_be_present_or_absent(tiny_cfg, tmp_path):
+    gbs_cfg = load_config(None, TINY_OVERRIDES + ["mining.strategy=gbs"])
+    torch.manual_seed(0)
+    with_miner = build_model(gbs_cfg, 6, 5)
+    path = tmp_path / "gbs.pt"
+    torch.save({"model": with_miner.state_dict()}, path)
+    plain = build_model(tiny_cfg, 6, 5)
+    report = load_weights(plain, path)
+    assert report.ignored and all(e.startswith("miners.gbs.") for e in report.ignored)
+    assert torch.equal(plain.query_embed.weight, with_miner.query_embed.weight)
+    plain_path = tmp_path / "plain.pt"
+    torch.save({"model": plain.state_dict()}, plain_path)
+    assert load_weights(build_model(gbs_cfg, 6, 5), plain_path).ignored == []

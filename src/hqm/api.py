@@ -9,19 +9,23 @@
     preds[0].save("a_hoi.png", image="a.jpg"); print(preds[0].to_json())
     preds, maps = det.predict("a.jpg", return_attention=True)           # maps[0]: (K, H, W)
 
-Inputs: a path, a list of paths, a PIL image, an HxWx3 uint8 array, a (3, H, W) or (B, 3, H, W)
-float tensor in [0, 1], or a list mixing those. Every image is resized like the test split
-(short side ``size``, long side at most ``max_size``; defaults from the checkpoint's config),
-normalised with the ImageNet statistics and run in chunks of ``batch_size``. One image, one answer:
-inputs are grouped by size (file headers) and only images of one input size share a forward pass,
-unpadded, so a list and the images one by one give the same triplets (up to float rounding of
-batched kernels, ~1e-6); ``eval.batching=padded`` runs consecutive chunks padded to their largest
-image, as the released QPIC code batches.
+Inputs: a path, a PIL image, a numpy array, a (C, H, W) tensor, a (B, C, H, W) tensor, or a list
+mixing those; decoded and checked by ``hqm.data.images.as_image`` (paths and PIL images: EXIF
+orientation applied, every PIL mode to RGB; arrays: (H, W), (H, W, 1|3|4) as uint8, uint16 or float
+in [0, 1]; tensors: (H, W) or (1|3, H, W) as uint8 or float in [0, 1]; anything else raises
+``ValueError`` naming the shape and dtype). Every image is resized like the test split (short side
+``size``, long side at most ``max_size``; defaults from the checkpoint's config), normalised with the
+ImageNet statistics and run in chunks of ``batch_size``. One image, one answer: inputs are grouped by
+size (file headers) and only images of one input size share a forward pass, unpadded, so a list and
+the images one by one give the same triplets (up to float rounding of batched kernels, ~1e-6);
+``eval.batching=padded`` runs consecutive chunks padded to their largest image, as the released QPIC
+code batches.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +35,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from hqm.data.images import ImageDecodeError, as_image
 from hqm.structures import DatasetMeta, HOIPredictions
 
 
@@ -56,19 +61,22 @@ def _as_items(images: Any) -> list[tuple[Any, str]]:
 
 
 def _original_size(image: Any) -> tuple[int, int]:
-    """(height, width) of an input item; a file's from its header (PIL opens lazily, decodes nothing).
-    A file that cannot be opened gets (-1, -1): decoding it later reports the problem."""
+    """(height, width) of an input item as decoded; a file's from its header and EXIF orientation
+    (PIL opens lazily, decodes nothing). A file that cannot be opened gets (-1, -1): decoding it
+    later reports the problem."""
     if isinstance(image, (str, os.PathLike)):
         try:
             with Image.open(image) as f:
-                return f.height, f.width
-        except (OSError, ValueError):
+                w, h = f.size
+                rotated = f.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap sides
+                return (w, h) if rotated else (h, w)
+        except (OSError, ValueError, SyntaxError):
             return -1, -1
     if isinstance(image, Image.Image):
         return image.height, image.width
     if isinstance(image, np.ndarray):
         return int(image.shape[0]), int(image.shape[1])
-    return int(image.shape[-2]), int(image.shape[-1])  # (3, H, W) tensor
+    return int(image.shape[-2]), int(image.shape[-1])  # (C, H, W) or (H, W) tensor
 
 
 class HOIDetector:
@@ -107,19 +115,22 @@ class HOIDetector:
         max_size: int | None = None,
         batch_size: int = 4,
     ) -> HOIDetector:
-        """An ``hqm train`` checkpoint (``.pt``) or an ``hqm export`` directory. Released QPIC / HQM
-        weights carry no config: pass ``config`` (e.g. ``qpic_r50_hico``) and ``overrides``."""
-        from hqm.config import config_from_dict, load_config
-        from hqm.models import build_model
-        from hqm.zoo import load_weights, read_state_dict
+        """An ``hqm train`` checkpoint (``.pt``) or an ``hqm export`` directory, built with the
+        checkpoint's own config plus ``overrides`` (``section.key=value``). A ``config`` given too is
+        not applied: the values it would change are logged as a warning (logger ``hqm``). Released
+        QPIC / HQM weights carry no config: pass ``config`` (e.g. ``qpic_r50_hico``) and ``overrides``.
 
-        _, info = read_state_dict(path)
-        if config is not None:
-            cfg = load_config(config, overrides)
-        elif isinstance(info.get("config"), dict):
-            cfg = config_from_dict(_merge_overrides(info["config"], list(overrides or [])))
-        else:
-            raise ValueError(f"{path} carries no hqm config (released weights?): pass config=NAME_OR_YAML")
+        Raises ``ConfigError`` when released weights come without a config, and
+        ``WeightsMismatchError`` (a ``ValueError``) listing the keys when the weights do not fit the
+        model (e.g. a ``model.dec_layers`` override): nothing is ever half-loaded."""
+        from hqm.models import build_model
+        from hqm.zoo import load_weights, read_state_dict, resolve_model_config
+
+        state, info = read_state_dict(path)
+        resolved = resolve_model_config(info, path, config, overrides)
+        for line in resolved.notes(config):
+            logging.getLogger("hqm").warning(f"{path}: {line}")
+        cfg = resolved.cfg
         if isinstance(info.get("meta"), dict):
             meta = DatasetMeta.from_dict(info["meta"])
         else:
@@ -130,7 +141,7 @@ class HOIDetector:
         cfg.mining.strategy = "none"  # inference never mines; the miners' parameters are not needed
         cfg.model.pretrained = ""
         model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
-        load_weights(model, path, list(meta.object_names), cfg.model.detector)
+        load_weights(model, path, list(meta.object_names), cfg.model.detector, state=state)
         return cls(model, cfg, meta, device, size, max_size, batch_size)
 
     @property
@@ -155,18 +166,11 @@ class HOIDetector:
         tf = make_test_transforms(s, max(self.max_size, s))
         batch, orig = [], []
         for im, _ in items:
-            if isinstance(im, (str, os.PathLike)):
-                with Image.open(im) as f:
-                    im = f.convert("RGB")
-            elif isinstance(im, np.ndarray):
-                im = Image.fromarray(np.ascontiguousarray(im[..., :3]).astype(np.uint8))
+            im = as_image(im)  # validated RGB PIL image or (3, H, W) float tensor in [0, 1]
             if isinstance(im, Image.Image):
-                im = im.convert("RGB")
                 orig.append((im.height, im.width))
-            else:  # (3, H, W) float tensor in [0, 1]
-                if im.dim() != 3 or im.shape[0] != 3:
-                    raise ValueError(f"expected image tensors (3, H, W) in [0, 1], got {tuple(im.shape)}")
-                im = tv_tensors.Image(im.detach().float().cpu())
+            else:
+                im = tv_tensors.Image(im)
                 orig.append((int(im.shape[-2]), int(im.shape[-1])))
             x = tf.pipeline(im).as_subclass(Tensor)
             batch.append((x, {}))
@@ -191,13 +195,13 @@ class HOIDetector:
         maps: list = [None] * len(items)
         for index, x, m in groups:
             names = [items[i][1] for i in index]
-            p, a = self._forward(x, m, sizes[index], orig[index], names, threshold, top_k, return_attention)
+            p, a = self._forward(x, m, orig[index], names, threshold, top_k, return_attention)
             for j, i in enumerate(index):
                 preds[i] = p[j]
                 maps[i] = None if a is None else a[j]
         return preds, (maps if return_attention else None)
 
-    def _forward(self, images, masks, sizes, orig, names, threshold, top_k, return_attention):
+    def _forward(self, images, masks, orig, names, threshold, top_k, return_attention):
         from hqm.models.attention import RecordAttention
 
         record = RecordAttention() if return_attention else None
@@ -214,28 +218,35 @@ class HOIDetector:
         from hqm.viz.attention import query_attention_maps
 
         last = record.scores[max(record.scores)]
-        maps = query_attention_maps(
-            last, enc.shape, tuple(images.shape[-2:]), sizes, orig, [p.query_index for p in preds]
-        )
-        return preds, maps
+        padding = enc.mask.view(enc.mask.shape[0], *enc.shape)
+        return preds, query_attention_maps(last, padding, [p.query_index for p in preds])
 
     def _chunks(self, items: list[tuple[Any, str]], batch_size: int) -> list[list[int]]:
         """Positions of ``items`` per forward pass: with ``eval.batching=same_size`` images of one
-        original size (read from file headers, nothing decoded) in chunks of ``batch_size``, in order
-        of first appearance; with ``padded`` consecutive chunks."""
+        size (file headers, nothing decoded) in chunks of ``batch_size``, in order of first
+        appearance; with ``padded`` consecutive chunks."""
         from hqm.data.batching import same_size_groups
 
         if self.cfg.eval.batching == "same_size":
             return same_size_groups([_original_size(im) for im, _ in items], batch_size)
         return [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
 
-    def _run(self, items, threshold, top_k, return_attention, batch_size, size):
-        """Yield (positions in ``items``, predictions, attention maps or None) chunk by chunk."""
+    def _run(self, items, threshold, top_k, return_attention, batch_size, size, skip_unreadable=False):
+        """Yield (positions in ``items`` predicted, predictions, attention maps or None) per chunk."""
         for chunk in self._chunks(items, batch_size or self.batch_size):
-            preds, maps = self._predict_batch(
-                [items[i] for i in chunk], threshold, top_k, return_attention, size
-            )
-            yield chunk, preds, maps
+            kept, decoded = [], []
+            for i in chunk:
+                try:
+                    decoded.append((as_image(items[i][0]), items[i][1]))
+                except ImageDecodeError as e:
+                    if not skip_unreadable:
+                        raise
+                    logging.getLogger("hqm").warning(f"skipped an unreadable image: {e}")
+                    continue
+                kept.append(i)
+            if kept:
+                preds, maps = self._predict_batch(decoded, threshold, top_k, return_attention, size)
+                yield kept, preds, maps
 
     def iter_predict(
         self,
@@ -245,14 +256,19 @@ class HOIDetector:
         return_attention: bool = False,
         batch_size: int | None = None,
         size: int | None = None,
+        skip_unreadable: bool = False,
     ) -> Iterator[tuple[list, list[HOIPredictions], list[np.ndarray] | None]]:
         """Yield (input items, predictions, attention maps or None) chunk by chunk (lazy loading).
 
         With ``eval.batching=same_size`` a chunk holds images of one size, chunks in order of each
-        size's first appearance (not input order); ``predict`` returns input order."""
+        size's first appearance (not input order); ``predict`` returns input order.
+        ``skip_unreadable``: an image file that cannot be decoded is left out of its chunk with one
+        warning line naming it (logger ``hqm``) instead of raising ``ImageDecodeError``; the yielded
+        items are those predicted. Arrays and tensors are always checked strictly."""
         items = _as_items(images)
-        for chunk, preds, maps in self._run(items, threshold, top_k, return_attention, batch_size, size):
-            yield [items[i] for i in chunk], preds, maps
+        run = self._run(items, threshold, top_k, return_attention, batch_size, size, skip_unreadable)
+        for kept, preds, maps in run:
+            yield [items[i] for i in kept], preds, maps
 
     def predict(
         self,
@@ -270,15 +286,21 @@ class HOIDetector:
         batch_size: images per forward pass (default: the detector's); with ``eval.batching=same_size``
         (default) only images of one size share a pass, so an image's triplets do not depend on the
         other inputs; size: short side of the model input (default: the config's ``data.test_scale``).
-        With ``return_attention=True`` returns ``(predictions, maps)``: ``maps[i]`` is a (K_i, H_i, W_i)
-        float32 array, the last decoder layer's cross-attention (mean over heads, max-normalised) of
-        the query behind each kept triplet of image ``i``, at the original image size.
+        With ``return_attention=True`` returns ``(predictions, maps)``: ``maps[i]`` is a (K_i, h'_i, w'_i)
+        float32 array in [0, 1], the last decoder layer's cross-attention (mean over heads,
+        max-normalised) of the query behind each kept triplet of image ``i``, at the resolution of
+        the backbone's feature map over the image (input size / stride, e.g. 25 x 38 for an 800 x 1200
+        input at stride 32), whatever the photo's size; ``hqm.viz.attention.upsample_map(m, (H, W))``
+        resizes one to the image.
+
+        Raises ``ValueError`` naming the file, or the shape and dtype, for an input that cannot be
+        read unambiguously (see the module docstring).
         """
         items = _as_items(images)
         preds: list = [None] * len(items)
         maps: list = [None] * len(items)
-        for chunk, p, m in self._run(items, threshold, top_k, return_attention, batch_size, size):
-            for j, i in enumerate(chunk):
+        for kept, p, m in self._run(items, threshold, top_k, return_attention, batch_size, size):
+            for j, i in enumerate(kept):
                 preds[i] = p[j]
                 maps[i] = None if m is None else m[j]
         return (preds, maps) if return_attention else preds
@@ -295,7 +317,10 @@ class HOIDetector:
         show_progress: bool = False,
     ) -> dict[str, float]:
         """Evaluate on a dataset root (default: the checkpoint config's ``data.root``) with the
-        engine's evaluator (``hqm.engine.evaluate``); returns the metrics."""
+        engine's evaluator (``hqm.engine.evaluate``); returns the metrics.
+
+        Never writes data: a root without the dataset raises ``DatasetError`` naming the missing
+        file, and a dataset whose classes differ from the model's raises ``ValueError``."""
         from hqm.data import build_meta, load_annotations
         from hqm.engine.evaluate import build_eval_setup, run_evaluation
 
@@ -308,11 +333,17 @@ class HOIDetector:
         cfg.data.num_workers = 0
         if batch_size:
             cfg.eval.batch_size = batch_size
-        build_meta(cfg.data)  # generates the synthetic benchmark when it is missing
+        meta = build_meta(cfg.data)  # loading never generates data: missing files raise
         # training annotations only count the rare split: no training image is opened or needed
         train_ann = load_annotations(
             cfg.data.dataset, cfg.data.root, "train", cfg.data.on_bad_record, check_images=False
         )
+        problem = self.meta.class_mismatch(meta)
+        if problem:
+            raise ValueError(
+                f"cannot evaluate this detector on {cfg.data.dataset} at {cfg.data.root}: {problem} "
+                "(model vs dataset)"
+            )
         ev = build_eval_setup(cfg, train_ann, self.device)
         metrics, _ = run_evaluation(
             self.model,
@@ -326,19 +357,3 @@ class HOIDetector:
         )
         torch.set_grad_enabled(True)
         return metrics
-
-
-def _merge_overrides(base: dict, overrides: list[str]) -> dict:
-    """A checkpoint's config dict with ``section.key=value`` overrides applied (validated later)."""
-    from hqm.config import parse_overrides
-
-    def update(dst: dict, src: dict) -> None:
-        for k, v in src.items():
-            if isinstance(v, dict) and isinstance(dst.get(k), dict):
-                update(dst[k], v)
-            else:
-                dst[k] = v
-
-    merged = copy.deepcopy(base)
-    update(merged, parse_overrides(overrides))
-    return merged

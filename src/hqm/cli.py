@@ -43,22 +43,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from hqm.engine.trainer import Trainer
 
-    metrics = Trainer(cfg, resume=args.resume).fit()
+    metrics = Trainer(cfg, resume=args.resume, overwrite=args.overwrite).fit()
     if args.json and _is_main():
         print(_metrics_json(metrics))
     return 0
 
 
+def _is_weights(target: str) -> bool:
+    """A checkpoint file or an exported model folder (as opposed to a config name or YAML file)."""
+    p = Path(target)
+    return p.is_dir() or p.suffix in (".pt", ".pth", ".safetensors")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     overrides, extra = _split_overrides(args.overrides, ("weights",))
-    if "weights" not in extra:
-        print("hqm eval: weights=PATH is required", file=sys.stderr)
+    config, weights = (None, args.config) if _is_weights(args.config) else (args.config, extra.get("weights"))
+    if weights is None or (config is None and "weights" in extra):
+        print("hqm eval: give a checkpoint (hqm eval CKPT), or a config with weights=PATH", file=sys.stderr)
         return 2
     from hqm.engine.evaluator_run import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(
-        args.config, extra["weights"], overrides, save_predictions=args.save_predictions
-    )
+    metrics = evaluate_checkpoint(config, weights, overrides, save_predictions=args.save_predictions)
     from hqm.evaluation import format_table
 
     if _is_main():
@@ -72,10 +77,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hqm.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.data.dataset == "synthetic" and not any(o.startswith("data.generate=") for o in args.overrides):
+        # the demo writes the synthetic benchmark (into an absent, empty or generator-made data.root)
+        cfg.data.generate = True
+    from hqm.engine.rundir import holds_run, next_free_run_dir
     from hqm.engine.trainer import Trainer
     from hqm.evaluation import format_table
 
-    trainer = Trainer(cfg)
+    chosen = any(o.startswith("train.output_dir=") for o in args.overrides)
+    if holds_run(cfg.train.output_dir) and not (chosen or args.overwrite):
+        # a re-run keeps the earlier demo: the next free folder (runs/demo-2, ...), said up front
+        fresh = next_free_run_dir(cfg.train.output_dir)
+        if _is_main():
+            print(
+                f"hqm demo: {cfg.train.output_dir} holds an earlier demo run; this one goes to {fresh} "
+                "(--overwrite replaces the earlier one)",
+                file=sys.stderr,
+            )
+        cfg.train.output_dir = str(fresh)
+    trainer = Trainer(cfg, overwrite=args.overwrite)
     metrics = trainer.fit()
     if not _is_main():
         return 0
@@ -122,9 +142,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if key not in extra:
             print(f"hqm predict: {key}=... is required", file=sys.stderr)
             return 2
+    from hqm.engine.logging import setup_logging
+
+    setup_logging(None, True)  # one line per skipped file, model-loading notes
     target = Path(args.model)
     device = extra.get("device", "auto")
-    if target.is_dir() or target.suffix in (".pt", ".pth", ".safetensors"):
+    if _is_weights(args.model):
         det = HOIDetector.from_checkpoint(target, device=device, overrides=overrides or None)
     elif "weights" in extra:  # a config + released / converted weights
         det = HOIDetector.from_checkpoint(
@@ -147,8 +170,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         size=int(extra["size"]) if "size" in extra else None,
         progress=not args.quiet,
     )
-    print(f"hqm predict: {summary['images']} images, {summary['triplets']} triplets -> {summary['out']}")
-    return 0
+    for src, name in list(summary["renamed"].items())[:5]:
+        print(f"hqm predict: {src} -> {name}.png (another input has the same name)", file=sys.stderr)
+    if len(summary["renamed"]) > 5:
+        print(f"hqm predict: ... {len(summary['renamed']) - 5} more renamed outputs", file=sys.stderr)
+    skipped = f", {summary['skipped']} unreadable skipped" if summary["skipped"] else ""
+    n_img, n_trip = summary["images"], summary["triplets"]
+    print(f"hqm predict: {n_img} images{skipped}, {n_trip} triplets -> {summary['out']}")
+    return 0 if n_img else 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -233,14 +262,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume",
         help="resume from a checkpoint file, a run folder (its checkpoints/last.pt) or 'auto' (last.pt of "
-        "train.output_dir if it exists)",
+        "train.output_dir if it exists). Changed schedule / length / eval settings are applied and logged; "
+        "changed model, data, batch geometry, seed or mining strategy are refused",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train.output_dir holds a finished or stopped run: delete its checkpoints and logs, start over",
     )
     t.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last line")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on the config's test split")
-    e.add_argument("config", help="YAML config file or packaged config name")
-    e.add_argument("overrides", nargs="*", help="weights=PATH (required) and section.key=value overrides")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on the test split",
+        description="Evaluate weights with their own config (hqm eval CKPT) or, for released weights "
+        "that carry none, with a config (hqm eval CONFIG weights=PATH). A config given for weights that "
+        "carry one is only compared with it: the values it would change are printed, not applied; "
+        "key=value overrides are applied. Weights that do not fit the model are refused.",
+    )
+    e.add_argument(
+        "config",
+        metavar="CKPT_OR_CONFIG",
+        help="checkpoint (.pt) / exported folder, or a config (YAML or name)",
+    )
+    e.add_argument(
+        "overrides", nargs="*", help="weights=PATH (with a config) and section.key=value overrides"
+    )
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
     e.add_argument("--save-predictions", metavar="FILE", help="also write the predictions file (JSON)")
     e.set_defaults(func=cmd_eval)
@@ -248,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="generate the synthetic benchmark if missing, train, evaluate")
     d.add_argument("--config", default="qpic_r18_synthetic", help="config (default: qpic_r18_synthetic)")
     d.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier demo run in train.output_dir (default: a re-run goes to runs/demo-2, ...)",
+    )
     d.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
     d.set_defaults(func=cmd_demo)
 

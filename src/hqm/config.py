@@ -12,6 +12,7 @@ Unknown keys fail with a close-match suggestion. ``save_config`` writes the reso
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -69,8 +70,13 @@ class DataConfig:
     crop_max: int = 600
     test_scale: int = 800
     color_jitter: float = 0.4
-    # synthetic benchmark: preset used when `root` has no data yet (hqm demo / tests)
+    # synthetic benchmark: with generate=true (set by `hqm demo`), training writes it into `root`
+    # with `synth_preset` when `root` is absent, empty or an unfinished generator folder; never
+    # otherwise (evaluation and loading never generate data)
+    generate: bool = False
     synth_preset: str = "default"
+    # synthetic only: train on fresh generated images every epoch (hqm.data.synthetic_stream)
+    synth_stream: bool = False
 
 
 @dataclass
@@ -366,6 +372,8 @@ def validate(cfg: Config) -> None:
             f"train.warmup_steps={cfg.train.warmup_steps} must be >= 0 and "
             f"train.min_lr_ratio={cfg.train.min_lr_ratio} in [0, 1]"
         )
+    if cfg.data.generate and cfg.data.dataset != "synthetic":
+        raise ConfigError(f"data.generate=true needs data.dataset=synthetic (got {cfg.data.dataset!r})")
     if cfg.train.accumulate < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.accumulate and train.batch_size must be >= 1")
     if cfg.train.size_divisibility < 1:
@@ -377,6 +385,34 @@ def validate(cfg: Config) -> None:
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return asdict(cfg)
+
+
+def merge_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of the config dict ``base`` with ``section.key=value`` overrides applied (validate it
+    with ``config_from_dict``)."""
+    merged = copy.deepcopy(base)
+    _deep_update(merged, parse_overrides(overrides))
+    return merged
+
+
+def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> ``{"section.key": value}``."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(
+    old: Config, new: Config, prefixes: tuple[str, ...] = ("",)
+) -> list[tuple[str, Any, Any]]:
+    """``(key, old value, new value)`` for every leaf key starting with one of ``prefixes`` whose value
+    differs, in declaration order."""
+    a, b = flat_keys(config_to_dict(old)), flat_keys(config_to_dict(new))
+    return [(k, a[k], b[k]) for k in a if k.startswith(prefixes) and a[k] != b[k]]
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

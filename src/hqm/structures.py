@@ -55,6 +55,22 @@ class DatasetMeta:
             "rare_classes": None if self.rare_classes is None else [list(c) for c in self.rare_classes],
         }
 
+    def class_mismatch(self, other: DatasetMeta) -> str | None:
+        """None when ``other`` has the same object and verb classes in the same order; otherwise a
+        one-line description of the difference (a model scored on another vocabulary is wrong)."""
+        for kind, mine, theirs in (
+            ("object", list(self.object_names), list(other.object_names)),
+            ("verb", list(self.verb_names), list(other.verb_names)),
+        ):
+            if mine != theirs:
+                i = next(
+                    (k for k, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs))
+                )
+                a = repr(mine[i]) if i < len(mine) else "nothing"
+                b = repr(theirs[i]) if i < len(theirs) else "nothing"
+                return f"the {kind} classes differ ({len(mine)} vs {len(theirs)}; class {i} is {a} vs {b})"
+        return None
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DatasetMeta:
         return cls(

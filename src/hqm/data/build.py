@@ -2,6 +2,10 @@
 
 ``dataset`` is one of ``hico_det | vcoco | hoia | synthetic``; ``synthetic`` is the HICO-DET loader on a
 root written by ``hqm.data.synthetic.generate`` (its ``annotations/meta.json`` gives the vocabulary).
+
+Loading never writes: a root without the requested dataset raises ``DatasetError`` naming the missing
+file. The synthetic benchmark is generated only by ``hqm synth`` and by ``ensure_synthetic``, which
+the trainer calls when ``data.generate`` is true (``hqm demo`` sets it).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from types import ModuleType
 from hqm.config import DataConfig
 from hqm.data import hico_det, hoia, vcoco
 from hqm.data.dataset import HOIDataset
-from hqm.data.records import DatasetError, parse_records
+from hqm.data.records import DatasetError, logger, parse_records
 from hqm.data.transforms import build_transforms
 from hqm.structures import DatasetMeta, ImageAnnotation
 
@@ -33,8 +37,9 @@ def load_meta(dataset: str, root: str | os.PathLike) -> DatasetMeta:
     """Class vocabulary and validity matrix of ``dataset`` stored under ``root``."""
     if dataset == "synthetic" and not (Path(root) / hico_det.CUSTOM_VOCABULARY).is_file():
         raise DatasetError(
-            f"{root}: no synthetic benchmark here (annotations/meta.json missing); create it with "
-            "`hqm synth --out DIR` or build_dataset/build_meta with data.dataset=synthetic"
+            f"no synthetic benchmark at data.root={root}: {Path(root) / hico_det.CUSTOM_VOCABULARY} not "
+            f"found; write one with `hqm synth --out {root}`, or train with data.generate=true (what "
+            "`hqm demo` does)"
         )
     return _loader(dataset).load_meta(Path(root), name=dataset)
 
@@ -54,6 +59,12 @@ def load_annotations(
     bad part and logs one summary warning (logger ``hqm.data``).
     """
     image_folder, ann_file = split_paths(dataset, root, split)
+    if not ann_file.is_file():
+        img, ann = _loader(dataset).SPLITS[split]
+        raise DatasetError(
+            f"no {dataset} dataset at data.root={root}: {ann} not found there (layout: {img}/ and {ann}; "
+            "see the README's Datasets section)"
+        )
     rules = _loader(dataset).record_rules(Path(root), split)
     return parse_records(ann_file, image_folder, rules, on_bad_record, check_images)
 
@@ -81,15 +92,23 @@ def image_dir(dataset: str, root: str | os.PathLike, split: str) -> Path:
     return split_paths(dataset, root, split)[0]
 
 
-def synthetic_ready(root: str | os.PathLike) -> bool:
-    """True when ``root`` holds a generated synthetic benchmark (both annotation files)."""
-    return all((Path(root) / hico_det.SPLITS[s][1]).is_file() for s in SPLITS)
+def synthetic_ready(root: str | Path) -> bool:
+    """True when ``root`` holds a complete synthetic benchmark: its vocabulary, both annotation files
+    and, when the generator marked it, a finished generation."""
+    from hqm.data.synthetic import read_marker
+
+    root = Path(root)
+    files = [hico_det.CUSTOM_VOCABULARY] + [hico_det.SPLITS[s][1] for s in SPLITS]
+    mark = read_marker(root)
+    return all((root / f).is_file() for f in files) and (mark is None or bool(mark["complete"]))
 
 
 def ensure_synthetic(root: str | os.PathLike, preset: str) -> Path:
     """Generate the synthetic benchmark with ``preset`` into ``root`` unless it is already there.
 
-    An absent or empty ``root`` is filled through a temporary sibling folder renamed into place, so
+    Writes only into an absent or empty ``root`` or an unfinished generation of its own (see
+    ``hqm.data.synthetic.generate``); a ``root`` holding other files raises ``DatasetError``. An
+    absent or empty ``root`` is filled through a temporary sibling folder renamed into place, so
     concurrent processes (several ranks, several test workers) never read a half-written root.
     """
     from hqm.data.synthetic import generate
@@ -97,8 +116,9 @@ def ensure_synthetic(root: str | os.PathLike, preset: str) -> Path:
     root = Path(root)
     if synthetic_ready(root):
         return root
+    logger.info(f"generating the synthetic benchmark (preset {preset}) into {root}")
     if root.exists() and any(root.iterdir()):
-        return generate(root, preset)
+        return generate(root, preset)  # refuses unless the generator made this folder
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
@@ -117,19 +137,24 @@ def ensure_synthetic(root: str | os.PathLike, preset: str) -> Path:
 
 
 def build_meta(cfg_data: DataConfig) -> DatasetMeta:
-    """``load_meta`` for the ``data`` config (generates the synthetic benchmark when missing)."""
-    if cfg_data.dataset == "synthetic":
-        ensure_synthetic(cfg_data.root, cfg_data.synth_preset)
+    """``load_meta`` for the ``data`` config (never generates data)."""
     return load_meta(cfg_data.dataset, cfg_data.root)
 
 
 def build_dataset(cfg_data: DataConfig, split: str, train: bool) -> HOIDataset:
     """``HOIDataset`` of ``split`` with train (random) or test (deterministic) transforms.
 
-    For ``data.dataset == "synthetic"`` the benchmark is generated first with ``data.synth_preset``
-    when ``data.root`` does not hold it yet.
+    Raises ``DatasetError`` naming the missing file when ``data.root`` holds no such dataset (it
+    never generates one: see ``ensure_synthetic``). With ``data.synth_stream`` the synthetic training
+    split is an endless stream of fresh images (``hqm.data.synthetic_stream.SyntheticStream``).
     """
     meta = build_meta(cfg_data)
+    if cfg_data.synth_stream and split == "train":
+        if cfg_data.dataset != "synthetic":
+            raise DatasetError(f"data.synth_stream needs data.dataset=synthetic (got {cfg_data.dataset})")
+        from hqm.data.synthetic_stream import SyntheticStream
+
+        return SyntheticStream(cfg_data.root, meta, build_transforms(cfg_data, train))
     anns = load_annotations(cfg_data.dataset, cfg_data.root, split, cfg_data.on_bad_record)
     return HOIDataset(
         anns, meta, image_dir(cfg_data.dataset, cfg_data.root, split), build_transforms(cfg_data, train)

@@ -27,6 +27,8 @@ from PIL import Image
 from torch import Tensor
 
 from hqm.box_ops import box_xyxy_to_cxcywh
+from hqm.data.images import ImageDecodeError, read_image
+from hqm.data.records import DatasetError
 from hqm.data.transforms import HOITransforms, transform_pairs
 from hqm.structures import DatasetMeta, ImageAnnotation
 
@@ -115,13 +117,24 @@ class HOIDataset(torch.utils.data.Dataset):
         return len(self.annotations)
 
     def load_image(self, index: int) -> Image.Image:
-        """The RGB image of record ``index``."""
-        with Image.open(self.image_dir / self.annotations[index].file_name) as im:
-            return im.convert("RGB")
+        """The RGB image of record ``index``, in stored pixel order (no EXIF rotation: the annotation
+        boxes use the stored pixels, see ``hqm.data.images``). Raises ``DatasetError`` naming the
+        file and the record when the image cannot be decoded (e.g. truncated)."""
+        ann = self.annotations[index]
+        try:
+            return read_image(self.image_dir / ann.file_name, exif_transpose=False)
+        except ImageDecodeError as e:
+            raise DatasetError(
+                f"record {index} (file_name {ann.file_name!r}): {e}; replace the file or remove its record"
+            ) from None
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        ann = self.annotations[index]
-        image = self.load_image(index)
+        return self.make_item(index, self.annotations[index], self.load_image(index))
+
+    def make_item(
+        self, index: int, ann: ImageAnnotation, image: Image.Image
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """(transformed image, target) of record ``ann`` shown by ``image`` (see the module docstring)."""
         w0, h0 = image.size
         pairs = merge_pairs(ann, self.meta)
         sub = torch.from_numpy(pairs["sub_boxes"])

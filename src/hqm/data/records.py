@@ -249,6 +249,23 @@ def _parse_hois(rec: dict, idx: int, fn: str, remap: list[int | None], rules: Re
     return rows
 
 
+def parse_record(rec: dict, rules: RecordRules, source: str, index: int = 0) -> ImageAnnotation:
+    """One record (the schema above) -> ``ImageAnnotation``, strictly: any problem raises
+    ``DatasetError`` naming ``source`` (used for records that are generated, not read from a file)."""
+    log = IssueLog(Path(source), "error")
+    fn = rec["file_name"]
+    boxes, labels, remap = _parse_boxes(rec, index, fn, None, rules, log)
+    hois = _parse_hois(rec, index, fn, remap, rules, log)
+    return ImageAnnotation(
+        file_name=fn,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64).reshape(-1),
+        hois=np.asarray(hois, dtype=np.int64).reshape(-1, 3),
+        width=int(rec.get("width", 0)),
+        height=int(rec.get("height", 0)),
+    )
+
+
 def parse_records(
     path: Path,
     image_dir: Path,

@@ -8,6 +8,11 @@
     <out>/annotations/meta.json                            vocabulary (person = object index 0)
     <out>/synth_config.json  README.txt
 
+``synth_config.json`` is the generator's mark: written first (``"complete": false``) and again last
+(``"complete": true``), with the preset and every ``SynthConfig`` value. ``generate`` writes only into
+an absent or empty folder, or one that carries this mark (then it replaces its own earlier output and
+leaves any other file alone); a folder holding anything else is refused with ``DatasetError``.
+
 Images show several stick-figure people (varied poses, sizes, colours) and objects of up to 10
 categories on textured backgrounds. Interactions are sampled from a long-tailed distribution over the
 valid (verb, object) classes, people are posed so the verb's geometric rule holds (see
@@ -21,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +37,7 @@ import yaml
 
 from hqm.config import ConfigError
 from hqm.data import synthetic_rules as R
+from hqm.data.records import DatasetError
 from hqm.data.synthetic_draw import render
 from hqm.data.synthetic_rules import cfg_objects, cfg_verbs
 from hqm.data.synthetic_scene import Scene, sample_scene
@@ -249,10 +256,58 @@ def _readme(cfg: SynthConfig, stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MARKER = "synth_config.json"
+_IMAGE_INDEX = re.compile(r"(\d{6})\.jpg")
+
+
+def read_marker(root: str | Path) -> dict[str, Any] | None:
+    """The generator's mark of ``root`` (``synth_config.json`` holding a preset and a seed), or None.
+    Folders written before the mark had a "complete" flag count as complete."""
+    try:
+        data = json.loads((Path(root) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or "preset" not in data or "seed" not in data:
+        return None
+    return {"complete": True, **data}
+
+
+def check_output_dir(out: Path) -> None:
+    """Raise ``DatasetError`` unless ``out`` is absent, an empty folder or a folder the generator made."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"cannot write the synthetic benchmark to {out}: it is a file")
+    if not out.exists() or read_marker(out) is not None:
+        return
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise DatasetError(
+            f"refusing to write the synthetic benchmark into {out}: it holds files the generator did not "
+            f"write ({shown}); give an absent or empty folder, or one written by `hqm synth`"
+        )
+
+
+def _write_marker(out: Path, preset: str, cfg: SynthConfig, complete: bool) -> None:
+    mark = {"generator": "hqm synth", "complete": complete, "preset": preset, **dataclasses.asdict(cfg)}
+    with open(out / MARKER, "w") as f:
+        json.dump(mark, f, indent=1)
+
+
+def _remove_stale_images(out: Path, cfg: SynthConfig) -> None:
+    """Drop images an earlier, larger generation into this (marked) folder left behind."""
+    for split, folder, size in (("train", "train2015", cfg.train_size), ("test", "test2015", cfg.test_size)):
+        for p in (out / "images" / folder).glob(f"synth_{split}_*.jpg"):
+            m = _IMAGE_INDEX.fullmatch(p.name[len(f"synth_{split}_") :])
+            if m and int(m.group(1)) >= size:
+                p.unlink()
+
+
 def generate(out_dir: str | Path, preset: str = "default", overrides: list[str] | None = None) -> Path:
     """Write the synthetic benchmark of ``preset`` (+ ``key=value`` SynthConfig overrides) to ``out_dir``.
 
-    Deterministic: the same preset and overrides give byte-identical files. Returns the root path.
+    ``out_dir`` must be absent, empty or written by this generator (see the module docstring); any
+    other folder raises ``DatasetError`` before anything is written. Deterministic: the same preset
+    and overrides give byte-identical files. Returns the root path.
     """
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, list(PRESETS), n=1)
@@ -260,7 +315,10 @@ def generate(out_dir: str | Path, preset: str = "default", overrides: list[str] 
         raise ConfigError(f"unknown synthetic preset {preset!r}; expected one of {', '.join(PRESETS)}.{hint}")
     cfg = apply_overrides(PRESETS[preset], overrides)
     out = Path(out_dir)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_marker(out, preset, cfg, complete=False)
+    (out / "annotations").mkdir(exist_ok=True)
     train = _make_split(out, "train", cfg)
     test = _make_split(out, "test", cfg)
     for name, records in (("trainval_hico.json", train), ("test_hico.json", test)):
@@ -269,7 +327,7 @@ def generate(out_dir: str | Path, preset: str = "default", overrides: list[str] 
     np.save(out / "annotations" / "corre_hico.npy", correct_matrix(cfg))
     with open(out / "annotations" / "meta.json", "w") as f:
         json.dump(vocabulary(cfg), f, indent=1)
-    with open(out / "synth_config.json", "w") as f:
-        json.dump({"preset": preset, **dataclasses.asdict(cfg)}, f, indent=1)
     (out / "README.txt").write_text(_readme(cfg, statistics(train, cfg)))
+    _remove_stale_images(out, cfg)
+    _write_marker(out, preset, cfg, complete=True)
     return out

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 
-from hqm.config import load_config
 from hqm.engine.distributed import get_rank, get_world_size, init_distributed
 from hqm.engine.evaluate import build_eval_setup, run_evaluation
 from hqm.engine.logging import LOGGER, setup_logging
@@ -25,24 +25,54 @@ def gather_predictions(preds: list, order: list[str]) -> list:
 
 
 def evaluate_checkpoint(
-    config: str, weights: str, overrides: list[str], save_predictions: str | None = None
+    config: str | None, weights: str, overrides: list[str], save_predictions: str | None = None
 ) -> dict[str, float]:
-    from hqm.data import load_annotations
-    from hqm.models import build_model
-    from hqm.zoo import load_weights
+    """``hqm eval``: metrics of the weights file ``weights`` on ``eval.split``.
 
-    cfg = load_config(config, overrides)
+    The model and the evaluation use the checkpoint's own config plus ``overrides``; a ``config``
+    file given too is only compared with it (the values it would change are logged). Released
+    weights carry no config: ``config`` is required. Raises ``WeightsMismatchError`` (listing the
+    keys) when the weights do not fit the model, ``ValueError`` when the checkpoint's classes differ
+    from the dataset's and ``DatasetError`` naming the missing file when ``data.root`` holds no such
+    dataset, before any evaluation runs.
+    """
+    from hqm.data import build_meta, load_annotations
+    from hqm.models import build_model
+    from hqm.structures import DatasetMeta
+    from hqm.zoo import load_weights, read_state_dict, resolve_model_config
+
+    state, info = read_state_dict(weights)
+    resolved = resolve_model_config(info, weights, config, overrides)
+    cfg = resolved.cfg
     _, local_rank = init_distributed(cfg.device)
     device = resolve_device(cfg.device, local_rank)
     setup_logging(None, get_rank() == 0)
+    for line in resolved.notes(config):
+        LOGGER.warning(line)
+    model_cfg = copy.deepcopy(cfg)
+    model_cfg.mining.strategy = "none"  # evaluation never mines; miners' weights are not needed
+
+    def build_and_load(meta: DatasetMeta) -> torch.nn.Module:
+        model = build_model(model_cfg, meta.num_obj_classes, meta.num_verb_classes)
+        load_weights(model, weights, list(meta.object_names), cfg.model.detector, state=state)
+        return model
+
+    trained_on = DatasetMeta.from_dict(info["meta"]) if isinstance(info.get("meta"), dict) else None
+    model = build_and_load(trained_on) if trained_on is not None else None  # fail fast, before the data
+    problem = trained_on.class_mismatch(build_meta(cfg.data)) if trained_on is not None else None
+    if problem:
+        raise ValueError(
+            f"{weights} was trained on other classes than {cfg.data.dataset} at {cfg.data.root}: "
+            f"{problem} (checkpoint vs dataset)"
+        )
     # training annotations only count the rare split: read without opening (or needing) any image
     train_ann = load_annotations(
         cfg.data.dataset, cfg.data.root, "train", cfg.data.on_bad_record, check_images=False
     )
     ev = build_eval_setup(cfg, train_ann, device, get_rank(), get_world_size())
     meta = ev.dataset.meta
-    model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
-    load_weights(model, weights)
+    if model is None:  # released weights: the dataset gives the classes
+        model = build_and_load(meta)
     model.to(device)
     metrics, preds = run_evaluation(
         model,

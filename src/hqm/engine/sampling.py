@@ -3,10 +3,11 @@
 ``EpochSampler`` yields ``(index, epoch)`` pairs: a permutation seeded by (seed, epoch), sharded over
 ranks like ``DistributedSampler`` (padded by repetition), optionally starting mid-epoch on resume.
 ``SeededDataset`` reseeds torch / numpy / random from (seed, epoch, index) before every sample, so an
-image's augmentation is a pure function of those three numbers. In the main process (``num_workers
-0``) the global random states are restored afterwards, so loading data never perturbs the training
-stream (dropout, mining); together with a private generator for the loader's base seed (see the
-trainer) this makes a resumed run draw exactly the random numbers of an uninterrupted one.
+image's augmentation is a pure function of those three numbers; a dataset with ``epoch_aware = True``
+(the synthetic stream) receives ``(index, epoch)`` and draws a new image every epoch. In the main
+process (``num_workers 0``) the global random states are restored afterwards, so loading data never
+perturbs the training stream (dropout, mining); together with a private generator for the loader's
+base seed (see the trainer) this makes a resumed run draw exactly the random numbers of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -61,17 +62,22 @@ class SeededDataset(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         s = (self.seed * 1_000_003 + epoch * 10_007 + index) % (2**31)
         if get_worker_info() is not None:  # a worker process: its random state is its own
-            return self._seeded(index, s)
+            return self._seeded(index, epoch, s)
         saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
         try:
-            return self._seeded(index, s)
+            return self._seeded(index, epoch, s)
         finally:
             torch.set_rng_state(saved[0])
             np.random.set_state(saved[1])
             random.setstate(saved[2])
 
-    def _seeded(self, index: int, s: int):
+    def _seeded(self, index: int, epoch: int, s: int):
         torch.default_generator.manual_seed(s)  # CPU only: never touch the CUDA streams
         np.random.seed(s)
         random.seed(s)
-        return self.dataset[index]
+        # a dataset that draws new samples every epoch (the synthetic stream) is indexed by both
+        return (
+            self.dataset[(index, epoch)]
+            if getattr(self.dataset, "epoch_aware", False)
+            else self.dataset[index]
+        )

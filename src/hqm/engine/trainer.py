@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hqm.config import Config, config_from_dict, config_to_dict, save_config
-from hqm.data import build_dataset, collate_fn
+from hqm.data import build_dataset, collate_fn, ensure_synthetic
 from hqm.engine.checkpoint import CheckpointManager, load_checkpoint, resolve_resume, rng_state, set_rng_state
 from hqm.engine.curves import plot_curves
 from hqm.engine.distributed import (
@@ -57,6 +57,8 @@ from hqm.engine.evaluate import (
 )
 from hqm.engine.logging import LOGGER, Progress, RunWriter, SmoothedMeter, setup_logging
 from hqm.engine.lr_schedule import build_lr_schedule
+from hqm.engine.resume_policy import check_compatible, describe
+from hqm.engine.rundir import RunDirError, claim_run_dir
 from hqm.engine.sampling import EpochSampler, SeededDataset
 from hqm.evaluation import format_table
 from hqm.mining.schedule import build_schedule
@@ -121,20 +123,35 @@ class Trainer:
     resume: a checkpoint path, a run folder or ``auto`` (see ``checkpoint.resolve_resume``).
     channels_last: backbone in NHWC memory format; None = automatic (see ``use_channels_last``)."""
 
-    def __init__(self, cfg: Config, resume: str | None = None, channels_last: bool | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        resume: str | None = None,
+        channels_last: bool | None = None,
+        overwrite: bool = False,
+    ):
         self.cfg = cfg
         self.distributed, local_rank = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, local_rank)
         self.rank, self.world = get_rank(), get_world_size()
         self.main = is_main_process()
         self.out = Path(cfg.train.output_dir)
+        # before anything is written: refuse settings the resumed run cannot take, lock the folder
+        resume = resolve_resume(resume, self.out)
+        ckpt = load_checkpoint(resume, "cpu") if resume else None
+        changes = check_compatible(config_from_dict(ckpt["config"]), cfg, resume) if ckpt else None
+        self.run_lock = self._claim_run_dir(resume, overwrite)
         if self.main:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         setup_logging(self.out if self.main else None, self.main)
         if self.main:
             save_config(cfg, self.out / "config.yaml")
+        for line in describe(changes) if changes else []:
+            LOGGER.info(line)
         set_seed(cfg.train.seed, cfg.train.deterministic)
 
+        if cfg.data.generate:  # hqm demo: write the synthetic benchmark if data.root lacks it
+            ensure_synthetic(cfg.data.root, cfg.data.synth_preset)
         self.train_set = build_dataset(cfg.data, "train", train=True)
         self.meta: DatasetMeta = self.train_set.meta
         self.eval_setup = build_eval_setup(
@@ -193,9 +210,8 @@ class Trainer:
         self.curves: Path | None = None  # curves.png, redrawn after every evaluation
         self.writer = RunWriter(self.out, self.main)
         self.checkpoints = CheckpointManager(self.out / "checkpoints", cfg.train.keep_last, self.main)
-        resume = resolve_resume(resume, self.out)
-        if resume:
-            self.resume(resume)
+        if ckpt is not None:
+            self.resume(resume, ckpt)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         LOGGER.info(
             f"model: {cfg.model.detector} {cfg.model.backbone}, {n_train / 1e6:.2f}M trainable "
@@ -233,14 +249,36 @@ class Trainer:
         else:
             self.checkpoints.save_last(state, self.step)
 
-    def resume(self, path: str) -> None:
-        """Model, optimiser, scheduler, scaler, epoch / step counters (hence the data position and the
-        mining schedule, a function of the step), best metric and random states."""
-        ckpt = load_checkpoint(path, "cpu")
-        check_compatible(config_from_dict(ckpt["config"]), self.cfg, path)
+    def _claim_run_dir(self, resume: str | None, overwrite: bool):
+        """Rank 0 locks the run folder and checks it may write there (``rundir.claim_run_dir``);
+        every rank raises the same ``RunDirError`` when it may not."""
+        lock, problem = None, None
+        if self.main:
+            try:
+                lock = claim_run_dir(self.out, resume, overwrite)
+            except RunDirError as e:
+                problem = str(e)
+        problem = all_gather_object(problem)[0]
+        if problem:
+            raise RunDirError(problem)
+        return lock
+
+    def resume(self, path: str, ckpt: dict | None = None) -> None:
+        """Model, optimiser, scaler, epoch / step counters (hence the data position, the lr schedule and
+        the mining schedule, functions of the step), best metric and random states. Settings that
+        differ from the checkpoint's were already applied or refused in ``__init__``
+        (``resume_policy``); a changed weight decay is written into the restored optimiser here."""
+        ckpt = ckpt if ckpt is not None else load_checkpoint(path, "cpu")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        # the lr follows the schedule of the current config from the restored step on (a pure
+        # function of the step); the weight decay the restored state carries is replaced too
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.cfg.train.weight_decay
+        if ckpt["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        else:
+            LOGGER.info("train.amp=fp16 from now on: a fresh gradient scaler (the run had none)")
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.epoch_start_step, self.step_in_epoch = ckpt["epoch_start_step"], ckpt["step_in_epoch"]
         self.best = ckpt["best"]
@@ -287,6 +325,8 @@ class Trainer:
             LOGGER.info(f"learning curves: {self.curves}")
         self.writer.close()
         cleanup()
+        if self.run_lock is not None:
+            self.run_lock.release()
         return metrics
 
     def _done(self) -> bool:
@@ -392,16 +432,3 @@ class Trainer:
             self.save("best.pt", metrics)
         self.save("last.pt", metrics)
         return metrics
-
-
-_MUST_MATCH = ("model", "data.dataset", "mining.strategy", "train.batch_size", "train.accumulate")
-
-
-def check_compatible(old: Config, new: Config, path: str) -> None:
-    """Resuming needs the same model, data and batch geometry; say which key differs."""
-    from hqm.config import get_key
-
-    for key in _MUST_MATCH:
-        a, b = get_key(old, key), get_key(new, key)
-        if a != b:
-            raise ValueError(f"cannot resume from {path}: {key} was {a!r} in that run, now {b!r}")

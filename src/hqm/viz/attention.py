@@ -2,9 +2,11 @@
 
 ``query_attention_maps`` turns the last decoder layer's recorded cross-attention scores
 (``hqm.models.attention.RecordAttention``: pre-softmax, (B, T, Q, HW)) into one map per kept
-triplet: softmax over the keys, mean over the T heads, reshaped to the (H', W') feature map,
-upsampled to the padded input, cropped to the image's resized extent and resized to the original
-image. ``attention_grid`` renders one small panel per shown pair (heatmap overlay + the pair).
+triplet: softmax over the keys, mean over the T heads, reshaped to the (H', W') feature map and
+cropped to the feature cells that cover the image (the encoder's padding mask). Maps stay at that
+resolution (tens of cells a side, whatever the photo's size): they are resized only when drawn,
+and ``attention_grid`` draws them on panel-sized thumbnails, so memory does not grow with the number
+of pairs times the number of pixels. ``upsample_map`` gives a map at any size.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
@@ -21,37 +22,35 @@ from hqm.structures import HOIPredictions
 from hqm.viz.draw import draw_pairs, draw_predictions, font, group_pairs, to_pil
 
 
-def query_attention_maps(
-    scores: Tensor,
-    feat_shape: tuple[int, int],
-    padded_size: tuple[int, int],
-    input_sizes: Tensor,
-    orig_sizes: Tensor,
-    queries: list[np.ndarray],
-) -> list[np.ndarray]:
-    """Per image ``b``, the maps (K_b, H0_b, W0_b) float32 in [0, 1] of the queries ``queries[b]``.
+def query_attention_maps(scores: Tensor, padding: Tensor, queries: list[np.ndarray]) -> list[np.ndarray]:
+    """Per image ``b``, the maps (K_b, h'_b, w'_b) float32 in [0, 1] of the queries ``queries[b]``.
 
-    scores: (B, T, Q, H'W') pre-softmax scores (padded keys at -inf); feat_shape: (H', W');
-    padded_size: (H, W) of the padded input batch; input_sizes / orig_sizes: (B, 2) (h, w) of each
-    resized input and of each original image. Each map is divided by its maximum.
+    scores: (B, T, Q, H'W') pre-softmax scores (padded keys at -inf); padding: (B, H', W') bool, True
+    on the feature cells of the batch padding (``EncodedImages.mask`` reshaped). Each map covers
+    the image's own (h', w') cells (the last row / column may reach past the image edge by less than
+    one cell) and is divided by its maximum.
     """
     probs = scores.float().softmax(-1).mean(1)  # (B, Q, H'W')
     b, q, _ = probs.shape
-    probs = probs.view(b, q, *feat_shape)
+    probs = probs.view(b, q, *padding.shape[-2:])
     out = []
     for i in range(b):
         idx = torch.as_tensor(np.asarray(queries[i], dtype=np.int64), device=probs.device)
-        h0, w0 = (int(v) for v in orig_sizes[i])
-        if idx.numel() == 0:
-            out.append(np.zeros((0, h0, w0), dtype=np.float32))
-            continue
-        maps = F.interpolate(probs[i, idx][None], size=padded_size, mode="bilinear", align_corners=False)[0]
-        hi, wi = (int(v) for v in input_sizes[i])
-        maps = F.interpolate(maps[None, :, :hi, :wi], size=(h0, w0), mode="bilinear", align_corners=False)[0]
-        maps = maps.clamp(min=0)
-        maps = maps / maps.flatten(1).max(1).values.clamp(min=1e-12)[:, None, None]
+        valid = ~padding[i]
+        hi, wi = int(valid.any(1).sum()), int(valid.any(0).sum())
+        maps = probs[i, idx, :hi, :wi].clamp(min=0)
+        maps = maps / maps.flatten(1).amax(1).clamp(min=1e-12)[:, None, None] if len(idx) else maps
         out.append(maps.cpu().numpy().astype(np.float32))
     return out
+
+
+def upsample_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (h', w') map in [0, 1] resized (bilinear) to ``size`` (h, w); float32 in [0, 1]."""
+    h, w = size
+    if heat.shape == (h, w):
+        return heat.astype(np.float32)
+    img = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32), "F").resize((w, h), Image.BILINEAR)
+    return np.clip(np.asarray(img, dtype=np.float32), 0, 1)
 
 
 def overlay_heatmap(
@@ -60,11 +59,8 @@ def overlay_heatmap(
     """``heat`` (H, W) in [0, 1] coloured with a matplotlib colormap and blended over ``image``."""
     from matplotlib import colormaps
 
-    if heat.shape != (image.height, image.width):
-        heat_img = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8))
-        heat_img = heat_img.resize(image.size, Image.BILINEAR)
-        heat = np.asarray(heat_img, dtype=np.float32) / 255.0
-    rgba = colormaps[cmap](np.clip(heat, 0, 1))
+    heat = upsample_map(heat, (image.height, image.width))
+    rgba = colormaps[cmap](heat)
     colored = Image.fromarray((rgba[..., :3] * 255).astype(np.uint8))
     return Image.blend(image.convert("RGB"), colored, alpha)
 
@@ -79,23 +75,29 @@ def attention_grid(
     cols: int = 4,
 ) -> Image.Image:
     """A grid: the detections, then one panel per shown pair: its query's cross-attention map over
-    the image, the pair's boxes and its labels. ``maps`` (K, H0, W0) is aligned with ``preds`` rows
-    (as returned by ``HOIDetector.predict(..., return_attention=True)``)."""
-    base = to_pil(image, preds.image_size)
+    the image, the pair's boxes and its labels. ``maps[k]`` (any (h, w), e.g. the feature-map
+    resolution of ``HOIDetector.predict(..., return_attention=True)``) belongs to row ``k`` of
+    ``preds``. Everything is drawn on a thumbnail of ``panel`` pixels: the cost does not depend on
+    the image's size beyond decoding it once."""
+    base = to_pil(image, preds.image_size, copy=False)
+    h0 = preds.image_size[0] if preds.image_size[0] > 0 else base.height
+    s = panel / max(base.size)
+    thumb = base.resize((max(1, round(base.width * s)), max(1, round(base.height * s))), Image.BILINEAR)
+    del base
     pairs = group_pairs(preds, top_k, threshold)
     kept = preds.filter(threshold)
     # rows of ``kept`` index the filtered order; map them back to rows of ``preds``/``maps``
     order = np.argsort(-preds.scores, kind="stable")
     order = order[preds.scores[order] >= threshold]
-    panels = [_fit(draw_predictions(base, preds, top_k=top_k, threshold=threshold, min_side=panel), panel)]
+    panels = [_fit(draw_predictions(thumb, preds, top_k=top_k, threshold=threshold, min_side=panel), panel)]
     fnt = font(max(11, panel // 20))
     for k, pair in enumerate(pairs):
         row = int(order[pair["rows"][0]]) if len(order) else 0
-        heat = maps[row] if len(maps) > row else np.zeros((base.height, base.width), np.float32)
-        tile = overlay_heatmap(base, heat)
-        scale = max(1.0, panel / max(1, min(tile.size)))
-        tile = tile.resize((round(tile.width * scale), round(tile.height * scale)), Image.BILINEAR)
-        draw_pairs(tile, kept, [pair], scale, font_size=max(11, panel // 22))
+        heat = maps[row] if len(maps) > row else np.zeros((1, 1), np.float32)
+        tile = overlay_heatmap(thumb, heat)
+        up = max(1.0, panel / max(1, min(tile.size)))  # labels legible on wide or tall images
+        tile = tile.resize((round(tile.width * up), round(tile.height * up)), Image.BILINEAR)
+        draw_pairs(tile, kept, [pair], tile.height / h0, font_size=max(11, panel // 22))
         tile = _fit(tile, panel)
         ImageDraw.Draw(tile).text((4, panel - panel // 16 - 6), f"#{k + 1}", fill=(255, 255, 255), font=fnt)
         panels.append(tile)

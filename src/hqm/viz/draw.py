@@ -9,13 +9,13 @@ upscaled for legibility (``min_side``); boxes are scaled with them.
 from __future__ import annotations
 
 import colorsys
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from hqm.data.images import as_image, pil_from
 from hqm.structures import HOIPredictions
 
 HUMAN_COLOR = (255, 255, 255)  # white with a black rim: never confused with a class colour
@@ -28,27 +28,16 @@ def class_color(index: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def to_pil(image: Any, size: tuple[int, int] | None = None) -> Image.Image:
-    """A path, PIL image, HxWx3 uint8 array or (3, H, W) float tensor in [0, 1] -> RGB PIL image.
+def to_pil(image: Any, size: tuple[int, int] | None = None, copy: bool = True) -> Image.Image:
+    """Any input ``HOIDetector.predict`` accepts (path, PIL image, array, tensor; decoded by
+    ``hqm.data.images.as_image``: EXIF orientation applied) -> an RGB PIL image, a new one unless
+    ``copy=False`` (then an RGB PIL input may come back as is: read it, do not draw on it).
     ``None`` -> a grey canvas of ``size`` (h, w)."""
     if image is None:
         h, w = size if size and size[0] > 0 else (480, 640)
         return Image.new("RGB", (int(w), int(h)), (128, 128, 128))
-    if isinstance(image, (str, os.PathLike)):
-        with Image.open(Path(image)) as im:
-            return im.convert("RGB")
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if hasattr(image, "detach"):  # torch tensor (3, H, W) in [0, 1]
-        arr = image.detach().cpu().float().clamp(0, 1).permute(1, 2, 0).numpy()
-        return Image.fromarray((arr * 255).round().astype(np.uint8))
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, -1)
-    if arr.dtype != np.uint8:
-        floats = arr.max() <= 1.0
-        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8) if floats else arr.astype(np.uint8)
-    return Image.fromarray(arr[..., :3])
+    rgb = pil_from(as_image(image))
+    return rgb.copy() if copy and rgb is image else rgb
 
 
 def font(size: int) -> ImageFont.ImageFont:

@@ -2,15 +2,23 @@
 
 Output folder::
 
-    OUT/<image stem>.png        detections drawn (top-k pairs, labels "verb object score")
-    OUT/<image stem>_attn.png   with --attn: detections + one cross-attention panel per shown pair
-    OUT/predictions.jsonl       one line per image: HOIPredictions.to_json()
+    OUT/<name>.png        detections drawn (top-k pairs, labels "verb object score")
+    OUT/<name>_attn.png   with --attn: detections + one cross-attention panel per shown pair
+    OUT/predictions.jsonl one line per image: HOIPredictions.to_json() (``file_name``: the input path)
+
+``<name>`` is the image's stem; inputs whose output files would coincide (``a.jpg`` and ``a.png``,
+``x.jpg`` and ``x_attn.jpg`` with --attn, ``d1/a.jpg`` and ``d2/a.jpg``) all get longer names
+(``a_jpg``, ``a_png``; then ``<folder>_<stem>_<ext>``; then an index), so no input's results
+overwrite another's. ``OUT`` must not be a folder holding input images (the source folder): an
+input is never overwritten. Images are decoded with EXIF orientation applied
+(``hqm.data.images``); a file that cannot be decoded is skipped with one warning line and counted.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+from collections import Counter
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -34,11 +42,43 @@ def expand_sources(source: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    """Output names: the image stems, disambiguated with their parent folder when they collide."""
-    stems = [p.stem for p in paths]
-    dup = {s for s in stems if stems.count(s) > 1}
-    return [f"{p.parent.name}_{p.stem}" if p.stem in dup else p.stem for p in paths]
+def output_names(paths: list[Path], attention: bool = False) -> list[str]:
+    """One output name per input such that no two inputs share an output file (``<name>.png``,
+    ``<name>_attn.png`` with ``attention``) and none is ``predictions.jsonl``. Inputs in conflict all
+    move to the next, longer form: stem -> stem_ext -> folder_stem_ext -> folder_stem_ext_index."""
+    forms = [
+        lambda i, p: p.stem,
+        lambda i, p: f"{p.stem}_{p.suffix[1:].lower()}",
+        lambda i, p: f"{p.parent.name}_{p.stem}_{p.suffix[1:].lower()}",
+        lambda i, p: f"{p.parent.name}_{p.stem}_{p.suffix[1:].lower()}_{i}",  # unique by the index
+    ]
+
+    def files(name: str) -> list[str]:
+        return [f"{name}.png"] + ([f"{name}_attn.png"] if attention else [])
+
+    level = [0] * len(paths)
+    while True:
+        names = [forms[level[i]](i, p) for i, p in enumerate(paths)]
+        claims = Counter(f for n in names for f in files(n))
+        clash = [i for i, n in enumerate(names) if any(claims[f] > 1 for f in files(n))]
+        if not clash:
+            return names
+        for i in clash:
+            level[i] = min(level[i] + 1, len(forms) - 1)
+
+
+def check_output_dir(out: Path, paths: list[Path]) -> None:
+    """Refuse an ``out`` that is a file or a folder holding input images (writing there could replace
+    an input: ``a.png`` drawn over the picture ``a.png``)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={out} is a file; give a folder for the predictions")
+    target = out.resolve()
+    inside = [p for p in paths if p.resolve().parent == target]
+    if inside:
+        raise ValueError(
+            f"out={out} holds the input images (e.g. {inside[0]}); writing the predictions there could "
+            f"replace them: choose another folder, e.g. out={out.resolve().name}_hoi"
+        )
 
 
 def predict_to_dir(
@@ -55,7 +95,9 @@ def predict_to_dir(
     """Predict every image of ``source``; write PNGs and ``predictions.jsonl`` into ``out``.
 
     ``top_k`` bounds the pairs drawn per image (the JSONL keeps every triplet with score >=
-    ``threshold``, at most ``eval.max_dets``). Returns {"images", "triplets", "out"}.
+    ``threshold``, at most ``eval.max_dets``). Files that cannot be decoded are skipped with a
+    warning. Returns {"images" (predicted), "skipped", "triplets", "out", "renamed": {input: name}}.
+    Raises ``ValueError`` for an ``out`` that holds input images or is a file.
     """
     from tqdm import tqdm
 
@@ -64,10 +106,12 @@ def predict_to_dir(
 
     paths = expand_sources(source)
     out = Path(out)
+    check_output_dir(out, paths)
     out.mkdir(parents=True, exist_ok=True)
-    names = dict(zip(map(str, paths), _unique_stems(paths)))
+    stems = output_names(paths, attention)
+    names = dict(zip(map(str, paths), stems))
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
-    n_trip = 0
+    n_img = n_trip = 0
     with open(out / "predictions.jsonl", "w") as jsonl:
         for items, preds, maps in detector.iter_predict(
             [str(p) for p in paths],
@@ -75,17 +119,26 @@ def predict_to_dir(
             return_attention=attention,
             batch_size=batch_size,
             size=size,
+            skip_unreadable=True,
         ):
             for k, ((path, _), pred) in enumerate(zip(items, preds)):
                 jsonl.write(pred.to_json() + "\n")
                 n_trip += len(pred)
-                image = to_pil(path)
+                image = to_pil(path, copy=False)
                 stem = names[str(path)]
                 draw_predictions(image, pred, top_k=top_k, threshold=threshold).save(out / f"{stem}.png")
                 if attention:
                     attention_grid(image, pred, maps[k], top_k=top_k, threshold=threshold).save(
                         out / f"{stem}_attn.png"
                     )
+            n_img += len(items)
             bar.update(len(items))
     bar.close()
-    return {"images": len(paths), "triplets": n_trip, "out": str(out)}
+    renamed = {str(p): n for p, n in zip(paths, stems) if n != p.stem}
+    return {
+        "images": n_img,
+        "skipped": len(paths) - n_img,
+        "triplets": n_trip,
+        "out": str(out),
+        "renamed": renamed,
+    }

@@ -1,0 +1,129 @@
+"""One run directory, one run: a lock against two processes, and no silent mixing of two runs.
+
+``claim_run_dir(out, resume, overwrite)`` is called by the trainer (rank 0) before it writes anything:
+
+1. **Lock.** ``<out>/.hqm-run.lock`` is locked with ``fcntl.flock`` (exclusive, non-blocking) for as
+   long as the run lives; a second ``hqm train`` into the same folder is refused while the first
+   one runs. The kernel drops the lock when its process ends, however it ends (SIGKILL, crash, power
+   loss on a local disk), so a lock left by a dead process never blocks: the file may stay, the lock
+   does not. The file records the owner's pid, host and start time for the message.
+2. **Ownership.** A folder *holds a run* once training wrote results into it: a checkpoint
+   (``checkpoints/*.pt``), ``metrics.jsonl`` or ``results.csv``. Such a folder is refused unless the
+   run is resumed from its own checkpoint (``--resume``), or ``--overwrite`` is given, which deletes
+   the run files listed in :data:`RUN_FILES` first (and nothing else). A folder whose earlier attempt
+   never trained (only ``config.yaml`` / ``log.txt``) or that holds unrelated files is used as is.
+
+``next_free_run_dir`` gives ``hqm demo`` a fresh folder (``runs/demo``, then ``runs/demo-2``, ...).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import socket
+from pathlib import Path
+
+try:  # POSIX; elsewhere runs are not locked (the ownership check still applies)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+LOCK_NAME = ".hqm-run.lock"
+#: what a training run writes into its folder (``--overwrite`` removes exactly these)
+RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "results.csv", "checkpoints", "tensorboard")
+
+
+class RunDirError(ValueError):
+    """The run directory is in use by another process or holds another run (the message says what to do)."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run dir>/.hqm-run.lock``, held until :meth:`release` or the
+    process ends."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "a+")  # noqa: SIM115 - held open for the lifetime of the run
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._file.seek(0)
+                owner = self._file.read().strip() or "another process"
+                self._file.close()
+                raise RunDirError(
+                    f"{path.parent} is in use by a training run that is still running ({owner}); wait for "
+                    "it to finish or stop it, or choose another train.output_dir"
+                ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()  # closing the descriptor drops the flock
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def holds_run(out: str | os.PathLike) -> list[str]:
+    """The files that show a run trained in ``out`` (empty when none): checkpoints, metrics.jsonl,
+    results.csv."""
+    out = Path(out)
+    found = sorted(str(p.relative_to(out)) for p in (out / "checkpoints").glob("*.pt"))
+    found += [name for name in ("metrics.jsonl", "results.csv") if (out / name).is_file()]
+    return found
+
+
+def claim_run_dir(out: str | os.PathLike, resume: str | None = None, overwrite: bool = False) -> RunLock:
+    """Lock ``out`` for this run and check that the run may write there (see the module docstring).
+
+    resume: the checkpoint file being resumed (already resolved), or None for a fresh run.
+    Returns the lock (keep it until the run ends). Raises :class:`RunDirError` (a ``ValueError``)
+    when another process holds the lock, when ``out`` holds a run that is neither resumed nor to be
+    overwritten, or for ``resume`` together with ``overwrite``.
+    """
+    out = Path(out)
+    if resume and overwrite:
+        raise RunDirError("--resume continues the run in train.output_dir, --overwrite deletes it: pick one")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"train.output_dir={out} is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out / LOCK_NAME)
+    try:
+        found = holds_run(out)
+        own_checkpoint = resume is not None and out.resolve() in Path(resume).resolve().parents
+        if found and overwrite:
+            for name in RUN_FILES:
+                path = out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        elif found and not own_checkpoint:
+            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+            what = f"resuming {resume} there would mix two runs" if resume else "a new run would mix with it"
+            raise RunDirError(
+                f"{out} already holds a training run ({shown}); {what}. Continue that run with "
+                f"--resume {out}, start over with --overwrite (deletes its checkpoints and logs), or "
+                "choose another train.output_dir"
+            )
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def next_free_run_dir(out: str | os.PathLike) -> Path:
+    """``out`` if it holds no run, else the first of ``out-2``, ``out-3``, ... that holds none."""
+    out = Path(out)
+    k = 1
+    candidate = out
+    while holds_run(candidate):
+        k += 1
+        candidate = out.with_name(f"{out.name}-{k}")
+    return candidate

@@ -1,0 +1,103 @@
+"""Trained weights for evaluation and inference: all or nothing.
+
+``load_weights`` puts an ``hqm train`` checkpoint, an ``hqm export`` folder or released QPIC / HQM
+weights (renamed by their table, ``hqm.zoo.tables``) into a model only when they fit it exactly:
+every model weight present in the file with the same shape and no file weight left over. Mining
+parameters (``miners.*``) are the one exception: they never influence inference, so a file may carry
+them or not. Otherwise :class:`WeightsMismatchError` lists every missing, unexpected and mis-shaped
+key before a single weight is copied: a model is never evaluated half random.
+
+Training initialisations (``model.pretrained``: a DETR detector, converted weights) are partial by
+design and go through ``hqm.zoo.convert.load_pretrained`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+
+from hqm.zoo.convert import convert_state_dict
+from hqm.zoo.rename import LoadReport
+from hqm.zoo.safe_load import read_state_dict
+from hqm.zoo.tables import detect_format
+
+_SHOWN = 6  # keys listed per kind in the error message
+
+
+class WeightsMismatchError(ValueError):
+    """Weights do not fit the model (the message lists the keys); nothing was loaded."""
+
+
+def _listing(kind: str, keys: list[str]) -> str:
+    more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+    return f"{len(keys)} {kind} ({', '.join(keys[:_SHOWN])}{more})"
+
+
+def weight_mismatches(model: nn.Module, state: dict[str, Tensor]) -> dict[str, list[str]]:
+    """``{"missing", "unexpected", "misshaped"}``: model keys absent from ``state``, ``state`` keys not
+    in the model and keys whose shapes differ ("key: file shape vs model shape"). ``miners.*`` keys
+    and BatchNorm ``num_batches_tracked`` counters (unused at inference) are never counted missing."""
+    own = model.state_dict()
+    return {
+        "missing": [
+            k
+            for k in own
+            if k not in state and not k.startswith("miners.") and not k.endswith("num_batches_tracked")
+        ],
+        "unexpected": [k for k in state if k not in own],
+        "misshaped": [
+            f"{k}: {tuple(v.shape)} in the file vs {tuple(own[k].shape)} in the model"
+            for k, v in state.items()
+            if k in own and v.shape != own[k].shape
+        ],
+    }
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    object_names: list[str] | None = None,
+    detector: str = "qpic",
+    state: dict[str, Tensor] | None = None,
+) -> LoadReport:
+    """Load the weights file ``path`` (or its already read ``state``) into ``model``, all or nothing.
+
+    ``object_names`` / ``detector`` drive the rename tables for foreign layouts. Returns the report
+    (``loaded``; ``ignored``: mining parameters the model does not have). Raises
+    :class:`WeightsMismatchError` (a ``ValueError``) naming the file and listing the keys when the
+    weights do not fit; the model is then unchanged.
+    """
+    if state is None:
+        state, _ = read_state_dict(path)
+    source = detect_format(state)
+    conversion = LoadReport()
+    if source != "ours":
+        hidden = getattr(model, "hidden_dim", None)
+        state, conversion = convert_state_dict(state, detector, source, object_names, hidden)
+    own = model.state_dict()
+    extra_miners = [k for k in state if k.startswith("miners.") and k not in own]
+    state = {k: v for k, v in state.items() if k not in extra_miners}
+    problems = weight_mismatches(model, state)
+    notes = [e for e in conversion.reshaped + conversion.ignored if not e.startswith("miners.")]
+    if any(problems.values()) or notes:
+        parts = [
+            _listing(kind, keys)
+            for kind, keys in (
+                ("missing from the file", problems["missing"]),
+                ("not in the model", problems["unexpected"]),
+                ("with another shape", problems["misshaped"]),
+                (f"changed when converting the {source} layout", notes),
+            )
+            if keys
+        ]
+        raise WeightsMismatchError(
+            f"{path} does not fit the model (nothing was loaded: the rest would stay random): "
+            + "; ".join(parts)
+            + ". Build the model from the checkpoint's own config (no model.* overrides), or name the "
+            "config the weights were trained with"
+        )
+    with torch.no_grad():
+        model.load_state_dict(state, strict=False)  # strict but for the mining parameters
+    return LoadReport(loaded=list(state), ignored=[f"{k}: mining parameters (unused)" for k in extra_miners])
