@@ -75,11 +75,13 @@ def _model(strategy, extra=()):
     return build_model(cfg, NUM_OBJ, NUM_VERB), build_criterion(cfg, NUM_OBJ, build_matcher(cfg.loss))
 
 
-@pytest.mark.parametrize("strategy", ["pjl", "cjl"])
-def test_evaluation_outputs_identical_with_and_without_miners(batch, strategy):
+@pytest.mark.parametrize(
+    "strategy, extra", [("pjl", ()), ("cjl", ()), ("ajl", ("model.query_type=gaussian",))]
+)
+def test_evaluation_outputs_identical_with_and_without_miners(batch, strategy, extra):
     images, masks, _ = batch
-    plain, _ = _model("none")
-    mined, _ = _model(strategy)
+    plain, _ = _model("none", extra)
+    mined, _ = _model(strategy, extra)
     missing, unexpected = mined.load_state_dict(plain.state_dict(), strict=False)
     assert all(k.startswith("miners.") for k in missing) and not unexpected
 

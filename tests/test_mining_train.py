@@ -38,6 +38,8 @@ RUNS = {
     "amm-matched": ["mining.amm.queries=matched"],
     "amm-skip-norm": ["mining.amm.skip_final_norm=true"],
     "cjl-learnable": ["mining.cjl_reference=learnable"],
+    "ajl-gaussian": ["model.query_type=gaussian"],
+    "cjl-conditional": ["model.query_type=conditional"],
 }
 
 

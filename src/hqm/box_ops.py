@@ -66,3 +66,17 @@ def elementwise_giou(a: Tensor, b: Tensor) -> Tensor:
     wh = (rb - lt).clamp(min=0)
     area = wh[..., 0] * wh[..., 1]
     return inter / union.clamp(min=1e-7) - (area - union) / area.clamp(min=1e-7)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """logit(x), with x clamped to [eps, 1 - eps] (Deformable DETR's ``inverse_sigmoid``)."""
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x / (1 - x))
+
+
+def relative_boxes(delta: Tensor, reference: Tensor) -> Tensor:
+    """(..., 4) raw box-head output and (..., 2) reference points (normalised x, y) -> (..., 4)
+    normalised cxcywh: centre = sigmoid(delta_xy + logit(reference)), size = sigmoid(delta_wh)
+    (Conditional DETR, Meng et al. 2021)."""
+    xy = delta[..., :2] + inverse_sigmoid(reference)
+    return torch.cat([xy, delta[..., 2:]], dim=-1).sigmoid()

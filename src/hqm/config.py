@@ -33,6 +33,8 @@ class ModelConfig:
     dilation: bool = False  # DC5: dilate layer4 (stride 16 instead of 32; ResNet-50/101)
     backbone_out: str = "layer4"  # layer4 = C5 (DETR) | layer3 = C4, stride 16 | layer2 = C3, stride 8
     num_queries: int = 100
+    # embed (DETR/QPIC) | conditional | gaussian: spatial queries, see hqm.models.spatial_queries
+    query_type: str = "embed"
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
@@ -328,6 +330,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 _CHOICES = {
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.backbone_norm": ("frozen", "batch"),
+    "model.query_type": ("embed", "conditional", "gaussian"),
     "model.backbone_out": ("layer2", "layer3", "layer4"),
     "model.train_backbone_from": ("conv1", "layer1", "layer2", "layer3", "layer4", "none"),
     "data.dataset": ("hico_det", "vcoco", "hoia", "synthetic"),

@@ -332,8 +332,13 @@ class Trainer:
     def _done(self) -> bool:
         return self.cfg.train.max_steps > 0 and self.step >= self.cfg.train.max_steps
 
-    def train_one_epoch(self, progress: Progress, meter: SmoothedMeter) -> None:
+    def train_one_epoch(self, progress: Progress | None = None, meter: SmoothedMeter | None = None) -> None:
+        """Optimiser steps until the end of the epoch (or ``train.max_steps``)."""
         cfg, acc, bs = self.cfg, self.cfg.train.accumulate, self.cfg.train.batch_size
+        meter = meter or SmoothedMeter()
+        progress = progress or Progress(
+            0, self.step, cfg.train.epochs, False, cfg.train.log_every, self.device
+        )
         self.train_model.train()
         steps_per_epoch = self.steps_per_epoch
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * acc * bs)

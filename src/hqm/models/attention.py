@@ -95,9 +95,12 @@ class MultiheadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         hook: AttentionHook | None = None,
         layer: int = 0,
+        attn_bias: Tensor | None = None,
     ) -> Tensor:
         """key_padding_mask: (B, S) bool, True = ignore that key. A row whose keys are all padded
-        attends to its first key instead of producing NaN (its output is never supervised)."""
+        attends to its first key instead of producing NaN (its output is never supervised).
+        attn_bias: (B, T or 1, L, S) float added to the attention logits before the softmax (a
+        spatial prior); a hook sees the logits with it."""
         d = self.embed_dim
         w_q, w_k, w_v = self.in_proj_weight.split(d)
         b_q, b_k, b_v = self.in_proj_bias.split(d)
@@ -110,6 +113,8 @@ class MultiheadAttention(nn.Module):
             kpm[kpm.all(dim=1), 0] = False
             bias = torch.zeros(kpm.shape, dtype=q.dtype, device=q.device)
             bias = bias.masked_fill(kpm, float("-inf"))[:, None, None, :]  # (B, 1, 1, S)
+        if attn_bias is not None:
+            bias = attn_bias.to(q.dtype) if bias is None else bias + attn_bias.to(q.dtype)
         p = self.dropout if self.training else 0.0
         # fused SDPA unless a hook needs the map, or training on the CPU: there SDPA with dropout
         # falls back to the same explicit computation with a slower mask (see hqm.models.dropout)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hqm.box_ops import relative_boxes
+
 
 class MLP(nn.Module):
     """``num_layers`` linear layers with ReLU in between (DETR's box MLP; names ``layers.N``)."""
@@ -36,11 +38,18 @@ class QPICHeadsMixin:
         self.sub_bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.obj_bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
 
-    def predict(self, hs: Tensor) -> list[dict[str, Tensor]]:
+    def predict(self, hs: Tensor, reference: Tensor | None = None) -> list[dict[str, Tensor]]:
+        """hs (L, B, Q, D) -> one output dict per layer. ``reference``: (B, Q, 4) reference points
+        (x_sub, y_sub, x_obj, y_obj) of spatial queries, box centres are then predicted relative to
+        them (``box_ops.relative_boxes``); None: absolute boxes (DETR / QPIC)."""
         obj = self.obj_class_embed(hs)
         verb = self.verb_class_embed(hs)
-        sub_boxes = self.sub_bbox_embed(hs).sigmoid()
-        obj_boxes = self.obj_bbox_embed(hs).sigmoid()
+        if reference is None:
+            sub_boxes = self.sub_bbox_embed(hs).sigmoid()
+            obj_boxes = self.obj_bbox_embed(hs).sigmoid()
+        else:
+            sub_boxes = relative_boxes(self.sub_bbox_embed(hs), reference[..., :2])
+            obj_boxes = relative_boxes(self.obj_bbox_embed(hs), reference[..., 2:])
         return [
             {
                 "pred_obj_logits": obj[i],

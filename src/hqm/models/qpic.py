@@ -1,4 +1,9 @@
-"""QPIC (Tamura et al., CVPR 2021): DETR with HOI heads, one query per human-object pair."""
+"""QPIC (Tamura et al., CVPR 2021): DETR with HOI heads, one query per human-object pair.
+
+``model.query_type`` other than ``embed`` adds spatial queries (``hqm.models.spatial_queries``):
+reference points, relative box centres and a cross-attention prior, derived from every query group's
+positional queries.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from hqm.models.attention import AttentionHook
 from hqm.models.backbone import Joiner, build_backbone
 from hqm.models.detector import DetrHOIModel, EncodedImages
 from hqm.models.heads import QPICHeadsMixin, pack_outputs
+from hqm.models.spatial_queries import build_spatial_queries
 from hqm.models.transformer import Transformer
 
 
@@ -24,6 +30,7 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         num_verb_classes: int,
         num_queries: int = 100,
         aux_loss: bool = True,
+        query_type: str = "embed",
     ):
         super().__init__()
         d = transformer.d_model
@@ -37,6 +44,8 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
         self.query_embed = nn.Embedding(num_queries, d)
         self.init_heads(d, num_obj_classes, num_verb_classes)
+        # reference points / conditional spatial queries / Gaussian co-attention (None: DETR / QPIC)
+        self.spatial_queries = build_spatial_queries(query_type, d, transformer.nhead)
 
     def encode(self, images: Tensor, masks: Tensor) -> EncodedImages:
         feat, mask, pos = self.backbone(images, masks)
@@ -59,8 +68,14 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         hook: AttentionHook | None = None,
         final_norm: bool = True,
     ) -> dict:
-        hs = self.transformer.decoder(query_pos, enc.memory, enc.pos, enc.mask, query_mask, hook, final_norm)
-        return pack_outputs(self.predict(hs), self.aux_loss)
+        decoder = self.transformer.decoder
+        if self.spatial_queries is None:
+            hs = decoder(query_pos, enc.memory, enc.pos, enc.mask, query_mask, hook, final_norm)
+            return pack_outputs(self.predict(hs), self.aux_loss)
+        reference = self.spatial_queries.reference(query_pos)
+        prior = self.spatial_queries.cross_prior(reference, enc.mask, enc.shape)
+        hs = decoder(query_pos, enc.memory, enc.pos, enc.mask, query_mask, hook, final_norm, prior)
+        return pack_outputs(self.predict(hs, reference), self.aux_loss)
 
 
 def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
@@ -68,4 +83,12 @@ def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
     transformer = Transformer(
         m.hidden_dim, m.nheads, m.enc_layers, m.dec_layers, m.dim_feedforward, m.dropout
     )
-    return QPIC(build_backbone(m), transformer, num_obj_classes, num_verb_classes, m.num_queries, m.aux_loss)
+    return QPIC(
+        build_backbone(m),
+        transformer,
+        num_obj_classes,
+        num_verb_classes,
+        m.num_queries,
+        m.aux_loss,
+        query_type=m.query_type,
+    )

@@ -8,12 +8,17 @@ never attend to each other, they share the encoder memory, the layers and the fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hqm.models.attention import AttentionHook, MultiheadAttention
 from hqm.models.dropout import Dropout
+
+#: ``(layer, previous output (B, Q, D)) -> (cross-attention positional query or None, logit bias or None)``
+CrossAttentionPrior = Callable[[int, Tensor], tuple[Tensor | None, Tensor | None]]
 
 
 class EncoderLayer(nn.Module):
@@ -60,11 +65,22 @@ class DecoderLayer(nn.Module):
         query_mask: Tensor | None,
         hook: AttentionHook | None,
         layer: int,
+        cross_pos: Tensor | None = None,
+        cross_bias: Tensor | None = None,
     ) -> Tensor:
+        """cross_pos: (B, Q, D) the cross-attention's positional query when it is not ``query_pos``
+        (conditional spatial queries; the self-attention always uses ``query_pos``); cross_bias:
+        (B, T, Q, HW) added to the cross-attention logits (Gaussian co-attention)."""
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt, key_padding_mask=query_mask)))
         attn = self.multihead_attn(
-            tgt + query_pos, memory + pos, memory, key_padding_mask=memory_mask, hook=hook, layer=layer
+            tgt + (query_pos if cross_pos is None else cross_pos),
+            memory + pos,
+            memory,
+            key_padding_mask=memory_mask,
+            hook=hook,
+            layer=layer,
+            attn_bias=cross_bias,
         )
         tgt = self.norm2(tgt + self.dropout2(attn))
         ff = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
@@ -98,20 +114,25 @@ class TransformerDecoder(nn.Module):
         query_mask: Tensor | None = None,
         hook: AttentionHook | None = None,
         final_norm: bool = True,
+        cross_prior: CrossAttentionPrior | None = None,
     ) -> Tensor:
         """Decode one query group.
 
         query_pos: (B, Q, D) positional queries (the content starts at zeros);
         memory, pos: (B, HW, D); memory_mask: (B, HW) True on padding;
         query_mask: (B, Q) True on padding slots of the group (they are not attended to);
-        hook: sees/edits the cross-attention of every layer (``layer`` = 0 .. L-1).
+        hook: sees/edits the cross-attention of every layer (``layer`` = 0 .. L-1);
+        cross_prior: ``(layer, the previous layer's output (B, Q, D)) -> (pos, bias)``, the
+        cross-attention's positional query (None: ``query_pos``) and logit bias (None: none) of each
+        layer (``hqm.models.spatial_queries``).
         Returns (L, B, Q, D): every layer's output after the shared final LayerNorm (the
         un-normalised output feeds the next layer). ``final_norm=False`` skips that norm.
         """
         out = query_pos.new_zeros(query_pos.shape)
         per_layer = []
         for i, layer in enumerate(self.layers):
-            out = layer(out, memory, query_pos, pos, memory_mask, query_mask, hook, i)
+            cross_pos, cross_bias = (None, None) if cross_prior is None else cross_prior(i, out)
+            out = layer(out, memory, query_pos, pos, memory_mask, query_mask, hook, i, cross_pos, cross_bias)
             per_layer.append(self.norm(out) if final_norm else out)
         return torch.stack(per_layer)
 
