@@ -13,6 +13,7 @@ from hqm.evaluation.ap import (
     box_iou_pairs,
     expand_groups,
     first_occurrence_tp,
+    matlab_colon,
     per_class_ap,
     precision_recall,
     topk_desc,
@@ -30,6 +31,24 @@ def test_threshold_variants_are_the_documented_doubles():
     numpy = AP_THRESHOLDS["numpy"].tolist()
     assert [k for k in range(11) if numpy[k] != exact[k]] == [3, 6, 7]
     assert all(numpy[k] == np.nextafter(exact[k], 1) for k in (3, 6, 7))
+
+
+def test_matlab_colon_is_symmetric_with_an_exact_middle():
+    # 0:0.1:0.7 (n = 7): a + k*d up to k = 3, then 0.7 - 3*0.1, 0.7 - 2*0.1, 0.7 - 0.1, 0.7
+    assert matlab_colon(0.0, 0.1, 0.7).tolist() == [
+        0.0,
+        0.1,
+        0.2,
+        0.30000000000000004,
+        0.3999999999999999,
+        0.49999999999999994,
+        0.6,
+        0.7,
+    ]
+    # 0:0.1:0.6 (n = 6, even): the middle element is (0 + 0.6) / 2 = 0.3, not 3 * 0.1
+    assert matlab_colon(0.0, 0.1, 0.6).tolist() == [0.0, 0.1, 0.2, 0.3, 0.39999999999999997, 0.5, 0.6]
+    with pytest.raises(ValueError, match="whole number of steps"):
+        matlab_colon(0.0, 0.3, 1.0)
 
 
 # 10 GT; tp flags in score order; AP by hand for the three variants (sums over 11 thresholds).

@@ -31,12 +31,25 @@ import numpy as np
 
 
 def matlab_colon(a: float, d: float, b: float) -> np.ndarray:
-    """The doubles of MATLAB's ``a:d:b`` (float64): ``a + k*d`` for the first half of the range and
-    ``b - (n-k)*d`` for the second half, n = floor((b - a) / d) (MATLAB ``colon``, which computes
-    ranges symmetrically so that the last element is exactly ``b``)."""
-    n = int(np.floor((b - a) / d + 1e-10))
+    """The doubles of MATLAB's ``a:d:b`` (float64, d > 0) for a range whose end ``b`` is a whole
+    number n of steps from ``a``: ``a + k*d`` for k <= n/2 and ``b - (n-k)*d`` above, and (a + b) / 2
+    in the middle when n is even (MathWorks' ``colonop.m``, which mimics the built-in ``colon``:
+    ranges are computed symmetrically so that both ends are exact). For ``0:0.1:1`` every element
+    is k/10 except k = 3, 0.1 * 3 = 0.30000000000000004.
+
+    Raises ``ValueError`` when ``b`` is not within 1e-10 steps of a whole number of steps (MATLAB
+    then stops short of ``b``; not needed here)."""
+    if not d > 0:
+        raise ValueError(f"step must be > 0, got {d}")
+    steps = (b - a) / d
+    n = int(round(steps))
+    if n < 0 or abs(steps - n) > 1e-10:
+        raise ValueError(f"{a}:{d}:{b} does not end a whole number of steps from its start")
     k = np.arange(n + 1, dtype=np.float64)
-    return np.where(k <= n // 2, a + k * d, b - (n - k) * d)
+    out = np.where(k <= n // 2, a + k * d, b - (n - k) * d)
+    if n % 2 == 0:
+        out[n // 2] = (a + b) / 2
+    return out
 
 
 AP_THRESHOLDS: dict[str, np.ndarray] = {
