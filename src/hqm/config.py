@@ -102,6 +102,11 @@ class TrainConfig:
     deterministic: bool = False
     seed: int = 42
     output_dir: str = "runs/qpic"
+    # pad each training batch up to a multiple of this (detectron2's SIZE_DIVISIBILITY); 1 = to the
+    # largest image of the batch, as the released QPIC code. 32 gives multi-scale training few batch
+    # shapes but was not measured faster (README, benchmarks/padding.py train); a fixed canvas (e.g.
+    # 64 for 64 px images) gives every batch one shape. Evaluation and prediction never round.
+    size_divisibility: int = 1
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20
@@ -111,9 +116,16 @@ class TrainConfig:
 class EvalConfig:
     every: int = 1  # epochs between evaluations (0: only at the end)
     batch_size: int = 4
+    # same_size: batches hold images of one input size, never padded, so an image's predictions do not
+    # depend on the batch or the number of ranks | padded: consecutive images padded to the largest
+    # (the released QPIC code; predictions depend on the batch). Also used by hqm predict / the API.
+    batching: str = "same_size"
     max_dets: int = 100
     split: str = "test"
     mode: str = "default"  # default | ko (HICO-DET Known-Object)
+    # HICO-DET 11-point AP recall thresholds: matlab (official ho-rcnn, 0:0.1:1) | numpy (QPIC / CDN /
+    # HQM Python evaluators, np.arange(0, 1.1, 0.1)) | exact (k / 10)
+    ap_thresholds: str = "matlab"
     nms: bool = False  # pair-wise NMS (CDN style)
     nms_thresh: float = 0.7
     nms_alpha: float = 1.0
@@ -349,6 +361,8 @@ _CHOICES = {
     "train.amp": ("off", "bf16", "fp16"),
     "train.lr_schedule": ("step", "cosine"),
     "eval.mode": ("default", "ko"),
+    "eval.batching": ("same_size", "padded"),
+    "eval.ap_thresholds": ("matlab", "numpy", "exact"),
     "mining.strategy": ("none", "gbs", "amm", "ajl", "pjl", "cjl"),
     "mining.cjl_reference": ("self", "learnable"),
     "mining.gbs.sampler": ("per_box", "official"),
@@ -388,6 +402,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.generate=true needs data.dataset=synthetic (got {cfg.data.dataset!r})")
     if cfg.train.accumulate < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.accumulate and train.batch_size must be >= 1")
+    if cfg.train.size_divisibility < 1:
+        raise ConfigError(
+            f"train.size_divisibility={cfg.train.size_divisibility} must be >= 1 "
+            "(1: pad to the largest image of the batch)"
+        )
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
