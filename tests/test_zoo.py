@@ -315,3 +315,12 @@ def test_mining_parameters_may_be_present_or_absent(tiny_cfg, tmp_path):
     plain_path = tmp_path / "plain.pt"
     torch.save({"model": plain.state_dict()}, plain_path)
     assert load_weights(build_model(gbs_cfg, 6, 5), plain_path).ignored == []
+
+
+def test_own_checkpoints_with_spatial_queries_are_recognised():
+    # a demo checkpoint (gaussian queries, no mining) must not be read as a released QPIC file,
+    # whose table has no rule for spatial_queries.* (hqm eval refused the demo's own weights)
+    cfg = load_config(None, TINY_OVERRIDES + ["model.query_type=gaussian", "model.box_refine=true"])
+    state = build_model(cfg, 6, 5).state_dict()
+    assert detect_format(state) == "ours"
+    assert detect_format(build_model(load_config(None, TINY_OVERRIDES), 6, 5).state_dict()) == "qpic"

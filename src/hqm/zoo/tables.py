@@ -98,6 +98,8 @@ def detect_format(state: dict) -> str:
     if "class_embed.weight" in keys and "bbox_embed.layers.0.weight" in keys:
         return "detr"
     if "obj_class_embed.weight" in keys:
-        return "ours" if any(k.startswith("miners.") for k in keys) else "qpic"
+        # hqm-only parameters: mining modules, spatial queries (released QPIC has neither)
+        ours = any(k.startswith(("miners.", "spatial_queries.")) for k in keys)
+        return "ours" if ours else "qpic"
     sample = ", ".join(sorted(keys)[:5])
     raise ValueError(f"unrecognised checkpoint layout (keys like: {sample}); expected DETR, QPIC, HQM or hqm")
