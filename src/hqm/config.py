@@ -21,12 +21,14 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from hqm.detectors import detector_names
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
 class ModelConfig:
-    detector: str = "qpic"  # registry name, see hqm.models.DETECTORS
+    detector: str = "qpic"  # registry name, see hqm.detectors.DETECTORS
     backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
     backbone_norm: str = "frozen"  # frozen (DETR, pretrained) | batch (trainable BN, from scratch)
     train_backbone_from: str = "layer2"  # first trainable stage: conv1 | layer1 | layer2 | ... | none
@@ -46,6 +48,18 @@ class ModelConfig:
 
 
 @dataclass
+class ReweightConfig:
+    """CDN's dynamic re-weighting of object / verb classes (decoupled fine-tuning stage)."""
+
+    obj: bool = False
+    verb: bool = False
+    p_obj: float = 0.7
+    p_verb: float = 0.7
+    queue_size: int = 4704  # loss calls kept (the released default, "one epoch")
+    static: bool = False  # keep the initial (training-set) weights
+
+
+@dataclass
 class LossConfig:
     obj_loss_coef: float = 1.0
     verb_loss_coef: float = 1.0
@@ -56,6 +70,10 @@ class LossConfig:
     set_cost_verb_class: float = 1.0
     set_cost_bbox: float = 2.5
     set_cost_giou: float = 1.0
+    verb_focal_alpha: float = 0.0  # 0: QPIC focal loss; 0.5: CDN (positive x alpha, negative x 1-alpha)
+    # object-box L1 / GIoU normaliser: pairs (spec) | pairs_with_object (released QPIC / CDN / HQM)
+    obj_box_norm: str = "pairs"
+    reweight: ReweightConfig = field(default_factory=ReweightConfig)
 
 
 @dataclass
@@ -103,6 +121,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20
+    # parameter-name prefixes that train (empty: all); the rest is frozen (CDN fine-tuning stage)
+    trainable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +145,7 @@ class GBSConfig:
     shift: str = "shift"  # shift | none | gaussian
     num_candidates: int = 64  # per_box: candidates drawn per box and round
     max_rounds: int = 8
+    clip: str = "image"  # image (edge) | pixel_inside (released: W-1, H-1)
 
 
 @dataclass
@@ -316,6 +337,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 _CHOICES = {
+    "model.detector": detector_names(),
+    "loss.obj_box_norm": ("pairs", "pairs_with_object"),
+    "mining.gbs.clip": ("image", "pixel_inside"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.backbone_norm": ("frozen", "batch"),
     "model.query_type": ("embed", "conditional", "gaussian"),
@@ -365,6 +389,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.generate=true needs data.dataset=synthetic (got {cfg.data.dataset!r})")
     if cfg.train.accumulate < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.accumulate and train.batch_size must be >= 1")
+    if cfg.model.detector != "qpic" and cfg.model.query_type != "embed":
+        raise ConfigError(
+            f"model.query_type={cfg.model.query_type!r} is a QPIC option; "
+            f"model.detector={cfg.model.detector} takes embed"
+        )
+    if not 0.0 <= cfg.loss.verb_focal_alpha < 1.0:
+        raise ConfigError(f"loss.verb_focal_alpha={cfg.loss.verb_focal_alpha} must be in [0, 1) (0: off)")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -76,9 +76,9 @@ def build_eval_setup(
     the evaluator's gather), the post-processor and the evaluator. ``train_annotations`` give the
     rare / non-rare split."""
     from hqm.data import build_dataset, collate_fn
+    from hqm.detectors import build_postprocessor
     from hqm.engine.sampling import EpochSampler, SeededDataset
     from hqm.evaluation import build_evaluator
-    from hqm.models import build_postprocessor
 
     dataset = build_dataset(cfg.data, cfg.eval.split, train=False)
     sampler = EpochSampler(len(dataset), 0, False, rank, world)
