@@ -30,6 +30,7 @@ NUM_OBJ, NUM_VERB = 6, 5
 #: that every registered detector has one
 DETECTOR_OVERRIDES = {
     "qpic": [],
+    "cdn": ["model.detector=cdn", "model.cdn.interaction_layers=2"],  # 2 pair + 2 interaction layers
 }
 DETECTORS = list(DETECTOR_OVERRIDES)
 

@@ -27,6 +27,13 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
+class CDNConfig:
+    """``model.detector: cdn`` only. The pair decoder has ``model.dec_layers`` layers."""
+
+    interaction_layers: int = 3  # the interaction (verb) decoder's layers (CDN-S 3, CDN-B/L 6)
+
+
+@dataclass
 class ModelConfig:
     detector: str = "qpic"  # registry name, see hqm.detectors.DETECTORS
     backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
@@ -45,6 +52,7 @@ class ModelConfig:
     dropout: float = 0.1
     aux_loss: bool = True
     pretrained: str = ""  # DETR COCO checkpoint (or converted init) to start from
+    cdn: CDNConfig = field(default_factory=CDNConfig)
 
 
 @dataclass

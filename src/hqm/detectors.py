@@ -14,10 +14,11 @@ checkpoint tables (``hqm/zoo/<name>.py`` and one line in ``hqm.zoo.tables.LAYOUT
 from __future__ import annotations
 
 from hqm.mining import build_miners
+from hqm.models.cdn import CDN_DETECTOR
 from hqm.models.detector import DetectorSpec, DetrHOIModel
 from hqm.models.qpic import QPIC_DETECTOR
 
-DETECTORS: dict[str, DetectorSpec] = {spec.name: spec for spec in (QPIC_DETECTOR,)}
+DETECTORS: dict[str, DetectorSpec] = {spec.name: spec for spec in (QPIC_DETECTOR, CDN_DETECTOR)}
 
 
 def detector_names() -> tuple[str, ...]:

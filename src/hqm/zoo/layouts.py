@@ -7,11 +7,12 @@ and detects the file's layout with that detector's tables.
 
 from __future__ import annotations
 
+from hqm.zoo.cdn import CDN_LAYOUTS
 from hqm.zoo.rename import ConversionSpec
 from hqm.zoo.tables import QPIC_LAYOUTS, CheckpointLayouts
 
 #: detector -> the checkpoint layouts it loads (one line per registered detector, see hqm.detectors)
-LAYOUTS: dict[str, CheckpointLayouts] = {layouts.detector: layouts for layouts in (QPIC_LAYOUTS,)}
+LAYOUTS: dict[str, CheckpointLayouts] = {layouts.detector: layouts for layouts in (QPIC_LAYOUTS, CDN_LAYOUTS)}
 
 #: (source layout, detector) -> spec (default DETR initialisation)
 TABLES: dict[tuple[str, str], ConversionSpec] = {
