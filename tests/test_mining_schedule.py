@@ -70,6 +70,8 @@ def test_presets_resolve():
     assert paper.mining.gbs.sampler == "per_box" and not paper.mining.ajl.reset_each_epoch
     assert (official.mining.beta, official.train.lr_drop) == (0.8, 55)
     assert official.mining.gbs.sampler == "official"
+    assert (official.mining.gbs.clip, official.loss.obj_box_norm) == ("pixel_inside", "pairs_with_object")
+    assert (paper.mining.gbs.clip, paper.loss.obj_box_norm) == ("image", "pairs")
     assert official.mining.ajl.reset_each_epoch and official.train.epochs == 80
     assert official.model.backbone == "resnet50" and official.data.dataset == "hico_det"
 
