@@ -362,3 +362,32 @@ def test_convert_cli_for_cdn_names_the_initialisation(tmp_path, capsys):
         has_inter = any(k.startswith("transformer.interaction_decoder.") for k in payload["model"])
         assert has_inter != fresh_inter
     capsys.readouterr()
+
+
+def test_cdn_through_the_api_predict_attention_and_export(tmp_path):
+    """HOIDetector, attention maps (the interaction decoder's last layer) and export work unchanged."""
+    import numpy as np
+
+    from hqm.api import HOIDetector
+    from hqm.config import config_to_dict
+    from hqm.engine.checkpoint import save_checkpoint
+    from hqm.structures import DatasetMeta
+    from hqm.zoo import export_checkpoint
+
+    cfg, model = _cdn(["data.test_scale=96", "data.max_size=128", "eval.nms=true"])
+    meta = DatasetMeta(
+        "toy",
+        [f"o{i}" for i in range(NUM_OBJ)],
+        [f"v{i}" for i in range(NUM_VERB)],
+        np.ones((NUM_VERB, NUM_OBJ), bool),
+    )
+    ckpt = tmp_path / "cdn.pt"
+    save_checkpoint(
+        ckpt, {"model": model.state_dict(), "config": config_to_dict(cfg), "meta": meta.to_dict()}
+    )
+    image = torch.rand(3, 80, 100)
+    for source in (ckpt, export_checkpoint(ckpt, tmp_path / "export")):
+        det = HOIDetector.from_checkpoint(source, device="cpu")
+        assert type(det.model).__name__ == "CDN" and det.postprocessor.nms
+        preds, maps = det.predict(image, top_k=3, return_attention=True)
+        assert len(preds[0].scores) == 3 and maps[0].shape[0] == 3

@@ -229,10 +229,10 @@ def add_api_commands(sub) -> None:
     cv.add_argument("kind", choices=["detr-to-hoi"], help="conversion kind")
     cv.add_argument("input", metavar="IN.pth", help="DETR checkpoint, e.g. detr-r50-e632da11.pth")
     cv.add_argument("output", metavar="OUT.pt", help="converted file (use as model.pretrained=OUT.pt)")
-    from hqm.detectors import detector_names
-
     cv.add_argument(
-        "--detector", default="qpic", choices=detector_names(), help="target detector (default: qpic)"
+        "--detector",
+        default="qpic",
+        help="target detector, a model.detector name (default: qpic; see the README's detector table)",
     )
     cv.add_argument(
         "--init",

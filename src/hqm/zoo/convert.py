@@ -108,6 +108,7 @@ def convert_detr_file(
     from hqm import __version__
     from hqm.zoo.classes import dataset_object_names
 
+    spec = get_spec("detr", detector, init)  # an unknown detector or init fails before reading
     state, _ = read_state_dict(in_path)
     source = detect_format(state, detector)
     if source != "detr":
@@ -121,7 +122,7 @@ def convert_detr_file(
         "converted": {
             "source": "detr",
             "detector": detector,
-            "init": get_spec("detr", detector, init).description,
+            "init": spec.description,
             "dataset": dataset,
             "object_names": names,
             "from": str(in_path),
