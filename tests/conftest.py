@@ -39,9 +39,11 @@ def tiny_detector_cfg(detector: str, extra: list[str] | tuple[str, ...] = ()) ->
     return load_config(None, TINY_OVERRIDES + DETECTOR_OVERRIDES[detector] + list(extra))
 
 
-# the tiny synthetic preset at 64 px: every image resized into (32, 64] on both sides and padded to a
-# 64 x 64 batch, so batches of any composition have the same shape
+# the tiny synthetic preset at 64 px: every image resized into (32, 64] on both sides and training
+# batches padded to 64 x 64 (train.size_divisibility), so batches of any composition have the same
+# shape and N ranks x batch b train exactly like one process with batch N * b
 TINY_DATA_64 = [
+    "train.size_divisibility=64",
     "data.dataset=synthetic",
     "data.synth_preset=tiny",
     "data.scales=[64]",

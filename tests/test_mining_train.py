@@ -44,7 +44,7 @@ RUNS = {
     "amm-matched": ["mining.amm.queries=matched"],
     "amm-skip-norm": ["mining.amm.skip_final_norm=true"],
     "cjl-learnable": ["mining.cjl_reference=learnable"],
-    "ajl-gaussian": ["model.query_type=gaussian"],
+    "ajl-gaussian": ["model.query_type=gaussian", "model.box_refine=true"],
     "cjl-conditional": ["model.query_type=conditional"],
 }
 

@@ -69,3 +69,49 @@ def test_models_keep_the_output_contract_and_the_qpic_names(batch, query_type):
     assert any("spread_head" in n for n in extra) == (query_type == "gaussian")
     plain = build_model(load_config(None, TINY_OVERRIDES), NUM_OBJ, NUM_VERB)
     assert names - extra == set(plain.state_dict())  # nothing else changes: released weights still load
+
+
+def test_box_refine_moves_each_layer_to_the_previous_layers_centres(batch):
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY_OVERRIDES + ["model.query_type=gaussian", "model.box_refine=true"])
+    model = build_model(cfg, NUM_OBJ, NUM_VERB).eval()
+    plain = build_model(load_config(None, TINY_OVERRIDES + ["model.query_type=gaussian"]), NUM_OBJ, NUM_VERB)
+    assert set(model.state_dict()) == set(plain.state_dict())  # no parameters of its own
+    images, masks, _ = batch
+    seen = []
+    refine = model.refine_centres
+    model.refine_centres = lambda content, ref: seen.append(refine(content, ref)) or seen[-1]
+    out = model(images, masks)
+    layers = out["aux_outputs"] + [{k: v for k, v in out.items() if k != "aux_outputs"}]
+    assert len(seen) == cfg.model.dec_layers - 1
+    for prev, points in zip(layers[:-1], seen):
+        # layer l's reference points are the centres layer l-1 predicted
+        assert torch.allclose(points[..., :2], prev["pred_sub_boxes"][..., :2], atol=1e-6)
+        assert torch.allclose(points[..., 2:], prev["pred_obj_boxes"][..., :2], atol=1e-6)
+    # and a zero delta of layer l would put its boxes there: predictions are relative to them
+    delta = torch.zeros(1)
+    assert torch.allclose(relative_boxes(delta.expand(4), seen[-1][0, 0, :2])[:2], seen[-1][0, 0, :2])
+
+
+def test_box_refine_stops_the_gradient_through_the_reference_points():
+    sq = SpatialQueries(hidden_dim=16, nheads=4, gaussian=True)
+    reference = torch.rand(2, 3, 4)
+    content = torch.randn(2, 3, 16, requires_grad=True)
+    prior = sq.cross_prior(
+        reference, torch.zeros(2, 6, dtype=torch.bool), (2, 3), lambda c, r: (r + c[..., :4]).sigmoid()
+    )
+    pos0, _ = prior(0, content)
+    pos1, bias1 = prior(1, content)
+    points = prior.references()
+    assert points.shape == (2, 2, 3, 4) and torch.equal(points[0], reference)
+    assert not points[1].requires_grad  # the centres feed the next layer as constants
+    assert not torch.allclose(pos0, pos1) and bias1.shape == (2, 4, 3, 6)
+    assert torch.equal(
+        sq.cross_prior(reference, torch.zeros(2, 6, dtype=torch.bool), (2, 3)).references(), reference
+    )
+
+
+def test_box_refine_needs_reference_points():
+    cfg = load_config(None, TINY_OVERRIDES + ["model.box_refine=true"])
+    with pytest.raises(ValueError, match="model.box_refine needs reference points"):
+        build_model(cfg, NUM_OBJ, NUM_VERB)

@@ -115,7 +115,9 @@ def cmd_eval_file(args: argparse.Namespace) -> int:
     from hqm.engine.evaluator_run import evaluate_file
     from hqm.evaluation import format_table
 
-    metrics, _ = evaluate_file(args.dataset, args.root, args.predictions, args.mode, args.max_dets)
+    metrics, _ = evaluate_file(
+        args.dataset, args.root, args.predictions, args.mode, args.max_dets, ap_thresholds=args.ap_thresholds
+    )
     print(format_table(metrics))
     if args.json:
         print(_metrics_json(metrics))
@@ -333,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="HICO-DET: Default, Known-Object or both",
     )
     f.add_argument("--max-dets", type=int, default=100, help="triplets kept per image (default 100)")
+    f.add_argument(
+        "--ap-thresholds",
+        default="matlab",
+        choices=["matlab", "numpy", "exact"],
+        help="HICO-DET 11-point recall thresholds: matlab (official ho-rcnn 0:0.1:1, default), numpy "
+        "(as printed by the QPIC / CDN / HQM Python evaluators) or exact (k/10)",
+    )
     f.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
     f.set_defaults(func=cmd_eval_file)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -44,6 +45,7 @@ class ModelConfig:
     num_queries: int = 100
     # embed (DETR/QPIC) | conditional | gaussian: spatial queries, see hqm.models.spatial_queries
     query_type: str = "embed"
+    box_refine: bool = False  # refine the reference points layer by layer (needs query_type != embed)
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
@@ -126,6 +128,11 @@ class TrainConfig:
     deterministic: bool = False
     seed: int = 42
     output_dir: str = "runs/qpic"
+    # pad each training batch up to a multiple of this (detectron2's SIZE_DIVISIBILITY); 1 = to the
+    # largest image of the batch, as the released QPIC code. 32 gives multi-scale training few batch
+    # shapes but was not measured faster (README, benchmarks/padding.py train); a fixed canvas (e.g.
+    # 64 for 64 px images) gives every batch one shape. Evaluation and prediction never round.
+    size_divisibility: int = 1
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20
@@ -137,9 +144,16 @@ class TrainConfig:
 class EvalConfig:
     every: int = 1  # epochs between evaluations (0: only at the end)
     batch_size: int = 4
+    # same_size: batches hold images of one input size, never padded, so an image's predictions do not
+    # depend on the batch or the number of ranks | padded: consecutive images padded to the largest
+    # (the released QPIC code; predictions depend on the batch). Also used by hqm predict / the API.
+    batching: str = "same_size"
     max_dets: int = 100
     split: str = "test"
     mode: str = "default"  # default | ko (HICO-DET Known-Object)
+    # HICO-DET 11-point AP recall thresholds: matlab (official ho-rcnn, 0:0.1:1) | numpy (QPIC / CDN /
+    # HQM Python evaluators, np.arange(0, 1.1, 0.1)) | exact (k / 10)
+    ap_thresholds: str = "matlab"
     nms: bool = False  # pair-wise NMS (CDN style)
     nms_thresh: float = 0.7
     nms_alpha: float = 1.0
@@ -262,13 +276,34 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], where))
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true / false (any case) are booleans, so
+    ``train.amp: off`` or ``train.amp=off`` stays the string "off" (YAML 1.1 reads off / on / yes /
+    no as booleans)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(stream: Any) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 booleans (see ``_Yaml12Loader``); for config files and
+    ``key=value`` overrides."""
+    return yaml.load(stream, Loader=_Yaml12Loader)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: circular _base_ chain")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = load_yaml(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -311,7 +346,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -358,6 +393,8 @@ _CHOICES = {
     "train.amp": ("off", "bf16", "fp16"),
     "train.lr_schedule": ("step", "cosine"),
     "eval.mode": ("default", "ko"),
+    "eval.batching": ("same_size", "padded"),
+    "eval.ap_thresholds": ("matlab", "numpy", "exact"),
     "mining.strategy": ("none", "gbs", "amm", "ajl", "pjl", "cjl"),
     "mining.cjl_reference": ("self", "learnable"),
     "mining.gbs.sampler": ("per_box", "official"),
@@ -397,10 +434,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.generate=true needs data.dataset=synthetic (got {cfg.data.dataset!r})")
     if cfg.train.accumulate < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.accumulate and train.batch_size must be >= 1")
-    if cfg.model.detector != "qpic" and cfg.model.query_type != "embed":
+    if cfg.train.size_divisibility < 1:
         raise ConfigError(
-            f"model.query_type={cfg.model.query_type!r} is a QPIC option; "
-            f"model.detector={cfg.model.detector} takes embed"
+            f"train.size_divisibility={cfg.train.size_divisibility} must be >= 1 "
+            "(1: pad to the largest image of the batch)"
+        )
+    if cfg.model.detector != "qpic" and (cfg.model.query_type != "embed" or cfg.model.box_refine):
+        raise ConfigError(
+            f"model.query_type={cfg.model.query_type!r} / model.box_refine={cfg.model.box_refine} are "
+            f"QPIC options; model.detector={cfg.model.detector} takes embed without box_refine"
         )
     if not 0.0 <= cfg.loss.verb_focal_alpha < 1.0:
         raise ConfigError(f"loss.verb_focal_alpha={cfg.loss.verb_focal_alpha} must be in [0, 1) (0: off)")

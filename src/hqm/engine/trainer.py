@@ -28,6 +28,7 @@ before the optimiser and DDP are built (CDN's decoupled fine-tuning stage).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import time
@@ -182,7 +183,7 @@ class Trainer:
             SeededDataset(self.train_set, cfg.train.seed),
             batch_size=cfg.train.batch_size,
             sampler=self.sampler,
-            collate_fn=collate_fn,
+            collate_fn=functools.partial(collate_fn, size_divisibility=cfg.train.size_divisibility),
             num_workers=cfg.data.num_workers,
             drop_last=True,
             persistent_workers=cfg.data.num_workers > 0,
@@ -433,7 +434,14 @@ class Trainer:
         ev = self.eval_setup
         show = self.main and sys.stderr.isatty()
         metrics, _ = run_evaluation(
-            self.model, ev.loader, ev.postprocessor, ev.evaluator, self.device, self.cfg.train.amp, show
+            self.model,
+            ev.loader,
+            ev.postprocessor,
+            ev.evaluator,
+            self.device,
+            self.cfg.train.amp,
+            show,
+            batching=self.cfg.eval.batching,
         )
         LOGGER.info(f"evaluation after epoch {self.epoch} (step {self.step}):\n{format_table(metrics)}")
         self.writer.log("eval", self.step, self.epoch, metrics)

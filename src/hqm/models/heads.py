@@ -39,9 +39,10 @@ class QPICHeadsMixin:
         self.obj_bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
 
     def predict(self, hs: Tensor, reference: Tensor | None = None) -> list[dict[str, Tensor]]:
-        """hs (L, B, Q, D) -> one output dict per layer. ``reference``: (B, Q, 4) reference points
-        (x_sub, y_sub, x_obj, y_obj) of spatial queries, box centres are then predicted relative to
-        them (``box_ops.relative_boxes``); None: absolute boxes (DETR / QPIC)."""
+        """hs (L, B, Q, D) -> one output dict per layer. ``reference``: (B, Q, 4) or, one per layer,
+        (L, B, Q, 4) reference points (x_sub, y_sub, x_obj, y_obj) of spatial queries, box centres
+        are then predicted relative to them (``box_ops.relative_boxes``);
+        None: absolute boxes (DETR / QPIC)."""
         obj = self.obj_class_embed(hs)
         verb = self.verb_class_embed(hs)
         if reference is None:

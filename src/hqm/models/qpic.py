@@ -2,13 +2,15 @@
 
 ``model.query_type`` other than ``embed`` adds spatial queries (``hqm.models.spatial_queries``):
 reference points, relative box centres and a cross-attention prior, derived from every query group's
-positional queries.
+positional queries; ``model.box_refine`` refines their reference points layer by layer.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
+from hqm.box_ops import relative_boxes
 from hqm.models.attention import AttentionHook
 from hqm.models.backbone import Joiner, build_backbone
 from hqm.models.criterion import build_criterion
@@ -34,6 +36,7 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         num_queries: int = 100,
         aux_loss: bool = True,
         query_type: str = "embed",
+        box_refine: bool = False,
     ):
         super().__init__()
         d = transformer.d_model
@@ -49,6 +52,11 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         self.init_heads(d, num_obj_classes, num_verb_classes)
         # reference points / conditional spatial queries / Gaussian co-attention (None: DETR / QPIC)
         self.spatial_queries = build_spatial_queries(query_type, d, transformer.nhead)
+        if box_refine and self.spatial_queries is None:
+            raise ValueError(
+                "model.box_refine needs reference points: set model.query_type to conditional or gaussian"
+            )
+        self.box_refine = box_refine
 
     def encode(self, images: Tensor, masks: Tensor) -> EncodedImages:
         feat, mask, pos = self.backbone(images, masks)
@@ -81,8 +89,18 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         reference = queries.reference
         if reference is None:
             reference = self.spatial_queries.reference(queries.pos)
-        prior = self.spatial_queries.cross_prior(reference, enc.mask, enc.shape)
-        return pack_outputs(self.predict(decoder(*args, prior), reference), self.aux_loss)
+        refine = self.refine_centres if self.box_refine else None
+        prior = self.spatial_queries.cross_prior(reference, enc.mask, enc.shape, refine)
+        return pack_outputs(self.predict(decoder(*args, prior), prior.references()), self.aux_loss)
+
+    def refine_centres(self, content: Tensor, reference: Tensor) -> Tensor:
+        """``model.box_refine``: the subject and object centres (B, Q, 4) that the box heads predict
+        from a decoder layer's output ``content`` (B, Q, D, before the final LayerNorm) relative to
+        that layer's ``reference`` (B, Q, 4)."""
+        h = self.transformer.decoder.norm(content)
+        sub = relative_boxes(self.sub_bbox_embed(h), reference[..., :2])
+        obj = relative_boxes(self.obj_bbox_embed(h), reference[..., 2:])
+        return torch.cat([sub[..., :2], obj[..., :2]], dim=-1)
 
 
 def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
@@ -98,6 +116,7 @@ def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
         num_queries=m.num_queries,
         aux_loss=m.aux_loss,
         query_type=m.query_type,
+        box_refine=m.box_refine,
     )
 
 

@@ -23,6 +23,12 @@ so the mining seams are unchanged:
   sigma (per axis, per point, fraction of the image) = sigmoid(Linear(f_{l-1})), 0.15 at first.
   Each query then looks near its person and near its object from the first step, which the plain
   DETR decoder has to learn from scratch.
+* ``model.box_refine`` (with either): layer-by-layer refinement of the reference points, after the
+  iterative bounding-box refinement of Deformable DETR (Zhu et al., ICLR 2021) and the layer-wise
+  anchor update of DAB-DETR (Liu et al., ICLR 2022), for the two centres only: decoder layer l > 0
+  uses the subject / object centres that layer l-1 predicted (gradient stopped) as its reference
+  points, for its spatial query, its Gaussian prior and its own relative box prediction. No
+  parameters: the box heads of the detector predict the centres.
 
 Parameters (only present when enabled): ``spatial_queries.ref_point_head``, ``.query_scale`` and,
 for ``gaussian``, ``.spread_head``.
@@ -31,12 +37,15 @@ for ``gaussian``, ``.spread_head``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from hqm.models.heads import MLP
-from hqm.models.transformer import CrossAttentionPrior
+
+# (previous layer's output (B, Q, D), its reference points (B, Q, 4)) -> refined points (B, Q, 4)
+RefineFn = Callable[[Tensor, Tensor], Tensor]
 
 QUERY_TYPES = ("embed", "conditional", "gaussian")
 
@@ -98,20 +107,47 @@ class SpatialQueries(nn.Module):
         half = self.nheads // 2
         return torch.stack([logs[0]] * half + [logs[1]] * (self.nheads - half), dim=1)
 
-    def cross_prior(self, reference: Tensor, mask: Tensor, shape: tuple[int, int]) -> CrossAttentionPrior:
-        """The decoder's per-layer ``(positional query, logit bias)`` for queries with ``reference``
-        (B, Q, 4) over a memory with padding ``mask`` (B, HW) of an (H, W) map."""
-        spatial = sine_embed(reference[..., :2], self.hidden_dim // 2) + sine_embed(
-            reference[..., 2:], self.hidden_dim // 2
-        )
+    def cross_prior(
+        self, reference: Tensor, mask: Tensor, shape: tuple[int, int], refine: RefineFn | None = None
+    ) -> SpatialPrior:
+        """The decoder's per-layer ``(positional query, logit bias)`` (a ``CrossAttentionPrior``) for
+        queries with ``reference`` (B, Q, 4) over a memory with padding ``mask`` (B, HW) of an
+        (H, W) map; ``refine``: see ``SpatialPrior``."""
         keys = key_positions(mask, shape) if self.gaussian else None
+        return SpatialPrior(self, reference, keys, refine)
 
-        def prior(layer: int, content: Tensor) -> tuple[Tensor, Tensor | None]:
-            pos = spatial if layer == 0 else self.query_scale(content) * spatial
-            bias = self.gaussian_bias(content, reference, keys) if self.gaussian else None
-            return pos, bias
 
-        return prior
+class SpatialPrior:
+    """Callable ``(layer, previous layer's output (B, Q, D)) -> (pos, bias)`` handed to the decoder.
+    With ``refine`` (``model.box_refine``), layer l > 0 takes ``refine(output of layer l-1, its
+    reference points)`` (detached) as its reference points. ``references()``: the points each layer
+    used, (L, B, Q, 4) with refinement, else the shared (B, Q, 4); call after decoding."""
+
+    def __init__(
+        self, queries: SpatialQueries, reference: Tensor, keys: Tensor | None, refine: RefineFn | None
+    ):
+        self.queries = queries
+        self.keys = keys
+        self.refine = refine
+        self.points = [reference]
+        self.spatial = self._spatial(reference)
+
+    def _spatial(self, reference: Tensor) -> Tensor:
+        d = self.queries.hidden_dim // 2
+        return sine_embed(reference[..., :2], d) + sine_embed(reference[..., 2:], d)
+
+    def __call__(self, layer: int, content: Tensor) -> tuple[Tensor, Tensor | None]:
+        q = self.queries
+        if layer > 0 and self.refine is not None:
+            self.points.append(self.refine(content, self.points[-1]).detach())
+            self.spatial = self._spatial(self.points[-1])
+        reference = self.points[-1]
+        pos = self.spatial if layer == 0 else q.query_scale(content) * self.spatial
+        bias = q.gaussian_bias(content, reference, self.keys) if q.gaussian else None
+        return pos, bias
+
+    def references(self) -> Tensor:
+        return torch.stack(self.points) if self.refine is not None else self.points[0]
 
 
 def build_spatial_queries(query_type: str, hidden_dim: int, nheads: int) -> SpatialQueries | None:

@@ -85,7 +85,8 @@ def common_layout(state: dict) -> str | None:
     keys = set(state)
     if "class_embed.weight" in keys and "bbox_embed.layers.0.weight" in keys:
         return "detr"
-    if "obj_class_embed.weight" in keys and any(k.startswith("miners.") for k in keys):
+    # hqm-only parameters: mining modules, spatial queries (released QPIC / CDN have neither)
+    if "obj_class_embed.weight" in keys and any(k.startswith(("miners.", "spatial_queries.")) for k in keys):
         return "ours"
     return None
 
