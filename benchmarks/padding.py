@@ -102,7 +102,7 @@ def run_train(args) -> None:
 
 def run_effect(args) -> None:
     from hqm.config import load_config
-    from hqm.models import build_model
+    from hqm.detectors import build_model
 
     cfg = load_config(None, ["model.backbone_norm=frozen", f"device={args.device}"])
     torch.manual_seed(0)
@@ -132,7 +132,7 @@ def run_predict(args) -> None:
     from hqm.api import HOIDetector
     from hqm.config import load_config
     from hqm.data import build_meta
-    from hqm.models import build_model
+    from hqm.detectors import build_model
 
     cfg = load_config(None, ["model.backbone_norm=frozen", f"device={args.device}"])
     meta = build_meta(cfg.data)  # the packaged HICO-DET vocabulary (no files needed)

@@ -18,9 +18,9 @@ import torch
 
 from hqm.config import load_config
 from hqm.data import load_annotations
+from hqm.detectors import build_model
 from hqm.engine.evaluate import build_eval_setup, run_evaluation
 from hqm.evaluation import format_table
-from hqm.models import build_model
 from hqm.structures import HOIPredictions
 
 

@@ -63,9 +63,10 @@ def make_batch(args, device: torch.device):
 def build_hqm_step(args, mode: str, device: torch.device):
     """-> (step(): one optimiser step of hqm's trainer, input shape)."""
     from hqm.config import load_config
+    from hqm.detectors import build_model
     from hqm.engine.evaluate import autocast_context
     from hqm.engine.trainer import build_optimizer
-    from hqm.models import build_criterion, build_matcher, build_model
+    from hqm.models import build_criterion, build_matcher
 
     amp = {"bf16": "bf16", "bf16-cl": "bf16", "fp16": "fp16"}.get(mode, "off")
     cfg = load_config(

@@ -11,8 +11,8 @@ from PIL import Image
 
 from conftest import TINY_OVERRIDES
 from hqm.config import config_to_dict, load_config
+from hqm.detectors import build_model
 from hqm.engine.checkpoint import save_checkpoint
-from hqm.models import build_model
 from hqm.structures import HOIPredictions
 
 

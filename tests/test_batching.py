@@ -45,8 +45,8 @@ def test_unpadded_groups_crop_the_padding_off():
 
 
 def _eval_predictions(root, batch_size: int, batching: str) -> tuple[dict, dict]:
+    from hqm.detectors import build_model
     from hqm.engine.evaluate import build_eval_setup, run_evaluation
-    from hqm.models import build_model
 
     overrides = [f"data.root={root}", f"eval.batch_size={batch_size}", f"eval.batching={batching}"]
     cfg = load_config(None, TINY_OVERRIDES + TINY_DATA_64 + overrides + ["eval.ap_thresholds=numpy"])

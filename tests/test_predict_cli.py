@@ -12,8 +12,8 @@ from PIL import Image
 from conftest import TINY_OVERRIDES
 from hqm.cli import main
 from hqm.config import config_to_dict, load_config
+from hqm.detectors import build_model
 from hqm.engine.checkpoint import save_checkpoint
-from hqm.models import build_model
 from hqm.structures import DatasetMeta
 from hqm.viz.predict_files import expand_sources
 

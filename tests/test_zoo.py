@@ -12,7 +12,7 @@ import torchvision
 from conftest import TINY_OVERRIDES
 from hqm.config import load_config
 from hqm.data.vocab import coco_objects
-from hqm.models import build_model
+from hqm.detectors import build_model
 from hqm.zoo import (
     UnsafeCheckpointError,
     convert_state_dict,
@@ -40,32 +40,40 @@ def detr_state_dict(
     ff: int = 64,
     queries: int = 100,
     with_backbone: bool = True,
+    device: str = "cpu",
 ) -> dict[str, torch.Tensor]:
+    """``device="meta"``: shapes only (full-size layouts without memory)."""
     g = torch.Generator().manual_seed(0)
     sd: dict[str, torch.Tensor] = {}
+
+    def rand(*shape, generator=None) -> torch.Tensor:
+        if device == "meta":
+            return torch.empty(shape, device="meta")
+        return torch.randn(shape, generator=generator)
+
     if with_backbone:
         net = getattr(torchvision.models, backbone)(weights=None)
         for k, v in net.state_dict().items():
             if not k.startswith("fc.") and not k.endswith("num_batches_tracked"):
-                sd[f"backbone.0.body.{k}"] = torch.randn(v.shape, generator=g)
+                sd[f"backbone.0.body.{k}"] = rand(*v.shape, generator=g)
         c5 = 512 if backbone in ("resnet18", "resnet34") else 2048
-        sd["input_proj.weight"] = torch.randn(d, c5, 1, 1, generator=g)
-        sd["input_proj.bias"] = torch.randn(d, generator=g)
+        sd["input_proj.weight"] = rand(d, c5, 1, 1, generator=g)
+        sd["input_proj.bias"] = rand(d, generator=g)
 
     def attn(prefix: str) -> None:
-        sd[f"{prefix}.in_proj_weight"] = torch.randn(3 * d, d, generator=g)
-        sd[f"{prefix}.in_proj_bias"] = torch.randn(3 * d, generator=g)
-        sd[f"{prefix}.out_proj.weight"] = torch.randn(d, d, generator=g)
-        sd[f"{prefix}.out_proj.bias"] = torch.randn(d, generator=g)
+        sd[f"{prefix}.in_proj_weight"] = rand(3 * d, d, generator=g)
+        sd[f"{prefix}.in_proj_bias"] = rand(3 * d, generator=g)
+        sd[f"{prefix}.out_proj.weight"] = rand(d, d, generator=g)
+        sd[f"{prefix}.out_proj.bias"] = rand(d, generator=g)
 
     def ffn_norms(prefix: str, norms: int) -> None:
-        sd[f"{prefix}.linear1.weight"] = torch.randn(ff, d, generator=g)
-        sd[f"{prefix}.linear1.bias"] = torch.randn(ff, generator=g)
-        sd[f"{prefix}.linear2.weight"] = torch.randn(d, ff, generator=g)
-        sd[f"{prefix}.linear2.bias"] = torch.randn(d, generator=g)
+        sd[f"{prefix}.linear1.weight"] = rand(ff, d, generator=g)
+        sd[f"{prefix}.linear1.bias"] = rand(ff, generator=g)
+        sd[f"{prefix}.linear2.weight"] = rand(d, ff, generator=g)
+        sd[f"{prefix}.linear2.bias"] = rand(d, generator=g)
         for n in range(1, norms + 1):
-            sd[f"{prefix}.norm{n}.weight"] = torch.randn(d, generator=g)
-            sd[f"{prefix}.norm{n}.bias"] = torch.randn(d, generator=g)
+            sd[f"{prefix}.norm{n}.weight"] = rand(d, generator=g)
+            sd[f"{prefix}.norm{n}.bias"] = rand(d, generator=g)
 
     for i in range(enc):
         attn(f"transformer.encoder.layers.{i}.self_attn")
@@ -74,14 +82,14 @@ def detr_state_dict(
         attn(f"transformer.decoder.layers.{i}.self_attn")
         attn(f"transformer.decoder.layers.{i}.multihead_attn")
         ffn_norms(f"transformer.decoder.layers.{i}", 3)
-    sd["transformer.decoder.norm.weight"] = torch.randn(d, generator=g)
-    sd["transformer.decoder.norm.bias"] = torch.randn(d, generator=g)
-    sd["query_embed.weight"] = torch.randn(queries, d, generator=g)
-    sd["class_embed.weight"] = torch.randn(92, d, generator=g)
-    sd["class_embed.bias"] = torch.randn(92, generator=g)
+    sd["transformer.decoder.norm.weight"] = rand(d, generator=g)
+    sd["transformer.decoder.norm.bias"] = rand(d, generator=g)
+    sd["query_embed.weight"] = rand(queries, d, generator=g)
+    sd["class_embed.weight"] = rand(92, d, generator=g)
+    sd["class_embed.bias"] = rand(92, generator=g)
     for i, (a, b) in enumerate([(d, d), (d, d), (4, d)]):
-        sd[f"bbox_embed.layers.{i}.weight"] = torch.randn(a, b, generator=g)
-        sd[f"bbox_embed.layers.{i}.bias"] = torch.randn(a, generator=g)
+        sd[f"bbox_embed.layers.{i}.weight"] = rand(a, b, generator=g)
+        sd[f"bbox_embed.layers.{i}.bias"] = rand(a, generator=g)
     return sd
 
 

@@ -92,7 +92,7 @@ class HOIDetector:
         max_size: int | None = None,
         batch_size: int = 4,
     ):
-        from hqm.models import build_postprocessor
+        from hqm.detectors import build_postprocessor
 
         self.cfg = cfg
         self.meta = meta
@@ -123,7 +123,7 @@ class HOIDetector:
         Raises ``ConfigError`` when released weights come without a config, and
         ``WeightsMismatchError`` (a ``ValueError``) listing the keys when the weights do not fit the
         model (e.g. a ``model.dec_layers`` override): nothing is ever half-loaded."""
-        from hqm.models import build_model
+        from hqm.detectors import build_model
         from hqm.zoo import load_weights, read_state_dict, resolve_model_config
 
         state, info = read_state_dict(path)
@@ -210,7 +210,7 @@ class HOIDetector:
             enc = None
         else:
             enc = self.model.encode(images, masks)
-            outputs = self.model.decode(enc, self.model.learnable_query_pos(images.shape[0]), hook=record)
+            outputs = self.model.decode(enc, self.model.learnable_queries(images.shape[0]), hook=record)
         preds = self.postprocessor(outputs, orig.to(self.device), names)
         preds = [p.filter(threshold, top_k) for p in preds]
         if record is None:

@@ -21,7 +21,7 @@ def _metrics_json(metrics: dict) -> str:
 
 def _is_main() -> bool:
     """Only torchrun's rank 0 prints results (every rank returns the same gathered metrics)."""
-    from hqm.engine.distributed import launch_rank
+    from hqm.distributed import launch_rank
 
     return launch_rank() == 0
 
@@ -183,7 +183,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from hqm.zoo import convert_detr_file
 
-    report = convert_detr_file(args.input, args.output, detector=args.detector, dataset=args.dataset)
+    report = convert_detr_file(
+        args.input, args.output, detector=args.detector, dataset=args.dataset, init=args.init
+    )
     print(report.summary(verbose=True))
     print(f"hqm convert: wrote {args.output} (use it as model.pretrained={args.output})")
     return 0
@@ -229,7 +231,18 @@ def add_api_commands(sub) -> None:
     cv.add_argument("kind", choices=["detr-to-hoi"], help="conversion kind")
     cv.add_argument("input", metavar="IN.pth", help="DETR checkpoint, e.g. detr-r50-e632da11.pth")
     cv.add_argument("output", metavar="OUT.pt", help="converted file (use as model.pretrained=OUT.pt)")
-    cv.add_argument("--detector", default="qpic", help="target detector (default: qpic)")
+    cv.add_argument(
+        "--detector",
+        default="qpic",
+        help="target detector, a model.detector name (default: qpic; see the README's detector table)",
+    )
+    cv.add_argument(
+        "--init",
+        default=None,
+        help="the detector's DETR initialisation; cdn: paper (default: DETR's decoder in the pair AND "
+        "the interaction decoder, as the paper's runs) | released (the published converter: "
+        "interaction decoder random)",
+    )
     cv.add_argument(
         "--dataset",
         default="hico_det",

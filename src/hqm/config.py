@@ -22,12 +22,21 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from hqm.detectors import detector_names
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
+class CDNConfig:
+    """``model.detector: cdn`` only. The pair decoder has ``model.dec_layers`` layers."""
+
+    interaction_layers: int = 3  # the interaction (verb) decoder's layers (CDN-S 3, CDN-B/L 6)
+
+
+@dataclass
 class ModelConfig:
-    detector: str = "qpic"  # registry name, see hqm.models.DETECTORS
+    detector: str = "qpic"  # registry name, see hqm.detectors.DETECTORS
     backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
     backbone_norm: str = "frozen"  # frozen (DETR, pretrained) | batch (trainable BN, from scratch)
     train_backbone_from: str = "layer2"  # first trainable stage: conv1 | layer1 | layer2 | ... | none
@@ -45,6 +54,19 @@ class ModelConfig:
     dropout: float = 0.1
     aux_loss: bool = True
     pretrained: str = ""  # DETR COCO checkpoint (or converted init) to start from
+    cdn: CDNConfig = field(default_factory=CDNConfig)
+
+
+@dataclass
+class ReweightConfig:
+    """CDN's dynamic re-weighting of object / verb classes (decoupled fine-tuning stage)."""
+
+    obj: bool = False
+    verb: bool = False
+    p_obj: float = 0.7
+    p_verb: float = 0.7
+    queue_size: int = 4704  # loss calls kept (the released default, "one epoch")
+    static: bool = False  # keep the initial (training-set) weights
 
 
 @dataclass
@@ -58,6 +80,10 @@ class LossConfig:
     set_cost_verb_class: float = 1.0
     set_cost_bbox: float = 2.5
     set_cost_giou: float = 1.0
+    verb_focal_alpha: float = 0.0  # 0: QPIC focal loss; 0.5: CDN (positive x alpha, negative x 1-alpha)
+    # object-box L1 / GIoU normaliser: pairs (spec) | pairs_with_object (released QPIC / CDN / HQM)
+    obj_box_norm: str = "pairs"
+    reweight: ReweightConfig = field(default_factory=ReweightConfig)
 
 
 @dataclass
@@ -110,6 +136,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20
+    # parameter-name prefixes that train (empty: all); the rest is frozen (CDN fine-tuning stage)
+    trainable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -139,6 +167,7 @@ class GBSConfig:
     shift: str = "shift"  # shift | none | gaussian
     num_candidates: int = 64  # per_box: candidates drawn per box and round
     max_rounds: int = 8
+    clip: str = "image"  # image (edge) | pixel_inside (released: W-1, H-1)
 
 
 @dataclass
@@ -351,6 +380,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 _CHOICES = {
+    "model.detector": detector_names(),
+    "loss.obj_box_norm": ("pairs", "pairs_with_object"),
+    "mining.gbs.clip": ("image", "pixel_inside"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.backbone_norm": ("frozen", "batch"),
     "model.query_type": ("embed", "conditional", "gaussian"),
@@ -407,6 +439,13 @@ def validate(cfg: Config) -> None:
             f"train.size_divisibility={cfg.train.size_divisibility} must be >= 1 "
             "(1: pad to the largest image of the batch)"
         )
+    if cfg.model.detector != "qpic" and (cfg.model.query_type != "embed" or cfg.model.box_refine):
+        raise ConfigError(
+            f"model.query_type={cfg.model.query_type!r} / model.box_refine={cfg.model.box_refine} are "
+            f"QPIC options; model.detector={cfg.model.detector} takes embed without box_refine"
+        )
+    if not 0.0 <= cfg.loss.verb_focal_alpha < 1.0:
+        raise ConfigError(f"loss.verb_focal_alpha={cfg.loss.verb_focal_alpha} must be in [0, 1) (0: off)")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -87,6 +87,18 @@ def merge_pairs(ann: ImageAnnotation, meta: DatasetMeta) -> dict[str, np.ndarray
     }
 
 
+def pair_class_counts(annotations: list[ImageAnnotation], meta: DatasetMeta) -> tuple[np.ndarray, np.ndarray]:
+    """Label counts of the training pairs (after :func:`merge_pairs`): (objects (C_obj,), verbs
+    (C_verb,)), int64. They initialise CDN's class re-weighting (``loss.reweight``)."""
+    obj = np.zeros(meta.num_obj_classes, dtype=np.int64)
+    verb = np.zeros(meta.num_verb_classes, dtype=np.int64)
+    for ann in annotations:
+        pairs = merge_pairs(ann, meta)
+        np.add.at(obj, pairs["obj_labels"], 1)
+        verb += pairs["verb_labels"].sum(0).astype(np.int64)
+    return obj, verb
+
+
 def _normalise(boxes: Tensor, h: int, w: int) -> Tensor:
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     return box_xyxy_to_cxcywh(boxes) / scale

@@ -95,9 +95,9 @@ def build_eval_setup(
     its evaluation command, 8 processes for the numbers it logs while training)."""
     from hqm.data import build_dataset, collate_fn
     from hqm.data.batching import SizeGroupedBatchSampler
+    from hqm.detectors import build_postprocessor
     from hqm.engine.sampling import EpochSampler, SeededDataset
     from hqm.evaluation import build_evaluator
-    from hqm.models import build_postprocessor
 
     dataset = build_dataset(cfg.data, cfg.eval.split, train=False)
     sampler = EpochSampler(len(dataset), 0, False, rank, world)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from hqm.engine.distributed import get_rank, get_world_size, init_distributed
+from hqm.distributed import get_rank, get_world_size, init_distributed
 from hqm.engine.evaluate import build_eval_setup, run_evaluation
 from hqm.engine.logging import LOGGER, setup_logging
 from hqm.engine.trainer import resolve_device
@@ -37,7 +37,7 @@ def evaluate_checkpoint(
     dataset, before any evaluation runs.
     """
     from hqm.data import build_meta, load_annotations
-    from hqm.models import build_model
+    from hqm.detectors import build_model
     from hqm.structures import DatasetMeta
     from hqm.zoo import load_weights, read_state_dict, resolve_model_config
 

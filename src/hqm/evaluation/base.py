@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from hqm.distributed import all_gather_object, get_world_size
 from hqm.structures import DatasetMeta, HOIPredictions, ImageAnnotation
 
 Record = Any  # an evaluator-specific picklable per-image summary
@@ -48,15 +49,9 @@ def merge_records(per_rank: Iterable[dict[str, Record]]) -> dict[str, Record]:
 
 def gather_records(records: dict[str, Record]) -> dict[str, Record]:
     """All-gather ``records`` over the default process group (identity when not distributed)."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch is a hard dependency
+    if get_world_size() == 1:
         return records
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return records
-    gathered: list[dict[str, Record] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, records)
-    return merge_records(r for r in gathered if r is not None)
+    return merge_records(all_gather_object(records))
 
 
 class HOIEvaluator(ABC):
