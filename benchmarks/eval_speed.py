@@ -27,8 +27,8 @@ from hqm.structures import DatasetMeta, ImageAnnotation
 def long_tail_train(meta: DatasetMeta, n_rare: int = 138, seed: int = 2) -> list[ImageAnnotation]:
     """Training annotations whose class counts give exactly ``n_rare`` rare classes (< 10 instances).
 
-    The real split (138 / 462) is asserted by the evaluator for a 117 x 80 / 600-class vocabulary.
-    One record per class holding ``count`` rows of that class.
+    The random vocabulary has no official split (``meta.rare_classes``), so the evaluator counts it from
+    these annotations, like the real 138 / 462. One record per class holding ``count`` rows of it.
     """
     rng = np.random.default_rng(seed)
     verbs, objs = np.nonzero(meta.correct_mat)

@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from hqm.config import config_to_dict, load_config
+from hqm.detectors import build_model
 from hqm.engine.checkpoint import save_checkpoint
-from hqm.models import build_model
 from hqm.structures import DatasetMeta
 
 SIZES = {12: (4000, 3000), 64: (8000, 8000)}  # megapixels -> (width, height)

@@ -18,9 +18,9 @@ import torch
 
 from hqm.config import load_config
 from hqm.data import load_annotations
+from hqm.detectors import build_model
 from hqm.engine.evaluate import build_eval_setup, run_evaluation
 from hqm.evaluation import format_table
-from hqm.models import build_model
 from hqm.structures import HOIPredictions
 
 
@@ -67,15 +67,16 @@ def main() -> None:
     rows["random boxes"] = ev.evaluator.evaluate()
     torch.manual_seed(args.seed)
     model = build_model(cfg, ev.dataset.meta.num_obj_classes, ev.dataset.meta.num_verb_classes)
-    rows["untrained"] = run_evaluation(model, ev.loader, ev.postprocessor, ev.evaluator, torch.device("cpu"))[
-        0
-    ]
+    cpu, batching = torch.device("cpu"), cfg.eval.batching
+    rows["untrained"] = run_evaluation(
+        model, ev.loader, ev.postprocessor, ev.evaluator, cpu, batching=batching
+    )[0]
     if args.checkpoint:
         from hqm.zoo import load_weights
 
         load_weights(model, args.checkpoint)
         rows["trained"] = run_evaluation(
-            model, ev.loader, ev.postprocessor, ev.evaluator, torch.device("cpu")
+            model, ev.loader, ev.postprocessor, ev.evaluator, cpu, batching=batching
         )[0]
     keys = ["mAP_full", "mAP_rare", "mAP_nonrare", "mean_max_recall"]
     print(f"{'model':<14}" + "".join(f"{k:>17}" for k in keys))

@@ -3,8 +3,9 @@ vs channels_last, vs the released QPIC code) on the current device, printed as a
 
 One step is what the trainer runs per optimiser step: forward under autocast -> criterion in fp32
 (Hungarian matching included) -> backward -> gradient clipping -> AdamW step. Input: a fixed random
-batch (default 2 x 512 x 683, the 512 px short side of a 4:3 image, padded to a multiple of 32 like the
-collate function unless ``--no-pad32``) with random targets (``--pairs`` GT pairs per image),
+batch (default 2 x 512 x 683, the 512 px short side of a 4:3 image, as the released code and hqm's
+default ``train.size_divisibility=1`` pad it; ``--pad32``: 512 x 704, a multiple of 32) with random
+targets (``--pairs`` GT pairs per image),
 HICO-DET class counts (80 objects, 117 verbs), R50 with frozen BN trained from layer2, 100 queries,
 6 + 6 layers. Each mode runs in a fresh process (clean peak memory); the first ``--warmup`` steps are
 excluded and the table reports the median and the spread (min, max) of the remaining steps.
@@ -36,7 +37,7 @@ def make_batch(args, device: torch.device):
     g = torch.Generator().manual_seed(0)
     h = args.size
     w = round(args.size * 4 / 3)
-    if args.pad32:  # as hqm's collate function
+    if args.pad32:  # as hqm's collate function with train.size_divisibility=32
         h, w = -(-h // 32) * 32, -(-w // 32) * 32
     images = torch.randn(args.batch, 3, h, w, generator=g).to(device)
     masks = torch.zeros(args.batch, h, w, dtype=torch.bool, device=device)
@@ -62,9 +63,10 @@ def make_batch(args, device: torch.device):
 def build_hqm_step(args, mode: str, device: torch.device):
     """-> (step(): one optimiser step of hqm's trainer, input shape)."""
     from hqm.config import load_config
+    from hqm.detectors import build_model
     from hqm.engine.evaluate import autocast_context
     from hqm.engine.trainer import build_optimizer
-    from hqm.models import build_criterion, build_matcher, build_model
+    from hqm.models import build_criterion, build_matcher
 
     amp = {"bf16": "bf16", "bf16-cl": "bf16", "fp16": "fp16"}.get(mode, "off")
     cfg = load_config(
@@ -151,9 +153,9 @@ def main() -> None:
     p.add_argument(
         "--pad32",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="pad hqm's input to a multiple of 32 as its collate function does (--no-pad32: the exact "
-        "size, as the released code batches it)",
+        default=False,
+        help="pad hqm's input to a multiple of 32 as train.size_divisibility=32 does (default: the exact "
+        "size, as the released code and train.size_divisibility=1 batch it)",
     )
     p.add_argument("--size", type=int, default=None, help="short side (default 512 on CPU, 800 on GPU)")
     p.add_argument("--batch", type=int, default=2)

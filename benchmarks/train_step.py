@@ -88,10 +88,11 @@ def build(args, device: torch.device):
     from torch import nn
 
     from hqm.config import load_config
+    from hqm.detectors import build_model
     from hqm.engine.trainer import build_optimizer
     from hqm.mining import build_miners
     from hqm.mining.schedule import build_schedule
-    from hqm.models import build_criterion, build_matcher, build_model
+    from hqm.models import build_criterion, build_matcher
 
     cfgs = {
         s: load_config(None, model_overrides(args) + [f"mining.strategy={s}", f"device={args.device}"])

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny QPIC config and hand-made targets (hidden 32, 1-2 layers, 8 queries)."""
+"""Shared fixtures: tiny configs of every registered detector and hand-made targets (hidden 32, 1-2
+layers, 8 queries)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,25 @@ TINY_OVERRIDES = [
 
 NUM_OBJ, NUM_VERB = 6, 5
 
-# the tiny synthetic preset at 64 px: every image resized into (32, 64] on both sides and padded to a
-# 64 x 64 batch, so batches of any composition have the same shape
+#: per registered detector (``hqm.detectors.DETECTORS``), what turns the tiny config into it; the
+#: contract, seam, mining and evaluation-invariance tests run over every entry, and a test checks
+#: that every registered detector has one
+DETECTOR_OVERRIDES = {
+    "qpic": [],
+    "cdn": ["model.detector=cdn", "model.cdn.interaction_layers=2"],  # 2 pair + 2 interaction layers
+}
+DETECTORS = list(DETECTOR_OVERRIDES)
+
+
+def tiny_detector_cfg(detector: str, extra: list[str] | tuple[str, ...] = ()) -> Config:
+    return load_config(None, TINY_OVERRIDES + DETECTOR_OVERRIDES[detector] + list(extra))
+
+
+# the tiny synthetic preset at 64 px: every image resized into (32, 64] on both sides and training
+# batches padded to 64 x 64 (train.size_divisibility), so batches of any composition have the same
+# shape and N ranks x batch b train exactly like one process with batch N * b
 TINY_DATA_64 = [
+    "train.size_divisibility=64",
     "data.dataset=synthetic",
     "data.synth_preset=tiny",
     "data.scales=[64]",
@@ -51,6 +68,12 @@ def tiny_root(tmp_path_factory):
 @pytest.fixture
 def tiny_cfg() -> Config:
     return load_config(None, TINY_OVERRIDES)
+
+
+@pytest.fixture(params=DETECTORS)
+def detector_cfg(request) -> Config:
+    """The tiny config of each registered detector in turn."""
+    return tiny_detector_cfg(request.param)
 
 
 def make_target(

@@ -41,3 +41,19 @@ def test_bad_override_is_one_clear_line(capsys):
 def test_eval_needs_weights(capsys):
     assert main(["eval", "qpic_r18_synthetic"]) == 2
     assert "weights=PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, variant", [([], "matlab"), (["--ap-thresholds", "numpy"], "numpy")])
+def test_eval_file_passes_the_threshold_variant(monkeypatch, capsys, flag, variant):
+    seen = {}
+
+    def evaluate_file(dataset, root, predictions, mode, max_dets, ap_thresholds):
+        seen["ap_thresholds"] = ap_thresholds
+        return {"mAP_full": 0.5}, None
+
+    monkeypatch.setattr("hqm.engine.evaluator_run.evaluate_file", evaluate_file)
+    argv = ["eval-file", "--dataset", "hico_det", "--root", "r", "--predictions", "p.json", *flag]
+    assert main(argv) == 0 and seen == {"ap_thresholds": variant}
+    assert "50.00" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv[:7], "--ap-thresholds", "matlab2"])

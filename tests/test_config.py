@@ -83,3 +83,13 @@ def test_round_trip(tmp_path):
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_packaged_configs_load(path):
     load_config(path)
+
+
+def test_off_and_on_stay_strings_in_files_and_overrides(tmp_path):
+    # YAML 1.1 reads off / on / yes / no as booleans; train.amp=off must mean "off", not False
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\nmodel:\n  aux_loss: false\n")
+    cfg = load_config(path)
+    assert cfg.train.amp == "off" and cfg.model.aux_loss is False
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    assert load_config(None, ["model.aux_loss=true"]).model.aux_loss is True

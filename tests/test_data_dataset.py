@@ -122,14 +122,17 @@ def test_collate_pads_bottom_right_and_masks():
     a = torch.ones(3, 4, 6)
     b = torch.full((3, 5, 3), 2.0)
     images, masks, targets = collate_fn([(a, {"i": 0}), (b, {"i": 1})])
-    # padded to the next multiple of 32 on both sides
-    assert images.shape == (2, 3, 32, 32) and masks.shape == (2, 32, 32) and masks.dtype == torch.bool
+    # padded to the largest height and width of the batch, like the released QPIC code
+    assert images.shape == (2, 3, 5, 6) and masks.shape == (2, 5, 6) and masks.dtype == torch.bool
     assert [t["i"] for t in targets] == [0, 1]
     assert (images[0, :, :4, :6] == 1).all() and (images[0, :, 4:] == 0).all()
     assert (images[0, :, :, 6:] == 0).all()
     assert (images[1, :, :5, :3] == 2).all() and (images[1, :, :, 3:] == 0).all()
     assert not masks[0, :4, :6].any() and masks[0, 4:].all() and masks[0, :, 6:].all()
     assert not masks[1, :5, :3].any() and masks[1, :, 3:].all()
+    # train.size_divisibility rounds both sides up to a multiple
+    images, masks, _ = collate_fn([(a, {}), (b, {})], size_divisibility=32)
+    assert images.shape == (2, 3, 32, 32) and masks[0, :4, :6].logical_not().all() and masks[0, 4:].all()
 
 
 def test_build_dataset_on_the_synthetic_benchmark(tiny_root):

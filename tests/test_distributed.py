@@ -139,8 +139,11 @@ def test_torchrun_cli_with_ajl_mining_and_distributed_eval(tiny_root, tmp_path, 
     ddp_saved, single_saved = json.loads(ddp_file.read_text()), json.loads(single_file.read_text())
     assert len(single_saved) == 8
     assert [r["file_name"] for r in ddp_saved] == [r["file_name"] for r in single_saved]
-    for a, b in zip(ddp_saved, single_saved, strict=True):  # batches are padded differently: allclose
+    # every image runs unpadded with images of its own size (eval.batching=same_size; here 8 sizes), so
+    # the ranks' batches differ from the single process's but its inputs do not; torchrun's processes
+    # run 1 thread each, this one more: kernels round differently (7e-8 on scores here), nothing more
+    for a, b in zip(ddp_saved, single_saved, strict=True):
         boxes = [[p["bbox"] for p in r["predictions"]] for r in (a, b)]
         scores = [[h["score"] for h in r["hoi_prediction"]] for r in (a, b)]
-        assert np.allclose(*boxes, atol=1e-3) and np.allclose(*scores, atol=1e-4)
+        assert np.allclose(*boxes, rtol=0, atol=1e-4) and np.allclose(*scores, rtol=0, atol=1e-6)
     torch.set_grad_enabled(True)

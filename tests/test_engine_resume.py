@@ -24,6 +24,9 @@ def run_args(root, out) -> list[str]:
         f"data.root={root}",
         "eval.batch_size=8",
         "train.epochs=2",
+        "train.lr_schedule=step",  # the demo config's cosine has no drop to cross
+        "train.warmup_steps=0",
+        "train.amp=off",
         "train.lr_drop=1",
         "train.batch_size=4",
         "train.deterministic=true",

@@ -6,27 +6,84 @@ import numpy as np
 import pytest
 
 from hqm.evaluation.ap import (
-    ELEVEN_POINT_THRESHOLDS,
+    AP_THRESHOLDS,
     ap_11point,
     ap_voc,
     best_match,
     box_iou_pairs,
     expand_groups,
     first_occurrence_tp,
+    matlab_colon,
     per_class_ap,
     precision_recall,
     topk_desc,
 )
 
 
-def test_eleven_point_recall_exactly_0_3_counts_for_t_0_3():
-    # 10 GT, three TPs then an FP: recall reaches exactly 3/10.
-    rec, prec = precision_recall(np.array([1, 1, 1, 0]), npos=10)
-    assert rec[2] == 0.3 and rec[3] == 0.3
-    # thresholds t = 0, 0.1, 0.2, 0.3 see precision 1; t >= 0.4 see nothing -> 4 / 11.
-    assert ap_11point(rec, prec) == pytest.approx(4 / 11, abs=1e-15)
-    # the naive float threshold 0.1 * 3 would miss it; ours is the correctly rounded 3 / 10
-    assert 0.1 * 3 > 0.3 and ELEVEN_POINT_THRESHOLDS[3] == 0.3
+def test_threshold_variants_are_the_documented_doubles():
+    exact = [k / 10 for k in range(11)]
+    assert AP_THRESHOLDS["exact"].tolist() == exact
+    # MATLAB 0:0.1:1 differs from k/10 only at t = 0.3 (= 3 * 0.1, one ulp above 0.3)
+    matlab = AP_THRESHOLDS["matlab"].tolist()
+    assert [k for k in range(11) if matlab[k] != exact[k]] == [3]
+    assert matlab[3] == 0.30000000000000004 == np.nextafter(0.3, 1)
+    # np.arange(0, 1.1, 0.1) differs at 0.3, 0.6 and 0.7, each one ulp above
+    numpy = AP_THRESHOLDS["numpy"].tolist()
+    assert [k for k in range(11) if numpy[k] != exact[k]] == [3, 6, 7]
+    assert all(numpy[k] == np.nextafter(exact[k], 1) for k in (3, 6, 7))
+
+
+def test_matlab_colon_is_symmetric_with_an_exact_middle():
+    # 0:0.1:0.7 (n = 7): a + k*d up to k = 3, then 0.7 - 3*0.1, 0.7 - 2*0.1, 0.7 - 0.1, 0.7
+    assert matlab_colon(0.0, 0.1, 0.7).tolist() == [
+        0.0,
+        0.1,
+        0.2,
+        0.30000000000000004,
+        0.3999999999999999,
+        0.49999999999999994,
+        0.6,
+        0.7,
+    ]
+    # 0:0.1:0.6 (n = 6, even): the middle element is (0 + 0.6) / 2 = 0.3, not 3 * 0.1
+    assert matlab_colon(0.0, 0.1, 0.6).tolist() == [0.0, 0.1, 0.2, 0.3, 0.39999999999999997, 0.5, 0.6]
+    with pytest.raises(ValueError, match="whole number of steps"):
+        matlab_colon(0.0, 0.3, 1.0)
+
+
+# 10 GT; tp flags in score order; AP by hand for the three variants (sums over 11 thresholds).
+# All-TP runs ending at recall 3/10, 6/10, 7/10: only the last threshold reached is at stake.
+# "interior": TP TP TP FP FP FP TP -> rec .1 .2 .3 .3 .3 .3 .4, the envelope drops after recall 3/10:
+# t = 0.3 sees precision 1 when it is exactly 0.3 (exact) and 4/7 when it is 0.3 + 1 ulp.
+_BOUNDARY_CASES = {
+    "recall 3/10": ([1, 1, 1], {"exact": 4 / 11, "matlab": 3 / 11, "numpy": 3 / 11}),
+    "recall 6/10": ([1] * 6, {"exact": 7 / 11, "matlab": 7 / 11, "numpy": 6 / 11}),
+    "recall 7/10": ([1] * 7, {"exact": 8 / 11, "matlab": 8 / 11, "numpy": 7 / 11}),
+    "interior 3/10": (
+        [1, 1, 1, 0, 0, 0, 1],
+        {"exact": (4 + 4 / 7) / 11, "matlab": (3 + 2 * 4 / 7) / 11, "numpy": (3 + 2 * 4 / 7) / 11},
+    ),
+    "interior 6/10": (
+        [1] * 6 + [0] * 6 + [1],  # rec .6 (prec 1), then .7 at prec 7/13: numpy misses t = .7 too
+        {"exact": (7 + 7 / 13) / 11, "matlab": (7 + 7 / 13) / 11, "numpy": (6 + 7 / 13) / 11},
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", ["matlab", "numpy", "exact"])
+@pytest.mark.parametrize("case", list(_BOUNDARY_CASES))
+def test_eleven_point_at_exact_boundary_recalls(case, variant):
+    tp, expected = _BOUNDARY_CASES[case]
+    rec, prec = precision_recall(np.array(tp), npos=10)
+    assert ap_11point(rec, prec, variant) == pytest.approx(expected[variant], abs=1e-15)
+
+
+def test_unknown_threshold_variant_is_refused():
+    rec, prec = precision_recall(np.array([1]), npos=1)
+    with pytest.raises(ValueError, match="matlab, numpy, exact"):
+        ap_11point(rec, prec, "matlab2")
+    with pytest.raises(ValueError, match="matlab, numpy, exact"):
+        per_class_ap(np.zeros(1, np.int64), np.ones(1, bool), np.ones(1, np.int64), thresholds="x")
 
 
 def test_eleven_point_by_hand():

@@ -30,8 +30,10 @@ ann = make_annotation
 pred = make_predictions
 
 
-def run(test, preds, mode="default", train=None, max_dets=100):
-    ev = build_evaluator("hico_det", meta3(), test, train, mode=mode, max_dets=max_dets)
+def run(test, preds, mode="default", train=None, max_dets=100, ap_thresholds="matlab"):
+    ev = build_evaluator(
+        "hico_det", meta3(), test, train, mode=mode, max_dets=max_dets, ap_thresholds=ap_thresholds
+    )
     ev.process(preds)
     return ev.evaluate(), ev
 
@@ -49,6 +51,33 @@ def test_perfect_predictions_score_one():
     assert t["hold_ball"]["n_gt"] == 0 and np.isnan(t["hold_ball"]["ap"])  # no GT: out of the mean
     assert "mAP_full" in format_table(m) and "100.00" in format_table(m)
     assert "hold_cup" in format_class_table(ev.per_class["default"])
+
+
+OB2 = [40.0, 40.0, 49.0, 49.0]  # a second object
+
+
+@pytest.mark.parametrize(
+    "variant, expected",
+    # three classes with 10 GT each, recall exactly 3/10, 6/10 and 7/10 at precision 1; per class
+    # 11-point AP = (thresholds reached) / 11: exact 4 + 7 + 8, MATLAB 3 + 7 + 8 (misses 0.3 + 1 ulp
+    # at recall 3/10), NumPy 3 + 6 + 7 (also misses 0.6 and 0.7 + 1 ulp)
+    [("exact", 19 / 33), ("matlab", 18 / 33), ("numpy", 16 / 33)],
+)
+def test_threshold_variants_at_exact_boundary_recalls(variant, expected):
+    test = [ann(f"i{i}", [H, OB, OB2], [0, 1, 2], [[0, 1, 0], [0, 1, 1], [0, 2, 0]]) for i in range(10)]
+    # hold_cup right in images 0-2, look_cup in 0-5, hold_ball in 0-6
+    preds = [
+        pred(
+            f"i{i}",
+            [(H, OB, 1, 0, 0.9)] * (i < 3) + [(H, OB, 1, 1, 0.8)] * (i < 6) + [(H, OB2, 2, 0, 0.7)] * (i < 7),
+        )
+        for i in range(10)
+    ]
+    m, ev = run(test, preds, ap_thresholds=variant)
+    assert [table(ev)[c]["max_recall"] for c in ("hold_cup", "look_cup", "hold_ball")] == [0.3, 0.6, 0.7]
+    assert m["mAP_full"] == pytest.approx(expected, abs=1e-15)
+    ref = reference_hico_eval(meta3(), test, preds, ap_thresholds=variant)
+    assert ref["mAP_full"] == pytest.approx(expected, abs=1e-15)
 
 
 def test_duplicate_is_false_positive():
@@ -125,20 +154,43 @@ def test_rare_split_from_training_counts():
     assert "mAP_rare" not in m  # no training annotations -> no split
 
 
-def test_real_vocabulary_checks_138_rare():
-    meta = random_meta(117, 80, 600, seed=3)
-    verbs, objs = np.nonzero(meta.correct_mat)
+def test_official_hico_split_is_used_whatever_the_training_subset(tmp_path, caplog):
+    from hqm.data import load_meta
 
-    def train(n_rare):
-        counts = [5 if k < n_rare else 20 for k in range(600)]
-        return [
-            ann(f"t{k}", [H, OB], [0, o], [[0, 1, v]] * c)
-            for k, (v, o, c) in enumerate(zip(verbs, objs, counts))
-        ]
+    meta = load_meta("hico_det", tmp_path)  # the packaged vocabulary: no file needed
+    assert len(meta.rare_classes) == 138
+    names = {f"{meta.verb_names[v]}_{meta.object_names[o]}" for v, o in meta.rare_classes}
+    # spot checks of the official split: HOI ids 9 and 23 are rare, 19 (ride bicycle) is not
+    assert {"wash_airplane", "wash_bicycle"} <= names and "ride_bicycle" not in names
+    assert all(meta.correct_mat[v, o] for v, o in meta.rare_classes)
+    ride_bike = (meta.verb_names.index("ride"), meta.object_names.index("bicycle"))
+    wash_plane = (meta.verb_names.index("wash"), meta.object_names.index("airplane"))
+    test = [
+        ann("a", [H, OB], [0, ride_bike[1]], [[0, 1, ride_bike[0]]]),
+        ann("b", [H, OB], [0, wash_plane[1]], [[0, 1, wash_plane[0]]]),
+    ]
+    preds = [pred("a", [(H, OB, ride_bike[1], ride_bike[0], 0.9)])]
+    # a few-shot training subset: 3 rows of ride_bicycle, nothing else -> counting would call all 600 rare
+    subset = [ann("t", [H, OB], [0, ride_bike[1]], [[0, 1, ride_bike[0]]] * 3)]
+    with caplog.at_level("WARNING", logger="hqm.evaluation"):
+        ev = HICODetEvaluator(meta, test, subset)
+    assert "the training annotations give 600 rare classes" in caplog.text
+    assert "462 classes differ" in caplog.text and "official split" in caplog.text
+    assert int(ev.rare.sum()) == 138 and ev.train_counts.sum() == 3
+    ev.process(preds)
+    m = ev.evaluate()
+    # ride_bicycle (non-rare, AP 1) and wash_airplane (rare, no detection, AP 0)
+    assert m["mAP_nonrare"] == 1.0 and m["mAP_rare"] == 0.0 and m["mAP_full"] == 0.5
+    # without training annotations the official split still applies; the reference agrees
+    no_train = HICODetEvaluator(meta, test)
+    no_train.process(preds)
+    assert no_train.evaluate() == m
+    assert reference_hico_eval(meta, test, preds, train_annotations=subset) == pytest.approx(m, abs=1e-12)
 
-    HICODetEvaluator(meta, [], train(138))
-    with pytest.raises(ValueError, match="138 / 462"):
-        HICODetEvaluator(meta, [], train(100))
+
+def test_rare_split_from_zero_training_records_is_an_error():
+    with pytest.raises(ValueError, match="no training records"):
+        run([ann("a", [H, OB], [0, 1], [[0, 1, 0]])], [], train=[])
 
 
 def _random_case(seed, n_images=40, n_pairs=8, tie_scores=False):

@@ -106,6 +106,37 @@ def test_bad_records_name_file_record_and_field(tmp_path, record, field):
     assert "bad.json" in msg and "record 1" in msg and field in msg
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e39"])
+@pytest.mark.parametrize("where", ["score", "bbox"])
+def test_non_finite_numbers_are_refused_with_file_image_and_index(tmp_path, value, where):
+    # Python's json reads NaN / Infinity literals; 1e39 overflows the float32 the scores are kept in
+    score, box = (value, "1") if where == "score" else ("0.5", value)
+    text = (
+        '[{"file_name": "ok.jpg", "predictions": [], "hoi_prediction": []},'
+        ' {"file_name": "img2.jpg", "predictions": [{"bbox": [0, 0, 5, 5], "category_id": 1},'
+        f' {{"bbox": [0, 0, 9, {box}], "category_id": 2}}], "hoi_prediction": ['
+        ' {"subject_id": 0, "object_id": 0, "category_id": 1, "score": 0.9},'
+        f' {{"subject_id": 0, "object_id": 1, "category_id": 1, "score": {score}}}]}}]'
+    )
+    path = tmp_path / "preds.json"
+    path.write_text(text)
+    with pytest.raises(PredictionsFormatError) as e:
+        load_predictions(path, COCO_IDS, verb_id_offset=1)
+    field = "hoi_prediction[1].score" if where == "score" else "predictions[1].bbox"
+    msg = str(e.value)
+    assert "preds.json" in msg and "record 1" in msg and "'img2.jpg'" in msg and field in msg
+    assert "finite" in msg
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_evaluators_refuse_non_finite_scores(bad):
+    meta, test, preds = _preds()
+    preds[1].scores[2] = bad
+    ev = build_evaluator("hico_det", meta, test, None)
+    with pytest.raises(ValueError, match=rf"image '{preds[1].file_name}': triplet 2 has score {bad}"):
+        ev.process(preds)
+
+
 def test_export_hico_mat(tmp_path):
     scipy_io = pytest.importorskip("scipy.io")
     meta, test, preds = _preds(1)

@@ -29,7 +29,7 @@ from hqm.engine import checkpoint as ckpt_module
 from hqm.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from hqm.engine.trainer import Trainer
 from hqm.errors import OutputError
-from hqm.models.criterion import SetCriterion
+from hqm.models.group_criterion import GroupCriterion
 from test_distributed import free_port
 
 
@@ -136,7 +136,7 @@ def test_sigint_during_evaluation_evaluates_again_on_resume(tiny_root, tmp_path,
 
 def nan_loss_at(monkeypatch, steps: set[int]) -> None:
     """The criterion returns a NaN loss at the given (1-based) optimiser steps."""
-    original = SetCriterion.forward
+    original = GroupCriterion.forward
     calls = []
 
     def forward(self, *args, **kwargs):
@@ -147,7 +147,7 @@ def nan_loss_at(monkeypatch, steps: set[int]) -> None:
             terms = {**terms, "loss_verb_ce": terms["loss_verb_ce"] * float("nan")}
         return loss, terms
 
-    monkeypatch.setattr(SetCriterion, "forward", forward)
+    monkeypatch.setattr(GroupCriterion, "forward", forward)
 
 
 def test_nan_loss_is_skipped_and_logged(tiny_root, tmp_path, capsys, monkeypatch):

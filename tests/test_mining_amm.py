@@ -7,8 +7,9 @@ import torch
 
 from conftest import NUM_OBJ, NUM_VERB, TINY_OVERRIDES
 from hqm.config import load_config
+from hqm.detectors import build_model
 from hqm.mining.amm import AttentionMasking, topk_mask
-from hqm.models import build_criterion, build_matcher, build_model
+from hqm.models import LearnableAssignment, build_criterion, build_matcher
 
 
 def scores(b=2, t=3, q=5, s=40, pad=None, seed=0):
@@ -116,8 +117,8 @@ def test_amm_pass_uses_the_learnable_reference_and_copies(batch, masking_referen
     _, model, crit = _tiny(["mining.strategy=amm", "mining.amm.k=6"])
     out = model(images, masks, targets, mining=("amm",))
     group = out["groups"]["amm"]
-    assert group["assignment"] == {"type": "learnable", "query_map": None}
-    assert group["outputs"]["pred_obj_logits"].shape == out["pred_obj_logits"].shape
+    assert group.assignment == LearnableAssignment(query_map=None)
+    assert group.outputs["pred_obj_logits"].shape == out["pred_obj_logits"].shape
     ref = masking_reference["reference"]
     assert sorted(ref) == [0, 1] and ref[0].shape[:3] == (2, 4, 8) and not ref[0].requires_grad
     loss, logs = crit(out, targets, 1.0, {"amm": 1.0})
@@ -129,12 +130,13 @@ def test_amm_matched_queries_decode_only_matched_copies(batch):
     _, model, crit = _tiny(["mining.strategy=amm", "mining.amm.queries=matched", "mining.amm.k=6"])
     out = model(images, masks, targets, mining=("amm",))
     group = out["groups"]["amm"]
-    qmap = group["assignment"]["query_map"]
-    assert "indices" in out  # the Hungarian assignment computed in forward is reused by the criterion
+    qmap = group.assignment.query_map
+    # the Hungarian assignment computed in forward travels with the group, the criterion reuses it
+    assert group.learnable_indices is not None
     for i, t in enumerate(targets):
-        matched = torch.unique(torch.cat([idx[i][0] for idx in out["indices"]]))
+        matched = torch.unique(torch.cat([idx[i][0] for idx in group.learnable_indices]))
         assert torch.equal(qmap[i], matched) and len(t["obj_labels"]) <= len(qmap[i])
-    assert group["outputs"]["pred_obj_logits"].shape[1] == max(len(m) for m in qmap)
+    assert group.outputs["pred_obj_logits"].shape[1] == max(len(m) for m in qmap)
     loss, _ = crit(out, targets, 1.0, {"amm": 1.0})
     assert torch.isfinite(loss)
 

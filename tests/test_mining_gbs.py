@@ -7,8 +7,9 @@ import torch
 
 from conftest import NUM_OBJ, NUM_VERB, TINY_OVERRIDES, make_target
 from hqm.config import load_config
+from hqm.detectors import build_model
 from hqm.mining.gbs import GBSMiner, box_iou_cxcywh, pair_vector, sample_official, sample_per_box
-from hqm.models import build_criterion, build_matcher, build_model
+from hqm.models import build_criterion, build_matcher
 
 
 def random_boxes(n: int, seed: int = 0) -> torch.Tensor:
@@ -126,6 +127,29 @@ def test_official_pairs_without_object_are_not_shifted():
     torch.testing.assert_close(obj[5], t["obj_boxes"][5])
 
 
+@pytest.mark.parametrize("sampler", ["official", "per_box"])
+def test_pixel_inside_clip_keeps_shifted_boxes_one_pixel_inside(sampler):
+    """Released code: shifted boxes are clipped at (W - 1, H - 1) pixels; ours at the image edge."""
+    torch.manual_seed(0)
+    t = make_target(6)  # size (h, w) = (96, 128)
+    t["sub_boxes"][:, 0], t["sub_boxes"][:, 2] = 0.9, 0.15  # ends 1.5 px inside: many shifts cross
+    upper = torch.tensor([127 / 128, 95 / 96])
+    edge = GBSMiner(16, sampler=sampler)
+    inside = GBSMiner(16, sampler=sampler, clip="pixel_inside")
+    torch.testing.assert_close(inside.clip_limits([t], [6], torch.device("cpu")), upper.expand(6, 2))
+    crossed = False
+    for seed in range(5):
+        torch.manual_seed(seed)
+        sub_edge, _ = edge.shifted_pairs(t["sub_boxes"], t["obj_boxes"], t["has_obj"])
+        torch.manual_seed(seed)
+        sub_in, _ = inside.shifted_pairs(t["sub_boxes"], t["obj_boxes"], t["has_obj"], upper.expand(6, 2))
+        x2_edge = sub_edge[:, 0] + sub_edge[:, 2] / 2
+        x2_in = sub_in[:, 0] + sub_in[:, 2] / 2
+        assert (x2_in <= upper[0] + 1e-6).all()
+        crossed |= bool((x2_edge > upper[0] + 1e-6).any())
+    assert crossed  # the two clips differ on these boxes
+
+
 def test_per_box_missing_object_stays_empty_and_queries_are_padded():
     torch.manual_seed(0)
     miner = GBSMiner(16)
@@ -151,7 +175,7 @@ def test_images_without_pairs_contribute_nothing_and_never_nan(batch):
     cfg, model, crit = _tiny(["mining.strategy=gbs"])
     for targets in ([make_target(2), make_target(0, seed=5)], [make_target(0), make_target(0, seed=5)]):
         out = model(images, masks, targets, mining=("gbs",))
-        hard = out["groups"]["gbs"]["outputs"]
+        hard = out["groups"]["gbs"].outputs
         assert all(torch.isfinite(v).all() for k, v in hard.items() if k.startswith("pred_"))
         loss, logs = crit(out, targets, 1.0, {"gbs": 1.0})
         assert torch.isfinite(loss)
@@ -174,8 +198,8 @@ def test_hard_losses_use_the_fixed_assignment(batch):
     out_a = model(images, masks, targets, mining=("gbs",))
     out_b = model(images, masks, permuted, mining=("gbs",))
     ga, gb = out_a["groups"]["gbs"], out_b["groups"]["gbs"]
-    assert [q.tolist() for q, _ in ga["assignment"]["indices"]] == [[0, 1, 2], [0, 1]]
-    torch.testing.assert_close(gb["outputs"]["pred_sub_boxes"][0], ga["outputs"]["pred_sub_boxes"][0][perm])
+    assert [q.tolist() for q, _ in ga.assignment.indices] == [[0, 1, 2], [0, 1]]
+    torch.testing.assert_close(gb.outputs["pred_sub_boxes"][0], ga.outputs["pred_sub_boxes"][0][perm])
     la = crit(out_a, targets, 1.0, {"gbs": 1.0})[1]
     lb = crit(out_b, permuted, 1.0, {"gbs": 1.0})[1]
     for key in la:
@@ -190,7 +214,8 @@ def test_gradients_reach_fp_on_gbs_steps_and_are_zero_on_amm_steps(batch):
     for active, nonzero in ((("gbs",), True), (("amm",), False)):
         model.zero_grad(set_to_none=True)
         out = model(images, masks, targets, mining=active)
-        crit(out, targets, 1.0, {active[0]: 1.0})[0].backward()
+        idle = model.miner_parameters(exclude=active)  # the criterion touches idle miners with a zero
+        crit(out, targets, 1.0, {active[0]: 1.0}, idle_params=idle)[0].backward()
         assert all(p.grad is not None for p in fp)  # present every step (static DDP graph)
         assert any(p.grad.abs().sum() > 0 for p in fp) == nonzero
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import NUM_OBJ, NUM_VERB, TINY_OVERRIDES
+from conftest import DETECTORS, NUM_OBJ, NUM_VERB, TINY_OVERRIDES, tiny_detector_cfg
 from hqm.config import load_config
+from hqm.detectors import build_model
 from hqm.mining import build_miners
 from hqm.mining.amm import AMMMiner
 from hqm.mining.cjl import CJLMiner
 from hqm.mining.gbs import GBSMiner
 from hqm.mining.schedule import MiningSchedule, build_schedule
-from hqm.models import build_criterion, build_matcher, build_model
+from hqm.models import FixedAssignment, build_criterion, build_matcher
 
 
 def test_ajl_alternates_by_global_step():
@@ -52,7 +53,11 @@ def test_weights_pjl_half_beta_and_single_strategies():
 )
 def test_build_miners_matches_the_schedule(tiny_cfg, strategy, kinds):
     tiny_cfg.mining.strategy = strategy
-    miners = build_miners(tiny_cfg, build_model(load_config(None, TINY_OVERRIDES), NUM_OBJ, NUM_VERB))
+    miners = build_miners(
+        tiny_cfg,
+        build_model(load_config(None, TINY_OVERRIDES), NUM_OBJ, NUM_VERB),
+        lambda: build_matcher(tiny_cfg.loss),
+    )
     assert {k: type(v) for k, v in miners.items()} == kinds
     assert set(miners) == set(build_schedule(tiny_cfg.mining).miner_names)
 
@@ -65,23 +70,27 @@ def test_presets_resolve():
     assert paper.mining.gbs.sampler == "per_box" and not paper.mining.ajl.reset_each_epoch
     assert (official.mining.beta, official.train.lr_drop) == (0.8, 55)
     assert official.mining.gbs.sampler == "official"
+    assert (official.mining.gbs.clip, official.loss.obj_box_norm) == ("pixel_inside", "pairs_with_object")
+    assert (paper.mining.gbs.clip, paper.loss.obj_box_norm) == ("image", "pairs")
     assert official.mining.ajl.reset_each_epoch and official.train.epochs == 80
     assert official.model.backbone == "resnet50" and official.data.dataset == "hico_det"
 
 
-def _model(strategy, extra=()):
+def _model(strategy, extra=(), detector="qpic"):
     torch.manual_seed(0)
-    cfg = load_config(None, TINY_OVERRIDES + [f"mining.strategy={strategy}", "mining.amm.k=6", *extra])
+    cfg = tiny_detector_cfg(detector, [f"mining.strategy={strategy}", "mining.amm.k=6", *extra])
     return build_model(cfg, NUM_OBJ, NUM_VERB), build_criterion(cfg, NUM_OBJ, build_matcher(cfg.loss))
 
 
 @pytest.mark.parametrize(
-    "strategy, extra", [("pjl", ()), ("cjl", ()), ("ajl", ("model.query_type=gaussian",))]
+    "detector, strategy, extra",
+    [(d, s, ()) for d in DETECTORS for s in ("pjl", "cjl")]
+    + [("qpic", "ajl", ("model.query_type=gaussian",))],
 )
-def test_evaluation_outputs_identical_with_and_without_miners(batch, strategy, extra):
+def test_evaluation_outputs_identical_with_and_without_miners(batch, detector, strategy, extra):
     images, masks, _ = batch
-    plain, _ = _model("none", extra)
-    mined, _ = _model(strategy, extra)
+    plain, _ = _model("none", extra, detector)
+    mined, _ = _model(strategy, extra, detector)
     missing, unexpected = mined.load_state_dict(plain.state_dict(), strict=False)
     assert all(k.startswith("miners.") for k in missing) and not unexpected
 
@@ -101,9 +110,10 @@ def test_evaluation_outputs_identical_with_and_without_miners(batch, strategy, e
     )
 
 
-def test_pjl_runs_both_groups_independently_with_half_beta(batch):
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_pjl_runs_both_groups_independently_with_half_beta(batch, detector):
     images, masks, targets = batch
-    model, crit = _model("pjl")
+    model, crit = _model("pjl", detector=detector)
     model.train()
     out = model(images, masks, targets, mining=("gbs", "amm"))
     assert set(out["groups"]) == {"gbs", "amm"}
@@ -124,17 +134,17 @@ def test_cjl_masks_gbs_queries_with_the_matched_learnable_reference(batch, maski
     recorded = {}
     real_decode = model.decode
 
-    def decode(enc, query_pos, query_mask=None, hook=None, final_norm=True):
+    def decode(enc, queries, hook=None, final_norm=True):
         if "learnable" not in recorded:
             recorded["learnable"] = hook
-        return real_decode(enc, query_pos, query_mask, hook, final_norm)
+        return real_decode(enc, queries, hook, final_norm)
 
     model.decode = decode
     out = model(images, masks, targets, mining=("cjl",))
     group = out["groups"]["cjl"]
-    assert group["assignment"]["type"] == "fixed"
+    assert isinstance(group.assignment, FixedAssignment)
     ref, learn = masking_reference["reference"], recorded["learnable"].scores
-    last = out["indices"][0]
+    last = group.learnable_indices[0]  # solved once in forward, handed to the criterion
     for i, (q, t) in enumerate(last):
         for layer in ref:
             torch.testing.assert_close(ref[layer][i, :, t], learn[layer][i, :, q])
@@ -147,8 +157,8 @@ def test_cjl_self_reference_runs_an_unmasked_pass_first(batch):
     model.train()
     hooks = []
     real_decode = model.decode
-    model.decode = lambda enc, qp, qm=None, hook=None, final_norm=True: (
-        hooks.append(type(hook).__name__) or real_decode(enc, qp, qm, hook, final_norm)
+    model.decode = lambda enc, queries, hook=None, final_norm=True: (
+        hooks.append(type(hook).__name__) or real_decode(enc, queries, hook, final_norm)
     )
     model(images, masks, targets, mining=("cjl",))
     assert hooks == ["NoneType", "RecordAttention", "AttentionMasking"]

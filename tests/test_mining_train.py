@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import TINY_DATA_64, TINY_OVERRIDES
+from conftest import DETECTOR_OVERRIDES, TINY_DATA_64, TINY_OVERRIDES
 from hqm.config import load_config
 from hqm.engine.trainer import Trainer
 
@@ -27,7 +27,13 @@ RUNS = {
     "ajl": [],
     "pjl": [],
     "cjl": [],
-    "ajl-official": ["mining.gbs.sampler=official", "mining.beta=0.8", "mining.ajl.reset_each_epoch=true"],
+    "ajl-official": [
+        "mining.gbs.sampler=official",
+        "mining.beta=0.8",
+        "mining.ajl.reset_each_epoch=true",
+        "mining.gbs.clip=pixel_inside",
+        "loss.obj_box_norm=pairs_with_object",
+    ],
     "ajl-start-amm": ["mining.ajl.start=amm"],
     "gbs-shift-none": ["mining.gbs.shift=none"],
     "gbs-gaussian": ["mining.gbs.shift=gaussian", "mining.gbs.iou_range=[0.5,0.7]"],
@@ -43,18 +49,32 @@ RUNS = {
 }
 
 
-@pytest.mark.parametrize("run", list(RUNS))
-def test_two_training_steps(run, tiny_root, tmp_path):
+#: every other registered detector runs every strategy through the trainer (its ablation variants:
+#: test_cdn.py, one forward / backward each)
+DETECTOR_RUNS = [
+    (det, run)
+    for det in DETECTOR_OVERRIDES
+    if det != "qpic"
+    for run in ("none", "gbs", "amm", "ajl", "pjl", "cjl")
+]
+
+
+@pytest.mark.parametrize("detector, run", [("qpic", run) for run in RUNS] + DETECTOR_RUNS)
+def test_two_training_steps(detector, run, tiny_root, tmp_path):
     strategy = run.split("-")[0]
     cfg = load_config(
         None,
         TINY_OVERRIDES
+        + DETECTOR_OVERRIDES[detector]
         + SMALL
         + RUNS[run]
         + [f"data.root={tiny_root}", f"mining.strategy={strategy}", f"train.output_dir={tmp_path}"],
     )
     trainer = Trainer(cfg)
-    trainer.train_one_epoch()  # the step loop only: evaluation is covered elsewhere
+    trainer.train_one_epoch()  # the step loop; evaluation for the other detectors, QPIC's elsewhere
+    if detector != "qpic" and run in ("none", "ajl"):
+        metrics = trainer.evaluate_and_record()
+        assert "mAP_full" in metrics
     trainer.writer.close()
     assert trainer.step == 2
     logs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -7,28 +7,30 @@ import pytest
 import torch
 
 from conftest import NUM_OBJ, NUM_VERB, make_target
-from hqm.models import build_criterion, build_matcher, build_model
+from hqm.detectors import build_model
+from hqm.models import QueryGroup, build_criterion, build_matcher
 from hqm.models.attention import AttentionHook, MultiheadAttention, RecordAttention
 from hqm.models.postprocess import PostProcessHOI
+from hqm.models.transformer import DecoderLayer
 from hqm.structures import DatasetMeta
 
 
 @pytest.fixture
-def model(tiny_cfg):
+def model(detector_cfg):
     torch.manual_seed(0)
-    return build_model(tiny_cfg, NUM_OBJ, NUM_VERB).eval()
+    return build_model(detector_cfg, NUM_OBJ, NUM_VERB).eval()
 
 
-def test_output_contract(model, batch, tiny_cfg):
+def test_output_contract(model, batch, detector_cfg):
     images, masks, _ = batch
     out = model(images, masks)
-    nq = tiny_cfg.model.num_queries
+    nq = detector_cfg.model.num_queries
     assert out["pred_obj_logits"].shape == (2, nq, NUM_OBJ + 1)
     assert out["pred_verb_logits"].shape == (2, nq, NUM_VERB)
     for k in ("pred_sub_boxes", "pred_obj_boxes"):
         assert out[k].shape == (2, nq, 4)
         assert (out[k] >= 0).all() and (out[k] <= 1).all()
-    assert len(out["aux_outputs"]) == tiny_cfg.model.dec_layers - 1
+    assert len(out["aux_outputs"]) == detector_cfg.model.dec_layers - 1
     assert set(out["aux_outputs"][0]) == {
         "pred_obj_logits",
         "pred_verb_logits",
@@ -37,8 +39,8 @@ def test_output_contract(model, batch, tiny_cfg):
     }
 
 
-def test_qpic_parameter_names(model):
-    names = set(model.state_dict())
+def test_qpic_parameter_names(tiny_cfg):
+    names = set(build_model(tiny_cfg, NUM_OBJ, NUM_VERB).state_dict())
     for key in (
         "query_embed.weight",
         "input_proj.weight",
@@ -109,18 +111,24 @@ def test_seam_extra_query_group_and_attention_hook(model, batch):
     """Extra groups are decoded apart from the learnable queries; the hook returns and masks attention."""
     images, masks, _ = batch
     enc = model.encode(images, masks)
-    learn = model.decode(enc, model.learnable_query_pos(2))
-    extra = torch.randn(2, 3, model.hidden_dim)
-    group = model.decode(enc, extra, query_mask=torch.tensor([[False, False, True], [False, True, True]]))
+    learn = model.decode(enc, model.learnable_queries(2))
+    extra = QueryGroup(
+        torch.randn(2, 3, model.hidden_dim), torch.tensor([[False, False, True], [False, True, True]])
+    )
+    group = model.decode(enc, extra)
     assert group["pred_obj_logits"].shape == (2, 3, NUM_OBJ + 1)
+    assert group["pred_verb_logits"].shape == (2, 3, NUM_VERB)
     # the learnable queries are unaffected by the presence of a group
-    again = model.decode(enc, model.learnable_query_pos(2))
+    again = model.decode(enc, model.learnable_queries(2))
     assert torch.equal(learn["pred_obj_logits"], again["pred_obj_logits"])
 
     rec = RecordAttention()
-    model.decode(enc, model.learnable_query_pos(2), hook=rec)
+    model.decode(enc, model.learnable_queries(2), hook=rec)
     hw = enc.memory.shape[1]
-    assert sorted(rec.scores) == list(range(len(model.transformer.decoder.layers)))
+    # hook layers are numbered across all of the detector's decoders; mining may mask a prefix
+    n_layers = sum(isinstance(m, DecoderLayer) for m in model.modules())
+    assert sorted(rec.scores) == list(range(n_layers))
+    assert set(model.mining_layers) <= set(rec.scores) and 0 in model.mining_layers
     assert rec.scores[0].shape == (2, 4, model.num_queries, hw)
     # padded keys are at -inf in the recorded scores
     assert torch.isinf(rec.scores[0][1][..., enc.mask[1]]).all()
@@ -142,7 +150,7 @@ def test_seam_extra_query_group_and_attention_hook(model, batch):
     from hqm.models.attention import HookChain
 
     probe = Probe()
-    masked = model.decode(enc, model.learnable_query_pos(2), hook=HookChain([MaskAll(), probe]))
+    masked = model.decode(enc, model.learnable_queries(2), hook=HookChain([MaskAll(), probe]))
     assert torch.allclose(probe.probs[0][..., 0], torch.ones(()))
     assert not torch.allclose(masked["pred_obj_logits"], learn["pred_obj_logits"])
 
@@ -182,9 +190,9 @@ def test_matcher_missing_object_ignores_object_box(tiny_cfg):
     assert torch.allclose(c1, c2)
 
 
-def test_criterion_empty_gt(model, batch, tiny_cfg):
+def test_criterion_empty_gt(model, batch, detector_cfg):
     images, masks, _ = batch
-    crit = build_criterion(tiny_cfg, NUM_OBJ, build_matcher(tiny_cfg.loss))
+    crit = build_criterion(detector_cfg, NUM_OBJ, build_matcher(detector_cfg.loss))
     out = model(images, masks)
     loss, logs = crit(out, [make_target(0), make_target(0)])
     for k, v in logs.items():
@@ -195,11 +203,11 @@ def test_criterion_empty_gt(model, batch, tiny_cfg):
     loss.backward()
 
 
-def test_criterion_decreases_with_training(tiny_cfg, batch):
+def test_criterion_decreases_with_training(detector_cfg, batch):
     torch.manual_seed(0)
     images, masks, targets = batch
-    model = build_model(tiny_cfg, NUM_OBJ, NUM_VERB).train()
-    crit = build_criterion(tiny_cfg, NUM_OBJ, build_matcher(tiny_cfg.loss))
+    model = build_model(detector_cfg, NUM_OBJ, NUM_VERB).train()
+    crit = build_criterion(detector_cfg, NUM_OBJ, build_matcher(detector_cfg.loss))
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     first = None
     for _ in range(40):

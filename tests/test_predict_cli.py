@@ -12,8 +12,8 @@ from PIL import Image
 from conftest import TINY_OVERRIDES
 from hqm.cli import main
 from hqm.config import config_to_dict, load_config
+from hqm.detectors import build_model
 from hqm.engine.checkpoint import save_checkpoint
-from hqm.models import build_model
 from hqm.structures import DatasetMeta
 from hqm.viz.predict_files import expand_sources
 
@@ -174,3 +174,17 @@ def test_distinct_outputs_skipped_files_and_upright_photos(setup, capsys):
     (bad_only / "cut.jpg").write_bytes((src / "cut.jpg").read_bytes())
     assert _predict(setup, bad_only, setup["tmp"] / "bad_out") == 1
     assert "0 images, 1 unreadable skipped" in capsys.readouterr().out
+
+
+def test_predict_folder_equals_one_image_at_a_time(setup):
+    """hqm predict folder/ writes, for every image, exactly the triplets of hqm predict image.jpg."""
+    folder = setup["tmp"] / "out_folder"
+    args = ["predict", str(setup["ckpt"]), "threshold=0.0", "top_k=3"]
+    assert main([*args, f"source={setup['imgs']}", f"out={folder}", "batch=3", "--quiet"]) == 0
+    together = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert len(together) == 3 and all(r["hois"] for r in together)
+    for i, record in enumerate(together):
+        out = setup["tmp"] / f"out_single{i}"
+        assert main([*args, f"source={setup['imgs'] / f'im{i}.jpg'}", f"out={out}", "--quiet"]) == 0
+        (alone,) = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        assert alone == record

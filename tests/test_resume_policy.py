@@ -22,7 +22,7 @@ def test_every_class_of_key():
         "loss.eos_coef=0.2",
     ]
     changes = check_compatible(
-        old, load_config("qpic_r18_synthetic", applied + ["data.num_workers=0"]), "x.pt"
+        old, load_config("qpic_r18_synthetic", applied + ["data.num_workers=2"]), "x.pt"
     )
     assert [k for k, _, _ in changes["applied"]] == [
         "loss.eos_coef",
@@ -31,7 +31,7 @@ def test_every_class_of_key():
         "train.lr_drop",
         "eval.max_dets",
     ]
-    assert changes["no_effect"] == [("data.num_workers", 1, 0)]
+    assert changes["no_effect"] == [("data.num_workers", 0, 2)]
     refused = [
         "model.dec_layers=2",
         "data.scales=[96]",
@@ -55,16 +55,17 @@ def test_resume_applies_a_new_schedule_and_refuses_a_new_model(tiny_root, tmp_pa
     one. Now the lr follows the new lr / lr_drop from the restored step on, and the restored
     optimiser takes the new weight decay."""
     out = tmp_path / "run"
-    first = Trainer(exact_cfg(tiny_root, out, "train.batch_size=2"))  # lr 2e-4, lr_drop 5
+    base = ["train.batch_size=2", "train.lr=2e-4", "train.lr_backbone=2e-4", "train.lr_drop=5"]
+    first = Trainer(exact_cfg(tiny_root, out, *base))
     spe = first.steps_per_epoch
     first.epoch, first.step = 3, 3 * spe  # three epochs done
     first.save("last.pt")
     first.run_lock.release()
     with pytest.raises(ValueError, match="model.hidden_dim 32 -> 64"):
-        Trainer(exact_cfg(tiny_root, out, "train.batch_size=2", "model.hidden_dim=64"), resume="auto")
+        Trainer(exact_cfg(tiny_root, out, *base, "model.hidden_dim=64"), resume="auto")
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["hidden_dim"] == 32  # untouched
 
-    new = ["train.batch_size=2", "train.lr_drop=2", "train.lr=3e-4", "train.weight_decay=0.05"]
+    new = base + ["train.lr_drop=2", "train.lr=3e-4", "train.weight_decay=0.05"]
     resumed = Trainer(exact_cfg(tiny_root, out, *new), resume="auto")
     rest, backbone = resumed.optimizer.param_groups
     assert resumed.epoch == 3 and resumed.step == 3 * spe

@@ -9,7 +9,7 @@ import torch
 from conftest import NUM_OBJ, NUM_VERB, TINY_OVERRIDES
 from hqm.box_ops import relative_boxes
 from hqm.config import ConfigError, load_config
-from hqm.models import build_model
+from hqm.detectors import build_model
 from hqm.models.position_encoding import PositionEmbeddingSine
 from hqm.models.spatial_queries import SpatialQueries, key_positions, sine_embed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -91,4 +92,32 @@ def test_two_step_run_writes_run_files(tiny_root, tmp_path, capsys):
     )
     from_file = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert from_file == pytest.approx(metrics, abs=1e-6, nan_ok=True)
+
+    # evaluation needs the annotation files only: a root without training images gives the same
+    # numbers (rare split included), also with data.on_bad_record=skip (it used to drop every record)
+    bare = tmp_path / "no_train_images"
+    shutil.copytree(tiny_root / "annotations", bare / "annotations")
+    shutil.copytree(tiny_root / "images" / "test2015", bare / "images" / "test2015")
+    for extra in ([], ["data.on_bad_record=skip"]):
+        argv = ["eval", str(out / "config.yaml"), f"weights={out / 'checkpoints' / 'last.pt'}"]
+        assert main([*argv, f"data.root={bare}", *extra, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == metrics
+
+    # a predictions file with an infinite score is refused in one line naming file, image and index
+    from hqm.data import file_ids
+
+    person = file_ids("synthetic", bare)[0][0]
+    r = 3
+    records[r]["predictions"] = [{"bbox": [1, 2, 30, 40], "category_id": person}] * 2
+    records[r]["hoi_prediction"] = [
+        {"subject_id": 0, "object_id": 1, "category_id": 1, "score": 0.5},
+        {"subject_id": 0, "object_id": 1, "category_id": 2, "score": float("inf")},
+    ]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(records))  # writes the Infinity literal
+    argv = ["eval-file", "--dataset", "synthetic", "--root", str(bare), "--predictions", str(bad)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and repr(records[r]["file_name"]) in err
+    assert f"record {r}" in err and "hoi_prediction[1].score" in err
     torch.set_grad_enabled(True)

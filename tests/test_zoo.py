@@ -12,7 +12,7 @@ import torchvision
 from conftest import TINY_OVERRIDES
 from hqm.config import load_config
 from hqm.data.vocab import coco_objects
-from hqm.models import build_model
+from hqm.detectors import build_model
 from hqm.zoo import (
     UnsafeCheckpointError,
     convert_state_dict,
@@ -40,32 +40,40 @@ def detr_state_dict(
     ff: int = 64,
     queries: int = 100,
     with_backbone: bool = True,
+    device: str = "cpu",
 ) -> dict[str, torch.Tensor]:
+    """``device="meta"``: shapes only (full-size layouts without memory)."""
     g = torch.Generator().manual_seed(0)
     sd: dict[str, torch.Tensor] = {}
+
+    def rand(*shape, generator=None) -> torch.Tensor:
+        if device == "meta":
+            return torch.empty(shape, device="meta")
+        return torch.randn(shape, generator=generator)
+
     if with_backbone:
         net = getattr(torchvision.models, backbone)(weights=None)
         for k, v in net.state_dict().items():
             if not k.startswith("fc.") and not k.endswith("num_batches_tracked"):
-                sd[f"backbone.0.body.{k}"] = torch.randn(v.shape, generator=g)
+                sd[f"backbone.0.body.{k}"] = rand(*v.shape, generator=g)
         c5 = 512 if backbone in ("resnet18", "resnet34") else 2048
-        sd["input_proj.weight"] = torch.randn(d, c5, 1, 1, generator=g)
-        sd["input_proj.bias"] = torch.randn(d, generator=g)
+        sd["input_proj.weight"] = rand(d, c5, 1, 1, generator=g)
+        sd["input_proj.bias"] = rand(d, generator=g)
 
     def attn(prefix: str) -> None:
-        sd[f"{prefix}.in_proj_weight"] = torch.randn(3 * d, d, generator=g)
-        sd[f"{prefix}.in_proj_bias"] = torch.randn(3 * d, generator=g)
-        sd[f"{prefix}.out_proj.weight"] = torch.randn(d, d, generator=g)
-        sd[f"{prefix}.out_proj.bias"] = torch.randn(d, generator=g)
+        sd[f"{prefix}.in_proj_weight"] = rand(3 * d, d, generator=g)
+        sd[f"{prefix}.in_proj_bias"] = rand(3 * d, generator=g)
+        sd[f"{prefix}.out_proj.weight"] = rand(d, d, generator=g)
+        sd[f"{prefix}.out_proj.bias"] = rand(d, generator=g)
 
     def ffn_norms(prefix: str, norms: int) -> None:
-        sd[f"{prefix}.linear1.weight"] = torch.randn(ff, d, generator=g)
-        sd[f"{prefix}.linear1.bias"] = torch.randn(ff, generator=g)
-        sd[f"{prefix}.linear2.weight"] = torch.randn(d, ff, generator=g)
-        sd[f"{prefix}.linear2.bias"] = torch.randn(d, generator=g)
+        sd[f"{prefix}.linear1.weight"] = rand(ff, d, generator=g)
+        sd[f"{prefix}.linear1.bias"] = rand(ff, generator=g)
+        sd[f"{prefix}.linear2.weight"] = rand(d, ff, generator=g)
+        sd[f"{prefix}.linear2.bias"] = rand(d, generator=g)
         for n in range(1, norms + 1):
-            sd[f"{prefix}.norm{n}.weight"] = torch.randn(d, generator=g)
-            sd[f"{prefix}.norm{n}.bias"] = torch.randn(d, generator=g)
+            sd[f"{prefix}.norm{n}.weight"] = rand(d, generator=g)
+            sd[f"{prefix}.norm{n}.bias"] = rand(d, generator=g)
 
     for i in range(enc):
         attn(f"transformer.encoder.layers.{i}.self_attn")
@@ -74,14 +82,14 @@ def detr_state_dict(
         attn(f"transformer.decoder.layers.{i}.self_attn")
         attn(f"transformer.decoder.layers.{i}.multihead_attn")
         ffn_norms(f"transformer.decoder.layers.{i}", 3)
-    sd["transformer.decoder.norm.weight"] = torch.randn(d, generator=g)
-    sd["transformer.decoder.norm.bias"] = torch.randn(d, generator=g)
-    sd["query_embed.weight"] = torch.randn(queries, d, generator=g)
-    sd["class_embed.weight"] = torch.randn(92, d, generator=g)
-    sd["class_embed.bias"] = torch.randn(92, generator=g)
+    sd["transformer.decoder.norm.weight"] = rand(d, generator=g)
+    sd["transformer.decoder.norm.bias"] = rand(d, generator=g)
+    sd["query_embed.weight"] = rand(queries, d, generator=g)
+    sd["class_embed.weight"] = rand(92, d, generator=g)
+    sd["class_embed.bias"] = rand(92, generator=g)
     for i, (a, b) in enumerate([(d, d), (d, d), (4, d)]):
-        sd[f"bbox_embed.layers.{i}.weight"] = torch.randn(a, b, generator=g)
-        sd[f"bbox_embed.layers.{i}.bias"] = torch.randn(a, generator=g)
+        sd[f"bbox_embed.layers.{i}.weight"] = rand(a, b, generator=g)
+        sd[f"bbox_embed.layers.{i}.bias"] = rand(a, generator=g)
     return sd
 
 
@@ -194,6 +202,29 @@ def test_released_layout_loads_with_identical_outputs(tiny_cfg, layout):
         torch.testing.assert_close(out[key], ref[key], rtol=0, atol=0)
 
 
+def test_released_weights_give_one_answer_per_image(tmp_path, tiny_cfg):
+    """Released QPIC weights loaded through the API: a 2-image batch of different sizes gives each
+    image exactly its single-image outputs (no padding against the other image)."""
+    import numpy as np
+
+    from hqm import HOIDetector
+    from hqm.config import save_config
+
+    torch.manual_seed(3)
+    path = _save(build_model(tiny_cfg, 80, 117).state_dict())  # {"model", "args"}: QPIC's layout
+    config = tmp_path / "tiny.yaml"
+    save_config(tiny_cfg, config)
+    det = HOIDetector.from_checkpoint(path, device="cpu", config=config, size=64, max_size=96)
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((48, 80), (72, 56)))
+    pair = det.predict([a, b], batch_size=2)
+    for image, batched in zip((a, b), pair):
+        (alone,) = det.predict(image)
+        assert len(alone) > 0
+        for f in ("verb_labels", "obj_labels", "scores", "sub_boxes", "obj_boxes"):
+            np.testing.assert_array_equal(getattr(alone, f), getattr(batched, f), err_msg=f)
+
+
 class _Evil:
     def __init__(self, marker: str):
         self.marker = marker
@@ -292,3 +323,12 @@ def test_mining_parameters_may_be_present_or_absent(tiny_cfg, tmp_path):
     plain_path = tmp_path / "plain.pt"
     torch.save({"model": plain.state_dict()}, plain_path)
     assert load_weights(build_model(gbs_cfg, 6, 5), plain_path).ignored == []
+
+
+def test_own_checkpoints_with_spatial_queries_are_recognised():
+    # a demo checkpoint (gaussian queries, no mining) must not be read as a released QPIC file,
+    # whose table has no rule for spatial_queries.* (hqm eval refused the demo's own weights)
+    cfg = load_config(None, TINY_OVERRIDES + ["model.query_type=gaussian", "model.box_refine=true"])
+    state = build_model(cfg, 6, 5).state_dict()
+    assert detect_format(state) == "ours"
+    assert detect_format(build_model(load_config(None, TINY_OVERRIDES), 6, 5).state_dict()) == "qpic"

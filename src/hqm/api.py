@@ -15,7 +15,11 @@ orientation applied, every PIL mode to RGB; arrays: (H, W), (H, W, 1|3|4) as uin
 in [0, 1]; tensors: (H, W) or (1|3, H, W) as uint8 or float in [0, 1]; anything else raises
 ``ValueError`` naming the shape and dtype). Every image is resized like the test split (short side
 ``size``, long side at most ``max_size``; defaults from the checkpoint's config), normalised with the
-ImageNet statistics, padded into batches of ``batch_size``.
+ImageNet statistics and run in chunks of ``batch_size``. One image, one answer: inputs are grouped by
+size (file headers) and only images of one input size share a forward pass, unpadded, so a list and
+the images one by one give the same triplets (up to float rounding of batched kernels, ~1e-6);
+``eval.batching=padded`` runs consecutive chunks padded to their largest image, as the released QPIC
+code batches.
 """
 
 from __future__ import annotations
@@ -51,6 +55,25 @@ def _as_items(images: Any) -> list[tuple[Any, str]]:
     return items
 
 
+def _original_size(image: Any) -> tuple[int, int]:
+    """(height, width) of an input item as decoded; a file's from its header and EXIF orientation
+    (PIL opens lazily, decodes nothing). A file that cannot be opened gets (-1, -1): decoding it
+    later reports the problem."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with Image.open(image) as f:
+                w, h = f.size
+                rotated = f.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap sides
+                return (w, h) if rotated else (h, w)
+        except (OSError, ValueError, SyntaxError):
+            return -1, -1
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    if isinstance(image, np.ndarray):
+        return int(image.shape[0]), int(image.shape[1])
+    return int(image.shape[-2]), int(image.shape[-1])  # (C, H, W) or (H, W) tensor
+
+
 class HOIDetector:
     """A detector ready for inference: model (eval mode), config, dataset vocabulary, transforms."""
 
@@ -64,7 +87,7 @@ class HOIDetector:
         max_size: int | None = None,
         batch_size: int = 4,
     ):
-        from hqm.models import build_postprocessor
+        from hqm.detectors import build_postprocessor
 
         self.cfg = cfg
         self.meta = meta
@@ -98,7 +121,7 @@ class HOIDetector:
         a readable checkpoint raises ``CheckpointError`` (a ``ValueError``), a missing one
         ``NotFoundError`` (a ``FileNotFoundError``), a device this machine lacks ``DeviceError``;
         all are ``hqm.errors.UserError``s."""
-        from hqm.models import build_model
+        from hqm.detectors import build_model
         from hqm.zoo import load_weights, read_state_dict, resolve_model_config
 
         device = resolve_device(device)  # a device this machine lacks: an error before any loading
@@ -132,8 +155,8 @@ class HOIDetector:
     def preprocess(
         self, items: list[tuple[Any, str]], size: int | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """-> images (B, 3, H, W) normalised and padded, masks (B, H, W) True on padding,
-        input sizes (B, 2) and original sizes (B, 2), both (h, w)."""
+        """-> images (B, 3, H, W) normalised and padded to the largest image (no rounding), masks
+        (B, H, W) True on padding, input sizes (B, 2) and original sizes (B, 2), both (h, w)."""
         from torchvision import tv_tensors
 
         from hqm.data import collate_fn, make_test_transforms
@@ -156,18 +179,38 @@ class HOIDetector:
 
     @torch.no_grad()
     def _predict_batch(self, items, threshold, top_k, return_attention, size):
-        from hqm.models.attention import RecordAttention
+        """Predictions (and attention maps) of one chunk of items, in input order. With
+        ``eval.batching=same_size`` (default) each image runs only with images of its own input size,
+        unpadded: its predictions do not depend on the other items (``hqm.data.batching``)."""
+        from hqm.data.batching import unpadded_groups
 
         images, masks, sizes, orig = self.preprocess(items, size)
         images, masks = images.to(self.device), masks.to(self.device)
+        if self.cfg.eval.batching == "same_size":
+            groups = unpadded_groups(images, masks, sizes)
+        else:  # padded to the largest image of the chunk, as the released QPIC code batches
+            groups = [(list(range(len(items))), images, masks)]
+        preds: list = [None] * len(items)
+        maps: list = [None] * len(items)
+        for index, x, m in groups:
+            names = [items[i][1] for i in index]
+            p, a = self._forward(x, m, orig[index], names, threshold, top_k, return_attention)
+            for j, i in enumerate(index):
+                preds[i] = p[j]
+                maps[i] = None if a is None else a[j]
+        return preds, (maps if return_attention else None)
+
+    def _forward(self, images, masks, orig, names, threshold, top_k, return_attention):
+        from hqm.models.attention import RecordAttention
+
         record = RecordAttention() if return_attention else None
         if record is None:
             outputs = self.model(images, masks)
             enc = None
         else:
             enc = self.model.encode(images, masks)
-            outputs = self.model.decode(enc, self.model.learnable_query_pos(images.shape[0]), hook=record)
-        preds = self.postprocessor(outputs, orig.to(self.device), [name for _, name in items])
+            outputs = self.model.decode(enc, self.model.learnable_queries(images.shape[0]), hook=record)
+        preds = self.postprocessor(outputs, orig.to(self.device), names)
         preds = [p.filter(threshold, top_k) for p in preds]
         if record is None:
             return preds, None
@@ -176,6 +219,33 @@ class HOIDetector:
         last = record.scores[max(record.scores)]
         padding = enc.mask.view(enc.mask.shape[0], *enc.shape)
         return preds, query_attention_maps(last, padding, [p.query_index for p in preds])
+
+    def _chunks(self, items: list[tuple[Any, str]], batch_size: int) -> list[list[int]]:
+        """Positions of ``items`` per forward pass: with ``eval.batching=same_size`` images of one
+        size (file headers, nothing decoded) in chunks of ``batch_size``, in order of first
+        appearance; with ``padded`` consecutive chunks."""
+        from hqm.data.batching import same_size_groups
+
+        if self.cfg.eval.batching == "same_size":
+            return same_size_groups([_original_size(im) for im, _ in items], batch_size)
+        return [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
+
+    def _run(self, items, threshold, top_k, return_attention, batch_size, size, skip_unreadable=False):
+        """Yield (positions in ``items`` predicted, predictions, attention maps or None) per chunk."""
+        for chunk in self._chunks(items, batch_size or self.batch_size):
+            kept, decoded = [], []
+            for i in chunk:
+                try:
+                    decoded.append((as_image(items[i][0]), items[i][1]))
+                except ImageDecodeError as e:
+                    if not skip_unreadable:
+                        raise
+                    logging.getLogger("hqm").warning(f"skipped an unreadable image: {e}")
+                    continue
+                kept.append(i)
+            if kept:
+                preds, maps = self._predict_batch(decoded, threshold, top_k, return_attention, size)
+                yield kept, preds, maps
 
     def iter_predict(
         self,
@@ -187,27 +257,17 @@ class HOIDetector:
         size: int | None = None,
         skip_unreadable: bool = False,
     ) -> Iterator[tuple[list, list[HOIPredictions], list[np.ndarray] | None]]:
-        """Yield (input items, predictions, attention maps or None) batch by batch (lazy loading).
+        """Yield (input items, predictions, attention maps or None) chunk by chunk (lazy loading).
 
-        ``skip_unreadable``: an image file that cannot be decoded is left out of its batch with one
+        With ``eval.batching=same_size`` a chunk holds images of one size, chunks in order of each
+        size's first appearance (not input order); ``predict`` returns input order.
+        ``skip_unreadable``: an image file that cannot be decoded is left out of its chunk with one
         warning line naming it (logger ``hqm``) instead of raising ``ImageDecodeError``; the yielded
         items are those predicted. Arrays and tensors are always checked strictly."""
         items = _as_items(images)
-        bs = batch_size or self.batch_size
-        for start in range(0, len(items), bs):
-            chunk, decoded = [], []
-            for item in items[start : start + bs]:
-                try:
-                    decoded.append((as_image(item[0]), item[1]))
-                except ImageDecodeError as e:
-                    if not skip_unreadable:
-                        raise
-                    logging.getLogger("hqm").warning(f"skipped an unreadable image: {e}")
-                    continue
-                chunk.append(item)
-            if chunk:
-                preds, maps = self._predict_batch(decoded, threshold, top_k, return_attention, size)
-                yield chunk, preds, maps
+        run = self._run(items, threshold, top_k, return_attention, batch_size, size, skip_unreadable)
+        for kept, preds, maps in run:
+            yield [items[i] for i in kept], preds, maps
 
     def predict(
         self,
@@ -218,10 +278,13 @@ class HOIDetector:
         batch_size: int | None = None,
         size: int | None = None,
     ):
-        """HOI triplets of every image (``list[HOIPredictions]``, best first, names from the meta).
+        """HOI triplets of every image (``list[HOIPredictions]`` in input order, best first, names from
+        the meta).
 
         threshold: minimum triplet score; top_k: at most this many triplets per image;
-        size: short side of the model input (default: the config's ``data.test_scale``).
+        batch_size: images per forward pass (default: the detector's); with ``eval.batching=same_size``
+        (default) only images of one size share a pass, so an image's triplets do not depend on the
+        other inputs; size: short side of the model input (default: the config's ``data.test_scale``).
         With ``return_attention=True`` returns ``(predictions, maps)``: ``maps[i]`` is a (K_i, h'_i, w'_i)
         float32 array in [0, 1], the last decoder layer's cross-attention (mean over heads,
         max-normalised) of the query behind each kept triplet of image ``i``, at the resolution of
@@ -232,11 +295,13 @@ class HOIDetector:
         Raises ``ValueError`` naming the file, or the shape and dtype, for an input that cannot be
         read unambiguously (see the module docstring).
         """
-        preds, maps = [], []
-        for _, p, m in self.iter_predict(images, threshold, top_k, return_attention, batch_size, size):
-            preds.extend(p)
-            if m is not None:
-                maps.extend(m)
+        items = _as_items(images)
+        preds: list = [None] * len(items)
+        maps: list = [None] * len(items)
+        for kept, p, m in self._run(items, threshold, top_k, return_attention, batch_size, size):
+            for j, i in enumerate(kept):
+                preds[i] = p[j]
+                maps[i] = None if m is None else m[j]
         return (preds, maps) if return_attention else preds
 
     __call__ = predict
@@ -268,7 +333,10 @@ class HOIDetector:
         if batch_size:
             cfg.eval.batch_size = batch_size
         meta = build_meta(cfg.data)  # loading never generates data: missing files raise
-        train_ann = load_annotations(cfg.data.dataset, cfg.data.root, "train", cfg.data.on_bad_record)
+        # training annotations only count the rare split: no training image is opened or needed
+        train_ann = load_annotations(
+            cfg.data.dataset, cfg.data.root, "train", cfg.data.on_bad_record, check_images=False
+        )
         problem = self.meta.class_mismatch(meta)
         if problem:
             raise ClassMismatchError(
@@ -284,6 +352,7 @@ class HOIDetector:
             self.device,
             cfg.train.amp,
             show_progress=show_progress,
+            batching=cfg.eval.batching,
         )
         torch.set_grad_enabled(True)
         return metrics

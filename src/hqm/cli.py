@@ -39,7 +39,7 @@ def _metrics_json(metrics: dict) -> str:
 
 def _is_main() -> bool:
     """Only torchrun's rank 0 prints results (every rank returns the same gathered metrics)."""
-    from hqm.engine.distributed import launch_rank
+    from hqm.distributed import launch_rank
 
     return launch_rank() == 0
 
@@ -132,7 +132,9 @@ def cmd_eval_file(args: argparse.Namespace) -> int:
     from hqm.engine.evaluator_run import evaluate_file
     from hqm.evaluation import format_table
 
-    metrics, _ = evaluate_file(args.dataset, args.root, args.predictions, args.mode, args.max_dets)
+    metrics, _ = evaluate_file(
+        args.dataset, args.root, args.predictions, args.mode, args.max_dets, ap_thresholds=args.ap_thresholds
+    )
     print(format_table(metrics))
     if args.json:
         print(_metrics_json(metrics))
@@ -212,7 +214,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from hqm.zoo import convert_detr_file
 
-    report = convert_detr_file(args.input, args.output, detector=args.detector, dataset=args.dataset)
+    report = convert_detr_file(
+        args.input, args.output, detector=args.detector, dataset=args.dataset, init=args.init
+    )
     print(report.summary(verbose=True))
     print(f"hqm convert: wrote {args.output} (use it as model.pretrained={args.output})")
     return 0
@@ -289,7 +293,18 @@ def add_api_commands(sub) -> None:
     cv.add_argument("kind", choices=["detr-to-hoi"], help="conversion kind")
     cv.add_argument("input", metavar="IN.pth", help="DETR checkpoint, e.g. detr-r50-e632da11.pth")
     cv.add_argument("output", metavar="OUT.pt", help="converted file (use as model.pretrained=OUT.pt)")
-    cv.add_argument("--detector", default="qpic", help="target detector (default: qpic)")
+    cv.add_argument(
+        "--detector",
+        default="qpic",
+        help="target detector, a model.detector name (default: qpic; see the README's detector table)",
+    )
+    cv.add_argument(
+        "--init",
+        default=None,
+        help="the detector's DETR initialisation; cdn: paper (default: DETR's decoder in the pair AND "
+        "the interaction decoder, as the paper's runs) | released (the published converter: "
+        "interaction decoder random)",
+    )
     cv.add_argument(
         "--dataset",
         default="hico_det",
@@ -389,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="HICO-DET: Default, Known-Object or both",
     )
     f.add_argument("--max-dets", type=int, default=100, help="triplets kept per image (default 100)")
+    f.add_argument(
+        "--ap-thresholds",
+        default="matlab",
+        choices=["matlab", "numpy", "exact"],
+        help="HICO-DET 11-point recall thresholds: matlab (official ho-rcnn 0:0.1:1, default), numpy "
+        "(as printed by the QPIC / CDN / HQM Python evaluators) or exact (k/10)",
+    )
     f.add_argument("--json", action="store_true", help=JSON_HELP)
     f.set_defaults(func=cmd_eval_file)
 

@@ -26,33 +26,22 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from hqm.detectors import detector_names
 from hqm.errors import UsageError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML with the booleans of YAML 1.2 (``true`` / ``false`` only): PyYAML's YAML 1.1 also reads
-    ``on`` / ``off`` / ``yes`` / ``no`` as booleans, which turned ``train.amp=off`` into ``False``.
-    Boolean keys still accept yes / no (``_coerce``)."""
+@dataclass
+class CDNConfig:
+    """``model.detector: cdn`` only. The pair decoder has ``model.dec_layers`` layers."""
 
-
-_Loader.yaml_implicit_resolvers = {
-    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def _load_yaml(text: Any) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    interaction_layers: int = 3  # the interaction (verb) decoder's layers (CDN-S 3, CDN-B/L 6)
 
 
 @dataclass
 class ModelConfig:
-    detector: str = "qpic"  # registry name, see hqm.models.DETECTORS
+    detector: str = "qpic"  # registry name, see hqm.detectors.DETECTORS
     backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
     backbone_norm: str = "frozen"  # frozen (DETR, pretrained) | batch (trainable BN, from scratch)
     train_backbone_from: str = "layer2"  # first trainable stage: conv1 | layer1 | layer2 | ... | none
@@ -70,6 +59,19 @@ class ModelConfig:
     dropout: float = 0.1
     aux_loss: bool = True
     pretrained: str = ""  # DETR COCO checkpoint (or converted init) to start from
+    cdn: CDNConfig = field(default_factory=CDNConfig)
+
+
+@dataclass
+class ReweightConfig:
+    """CDN's dynamic re-weighting of object / verb classes (decoupled fine-tuning stage)."""
+
+    obj: bool = False
+    verb: bool = False
+    p_obj: float = 0.7
+    p_verb: float = 0.7
+    queue_size: int = 4704  # loss calls kept (the released default, "one epoch")
+    static: bool = False  # keep the initial (training-set) weights
 
 
 @dataclass
@@ -83,6 +85,10 @@ class LossConfig:
     set_cost_verb_class: float = 1.0
     set_cost_bbox: float = 2.5
     set_cost_giou: float = 1.0
+    verb_focal_alpha: float = 0.0  # 0: QPIC focal loss; 0.5: CDN (positive x alpha, negative x 1-alpha)
+    # object-box L1 / GIoU normaliser: pairs (spec) | pairs_with_object (released QPIC / CDN / HQM)
+    obj_box_norm: str = "pairs"
+    reweight: ReweightConfig = field(default_factory=ReweightConfig)
 
 
 @dataclass
@@ -127,6 +133,11 @@ class TrainConfig:
     deterministic: bool = False
     seed: int = 42
     output_dir: str = "runs/qpic"
+    # pad each training batch up to a multiple of this (detectron2's SIZE_DIVISIBILITY); 1 = to the
+    # largest image of the batch, as the released QPIC code. 32 gives multi-scale training few batch
+    # shapes but was not measured faster (README, benchmarks/padding.py train); a fixed canvas (e.g.
+    # 64 for 64 px images) gives every batch one shape. Evaluation and prediction never round.
+    size_divisibility: int = 1
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20
@@ -134,15 +145,24 @@ class TrainConfig:
     # max_nonfinite_skips consecutive ones stop the run) | stop (at the first one)
     on_nonfinite: str = "skip"
     max_nonfinite_skips: int = 10
+    # parameter-name prefixes that train (empty: all); the rest is frozen (CDN fine-tuning stage)
+    trainable: list[str] = field(default_factory=list)
 
 
 @dataclass
 class EvalConfig:
     every: int = 1  # epochs between evaluations (0: only at the end)
     batch_size: int = 4
+    # same_size: batches hold images of one input size, never padded, so an image's predictions do not
+    # depend on the batch or the number of ranks | padded: consecutive images padded to the largest
+    # (the released QPIC code; predictions depend on the batch). Also used by hqm predict / the API.
+    batching: str = "same_size"
     max_dets: int = 100
     split: str = "test"
     mode: str = "default"  # default | ko (HICO-DET Known-Object)
+    # HICO-DET 11-point AP recall thresholds: matlab (official ho-rcnn, 0:0.1:1) | numpy (QPIC / CDN /
+    # HQM Python evaluators, np.arange(0, 1.1, 0.1)) | exact (k / 10)
+    ap_thresholds: str = "matlab"
     nms: bool = False  # pair-wise NMS (CDN style)
     nms_thresh: float = 0.7
     nms_alpha: float = 1.0
@@ -156,6 +176,7 @@ class GBSConfig:
     shift: str = "shift"  # shift | none | gaussian
     num_candidates: int = 64  # per_box: candidates drawn per box and round
     max_rounds: int = 8
+    clip: str = "image"  # image (edge) | pixel_inside (released: W-1, H-1)
 
 
 @dataclass
@@ -265,13 +286,34 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], where))
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true / false (any case) are booleans, so
+    ``train.amp: off`` or ``train.amp=off`` stays the string "off" (YAML 1.1 reads off / on / yes /
+    no as booleans)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(stream: Any) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 booleans (see ``_Yaml12Loader``); for config files and
+    ``key=value`` overrides."""
+    return yaml.load(stream, Loader=_Yaml12Loader)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: circular _base_ chain")
     try:
         with open(path) as f:
-            data = _load_yaml(f) or {}
+            data = load_yaml(f) or {}
     except yaml.YAMLError as e:  # its text spans lines: keep the problem and where it is
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -337,7 +379,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
         key, raw = item.split("=", 1)
         try:
-            value = _load_yaml(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -372,6 +414,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 _CHOICES = {
+    "model.detector": detector_names(),
+    "loss.obj_box_norm": ("pairs", "pairs_with_object"),
+    "mining.gbs.clip": ("image", "pixel_inside"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.backbone_norm": ("frozen", "batch"),
     "model.query_type": ("embed", "conditional", "gaussian"),
@@ -384,6 +429,8 @@ _CHOICES = {
     "train.on_nonfinite": ("skip", "stop"),
     "eval.mode": ("default", "ko"),
     "eval.split": ("train", "test"),
+    "eval.batching": ("same_size", "padded"),
+    "eval.ap_thresholds": ("matlab", "numpy", "exact"),
     "mining.strategy": ("none", "gbs", "amm", "ajl", "pjl", "cjl"),
     "mining.cjl_reference": ("self", "learnable"),
     "mining.gbs.sampler": ("per_box", "official"),
@@ -438,6 +485,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: only at epoch ends)"),
     "train.keep_last": (lambda v: v >= 0, ">= 0"),
     "train.log_every": (lambda v: v >= 1, ">= 1 (steps)"),
+    "train.size_divisibility": (lambda v: v >= 1, ">= 1 (1: pad to the largest image of the batch)"),
     "train.max_nonfinite_skips": (lambda v: v >= 1, ">= 1"),
     "eval.every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
@@ -450,7 +498,13 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mining.amm.k": (lambda v: v >= 1, ">= 1"),
     "mining.amm.gamma": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
 }
-_LOSS_KEYS = [f"loss.{f.name}" for f in fields(LossConfig)]
+_RANGES["loss.verb_focal_alpha"] = (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0: off)")
+#: every other loss weight / cost: a finite number >= 0
+_LOSS_KEYS = [
+    f"loss.{name}"
+    for name, kind in get_type_hints(LossConfig).items()
+    if kind is float and f"loss.{name}" not in _RANGES
+]
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -485,6 +539,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"mining.gbs.iou_range={iou} must be [lo, hi] with 0 < lo < hi < 1")
     if cfg.data.generate and cfg.data.dataset != "synthetic":
         raise ConfigError(f"data.generate=true needs data.dataset=synthetic (got {cfg.data.dataset!r})")
+    if cfg.model.detector != "qpic" and (cfg.model.query_type != "embed" or cfg.model.box_refine):
+        raise ConfigError(
+            f"model.query_type={cfg.model.query_type!r} / model.box_refine={cfg.model.box_refine} are "
+            f"QPIC options; model.detector={cfg.model.detector} takes embed without box_refine"
+        )
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class DatasetMeta:
     (``corre_*.npy``); a prediction of an invalid (verb, object) pair gets score 0.
     ``no_object_class`` is the contiguous index standing for "the role has no object" (V-COCO: 80),
     or ``None`` when every HOI has an object.
+    ``rare_classes`` lists the ``(verb, object)`` classes of a fixed official rare split (HICO-DET:
+    the 138 of ho-rcnn), or ``None`` when the rare split is derived from training counts.
     """
 
     name: str
@@ -39,6 +41,7 @@ class DatasetMeta:
     verb_names: list[str]
     correct_mat: np.ndarray
     no_object_class: int | None = None
+    rare_classes: list[tuple[int, int]] | None = None
 
     @property
     def num_obj_classes(self) -> int:
@@ -55,6 +58,7 @@ class DatasetMeta:
             "verb_names": list(self.verb_names),
             "correct_mat": np.asarray(self.correct_mat, dtype=bool).astype(int).tolist(),
             "no_object_class": self.no_object_class,
+            "rare_classes": None if self.rare_classes is None else [list(c) for c in self.rare_classes],
         }
 
     def class_mismatch(self, other: DatasetMeta) -> str | None:
@@ -82,6 +86,7 @@ class DatasetMeta:
             verb_names=list(d["verb_names"]),
             correct_mat=np.asarray(d["correct_mat"], dtype=bool),
             no_object_class=d.get("no_object_class"),
+            rare_classes=None if d.get("rare_classes") is None else [tuple(c) for c in d["rare_classes"]],
         )
 
 

@@ -87,6 +87,18 @@ def merge_pairs(ann: ImageAnnotation, meta: DatasetMeta) -> dict[str, np.ndarray
     }
 
 
+def pair_class_counts(annotations: list[ImageAnnotation], meta: DatasetMeta) -> tuple[np.ndarray, np.ndarray]:
+    """Label counts of the training pairs (after :func:`merge_pairs`): (objects (C_obj,), verbs
+    (C_verb,)), int64. They initialise CDN's class re-weighting (``loss.reweight``)."""
+    obj = np.zeros(meta.num_obj_classes, dtype=np.int64)
+    verb = np.zeros(meta.num_verb_classes, dtype=np.int64)
+    for ann in annotations:
+        pairs = merge_pairs(ann, meta)
+        np.add.at(obj, pairs["obj_labels"], 1)
+        verb += pairs["verb_labels"].sum(0).astype(np.int64)
+    return obj, verb
+
+
 def _normalise(boxes: Tensor, h: int, w: int) -> Tensor:
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     return box_xyxy_to_cxcywh(boxes) / scale
@@ -162,21 +174,24 @@ class HOIDataset(torch.utils.data.Dataset):
         return f"HOIDataset({self.meta.name}, {len(self)} images, image_dir={str(self.image_dir)!r})"
 
 
-PAD_DIVISOR = 32
-
-
-def collate_fn(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+def collate_fn(
+    batch: list[tuple[Tensor, dict[str, Any]]], size_divisibility: int = 1
+) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
     """Pad a list of ``(image (3, H_i, W_i), target)`` into one batch.
 
     Returns ``images`` (B, 3, Hmax, Wmax) float, zero-padded at the bottom/right, ``masks``
-    (B, Hmax, Wmax) bool, True on padding, and the list of targets unchanged. Hmax and Wmax are
-    rounded up to a multiple of ``PAD_DIVISOR``: with multi-scale training nearly every batch would
-    otherwise have a new shape, and CPU convolution kernels are re-planned for every new shape.
+    (B, Hmax, Wmax) bool, True on padding, and the list of targets unchanged. Hmax and Wmax are the
+    largest height and width of the batch, exactly as the released DETR / QPIC code pads
+    (``nested_tensor_from_tensor_list``), rounded up to a multiple of ``size_divisibility`` when it is
+    > 1 (``train.size_divisibility``, training only: fewer distinct batch shapes, or one fixed
+    canvas; ``benchmarks/padding.py``). Padding changes a DETR's outputs (the backbone sees the padded
+    border), which is why inference batches images of one size (``hqm.data.batching``).
     """
     images = [b[0] for b in batch]
     targets = [b[1] for b in batch]
-    hmax = -(-max(int(im.shape[-2]) for im in images) // PAD_DIVISOR) * PAD_DIVISOR
-    wmax = -(-max(int(im.shape[-1]) for im in images) // PAD_DIVISOR) * PAD_DIVISOR
+    d = max(int(size_divisibility), 1)
+    hmax = -(-max(int(im.shape[-2]) for im in images) // d) * d
+    wmax = -(-max(int(im.shape[-1]) for im in images) // d) * d
     out = images[0].new_zeros((len(images), images[0].shape[0], hmax, wmax))
     masks = torch.ones((len(images), hmax, wmax), dtype=torch.bool)
     for i, im in enumerate(images):

@@ -9,6 +9,9 @@ Layout::
 Object category ids are the 80 valid COCO ids mapped to 0..79 in order (person = 0); verb = id - 1.
 When ``annotations/meta.json`` exists (``{"object_names", "object_ids", "verb_names"}``), its lists
 replace the packaged HICO-DET vocabulary: this is how the synthetic benchmark is read by this loader.
+With the packaged vocabulary the meta carries the official rare split (138 classes), so evaluation
+uses it whatever the training annotations hold (a subset for few-shot training, say); with a custom
+vocabulary the rare split comes from the training counts.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def load_meta(root: str | Path, name: str = "hico_det") -> DatasetMeta:
     names, _, verbs, custom = _vocabulary(root)
     default = None if custom else vocab.hico_correct_mat()
     mat = vocab.load_correct_mat(root / CORRECT_MAT, len(verbs), len(names), default)
-    return vocab.make_meta(name, names, verbs, mat)
+    rare = None if custom else vocab.hico_rare_hoi_classes()  # the official split, not the counts
+    return vocab.make_meta(name, names, verbs, mat, rare_classes=rare)
 
 
 def record_rules(root: str | Path, split: str) -> RecordRules:

@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from hqm.config import ConfigError
+from hqm.config import ConfigError, load_yaml
 from hqm.data import synthetic_rules as R
 from hqm.data.records import DatasetError
 from hqm.data.synthetic_draw import render
@@ -113,7 +112,7 @@ def apply_overrides(cfg: SynthConfig, overrides: list[str] | None) -> SynthConfi
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(names)}."
             raise ConfigError(f"unknown synthetic config key '{key}'.{hint}")
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
         typ = type(getattr(cfg, key))
         if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)

@@ -7,6 +7,8 @@ The JSON files hold the official class lists, in the order every DETR-family rep
 * ``hico_verbs.json``: the 117 HICO-DET verbs (annotation id = index + 1).
 * ``hico_hoi_classes.json``: the 600 HICO-DET HOI classes in official order
   (``hoi_category_id = index + 1``), each ``[verb id, COCO object id, verb name, object name]``.
+* ``hico_rare_hois.json``: the official rare split, the 138 HOI ids with fewer than 10 training
+  instances (its ``note`` names the sources it was checked against).
 * ``vcoco_verbs.json``: the 29 V-COCO action-role classes in the QPIC order (0-based ids).
 * ``hoia.json``: the 11 HOI-A objects (ids 1..11) and 10 verbs (ids 1..10).
 """
@@ -49,6 +51,12 @@ def hico_hoi_classes() -> list[tuple[int, int]]:
     index_of = {cid: i for i, cid in enumerate(ids)}
     rows = _read_packaged("hico_hoi_classes.json")["hoi_classes"]
     return [(int(r[0]) - 1, index_of[int(r[1])]) for r in rows]
+
+
+def hico_rare_hoi_classes() -> list[tuple[int, int]]:
+    """The 138 rare HICO-DET HOI classes of the official split as ``(verb index, object index)``."""
+    classes = hico_hoi_classes()
+    return [classes[int(i) - 1] for i in _read_packaged("hico_rare_hois.json")["rare_hoi_ids"]]
 
 
 def hico_correct_mat() -> np.ndarray:
@@ -119,12 +127,15 @@ def make_meta(
     verb_names: list[str],
     correct_mat: np.ndarray,
     no_object_class: int | None = None,
+    rare_classes: list[tuple[int, int]] | None = None,
 ) -> DatasetMeta:
-    """A ``DatasetMeta`` with a bool ``(C_verb, C_obj)`` validity matrix."""
+    """A ``DatasetMeta`` with a bool ``(C_verb, C_obj)`` validity matrix (see ``DatasetMeta`` for
+    ``rare_classes``)."""
     return DatasetMeta(
         name=name,
         object_names=list(object_names),
         verb_names=list(verb_names),
         correct_mat=np.asarray(correct_mat, dtype=bool),
         no_object_class=no_object_class,
+        rare_classes=rare_classes,
     )

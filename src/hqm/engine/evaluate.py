@@ -40,13 +40,20 @@ def run_evaluation(
     amp: str = "off",
     show_progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    batching: str = "same_size",
 ) -> tuple[dict[str, float] | None, list]:
     """Returns (metrics: fractions in [0, 1], this rank's HOIPredictions). Mining never runs:
     ``model(images, masks)``.
 
     show_progress: a tqdm bar on a terminal, a log line every 30 s otherwise (``hqm.progress``).
     should_stop: asked before every batch (a collective under DDP: every rank has as many batches);
-    when it says so the evaluation ends early and the metrics are None (training after SIGTERM)."""
+    when it says so the evaluation ends early and the metrics are None (training after SIGTERM).
+    batching: ``same_size`` runs every loader batch as unpadded same-size sub-batches
+    (``hqm.data.batching.unpadded_groups``), so each image's predictions, hence the metrics, do not
+    depend on ``eval.batch_size`` or the number of ranks (up to float rounding of batched kernels);
+    ``padded`` runs the padded batch as the released QPIC code does (predictions depend on it)."""
+    from hqm.data.batching import unpadded_groups
+
     model.eval()
     evaluator.reset()
     all_preds = []
@@ -55,12 +62,17 @@ def run_evaluation(
         if should_stop is not None and should_stop():
             return None, all_preds
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        with autocast_context(device, amp):
-            outputs = model(images, masks)
-        orig = torch.stack([t["orig_size"] for t in targets])
-        preds = postprocessor(outputs, orig, [t["file_name"] for t in targets])
-        evaluator.process(preds)
-        all_preds.extend(preds)
+        if batching == "same_size":
+            groups = unpadded_groups(images, masks, [t["size"] for t in targets])
+        else:
+            groups = [(list(range(len(targets))), images, masks)]
+        for index, x, m in groups:
+            with autocast_context(device, amp):
+                outputs = model(x, m)
+            orig = torch.stack([targets[i]["orig_size"] for i in index])
+            preds = postprocessor(outputs, orig, [targets[i]["file_name"] for i in index])
+            evaluator.process(preds)
+            all_preds.extend(preds)
     metrics = evaluator.evaluate()
     LOGGER.debug("evaluation done: %s", metrics)
     return metrics, all_preds
@@ -81,19 +93,29 @@ def build_eval_setup(
 ) -> EvalSetup:
     """Test dataset, a loader sharded over ranks (each image once; padding duplicates are removed by
     the evaluator's gather), the post-processor and the evaluator. ``train_annotations`` give the
-    rare / non-rare split."""
+    rare / non-rare split.
+
+    With ``eval.batching=same_size`` the loader batches images of one stored size together
+    (``SizeGroupedBatchSampler``), so batches are full and need no padding; ``padded`` batches
+    consecutive images of the shard (the released QPIC code: ``eval.batch_size=2``, one process for
+    its evaluation command, 8 processes for the numbers it logs while training)."""
     from hqm.data import build_dataset, collate_fn
+    from hqm.data.batching import SizeGroupedBatchSampler
+    from hqm.detectors import build_postprocessor
     from hqm.engine.sampling import EpochSampler, SeededDataset
     from hqm.evaluation import build_evaluator
-    from hqm.models import build_postprocessor
 
     dataset = build_dataset(cfg.data, cfg.eval.split, train=False)
     sampler = EpochSampler(len(dataset), 0, False, rank, world)
+    if cfg.eval.batching == "same_size":
+        sizes = [(a.width, a.height) for a in dataset.annotations]
+        batching = {"batch_sampler": SizeGroupedBatchSampler(sampler, sizes, cfg.eval.batch_size)}
+    else:
+        batching = {"batch_size": cfg.eval.batch_size, "sampler": sampler}
     # private generator: iterating the loader never advances the global random stream
     loader = DataLoader(
         SeededDataset(dataset, 0),
-        batch_size=cfg.eval.batch_size,
-        sampler=sampler,
+        **batching,
         collate_fn=collate_fn,
         num_workers=cfg.data.num_workers,
         worker_init_fn=ignore_stop_signals,
@@ -107,5 +129,6 @@ def build_eval_setup(
         train_annotations,
         mode=cfg.eval.mode,
         max_dets=cfg.eval.max_dets,
+        ap_thresholds=cfg.eval.ap_thresholds,
     )
     return EvalSetup(dataset, loader, post, evaluator)

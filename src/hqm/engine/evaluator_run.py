@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from hqm.device import resolve_device
-from hqm.engine.distributed import get_rank, get_world_size, init_distributed
+from hqm.distributed import get_rank, get_world_size, init_distributed
 from hqm.engine.evaluate import build_eval_setup, run_evaluation
 from hqm.engine.logging import LOGGER, setup_logging
 from hqm.evaluation.base import gather_records
@@ -37,7 +37,7 @@ def evaluate_checkpoint(
     dataset, before any evaluation runs.
     """
     from hqm.data import build_meta, load_annotations
-    from hqm.models import build_model
+    from hqm.detectors import build_model
     from hqm.structures import ClassMismatchError, DatasetMeta
     from hqm.zoo import load_weights, read_state_dict, resolve_model_config
 
@@ -66,14 +66,24 @@ def evaluate_checkpoint(
             f"{weights} was trained on other classes than {cfg.data.dataset} at {cfg.data.root}: "
             f"{problem} (checkpoint vs dataset)"
         )
-    train_ann = load_annotations(cfg.data.dataset, cfg.data.root, "train", cfg.data.on_bad_record)
+    # training annotations only count the rare split: read without opening (or needing) any image
+    train_ann = load_annotations(
+        cfg.data.dataset, cfg.data.root, "train", cfg.data.on_bad_record, check_images=False
+    )
     ev = build_eval_setup(cfg, train_ann, device, get_rank(), get_world_size())
     meta = ev.dataset.meta
     if model is None:  # released weights: the dataset gives the classes
         model = build_and_load(meta)
     model.to(device)
     metrics, preds = run_evaluation(
-        model, ev.loader, ev.postprocessor, ev.evaluator, device, cfg.train.amp, show_progress=get_rank() == 0
+        model,
+        ev.loader,
+        ev.postprocessor,
+        ev.evaluator,
+        device,
+        cfg.train.amp,
+        show_progress=get_rank() == 0,
+        batching=cfg.eval.batching,
     )
     if save_predictions:
         preds = gather_predictions(preds, [a.file_name for a in ev.dataset.annotations])
@@ -95,10 +105,15 @@ def evaluate_file(
     mode: str = "default",
     max_dets: int = 100,
     on_bad_record: str = "error",
+    ap_thresholds: str = "matlab",
 ) -> tuple[dict[str, float], object]:
     """Evaluate a predictions JSON file (annotation-file id conventions) without a model.
 
-    Returns (metrics, evaluator); ``evaluator.per_class`` holds the per-class tables."""
+    The training annotations are read without their images (they only give the rare split).
+    ap_thresholds: HICO-DET 11-point recall thresholds (``matlab`` | ``numpy`` | ``exact``).
+    Returns (metrics, evaluator); ``evaluator.per_class`` holds the per-class tables. A malformed
+    file (non-finite scores included) raises ``PredictionsFormatError`` naming file, record, image
+    and field."""
     from hqm.data import file_ids, load_annotations, load_meta
     from hqm.evaluation import build_evaluator
     from hqm.evaluation.predictions_io import load_predictions
@@ -110,6 +125,8 @@ def evaluate_file(
     preds = load_predictions(
         predictions, object_ids, verb_offset, meta.no_object_class, meta.num_verb_classes
     )
-    evaluator = build_evaluator(dataset, meta, test_ann, train_ann, mode=mode, max_dets=max_dets)
+    evaluator = build_evaluator(
+        dataset, meta, test_ann, train_ann, mode=mode, max_dets=max_dets, ap_thresholds=ap_thresholds
+    )
     evaluator.process(preds)
     return evaluator.evaluate(), evaluator

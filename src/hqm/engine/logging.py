@@ -37,7 +37,7 @@ def setup_logging(output_dir: Path | None, main_process: bool) -> None:
         fh = logging.FileHandler(output_dir / "log.txt")
         fh.setFormatter(fmt)
         LOGGER.addHandler(fh)
-    for child in ("hqm.data", "hqm.mining", "hqm.zoo"):
+    for child in ("hqm.data", "hqm.evaluation", "hqm.mining", "hqm.zoo"):
         logging.getLogger(child).parent = LOGGER
 
 

@@ -4,10 +4,10 @@ silently keep the old value while ``config.yaml`` records the new one.
 Every config key falls in one of three classes:
 
 * **refused** (:data:`REFUSED`): ``model.*``, ``data.*``, ``mining.strategy``, ``train.batch_size``,
-  ``train.accumulate``, ``train.seed``. They define the weights, the data, the set of trained
-  parameters or the data order (position in the epoch, random streams); a run resumed with another
-  value would be neither the old run nor a new one. Resuming raises ``ResumeError`` naming every such
-  key with both values.
+  ``train.accumulate``, ``train.seed``, ``train.trainable``. They define the weights, the data, the
+  set of trained parameters or the data order (position in the epoch, random streams); a run
+  resumed with another value would be neither the old run nor a new one. Resuming raises
+  ``ResumeError`` naming every such key with both values.
 * **no effect** (:data:`NO_EFFECT`): ``model.pretrained`` (an initialisation; the weights come from
   the checkpoint), ``data.num_workers`` (loading is seeded per sample, so the data are the same),
   ``data.generate``. Logged.
@@ -27,7 +27,15 @@ from typing import Any
 from hqm.config import Config, config_differences
 from hqm.errors import UsageError
 
-REFUSED = ("model.", "data.", "mining.strategy", "train.batch_size", "train.accumulate", "train.seed")
+REFUSED = (
+    "model.",
+    "data.",
+    "mining.strategy",
+    "train.batch_size",
+    "train.accumulate",
+    "train.seed",
+    "train.trainable",
+)
 NO_EFFECT = ("model.pretrained", "data.num_workers", "data.generate")
 
 

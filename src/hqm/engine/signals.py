@@ -23,7 +23,7 @@ import signal
 import threading
 from types import FrameType
 
-from hqm.engine.distributed import all_reduce_sum, is_dist
+from hqm.distributed import all_reduce_sum, is_dist
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -20,13 +20,15 @@ mining) only advances inside forward; checkpoints carry every rank's random stat
 and resumed from a step checkpoint ends with the same weights as an uninterrupted one (CPU,
 ``train.deterministic``).
 
-Unused parameters: the detector touches idle miners' parameters with a zero (AJL), so DDP runs
-without ``find_unused_parameters``.
+Unused parameters: the criterion touches idle miners' parameters with a zero (AJL), so DDP runs
+without ``find_unused_parameters``. Parameters outside ``train.trainable`` (when given) are frozen
+before the optimiser and DDP are built (CDN's decoupled fine-tuning stage).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -38,16 +40,10 @@ from torch.utils.data import DataLoader
 
 from hqm.config import Config, config_from_dict, config_to_dict, save_config
 from hqm.data import build_dataset, collate_fn, ensure_synthetic
+from hqm.data.dataset import pair_class_counts
+from hqm.detectors import build_criterion, build_model
 from hqm.device import resolve_device
-from hqm.engine.checkpoint import (
-    CheckpointManager,
-    read_training_state,
-    resolve_resume,
-    rng_state,
-    set_rng_state,
-)
-from hqm.engine.curves import plot_curves
-from hqm.engine.distributed import (
+from hqm.distributed import (
     all_gather_object,
     all_reduce_sum,
     cleanup,
@@ -56,6 +52,14 @@ from hqm.engine.distributed import (
     init_distributed,
     is_main_process,
 )
+from hqm.engine.checkpoint import (
+    CheckpointManager,
+    read_training_state,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+)
+from hqm.engine.curves import plot_curves
 from hqm.engine.evaluate import (
     PRIMARY_METRIC,
     autocast_context,
@@ -73,8 +77,6 @@ from hqm.engine.signals import StopSignals, ignore_stop_signals, signal_name
 from hqm.errors import Interrupted, OutputError, UserError, output_error, write_fault
 from hqm.evaluation import format_table
 from hqm.mining.schedule import build_schedule
-from hqm.models import build_criterion, build_matcher, build_model
-from hqm.models.criterion import LossNormalisers
 from hqm.structures import DatasetMeta
 
 
@@ -89,6 +91,19 @@ def set_seed(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def freeze_except(model: torch.nn.Module, prefixes: list[str]) -> int:
+    """Freeze every parameter whose name starts with none of ``prefixes`` (empty: change nothing).
+    Returns the number of parameters left trainable."""
+    if prefixes:
+        unknown = [p for p in prefixes if not any(n.startswith(p) for n, _ in model.named_parameters())]
+        if unknown:
+            raise ValueError(f"train.trainable names no parameter of this model: {', '.join(unknown)}")
+        for name, p in model.named_parameters():
+            if not name.startswith(tuple(prefixes)):
+                p.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def param_groups(model: torch.nn.Module, lr: float, lr_backbone: float) -> list[dict]:
@@ -191,7 +206,7 @@ class Trainer:
             SeededDataset(self.train_set, cfg.train.seed),
             batch_size=cfg.train.batch_size,
             sampler=self.sampler,
-            collate_fn=collate_fn,
+            collate_fn=functools.partial(collate_fn, size_divisibility=cfg.train.size_divisibility),
             num_workers=cfg.data.num_workers,
             drop_last=True,
             persistent_workers=cfg.data.num_workers > 0,
@@ -209,8 +224,11 @@ class Trainer:
         self.channels_last = use_channels_last(self.device, channels_last, cfg.train.deterministic)
         if self.channels_last:
             self.model.backbone.to(memory_format=torch.channels_last)
-        matcher = build_matcher(cfg.loss)
-        self.criterion = build_criterion(cfg, self.meta.num_obj_classes, matcher).to(self.device)
+        freeze_except(self.model, cfg.train.trainable)
+        counts = None
+        if cfg.loss.reweight.obj or cfg.loss.reweight.verb:
+            counts = pair_class_counts(self.train_set.annotations, self.meta)
+        self.criterion = build_criterion(cfg, self.meta.num_obj_classes, counts).to(self.device)
         self.schedule = build_schedule(cfg.mining)
         self.optimizer = build_optimizer(self.model, cfg.train, self.device)
         self.steps_per_epoch = self.sampler.num_local // cfg.train.batch_size // cfg.train.accumulate
@@ -484,11 +502,9 @@ class Trainer:
         whether the update was applied: a non-finite loss or gradient skips it or stops the run
         (``NonFiniteError``), see ``engine.nonfinite``."""
         cfg = self.cfg
-        counts = [
-            LossNormalisers.local_counts(t, self.model.num_queries, cfg.loss.eos_coef) for _, _, t in window
-        ]
-        norms = LossNormalisers.from_counts([sum(c) for c in zip(*counts)])
+        norms = self.criterion.normalisers([t for _, _, t in window], self.model.num_queries)
         group_weights = self.schedule.weights(active)
+        idle = self.model.miner_parameters(exclude=active)
         total, logs, loss_finite = 0.0, {}, True
         for i, (images, masks, targets) in enumerate(window):
             images = images.to(self.device, non_blocking=True)
@@ -502,7 +518,9 @@ class Trainer:
                 with autocast_context(self.device, cfg.train.amp):
                     outputs = self.train_model(images, masks, targets, mining=active)
                 with torch.autocast(self.device.type, enabled=False):  # matcher and losses in fp32
-                    loss, terms = self.criterion(outputs, targets, cfg.mining.alpha, group_weights, norms)
+                    loss, terms = self.criterion(
+                        outputs, targets, cfg.mining.alpha, group_weights, norms, idle_params=idle
+                    )
                 # backward even for a non-finite loss: under DDP every rank must join the gradient sync
                 self.scaler.scale(loss).backward()
             value = loss.item()
@@ -555,6 +573,7 @@ class Trainer:
             self.cfg.train.amp,
             show_progress=self.main,
             should_stop=lambda: self.stop.requested() is not None,
+            batching=self.cfg.eval.batching,
         )
         if metrics is None:  # stopped between batches: the epoch's last.pt is written, eval_due in it
             self._interrupt(f"during the evaluation after epoch {self.epoch} (it runs again on resume)")

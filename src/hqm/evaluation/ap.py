@@ -12,17 +12,61 @@ Everything here works on numpy arrays and has no Python loop over detections:
   choose its GT. This is exactly the greedy loop of the official code without the loop;
 * :func:`ap_11point` (HICO-DET) and :func:`ap_voc` (V-COCO / HOI-A) on recall/precision curves, and
   :func:`per_class_ap` that slices a class-sorted detection list into per-class curves.
+
+The 11 recall thresholds of :func:`ap_11point` come in three variants (:data:`AP_THRESHOLDS`), which
+differ only where a class's recall lands exactly on 3/10, 6/10 or 7/10:
+
+* ``matlab`` (default): the doubles of ``0:0.1:1`` in ho-rcnn's ``VOCevaldet_bboxpair.m``. MATLAB's
+  colon operator builds the first half of a range as ``a + k*d`` and the second half as ``b - k*d``
+  (:func:`matlab_colon`), so the thresholds are k/10 except t = 0.3, which is 0.1 * 3 =
+  0.30000000000000004: a recall of exactly 3/10 does not reach it.
+* ``numpy``: ``np.arange(0, 1.1, 0.1)`` as in the QPIC / CDN / HQM Python evaluators (``hico_eval.py``):
+  0.3, 0.6 and 0.7 are each one ulp above k/10.
+* ``exact``: the correctly rounded doubles k/10; every recall of exactly k/10 reaches t = k/10.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# Recall thresholds of the official 11-point AP (`for t = 0:0.1:1`). We use the correctly rounded
-# doubles k / 10 (``np.arange(11) / 10``), NOT ``0.1 * k``: 0.1 * 3 = 0.30000000000000004 would make a
-# recall of exactly 3/10 miss the t = 0.3 threshold. Because IEEE division is correctly rounded, a recall
-# tp / npos equal to k / 10 as a rational is the same double as the threshold and counts (``rec >= t``).
-ELEVEN_POINT_THRESHOLDS: np.ndarray = np.arange(11, dtype=np.float64) / 10.0
+
+def matlab_colon(a: float, d: float, b: float) -> np.ndarray:
+    """The doubles of MATLAB's ``a:d:b`` (float64, d > 0) for a range whose end ``b`` is a whole
+    number n of steps from ``a``: ``a + k*d`` for k <= n/2 and ``b - (n-k)*d`` above, and (a + b) / 2
+    in the middle when n is even (MathWorks' ``colonop.m``, which mimics the built-in ``colon``:
+    ranges are computed symmetrically so that both ends are exact). For ``0:0.1:1`` every element
+    is k/10 except k = 3, 0.1 * 3 = 0.30000000000000004.
+
+    Raises ``ValueError`` when ``b`` is not within 1e-10 steps of a whole number of steps (MATLAB
+    then stops short of ``b``; not needed here)."""
+    if not d > 0:
+        raise ValueError(f"step must be > 0, got {d}")
+    steps = (b - a) / d
+    n = int(round(steps))
+    if n < 0 or abs(steps - n) > 1e-10:
+        raise ValueError(f"{a}:{d}:{b} does not end a whole number of steps from its start")
+    k = np.arange(n + 1, dtype=np.float64)
+    out = np.where(k <= n // 2, a + k * d, b - (n - k) * d)
+    if n % 2 == 0:
+        out[n // 2] = (a + b) / 2
+    return out
+
+
+AP_THRESHOLDS: dict[str, np.ndarray] = {
+    "matlab": matlab_colon(0.0, 0.1, 1.0),
+    "numpy": np.arange(0, 1.1, 0.1),
+    "exact": np.arange(11, dtype=np.float64) / 10.0,
+}
+"""The 11 recall thresholds of each variant (see the module docstring); ``matlab`` is the default."""
+
+
+def recall_thresholds(variant: str) -> np.ndarray:
+    """(11,) float64 recall thresholds of ``variant`` (``matlab`` | ``numpy`` | ``exact``).
+
+    Raises ``ValueError`` naming the valid variants for anything else."""
+    if variant not in AP_THRESHOLDS:
+        raise ValueError(f"AP thresholds must be one of {', '.join(AP_THRESHOLDS)}, got {variant!r}")
+    return AP_THRESHOLDS[variant]
 
 
 def box_iou_pairs(a: np.ndarray, b: np.ndarray, plus_one: bool) -> np.ndarray:
@@ -125,16 +169,18 @@ def precision_recall(tp_sorted: np.ndarray, npos: int) -> tuple[np.ndarray, np.n
     return tp_cum / float(npos), tp_cum / n_det
 
 
-def ap_11point(rec: np.ndarray, prec: np.ndarray) -> float:
+def ap_11point(rec: np.ndarray, prec: np.ndarray, thresholds: str = "matlab") -> float:
     """11-point interpolated AP of ho-rcnn ``VOCevaldet_bboxpair.m``.
 
-    ``AP = sum_t max(prec[rec >= t]) / 11`` over t in :data:`ELEVEN_POINT_THRESHOLDS`, 0 when no point
-    reaches t. rec, prec: (N,) with rec non-decreasing (a cumulative curve).
+    ``AP = sum_t max(prec[rec >= t]) / 11`` over t in ``AP_THRESHOLDS[thresholds]`` (``matlab``,
+    ``numpy`` or ``exact``, see the module docstring), 0 when no point reaches t.
+    rec, prec: (N,) with rec non-decreasing (a cumulative curve). Raises ``ValueError`` for an
+    unknown variant.
     """
     if rec.size == 0:
         return 0.0
     envelope = np.maximum.accumulate(prec[::-1])[::-1]  # max precision at this point or later
-    first = np.searchsorted(rec, ELEVEN_POINT_THRESHOLDS, side="left")  # first index with rec >= t
+    first = np.searchsorted(rec, recall_thresholds(thresholds), side="left")  # first index with rec >= t
     reached = first < rec.shape[0]
     vals = np.where(reached, envelope[np.minimum(first, rec.shape[0] - 1)], 0.0)
     return float(vals.sum() / 11.0)
@@ -150,17 +196,24 @@ def ap_voc(rec: np.ndarray, prec: np.ndarray) -> float:
 
 
 def per_class_ap(
-    cls_sorted: np.ndarray, tp_sorted: np.ndarray, npos: np.ndarray, method: str = "11point"
+    cls_sorted: np.ndarray,
+    tp_sorted: np.ndarray,
+    npos: np.ndarray,
+    method: str = "11point",
+    thresholds: str = "matlab",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AP, final recall and detection count of every class from one class-major sorted list.
 
     cls_sorted: (N,) class of each detection, sorted ascending (class-major, then processing order).
     tp_sorted:  (N,) bool TP flags in the same order.
     npos:       (K,) number of ground truths per class.
-    method: ``"11point"`` or ``"voc"``.
+    method: ``"11point"`` or ``"voc"``; thresholds: the 11-point variant (``matlab`` | ``numpy`` |
+    ``exact``; ignored by ``voc``).
     Returns ap (K,), max_recall (K,) - NaN where ``npos == 0`` - and n_det (K,) int64.
     """
-    fn = {"11point": ap_11point, "voc": ap_voc}[method]
+    if method not in ("11point", "voc"):
+        raise ValueError(f"method must be '11point' or 'voc', got {method!r}")
+    recall_thresholds(thresholds)  # an unknown variant fails before any work
     num = npos.shape[0]
     bounds = np.searchsorted(cls_sorted, np.arange(num + 1), side="left")
     ap = np.full(num, np.nan)
@@ -172,7 +225,8 @@ def per_class_ap(
             ap[k], rec_max[k] = 0.0, 0.0
             continue
         rec, prec = precision_recall(tp_sorted[lo:hi], int(npos[k]))
-        ap[k], rec_max[k] = fn(rec, prec), float(rec[-1])
+        ap[k] = ap_11point(rec, prec, thresholds) if method == "11point" else ap_voc(rec, prec)
+        rec_max[k] = float(rec[-1])
     return ap, rec_max, n_det
 
 

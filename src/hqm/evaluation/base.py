@@ -26,7 +26,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 from hqm.config import ConfigError
+from hqm.distributed import all_gather_object, get_world_size
 from hqm.structures import DatasetMeta, HOIPredictions, ImageAnnotation
 
 Record = Any  # an evaluator-specific picklable per-image summary
@@ -47,15 +50,9 @@ def merge_records(per_rank: Iterable[dict[str, Record]]) -> dict[str, Record]:
 
 def gather_records(records: dict[str, Record]) -> dict[str, Record]:
     """All-gather ``records`` over the default process group (identity when not distributed)."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch is a hard dependency
+    if get_world_size() == 1:
         return records
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return records
-    gathered: list[dict[str, Record] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, records)
-    return merge_records(r for r in gathered if r is not None)
+    return merge_records(all_gather_object(records))
 
 
 class HOIEvaluator(ABC):
@@ -81,10 +78,20 @@ class HOIEvaluator(ABC):
         self.num_unknown_images = 0
 
     def process(self, predictions: Sequence[HOIPredictions]) -> None:
-        """Add the predictions of some images. An image seen twice keeps its first record."""
+        """Add the predictions of some images. An image seen twice keeps its first record.
+
+        Raises ``ValueError`` naming the image and the triplet index when a score is NaN or infinite
+        (a NaN ranks anywhere and an inf first: a silent drop or rank would change the metric)."""
         for pred in predictions:
             if pred.file_name in self._records:
                 continue
+            scores = np.asarray(pred.scores, dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(scores))
+            if bad.size:
+                raise ValueError(
+                    f"predictions of image {pred.file_name!r}: triplet {int(bad[0])} has score "
+                    f"{scores[bad[0]]} ({bad.size} non-finite scores); evaluation needs finite scores"
+                )
             rec = self._reduce(pred)
             if rec is None:
                 self.num_unknown_images += 1
@@ -124,11 +131,15 @@ def build_evaluator(
     train_annotations: list[ImageAnnotation] | None = None,
     mode: str = "default",
     max_dets: int | None = 100,
+    ap_thresholds: str = "matlab",
 ) -> HOIEvaluator:
     """The evaluator of a dataset.
 
     dataset: ``hico_det`` | ``synthetic`` (HICO-DET semantics) | ``vcoco`` | ``hoia``.
     mode: HICO-DET only: ``default`` | ``ko`` (Known-Object) | ``both``.
+    ap_thresholds: HICO-DET only: the 11-point recall thresholds, ``matlab`` (official, default) |
+        ``numpy`` (QPIC-family Python evaluators) | ``exact`` (see :mod:`hqm.evaluation.ap`);
+        V-COCO and HOI-A use all-point AP, which has no thresholds.
     max_dets: per-image cut on the triplets (HICO-DET, HOI-A). V-COCO's ``vsrl_eval`` has no such
         cut, so it is not applied there.
     train_annotations: HICO-DET needs them for the rare / non-rare split (keys omitted without).
@@ -137,7 +148,14 @@ def build_evaluator(
     if name in ("hico_det", "hico", "synthetic"):
         from hqm.evaluation.hico_det import HICODetEvaluator
 
-        return HICODetEvaluator(meta, test_annotations, train_annotations, mode=mode, max_dets=max_dets)
+        return HICODetEvaluator(
+            meta,
+            test_annotations,
+            train_annotations,
+            mode=mode,
+            max_dets=max_dets,
+            ap_thresholds=ap_thresholds,
+        )
     if name in ("vcoco", "v_coco"):
         from hqm.evaluation.vcoco import VCOCOEvaluator
 

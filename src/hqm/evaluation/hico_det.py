@@ -21,19 +21,29 @@ Matching (per class, whole test set, ``VOCevaldet_bboxpair.m``)
     otherwise FP (duplicates are FP; no fallback to the second-best GT). IoU uses the +1-pixel area
     convention (``w = x2 - x1 + 1``).
 AP
-    11-point interpolated (:func:`hqm.evaluation.ap.ap_11point`); max recall = final recall.
+    11-point interpolated (:func:`hqm.evaluation.ap.ap_11point`); max recall = final recall. The
+    recall thresholds default to MATLAB's ``0:0.1:1`` (``ap_thresholds="matlab"``, the official
+    numbers); ``"numpy"`` reproduces the QPIC / CDN / HQM Python evaluators (``np.arange(0, 1.1,
+    0.1)``) and ``"exact"`` uses k/10 (see :mod:`hqm.evaluation.ap`). They differ only for a class
+    whose recall lands exactly on 3/10, 6/10 or 7/10.
 Rare / Non-rare
-    Training count of each class = number of HOI rows (person subject, object present) over the
-    training annotations; rare iff < 10. With the real vocabulary (117 verbs, 80 objects, 600 classes
-    all present in training) the split must be 138 / 462, else a ``ValueError`` is raised.
+    With a fixed official split (``meta.rare_classes``: the 138 rare HICO-DET classes of ho-rcnn) that
+    split is used, so a model trained on a subset (few-shot, zero-shot) is still scored against the
+    official split; training annotations whose counts give another split only log a warning naming
+    the classes that differ. Otherwise (custom vocabularies such as the synthetic benchmark) the
+    training count of each class = number of HOI rows (person subject, object present) over the
+    training annotations, rare iff < 10; a split counted from zero training records is an error
+    (it would make every class rare).
 
 Metric keys (fractions in [0, 1]): ``mAP_full``, ``mAP_rare``, ``mAP_nonrare``, ``mean_max_recall`` and
-the same with ``_ko``; the rare / non-rare keys exist only when training annotations were given.
+the same with ``_ko``; the rare / non-rare keys exist only when there is a split (an official one, or
+training annotations).
 Per-class tables: ``evaluator.per_class["default"]`` / ``["ko"]``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -45,11 +55,13 @@ from hqm.evaluation.ap import (
     expand_groups,
     first_occurrence_tp,
     per_class_ap,
+    recall_thresholds,
     topk_desc,
 )
 from hqm.evaluation.base import HOIEvaluator
 from hqm.structures import DatasetMeta, HOIPredictions, ImageAnnotation
 
+LOGGER = logging.getLogger("hqm.evaluation")
 RARE_THRESHOLD = 10
 MODES = ("default", "ko", "both")
 
@@ -92,16 +104,31 @@ def training_counts(
     return counts
 
 
-def rare_split(meta: DatasetMeta, class_index: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """(K,) bool rare mask (< 10 training instances); checks 138 / 462 on the real HICO-DET vocabulary."""
-    rare = counts < RARE_THRESHOLD
-    real = meta.num_verb_classes == 117 and meta.num_obj_classes == 80 and counts.shape[0] == 600
-    if real and bool((counts > 0).all()) and int(rare.sum()) != 138:
-        raise DatasetError(
-            f"HICO-DET rare split mismatch: {int(rare.sum())} rare / {int((~rare).sum())} non-rare, "
-            "expected 138 / 462 - are the training annotations complete (trainval_hico.json)?"
+def rare_split(meta: DatasetMeta, class_index: np.ndarray, counts: np.ndarray | None) -> np.ndarray | None:
+    """(K,) bool rare mask: ``meta.rare_classes`` when the dataset has an official split, else
+    ``counts < 10`` (None without counts). A count-based split that disagrees with the official one
+    is logged as a warning naming the classes that differ."""
+    counted = None if counts is None else counts < RARE_THRESHOLD
+    if meta.rare_classes is None:
+        return counted
+    official = np.zeros(int(class_index.max()) + 1 if class_index.size else 0, dtype=bool)
+    for verb, obj in meta.rare_classes:
+        if (
+            0 <= verb < class_index.shape[0]
+            and 0 <= obj < class_index.shape[1]
+            and class_index[verb, obj] >= 0
+        ):
+            official[class_index[verb, obj]] = True
+    if counted is not None and (counted != official).any():
+        verbs, objs = np.nonzero(class_index >= 0)
+        differ = np.flatnonzero(counted != official)
+        names = [f"{meta.verb_names[verbs[k]]}_{meta.object_names[objs[k]]}" for k in differ[:5]]
+        LOGGER.warning(
+            f"the training annotations give {int(counted.sum())} rare classes, the official {meta.name} "
+            f"split has {int(official.sum())} ({differ.size} classes differ, e.g. {', '.join(names)}): "
+            "Rare / Non-rare use the official split (expected when training on a subset)"
         )
-    return rare
+    return official
 
 
 class HICODetEvaluator(HOIEvaluator):
@@ -115,11 +142,14 @@ class HICODetEvaluator(HOIEvaluator):
         mode: str = "default",
         max_dets: int | None = 100,
         iou_threshold: float = 0.5,
+        ap_thresholds: str = "matlab",
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        recall_thresholds(ap_thresholds)  # fail early on an unknown variant
         self.meta, self.mode, self.max_dets, self.iou_threshold = meta, mode, max_dets, iou_threshold
+        self.ap_thresholds = ap_thresholds
         self.class_index = hoi_class_index(meta.correct_mat)
         self.class_verb, self.class_obj = np.nonzero(self.class_index >= 0)
         self.num_classes = int(self.class_verb.shape[0])
@@ -128,10 +158,14 @@ class HICODetEvaluator(HOIEvaluator):
             raise DatasetError("test annotations contain duplicate file names (`hqm check-data` lists them)")
         self._build_gt(test_annotations)
         self.train_counts: np.ndarray | None = None
-        self.rare: np.ndarray | None = None
         if train_annotations is not None:
+            if not train_annotations:
+                raise DatasetError(
+                    "no training records to count the rare / non-rare split from (every record "
+                    "dropped?): give the training annotation file, or evaluate without a rare split"
+                )
             self.train_counts = training_counts(self.class_index, train_annotations)
-            self.rare = rare_split(meta, self.class_index, self.train_counts)
+        self.rare = rare_split(meta, self.class_index, self.train_counts)
 
     def _build_gt(self, anns: list[ImageAnnotation]) -> None:
         n_verb, n_obj = self.class_index.shape
@@ -181,7 +215,7 @@ class HICODetEvaluator(HOIEvaluator):
         in_range = (verb >= 0) & (verb < n_verb) & (obj >= 0) & (obj < n_obj)
         cls = np.full(verb.shape[0], -1, dtype=np.int64)
         cls[in_range] = self.class_index[verb[in_range], obj[in_range]]
-        valid = (cls >= 0) & np.isfinite(np.asarray(pred.scores, dtype=np.float64))
+        valid = cls >= 0
         default = self._cut(pred, cls, valid) if self.mode in ("default", "both") else None
         ko = None
         if self.mode in ("ko", "both"):
@@ -207,7 +241,7 @@ class HICODetEvaluator(HOIEvaluator):
         # processing order: class-major, descending score, then test-image order, then in-image rank
         order = np.lexsort((rank, img, -dets.score, cls))
         tp = first_occurrence_tp(best_val >= self.iou_threshold, best_gt, order)
-        return per_class_ap(cls[order], tp[order], self.npos, method="11point")
+        return per_class_ap(cls[order], tp[order], self.npos, "11point", self.ap_thresholds)
 
     def _compute(self, records: dict[str, Any]) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
         items = sorted(records.values(), key=lambda r: r[0])
@@ -262,8 +296,9 @@ class HICODetEvaluator(HOIEvaluator):
                 "n_gt": int(self.npos[k]),
                 "n_det": int(n_det[k]),
             }
-            if self.train_counts is not None and self.rare is not None:
+            if self.train_counts is not None:
                 row["n_train"] = int(self.train_counts[k])
+            if self.rare is not None:
                 row["rare"] = bool(self.rare[k])
             rows.append(row)
         return rows

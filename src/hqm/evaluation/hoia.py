@@ -70,7 +70,7 @@ class HOIAEvaluator(HOIEvaluator):
             return None
         verb = np.asarray(pred.verb_labels, dtype=np.int64)
         score = np.asarray(pred.scores, dtype=np.float64)
-        keep = np.flatnonzero((verb >= 0) & (verb < self.num_verbs) & np.isfinite(score))
+        keep = np.flatnonzero((verb >= 0) & (verb < self.num_verbs))
         keep = keep[topk_desc(score[keep], self.max_dets)]
         tp = self._match_image(img, pred, keep)
         return img, verb[keep], score[keep], tp

@@ -21,6 +21,7 @@ The file is a JSON list of per-image records::
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -30,13 +31,16 @@ import numpy as np
 from hqm.errors import UserError
 from hqm.structures import HOIPredictions
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 class PredictionsFormatError(UserError, ValueError):
     """A malformed record in a predictions file (the message names file, record and field)."""
 
 
-def _fail(source: str, rec: int, field: str, msg: str) -> PredictionsFormatError:
-    return PredictionsFormatError(f"{source}: record {rec}: field {field!r}: {msg}")
+def _fail(source: str, rec: int, field: str, msg: str, name: str | None = None) -> PredictionsFormatError:
+    image = f" (file_name {name!r})" if name is not None else ""
+    return PredictionsFormatError(f"{source}: record {rec}{image}: field {field!r}: {msg}")
 
 
 def records_to_predictions(
@@ -61,17 +65,21 @@ def records_to_predictions(
         boxes_in = rec.get("predictions", [])
         hois_in = rec.get("hoi_prediction", [])
         if not isinstance(boxes_in, list) or not isinstance(hois_in, list):
-            raise _fail(source, r, "predictions/hoi_prediction", "expected lists")
+            raise _fail(source, r, "predictions/hoi_prediction", "expected lists", name)
         boxes = np.zeros((len(boxes_in), 4), dtype=np.float32)
         labels = np.zeros(len(boxes_in), dtype=np.int64)
         for b, box in enumerate(boxes_in):
             try:
-                boxes[b] = np.asarray(box["bbox"], dtype=np.float32).reshape(4)
+                xyxy = np.asarray(box["bbox"], dtype=np.float64).reshape(4)
             except (KeyError, TypeError, ValueError) as e:
-                raise _fail(source, r, f"predictions[{b}].bbox", "expected 4 numbers") from e
+                raise _fail(source, r, f"predictions[{b}].bbox", "expected 4 numbers", name) from e
+            if not (np.abs(xyxy) <= _FLOAT32_MAX).all():  # NaN, inf, or inf once stored as float32
+                msg = f"{box['bbox']} is not finite (float32): a NaN / inf box cannot be matched"
+                raise _fail(source, r, f"predictions[{b}].bbox", msg, name)
+            boxes[b] = xyxy
             cat = box.get("category_id")
             if isinstance(cat, bool) or not isinstance(cat, int) or cat not in to_contig:
-                raise _fail(source, r, f"predictions[{b}].category_id", f"unknown object id {cat!r}")
+                raise _fail(source, r, f"predictions[{b}].category_id", f"unknown object id {cat!r}", name)
             labels[b] = to_contig[cat]
         n = len(hois_in)
         sub = np.zeros((n, 4), np.float32)
@@ -86,20 +94,25 @@ def records_to_predictions(
                 v, sc = int(hoi["category_id"]) - verb_id_offset, float(hoi["score"])
             except (KeyError, TypeError, ValueError) as e:
                 msg = f"needs integer subject_id, object_id, category_id and a score ({e})"
-                raise _fail(source, r, where, msg) from e
+                raise _fail(source, r, where, msg, name) from e
+            if not math.isfinite(sc) or abs(sc) > _FLOAT32_MAX:  # NaN sorts anywhere, inf ranks first
+                msg = f"{sc} is not a finite (float32) score: refused rather than ranked arbitrarily"
+                raise _fail(source, r, f"{where}.score", msg, name)
             if not 0 <= s < len(boxes_in):
-                raise _fail(source, r, f"{where}.subject_id", f"{s} out of range [0, {len(boxes_in)})")
+                raise _fail(source, r, f"{where}.subject_id", f"{s} out of range [0, {len(boxes_in)})", name)
             if num_verbs is not None and not 0 <= v < num_verbs:
-                raise _fail(source, r, f"{where}.category_id", f"verb id {v + verb_id_offset} out of range")
+                raise _fail(
+                    source, r, f"{where}.category_id", f"verb id {v + verb_id_offset} out of range", name
+                )
             if o == -1:
                 if no_object_class is None:
                     msg = "-1 (no object) is not allowed for this dataset"
-                    raise _fail(source, r, f"{where}.object_id", msg)
+                    raise _fail(source, r, f"{where}.object_id", msg, name)
                 obj_lab[h] = no_object_class
             elif 0 <= o < len(boxes_in):
                 obj[h], obj_lab[h] = boxes[o], labels[o]
             else:
-                raise _fail(source, r, f"{where}.object_id", f"{o} out of range [0, {len(boxes_in)})")
+                raise _fail(source, r, f"{where}.object_id", f"{o} out of range [0, {len(boxes_in)})", name)
             sub[h], verb[h], score[h] = boxes[s], v, sc
         order = np.argsort(-score, kind="stable")
         out.append(HOIPredictions(name, sub[order], obj[order], obj_lab[order], verb[order], score[order]))

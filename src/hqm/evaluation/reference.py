@@ -22,7 +22,18 @@ def _iou_plus_one(a: list[float], b: list[float]) -> float:
     return inter / union
 
 
-def _ap_11(tp: list[int], npos: int) -> tuple[float, float]:
+def _thresholds(variant: str) -> list[float]:
+    """The 11 recall thresholds, written out the way each original computes them."""
+    if variant == "matlab":  # MATLAB 0:0.1:1: a + k*d for the first half, b - k*d for the second
+        return [k * 0.1 for k in range(6)] + [1.0 - k * 0.1 for k in (4, 3, 2, 1, 0)]
+    if variant == "numpy":  # np.arange(0, 1.1, 0.1): start + k*step
+        return [0.0 + k * 0.1 for k in range(11)]
+    if variant == "exact":
+        return [k / 10 for k in range(11)]
+    raise ValueError(f"unknown AP thresholds {variant!r}")
+
+
+def _ap_11(tp: list[int], npos: int, variant: str) -> tuple[float, float]:
     rec, prec = [], []
     n_tp = 0
     for i, t in enumerate(tp):
@@ -30,8 +41,7 @@ def _ap_11(tp: list[int], npos: int) -> tuple[float, float]:
         rec.append(n_tp / npos)
         prec.append(n_tp / (i + 1))
     ap = 0.0
-    for k in range(11):
-        thr = k / 10
+    for thr in _thresholds(variant):
         p = [prec[i] for i in range(len(rec)) if rec[i] >= thr]
         ap += (max(p) if p else 0.0) / 11
     return ap, (rec[-1] if rec else 0.0)
@@ -44,8 +54,13 @@ def reference_hico_eval(
     known_object: bool = False,
     max_dets: int = 100,
     train_annotations: list[ImageAnnotation] | None = None,
+    ap_thresholds: str = "matlab",
 ) -> dict[str, float]:
-    """``mAP_full`` / ``mean_max_recall`` (and rare / non-rare with training annotations) the slow way."""
+    """``mAP_full`` / ``mean_max_recall`` (and rare / non-rare with the official split of
+    ``meta.rare_classes`` or else training annotations) the slow way.
+
+    ap_thresholds: ``matlab`` | ``numpy`` | ``exact``, the 11-point recall thresholds (the same
+    setting as ``HICODetEvaluator``; the values are written out here independently)."""
     n_verb, n_obj = len(meta.verb_names), len(meta.object_names)
     classes = [(v, o) for v in range(n_verb) for o in range(n_obj) if bool(meta.correct_mat[v][o])]
     cid = {c: i for i, c in enumerate(classes)}
@@ -110,7 +125,7 @@ def reference_hico_eval(
             aps.append(None)
             recs.append(None)
             continue
-        ap, rec = _ap_11(tp, npos)
+        ap, rec = _ap_11(tp, npos, ap_thresholds)
         aps.append(ap)
         recs.append(rec)
 
@@ -119,7 +134,10 @@ def reference_hico_eval(
         return sum(vals) / len(vals) if vals else float("nan")
 
     out = {"mAP_full": mean(aps), "mean_max_recall": mean(recs)}
-    if train_annotations is not None:
+    if meta.rare_classes is not None:  # the official split
+        official = {tuple(c) for c in meta.rare_classes}
+        rare = [(v, o) in official for v, o in classes]
+    elif train_annotations is not None:
         counts = [0] * len(cid)
         for ann in train_annotations:
             for s, o, v in ann.hois.tolist():
@@ -128,6 +146,9 @@ def reference_hico_eval(
                 key = (v, int(ann.labels[o]))
                 if key in cid:
                     counts[cid[key]] += 1
-        out["mAP_rare"] = mean([a for a, n in zip(aps, counts) if n < 10])
-        out["mAP_nonrare"] = mean([a for a, n in zip(aps, counts) if n >= 10])
+        rare = [n < 10 for n in counts]
+    else:
+        return out
+    out["mAP_rare"] = mean([a for a, r in zip(aps, rare) if r])
+    out["mAP_nonrare"] = mean([a for a, r in zip(aps, rare) if not r])
     return out

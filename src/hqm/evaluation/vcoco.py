@@ -122,7 +122,7 @@ class VCOCOEvaluator(HOIEvaluator):
         if img is None:
             return None
         c = np.asarray(pred.verb_labels, dtype=np.int64)
-        keep = (c >= 0) & (c < len(self.names)) & np.isfinite(np.asarray(pred.scores, dtype=np.float64))
+        keep = (c >= 0) & (c < len(self.names))
         return (
             img,
             c[keep],

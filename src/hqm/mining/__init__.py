@@ -7,17 +7,28 @@ schedule (``hqm.mining.schedule``) activates and under which the criterion logs 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from torch import nn
+
+from hqm.mining.amm import AMMMiner
 from hqm.mining.base import MiningContext, QueryMiner
+from hqm.mining.cjl import CJLMiner
+from hqm.mining.gbs import GBSMiner
+from hqm.mining.schedule import build_schedule
 
 
-def build_miners(cfg, detector) -> dict[str, QueryMiner]:
-    """The miners ``cfg.mining.strategy`` needs (empty for ``none``). The miners that need the
-    learnable queries' Hungarian assignment inside forward get a matcher built from ``cfg.loss``."""
-    from hqm.mining.amm import AMMMiner
-    from hqm.mining.cjl import CJLMiner
-    from hqm.mining.gbs import GBSMiner
-    from hqm.mining.schedule import build_schedule
-    from hqm.models.matcher import build_matcher
+def build_miners(
+    cfg, detector, matcher_factory: Callable[[], nn.Module] | None = None
+) -> dict[str, QueryMiner]:
+    """The miners ``cfg.mining.strategy`` needs for ``detector`` (empty for ``none``). Miners that
+    need the learnable queries' Hungarian assignment inside forward get ``matcher_factory()`` (the
+    detector's matcher, built through the registry ``hqm.detectors``)."""
+
+    def matcher() -> nn.Module:
+        if matcher_factory is None:
+            raise ValueError(f"mining.strategy={cfg.mining.strategy} with these options needs a matcher")
+        return matcher_factory()
 
     mc = cfg.mining
     names = build_schedule(mc).miner_names
@@ -28,19 +39,27 @@ def build_miners(cfg, detector) -> dict[str, QueryMiner]:
         shift=g.shift,
         num_candidates=g.num_candidates,
         max_rounds=g.max_rounds,
+        clip=g.clip,
     )
     miners: dict[str, QueryMiner] = {}
     if "gbs" in names:
         miners["gbs"] = GBSMiner(detector.hidden_dim, **gbs_kwargs)
     if "amm" in names:
-        matcher = build_matcher(cfg.loss) if a.queries == "matched" else None
         miners["amm"] = AMMMiner(
-            a.k, a.gamma, a.mask, a.select, a.reference, a.target, a.queries, a.skip_final_norm, matcher
+            k=a.k,
+            gamma=a.gamma,
+            mask=a.mask,
+            select=a.select,
+            reference=a.reference,
+            target=a.target,
+            queries=a.queries,
+            skip_final_norm=a.skip_final_norm,
+            matcher=matcher() if a.queries == "matched" else None,
         )
     if "cjl" in names:
-        matcher = build_matcher(cfg.loss) if mc.cjl_reference == "learnable" else None
         masking = dict(k=a.k, gamma=a.gamma, mode=a.mask, select=a.select)
-        miners["cjl"] = CJLMiner(detector.hidden_dim, masking, mc.cjl_reference, matcher, **gbs_kwargs)
+        cjl_matcher = matcher() if mc.cjl_reference == "learnable" else None
+        miners["cjl"] = CJLMiner(detector.hidden_dim, masking, mc.cjl_reference, cjl_matcher, **gbs_kwargs)
     return miners
 
 

@@ -22,11 +22,14 @@ queries' own pass (``learnable_hook``) and adds no query group.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import Tensor
 
-from hqm.mining.base import MiningContext, QueryMiner
+from hqm.mining.base import LearnableAssignment, MinedGroup, MiningContext, QueryGroup, QueryMiner
 from hqm.models.attention import AttentionHook
+from hqm.models.detector import DetrHOIModel
 
 
 def topk_mask(
@@ -66,6 +69,8 @@ class AttentionMasking(AttentionHook):
     reference: layer -> (B, T, Q, S) detached scores to rank keys by, or None to rank by the pass's
     own incoming logits (``reference: self``). select "random": rank by random scores and use K = S.
     mode: "exact_count" (-inf before the softmax) | "bernoulli" (x 0 after the softmax).
+    layers: the hook layers to mask (``detector.mining_layers``; CDN: the pair decoder only), None
+    for every layer; the others pass through unchanged.
     """
 
     def __init__(
@@ -75,8 +80,10 @@ class AttentionMasking(AttentionHook):
         gamma: float = 0.4,
         mode: str = "exact_count",
         select: str = "topk",
+        layers: Collection[int] | None = None,
     ):
         self.reference = reference
+        self.layers = None if layers is None else frozenset(layers)
         self.k = k
         self.gamma = gamma
         self.mode = mode
@@ -97,6 +104,8 @@ class AttentionMasking(AttentionHook):
         return topk_mask(ref, k, self.gamma, self.mode, valid)
 
     def pre_softmax(self, layer: int, logits: Tensor) -> Tensor:
+        if self.layers is not None and layer not in self.layers:
+            return logits
         hide = self._mask(layer, logits)
         if self.mode == "exact_count":
             return logits.masked_fill(hide, float("-inf"))
@@ -123,21 +132,23 @@ def select_rows(scores: dict[int, Tensor], rows: list[Tensor], width: int) -> di
 
 def matched_learnable(ctx: MiningContext, matcher) -> list:
     """The learnable queries' Hungarian assignment on every layer (last layer first), computed once
-    per forward and cached in ``learnable_outputs["indices"]``, where the criterion reuses it."""
-    out = ctx.learnable_outputs
-    if "indices" not in out:
+    per forward and kept in ``ctx.learnable_indices``; the miner's ``MinedGroup`` hands it to the
+    criterion, which then does not solve it again."""
+    if ctx.learnable_indices is None:
+        out = ctx.learnable_outputs
         layers = [out] + list(out.get("aux_outputs", []))[::-1]
-        out["indices"] = [matcher(o, ctx.targets) for o in layers]
-    return out["indices"]
+        ctx.learnable_indices = [matcher(o, ctx.targets) for o in layers]
+    return ctx.learnable_indices
 
 
 class AMMMiner(QueryMiner):
     """AMM hard queries: copies of the learnable positional queries decoded with masked attention.
 
-    queries "all": all Nq copies, assignment {"type": "learnable", "query_map": None} (the copies
-    take the learnable queries' per-layer matches); "matched": only the copies of queries matched on
-    some layer (needs ``matcher``), with a ``query_map``. skip_final_norm reproduces the released
-    combined model (heads on the un-normalised decoder output).
+    queries "all": all Nq copies, ``LearnableAssignment(query_map=None)`` (the copies take the
+    learnable queries' per-layer matches); "matched": only the copies of queries matched on some
+    layer (needs ``matcher``), with a ``query_map``. Only the detector's ``mining_layers`` are
+    masked. skip_final_norm reproduces the released combined model (heads on the un-normalised
+    decoder output).
     """
 
     def __init__(
@@ -165,19 +176,21 @@ class AMMMiner(QueryMiner):
             target == "hard_queries" and reference == "learnable" and select == "topk"
         )
 
-    def masking(self, reference: dict[int, Tensor] | None) -> AttentionMasking:
-        return AttentionMasking(reference, self.k, self.gamma, self.mask, self.select)
+    def masking(self, reference: dict[int, Tensor] | None, detector: DetrHOIModel) -> AttentionMasking:
+        return AttentionMasking(
+            reference, self.k, self.gamma, self.mask, self.select, layers=detector.mining_layers
+        )
 
-    def learnable_hook(self) -> AttentionHook | None:
-        return self.masking(None) if self.target == "learnable" else None
+    def learnable_hook(self, detector: DetrHOIModel) -> AttentionHook | None:
+        return self.masking(None, detector) if self.target == "learnable" else None
 
-    def forward(self, ctx: MiningContext) -> dict[str, dict]:
+    def forward(self, ctx: MiningContext) -> dict[str, MinedGroup]:
         if self.target == "learnable":
             return {}  # the learnable pass itself was masked ("w/o Q^m")
         ref = ctx.reference_attention if self.needs_reference_attention else None
         bsz = ctx.encoded.memory.shape[0]
-        query_pos = ctx.detector.learnable_query_pos(bsz)
-        query_mask, query_map = None, None
+        learnable = ctx.detector.learnable_queries(bsz)
+        query_pos, query_mask, query_map = learnable.pos, None, None
         if self.queries == "matched":
             layer_idx = matched_learnable(ctx, self.matcher)
             query_map = [torch.unique(torch.cat([idx[i][0] for idx in layer_idx])) for i in range(bsz)]
@@ -188,10 +201,10 @@ class AMMMiner(QueryMiner):
                 query_mask[i, : len(r)] = False
             if ref is not None:
                 ref = select_rows(ref, query_map, width)
-        outputs = ctx.detector.decode(
-            ctx.encoded, query_pos, query_mask, self.masking(ref), final_norm=not self.skip_final_norm
-        )
-        return {self.name: {"outputs": outputs, "assignment": {"type": "learnable", "query_map": query_map}}}
+        group = QueryGroup(query_pos, query_mask)
+        hook = self.masking(ref, ctx.detector)
+        outputs = ctx.detector.decode(ctx.encoded, group, hook, final_norm=not self.skip_final_norm)
+        return {self.name: MinedGroup(outputs, LearnableAssignment(query_map), ctx.learnable_indices)}
 
 
 def _pad_rows(x: Tensor, rows: list[Tensor], width: int) -> Tensor:

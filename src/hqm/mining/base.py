@@ -2,48 +2,31 @@
 
 A miner touches the detector only through
 
-1. **extra query groups**: it builds positional queries (B, N, D) with a padding mask and asks the
-   detector to decode them (``ctx.detector.decode(ctx.encoded, query_pos, query_mask, hook)``); the
-   group shares the encoder memory, decoder layers, final norm and heads with the learnable queries
-   but never attends to them;
+1. **extra query groups**: it builds a :class:`QueryGroup` (positional queries (B, N, D), a padding
+   mask, optionally reference boxes) and asks the detector to decode it
+   (``ctx.detector.decode(ctx.encoded, group, hook)``); the group shares the encoder memory, the
+   decoder layers, final norms and heads with the learnable queries but never attends to them. A
+   detector with several decoders (CDN) runs the group through all of them;
 2. **the cross-attention hook** (:class:`hqm.models.attention.AttentionHook`): it may read the
-   learnable pass's recorded cross-attention scores (``ctx.reference_attention``) and mask the
-   cross-attention of its own pass, or of the learnable pass (``learnable_hook``).
+   learnable pass's recorded cross-attention scores (``ctx.reference_attention``, keyed by hook
+   layer) and mask the cross-attention of its own pass, or of the learnable pass (``learnable_hook``),
+   on the layers the detector opens to mining (``detector.mining_layers``: QPIC's decoder, CDN's
+   pair decoder).
 
-A miner returns ``{group_name: {"outputs": <decoder outputs>, "assignment": ...}}`` (see
-``hqm.models.criterion`` for the two assignment kinds). Miners are ``nn.Module`` children of the
+A miner returns ``{group_name: MinedGroup(outputs, assignment)}`` with a :class:`FixedAssignment`
+(hard query j <-> GT pair j) or a :class:`LearnableAssignment` (copies of the learnable queries;
+see ``hqm.models.group_criterion``). Miners are ``nn.Module`` children of the
 detector (``detector.miners``) so their parameters (GBS's F_p) train and checkpoint with it, but
 they run only when the trainer names them in ``forward(..., mining=names)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-from torch import Tensor, nn
+from torch import nn
 
 from hqm.models.attention import AttentionHook
-
-
-@dataclass
-class MiningContext:
-    """What a miner may use, built by the detector after the learnable pass.
-
-    detector: the detector (``decode``, ``num_queries``, ``learnable_query_pos``).
-    encoded:  the shared encoder output (``hqm.models.detector.EncodedImages``).
-    targets:  training targets (normalised cxcywh boxes, see ``hqm.data``), one dict per image.
-    learnable_outputs: the learnable pass's predictions (pred_* and aux_outputs).
-    reference_attention: layer -> (B, T, Nq, HW) detached pre-softmax cross-attention scores of
-        the learnable queries, or None when no active miner asked for it.
-    """
-
-    detector: Any
-    encoded: Any
-    targets: list[dict]
-    learnable_outputs: dict
-    reference_attention: dict[int, Tensor] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+from hqm.models.detector import DetrHOIModel, MiningContext, QueryGroup
+from hqm.models.group_criterion import FixedAssignment, LearnableAssignment, MinedGroup
 
 
 class QueryMiner(nn.Module):
@@ -52,9 +35,19 @@ class QueryMiner(nn.Module):
     #: True when the miner needs the learnable pass's cross-attention scores.
     needs_reference_attention: bool = False
 
-    def learnable_hook(self) -> AttentionHook | None:
+    def learnable_hook(self, detector: DetrHOIModel) -> AttentionHook | None:
         """A hook applied to the learnable queries' own pass (AMM ``target: learnable``), or None."""
         return None
 
-    def forward(self, ctx: MiningContext) -> dict[str, dict]:  # pragma: no cover - interface
+    def forward(self, ctx: MiningContext) -> dict[str, MinedGroup]:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+__all__ = [
+    "FixedAssignment",
+    "LearnableAssignment",
+    "MinedGroup",
+    "MiningContext",
+    "QueryGroup",
+    "QueryMiner",
+]

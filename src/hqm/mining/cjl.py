@@ -16,10 +16,9 @@ the same fixed assignment; their decoder pass masks the top-K keys like AMM. The
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from hqm.mining.amm import AttentionMasking, matched_learnable, select_rows
-from hqm.mining.base import MiningContext
+from hqm.mining.base import MiningContext, QueryGroup
 from hqm.mining.gbs import GBSMiner
 from hqm.models.attention import RecordAttention
 
@@ -36,17 +35,18 @@ class CJLMiner(GBSMiner):
         self.matcher = matcher
         self.needs_reference_attention = reference == "learnable"
 
-    def hook(self, ctx: MiningContext, query_pos: Tensor, query_mask: Tensor, indices) -> AttentionMasking:
+    def hook(self, ctx: MiningContext, group: QueryGroup, indices) -> AttentionMasking:
+        layers = ctx.detector.mining_layers
         if self.reference == "self":
             record = RecordAttention()
             with torch.no_grad():
-                ctx.detector.decode(ctx.encoded, query_pos.detach(), query_mask, record)
-            return AttentionMasking(record.scores, **self.amm)
+                ctx.detector.decode(ctx.encoded, QueryGroup(group.pos.detach(), group.mask), record)
+            return AttentionMasking(record.scores, **self.amm, layers=layers)
         last = matched_learnable(ctx, self.matcher)[0]  # last decoder layer's (query, target) per image
         rows = []
         for (q, t), (_, tgt) in zip(last, indices):  # per image: GT pair j -> its learnable query
             row = torch.zeros(len(tgt), dtype=torch.int64)
             row[t] = q
             rows.append(row)
-        ref = select_rows(ctx.reference_attention, rows, query_pos.shape[1])
-        return AttentionMasking(ref, **self.amm)
+        ref = select_rows(ctx.reference_attention, rows, group.num_queries)
+        return AttentionMasking(ref, **self.amm, layers=layers)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from hqm.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, elementwise_iou
-from hqm.mining.base import MiningContext, QueryMiner
+from hqm.mining.base import FixedAssignment, MinedGroup, MiningContext, QueryGroup, QueryMiner
 
 LOGGER = logging.getLogger("hqm.mining")
 
@@ -53,12 +53,18 @@ def pair_vector(sub: Tensor, obj: Tensor) -> Tensor:
     )
 
 
-def shift_boxes(boxes: Tensor, ratio: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
+def shift_boxes(boxes: Tensor, ratio: Tensor, dx: Tensor, dy: Tensor, upper: Tensor | None = None) -> Tensor:
     """Boxes (..., 4) cxcywh shifted to centre (cx + dx*w, cy + dy*h), size (r*w, r*h), clipped to
-    [0, 1]. ratio, dx, dy broadcast against ``boxes[..., 0]`` and are relative to the box size."""
+    the image: [0, 1], or [0, upper] with ``upper`` (..., 2) = (x max, y max) broadcasting against
+    ``boxes[..., :2]`` (``clip: pixel_inside``). ratio, dx, dy broadcast against ``boxes[..., 0]``
+    and are relative to the box size."""
     cx, cy, w, h = boxes.unbind(-1)
     cand = torch.stack([cx + dx * w, cy + dy * h, ratio * w, ratio * h], dim=-1)
-    return box_xyxy_to_cxcywh(box_cxcywh_to_xyxy(cand).clamp(0.0, 1.0))
+    xyxy = box_cxcywh_to_xyxy(cand)
+    if upper is None:
+        return box_xyxy_to_cxcywh(xyxy.clamp(0.0, 1.0))
+    hi = torch.cat([upper, upper], dim=-1).expand_as(xyxy)
+    return box_xyxy_to_cxcywh(torch.minimum(xyxy.clamp(min=0.0), hi))
 
 
 def box_iou_cxcywh(a: Tensor, b: Tensor) -> Tensor:
@@ -73,8 +79,10 @@ def sample_per_box(
     num_candidates: int = 64,
     max_rounds: int = 8,
     spread: float = 0.4,
+    upper: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Shift every box (N, 4) normalised cxcywh into the closed IoU window.
+    """Shift every box (N, 4) normalised cxcywh into the closed IoU window (``upper`` (N, 2): the
+    clip limits of each box's image, see :func:`shift_boxes`; None: [0, 1]).
 
     Returns (shifted boxes (N, 4), outside (N,) bool: no valid candidate within the budget, the
     returned box is then the best candidate seen). Loops over rounds only, never over boxes.
@@ -89,7 +97,8 @@ def sample_per_box(
             break
         src = boxes[todo]
         u = torch.rand(len(todo), num_candidates, 3, device=boxes.device) * 2 - 1
-        cand = shift_boxes(src[:, None], 1 + spread * u[..., 0], spread * u[..., 1], spread * u[..., 2])
+        lim = None if upper is None else upper[todo][:, None]
+        cand = shift_boxes(src[:, None], 1 + spread * u[..., 0], spread * u[..., 1], spread * u[..., 2], lim)
         iou = box_iou_cxcywh(src[:, None], cand)  # (n_todo, C)
         gap = (lo - iou).clamp(min=0) + (iou - hi).clamp(min=0)  # 0 inside the window
         g, pick = gap.min(dim=1)  # a candidate reaching the minimum: a valid one whenever there is one
@@ -108,6 +117,7 @@ def sample_official(
     max_draws: int = 40,
     accept: float = 0.7,
     step: float = 0.04,
+    upper: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The released sampler. boxes (N, 4) normalised cxcywh of the whole per-device batch; eligible
     (N,) bool (boxes that take part: pairs with an object).
@@ -118,7 +128,8 @@ def sample_official(
     """
     lo, hi = iou_range
     ijk = torch.randint(-10, 10, (max_draws, boxes.shape[0], 3), device=boxes.device).to(boxes.dtype) * step
-    cand = shift_boxes(boxes[None], 1 + ijk[..., 0], ijk[..., 1], ijk[..., 2])  # (D, N, 4)
+    lim = None if upper is None else upper[None]
+    cand = shift_boxes(boxes[None], 1 + ijk[..., 0], ijk[..., 1], ijk[..., 2], lim)  # (D, N, 4)
     iou = box_iou_cxcywh(boxes[None], cand)
     inside = (iou > lo) & (iou < hi) & eligible[None]  # (D, N)
     frac = inside.sum(1).float() / eligible.sum().clamp(min=1)
@@ -133,8 +144,10 @@ class GBSMiner(QueryMiner):
 
     hidden_dim: D. iou_range: the IoU window. sampler: "per_box" | "official". shift: "shift"
     (hard positives), "none" (encode the unshifted GT: easy positives) or "gaussian" (GT vector plus
-    ``noise_proj(N(0, I))`` added to q). ``hook_factory(ctx, query_pos, query_mask, indices)``, when
-    given, returns a cross-attention hook for the hard pass (CJL uses it to apply AMM).
+    ``noise_proj(N(0, I))`` added to q). clip: "image" (default: shifted boxes end at the image
+    edge, [0, 1]) | "pixel_inside" (released code: at (W - 1, H - 1) pixels, which flips about 1e-3
+    of the window decisions; needs ``size`` in the targets). Subclasses override
+    ``hook(ctx, group, indices)`` to give the hard pass a cross-attention hook (CJL applies AMM).
     """
 
     def __init__(
@@ -145,9 +158,13 @@ class GBSMiner(QueryMiner):
         shift: str = "shift",
         num_candidates: int = 64,
         max_rounds: int = 8,
+        clip: str = "image",
         name: str = "gbs",
     ):
         super().__init__()
+        if clip not in ("image", "pixel_inside"):
+            raise ValueError(f"GBS clip={clip!r} is not one of image, pixel_inside")
+        self.clip = clip
         self.name = name
         self.iou_range = (float(iou_range[0]), float(iou_range[1]))
         self.sampler = sampler
@@ -161,16 +178,22 @@ class GBSMiner(QueryMiner):
         self.num_outside = 0  # ... of which no candidate reached the window (best candidate kept)
 
     @torch.no_grad()
-    def shifted_pairs(self, sub: Tensor, obj: Tensor, has_obj: Tensor) -> tuple[Tensor, Tensor]:
-        """Shift the (N, 4) GT boxes of the per-device batch (``shift`` mode decides whether)."""
+    def shifted_pairs(
+        self, sub: Tensor, obj: Tensor, has_obj: Tensor, upper: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Shift the (N, 4) GT boxes of the per-device batch (``shift`` mode decides whether);
+        upper (N, 2): per pair the clip limits (x, y) of its image, None for [0, 1]."""
         if self.shift != "shift" or sub.shape[0] == 0:
             return sub, obj
         if self.sampler == "official":
-            sub, _ = sample_official(sub, has_obj, self.iou_range)
-            obj, _ = sample_official(obj, has_obj, self.iou_range)
+            sub, _ = sample_official(sub, has_obj, self.iou_range, upper=upper)
+            obj, _ = sample_official(obj, has_obj, self.iou_range, upper=upper)
             return sub, obj
         boxes = torch.cat([sub, obj[has_obj]])
-        shifted, outside = sample_per_box(boxes, self.iou_range, self.num_candidates, self.max_rounds)
+        lim = None if upper is None else torch.cat([upper, upper[has_obj]])
+        shifted, outside = sample_per_box(
+            boxes, self.iou_range, self.num_candidates, self.max_rounds, upper=lim
+        )
         self.num_sampled += len(boxes)
         n_out = int(outside.sum())
         if n_out:
@@ -195,7 +218,7 @@ class GBSMiner(QueryMiner):
         sub = torch.cat([t["sub_boxes"] for t in targets]).to(dev).float()
         obj = torch.cat([t["obj_boxes"] for t in targets]).to(dev).float()
         has_obj = torch.cat([t["has_obj"] for t in targets]).to(dev).bool()
-        sub, obj = self.shifted_pairs(sub, obj, has_obj)
+        sub, obj = self.shifted_pairs(sub, obj, has_obj, self.clip_limits(targets, counts, dev))
         q = torch.tanh(self.query_embed_sp(pair_vector(sub, obj)))  # (sum n_i, D)
         if self.noise_proj is not None:
             q = q + self.noise_proj(torch.randn_like(q))
@@ -209,12 +232,21 @@ class GBSMiner(QueryMiner):
         indices = [(torch.arange(c), torch.arange(c)) for c in counts]
         return query_pos, query_mask, indices
 
-    def hook(self, ctx: MiningContext, query_pos: Tensor, query_mask: Tensor, indices):
+    def clip_limits(self, targets: list[dict], counts: list[int], dev: torch.device) -> Tensor | None:
+        """(sum n_i, 2) normalised (x, y) clip limits per pair: ((W - 1) / W, (H - 1) / H) of its
+        image for ``clip: pixel_inside``; None (clip to [0, 1]) for ``image``."""
+        if self.clip == "image":
+            return None
+        hw = torch.stack([t["size"] for t in targets]).to(dev).float()  # (B, 2) (h, w)
+        per_image = torch.stack([(hw[:, 1] - 1) / hw[:, 1], (hw[:, 0] - 1) / hw[:, 0]], dim=1)
+        return per_image.repeat_interleave(torch.tensor(counts, device=dev), dim=0)
+
+    def hook(self, ctx: MiningContext, group: QueryGroup, indices):
         """Cross-attention hook of the hard pass (None: the fused attention path)."""
         return None
 
-    def forward(self, ctx: MiningContext) -> dict[str, dict]:
+    def forward(self, ctx: MiningContext) -> dict[str, MinedGroup]:
         query_pos, query_mask, indices = self.build_queries(ctx.targets)
-        hook = self.hook(ctx, query_pos, query_mask, indices)
-        outputs = ctx.detector.decode(ctx.encoded, query_pos, query_mask, hook)
-        return {self.name: {"outputs": outputs, "assignment": {"type": "fixed", "indices": indices}}}
+        group = QueryGroup(query_pos, query_mask)
+        outputs = ctx.detector.decode(ctx.encoded, group, self.hook(ctx, group, indices))
+        return {self.name: MinedGroup(outputs, FixedAssignment(indices), ctx.learnable_indices)}

@@ -1,4 +1,4 @@
-"""QPIC losses for the learnable queries (Hungarian matching) and for mined query groups.
+"""HOI loss terms of QPIC-style detectors (QPIC, CDN) and the criterion that applies them to groups.
 
 Loss terms of one decoder layer, given an assignment (query_idx, target_idx) per image:
 
@@ -7,26 +7,25 @@ Loss terms of one decoder layer, given an assignment (query_idx, target_idx) per
   queries only, a mean over the assigned pairs.
 * ``loss_verb_ce``: CornerNet-style focal loss on sigmoid probabilities, divided by the number of
   positive labels (or the negative sum when there are none); computed in log space so it never
-  produces NaN (the reference clamps nothing).
+  produces NaN (the reference clamps nothing). ``verb_focal_alpha`` (CDN: 0.5) weighs the positive
+  term by alpha and the negative one by 1 - alpha (QPIC: no weighting). With alpha 0.5, CDN's verb
+  coefficient 2 gives the same gradient as QPIC's coefficient 1.
 * ``loss_sub_bbox`` / ``loss_obj_bbox`` (L1) and ``loss_sub_giou`` / ``loss_obj_giou`` (1 - GIoU) on
-  assigned pairs, normalised by the number of GT pairs; object-box terms only where the GT object exists.
+  assigned pairs; object-box terms only where the GT object exists. Normaliser
+  (``obj_box_norm``): ``pairs`` (default, the spec: every GT pair) or ``pairs_with_object`` (the
+  released QPIC / CDN / HQM code: pairs that have an object, + 1e-4; 0.80x on a V-COCO batch with one
+  object-less pair out of five).
 
-Normalisers are global (``LossNormalisers``): every denominator above (GT pairs, positive verb
-labels, the class-weight sum of the learnable object CE) is counted from the targets, summed over
-ranks (one all-reduce per call) and divided by the world size, so that DDP's gradient average over
-ranks gives exactly the gradient of a single process holding the whole global batch. The trainer
-sums the counts of all micro-batches of an accumulation window too, so ``batch 2 x accumulate 2``
-equals ``batch 4``. In one process without accumulation nothing changes: the denominators are the
-batch's own counts, at least 1 (the class-weight sum is always > 0). Counting from the targets
-equals counting over the assignment whenever every GT pair is assigned (at most Nq pairs per image;
-GBS assigns every pair, AMM every matched one); with more pairs than queries the verb denominator
-also counts the positives of the unassigned pairs.
+Normalisers (:class:`LossNormalisers`) are global: every denominator above is counted from the
+targets (``local_counts``), summed over micro-batches and ranks by the group criterion
+(``hqm.models.group_criterion``) and divided by the world size. Counting from the targets equals
+counting over the assignment whenever every GT pair is assigned (at most Nq pairs per image; GBS
+assigns every pair, AMM every matched one); with more pairs than queries the verb denominator also
+counts the positives of the unassigned pairs.
 
-A mined group arrives as ``outputs["groups"][name] = {"outputs": {...}, "assignment": ...}`` where
-the assignment is either ``{"type": "fixed", "indices": Indices}`` (GBS: hard query j <-> pair j, on
-every layer) or ``{"type": "learnable", "query_map": list[Tensor] | None}`` (AMM: the copies take the
-learnable queries' per-layer assignment; ``query_map[i][c]`` = learnable query of copy c).
-Group losses are logged as ``<group>/<term>`` and weighted by ``group_weights[group]``.
+CDN's decoupled fine-tuning re-weights the object and verb classes (``reweighting``, see
+``hqm.models.class_reweighting``); the object CE of the learnable queries is then a weighted mean
+over the batch's own queries (the weights change every step, so there is no global count).
 """
 
 from __future__ import annotations
@@ -38,21 +37,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hqm.box_ops import box_cxcywh_to_xyxy, elementwise_giou
-from hqm.engine.distributed import all_reduce_sum, get_world_size
+from hqm.models.class_reweighting import ClassReweighting
+from hqm.models.group_criterion import GroupCriterion
 from hqm.models.matcher import HungarianMatcher, Indices
 
 TERMS = ("loss_obj_ce", "loss_verb_ce", "loss_sub_bbox", "loss_obj_bbox", "loss_sub_giou", "loss_obj_giou")
+OBJ_BOX_NORMS = ("pairs", "pairs_with_object")
 
 
-def focal_verb_loss(logits: Tensor, targets: Tensor, normaliser: float | None = None) -> Tensor:
-    """CornerNet focal loss: -[y log p (1-p)^2 + (1-y) log(1-p) p^2] / normaliser.
+def focal_verb_loss(
+    logits: Tensor,
+    targets: Tensor,
+    normaliser: float | Tensor | None = None,
+    alpha: float | None = None,
+    pos_weights: Tensor | None = None,
+) -> Tensor:
+    """CornerNet focal loss: -[a w y log p (1-p)^2 + (1-a) (1-y) log(1-p) p^2] / normaliser.
 
     ``normaliser`` defaults to the number of positive labels in ``targets`` (at least 1: the positive
-    term is exactly zero without positives, so this is the negative sum then)."""
+    term is exactly zero without positives, so this is the negative sum then). ``alpha``: None for
+    a = 1 on both terms (QPIC), else a (CDN: 0.5). ``pos_weights`` (C_verb,): per-class weights w of
+    the positive term (CDN re-weighting), None for 1."""
     logits = logits.float()
     p = logits.sigmoid()
     pos = F.logsigmoid(logits) * (1 - p) ** 2 * targets
     neg = F.logsigmoid(-logits) * p**2 * (1 - targets)
+    if pos_weights is not None:
+        pos = pos * pos_weights
+    if alpha is not None:
+        pos, neg = alpha * pos, (1 - alpha) * neg
     if normaliser is None:
         normaliser = targets.sum().clamp(min=1)
     return -(pos.sum() + neg.sum()) / normaliser
@@ -63,186 +76,135 @@ class LossNormalisers:
     """Global loss denominators: (count summed over ranks and micro-batches) / world size.
 
     pairs: GT pairs (box terms, mined object CE), at least 1 in total; positives: positive verb
-    labels, at least 1 in total; obj_weight: sum of the learnable object-CE class weights."""
+    labels, at least 1 in total; obj_weight: sum of the learnable object-CE class weights;
+    obj_pairs: GT pairs with an object + 1e-4 (``obj_box_norm: pairs_with_object``)."""
 
     pairs: float
     positives: float
     obj_weight: float
-
-    @staticmethod
-    def local_counts(targets: list[dict], num_queries: int, eos_coef: float) -> list[float]:
-        """[pairs, positive verb labels, learnable object-CE weight sum] of one (micro-)batch.
-        The Hungarian matcher assigns min(n_i, Nq) queries of image i to a real class (weight 1);
-        the other queries take the no-object weight ``eos_coef``."""
-        n = [len(t["obj_labels"]) for t in targets]
-        matched = sum(min(k, num_queries) for k in n)
-        positives = sum(float(t["verb_labels"].sum()) for t in targets)
-        return [float(sum(n)), positives, matched + eos_coef * (len(targets) * num_queries - matched)]
-
-    @classmethod
-    def from_counts(cls, counts: list[float], reduce: bool = True) -> LossNormalisers:
-        """Sum ``counts`` over ranks (one all-reduce when ``reduce``) and divide by the world size."""
-        total = all_reduce_sum(counts) if reduce else list(counts)
-        world = get_world_size() if reduce else 1
-        return cls(max(total[0], 1.0) / world, max(total[1], 1.0) / world, max(total[2], 1e-12) / world)
+    obj_pairs: float = 1.0
 
 
-class SetCriterion(nn.Module):
+class HOILossTerms(nn.Module):
+    """The six QPIC terms of one layer (``hqm.models.group_criterion.LossTerms``).
+
+    weights: term -> coefficient; eos_coef: the no-object class weight; verb_focal_alpha: see
+    :func:`focal_verb_loss`; obj_box_norm: ``pairs`` | ``pairs_with_object``; reweighting: CDN's
+    dynamic class re-weighting, or None.
+    """
+
     def __init__(
         self,
         num_obj_classes: int,
-        matcher: HungarianMatcher,
         weights: dict[str, float],
         eos_coef: float = 0.1,
+        verb_focal_alpha: float | None = None,
+        obj_box_norm: str = "pairs",
+        reweighting: ClassReweighting | None = None,
     ):
         super().__init__()
+        if obj_box_norm not in OBJ_BOX_NORMS:
+            raise ValueError(f"obj_box_norm={obj_box_norm!r} is not one of {OBJ_BOX_NORMS}")
         self.num_obj_classes = num_obj_classes
-        self.matcher = matcher
-        self.weights = weights
+        self.weights = dict(weights)
+        self.eos_coef = eos_coef
+        self.verb_focal_alpha = verb_focal_alpha
+        self.obj_box_norm = obj_box_norm
+        self.reweighting = reweighting
         empty_weight = torch.ones(num_obj_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)
 
-    def normalisers(self, targets: list[dict], num_queries: int) -> LossNormalisers:
-        """Global normalisers of one batch (all-reduced over ranks)."""
-        counts = LossNormalisers.local_counts(targets, num_queries, float(self.empty_weight[-1]))
-        return LossNormalisers.from_counts(counts)
+    def local_counts(self, targets: list[dict], num_queries: int) -> dict[str, float]:
+        """Counts of one (micro-)batch. The Hungarian matcher assigns min(n_i, Nq) queries of image i
+        to a real class (weight 1); the other queries take the no-object weight ``eos_coef``."""
+        n = [len(t["obj_labels"]) for t in targets]
+        matched = sum(min(k, num_queries) for k in n)
+        return {
+            "pairs": float(sum(n)),
+            "positives": sum(float(t["verb_labels"].sum()) for t in targets),
+            "obj_weight": matched + self.eos_coef * (len(targets) * num_queries - matched),
+            "obj_pairs": sum(float(t["has_obj"].sum()) for t in targets),
+        }
+
+    def normalisers(self, totals: dict[str, float], world_size: int) -> LossNormalisers:
+        return LossNormalisers(
+            pairs=max(totals["pairs"], 1.0) / world_size,
+            positives=max(totals["positives"], 1.0) / world_size,
+            obj_weight=max(totals["obj_weight"], 1e-12) / world_size,
+            obj_pairs=totals["obj_pairs"] / world_size + 1e-4,
+        )
+
+    def _learnable_class_terms(
+        self, logits: Tensor, verb_logits: Tensor, cls_t: Tensor, verb_t: Tensor, norms: LossNormalisers
+    ) -> tuple[Tensor, Tensor]:
+        if self.reweighting is None:
+            # weighted mean with a global denominator (sum of the weights over ranks / world size)
+            ce = F.cross_entropy(logits.transpose(1, 2), cls_t, self.empty_weight, reduction="sum")
+            loss_obj = ce / norms.obj_weight
+            return loss_obj, focal_verb_loss(verb_logits, verb_t, norms.positives, self.verb_focal_alpha)
+        obj_w, verb_w = self.reweighting(cls_t, verb_t, training=self.training)
+        loss_obj = F.cross_entropy(logits.transpose(1, 2), cls_t, obj_w.to(logits.device))
+        loss_verb = focal_verb_loss(
+            verb_logits, verb_t, norms.positives, self.verb_focal_alpha, verb_w.to(logits.device)
+        )
+        return loss_obj, loss_verb
 
     def layer_losses(
         self, out: dict, targets: list[dict], indices: Indices, norms: LossNormalisers, all_queries: bool
     ) -> dict[str, Tensor]:
-        """The six terms for one layer's predictions ``out`` under ``indices``.
-
-        all_queries: True for learnable queries (unassigned ones are "no object"/all-negative verbs);
-        False for mined groups (only assigned queries are supervised).
-        """
+        """The six terms for one layer's predictions ``out`` under ``indices``."""
         logits = out["pred_obj_logits"].float()
         verb_logits = out["pred_verb_logits"].float()
         dev = logits.device
         b_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)]).to(dev)
         q_idx = torch.cat([q for q, _ in indices]).to(dev)
-        t_obj = torch.cat([t["obj_labels"][j] for t, (_, j) in zip(targets, indices)]).to(dev)
-        t_verb = torch.cat([t["verb_labels"][j] for t, (_, j) in zip(targets, indices)]).to(dev).float()
-        t_sub = torch.cat([t["sub_boxes"][j] for t, (_, j) in zip(targets, indices)]).to(dev).float()
-        t_objb = torch.cat([t["obj_boxes"][j] for t, (_, j) in zip(targets, indices)]).to(dev).float()
-        exists = torch.cat([t["has_obj"][j] for t, (_, j) in zip(targets, indices)]).to(dev).float()
+
+        def gather(key: str) -> Tensor:
+            return torch.cat([t[key][j] for t, (_, j) in zip(targets, indices)]).to(dev)
+
+        t_obj = gather("obj_labels")
+        t_verb, t_sub, t_objb = (
+            gather("verb_labels").float(),
+            gather("sub_boxes").float(),
+            gather("obj_boxes").float(),
+        )
+        exists = gather("has_obj").float()
 
         if all_queries:
             cls_t = torch.full(logits.shape[:2], self.num_obj_classes, dtype=torch.int64, device=dev)
             cls_t[b_idx, q_idx] = t_obj
-            # weighted mean with a global denominator (sum of the weights over ranks / world size)
-            loss_obj = (
-                F.cross_entropy(logits.transpose(1, 2), cls_t, self.empty_weight, reduction="sum")
-                / norms.obj_weight
-            )
             verb_t = torch.zeros_like(verb_logits)
             verb_t[b_idx, q_idx] = t_verb
-            loss_verb = focal_verb_loss(verb_logits, verb_t, norms.positives)
+            loss_obj, loss_verb = self._learnable_class_terms(logits, verb_logits, cls_t, verb_t, norms)
         else:
             # mined groups: no "no object" term; an empty batch contributes an exact zero
             sel = logits[b_idx, q_idx]
             loss_obj = (
                 F.cross_entropy(sel, t_obj, reduction="sum") / norms.pairs if len(t_obj) else logits.sum() * 0
             )
-            loss_verb = focal_verb_loss(verb_logits[b_idx, q_idx], t_verb, norms.positives)
+            loss_verb = focal_verb_loss(
+                verb_logits[b_idx, q_idx], t_verb, norms.positives, self.verb_focal_alpha
+            )
 
-        num_pairs = norms.pairs
+        obj_norm = norms.pairs if self.obj_box_norm == "pairs" else norms.obj_pairs
         s_sub = out["pred_sub_boxes"][b_idx, q_idx].float()
         s_obj = out["pred_obj_boxes"][b_idx, q_idx].float()
-        losses = {
+        giou_sub = elementwise_giou(box_cxcywh_to_xyxy(s_sub), box_cxcywh_to_xyxy(t_sub))
+        giou_obj = elementwise_giou(box_cxcywh_to_xyxy(s_obj), box_cxcywh_to_xyxy(t_objb))
+        return {
             "loss_obj_ce": loss_obj,
             "loss_verb_ce": loss_verb,
-            "loss_sub_bbox": (s_sub - t_sub).abs().sum() / num_pairs,
-            "loss_obj_bbox": ((s_obj - t_objb).abs().sum(-1) * exists).sum() / num_pairs,
-            "loss_sub_giou": (
-                1 - elementwise_giou(box_cxcywh_to_xyxy(s_sub), box_cxcywh_to_xyxy(t_sub))
-            ).sum()
-            / num_pairs,
-            "loss_obj_giou": (
-                (1 - elementwise_giou(box_cxcywh_to_xyxy(s_obj), box_cxcywh_to_xyxy(t_objb))) * exists
-            ).sum()
-            / num_pairs,
+            "loss_sub_bbox": (s_sub - t_sub).abs().sum() / norms.pairs,
+            "loss_obj_bbox": ((s_obj - t_objb).abs().sum(-1) * exists).sum() / obj_norm,
+            "loss_sub_giou": (1 - giou_sub).sum() / norms.pairs,
+            "loss_obj_giou": ((1 - giou_obj) * exists).sum() / obj_norm,
         }
-        return losses
-
-    def _all_layers(
-        self,
-        outputs: dict,
-        targets: list[dict],
-        layer_indices: list[Indices],
-        norms: LossNormalisers,
-        all_queries: bool,
-        prefix: str,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Weighted sum over layers and terms, and every unweighted term keyed
-        ``<prefix><term>[_<layer>]``."""
-        layers = [outputs] + list(outputs.get("aux_outputs", []))[::-1]  # last layer first
-        logs: dict[str, Tensor] = {}
-        total = 0.0
-        for i, (out, idx) in enumerate(zip(layers, layer_indices)):
-            suffix = "" if i == 0 else f"_{len(layers) - 1 - i}"
-            for k, v in self.layer_losses(out, targets, idx, norms, all_queries).items():
-                logs[f"{prefix}{k}{suffix}"] = v
-                total = total + self.weights[k] * v
-        return total, logs
-
-    def match_all_layers(self, outputs: dict, targets: list[dict]) -> list[Indices]:
-        """Hungarian assignment for the last layer and every aux layer (last layer first)."""
-        layers = [outputs] + list(outputs.get("aux_outputs", []))[::-1]
-        return [self.matcher(o, targets) for o in layers]
-
-    def forward(
-        self,
-        outputs: dict,
-        targets: list[dict],
-        alpha: float = 1.0,
-        group_weights: dict[str, float] | None = None,
-        norms: LossNormalisers | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Returns (total loss, dict of every unweighted term for logging).
-
-        total = alpha * L_learnable + sum_g group_weights[g] * L_g (+ 0 * unused miner params).
-        ``norms``: the global denominators (default: this batch's, all-reduced over ranks; the
-        trainer passes those of a whole accumulation window).
-        """
-        nq = outputs["pred_obj_logits"].shape[1]
-        norms = norms or self.normalisers(targets, nq)
-        learn_idx = outputs.get("indices") or self.match_all_layers(outputs, targets)
-        total, logs = self._all_layers(outputs, targets, learn_idx, norms, True, "")
-        total = alpha * total
-        for name, group in (outputs.get("groups") or {}).items():
-            assign = group["assignment"]
-            n_layers = 1 + len(group["outputs"].get("aux_outputs", []))
-            if assign["type"] == "fixed":
-                g_idx = [assign["indices"]] * n_layers
-            else:
-                g_idx = [_remap(idx, assign.get("query_map"), nq) for idx in learn_idx[:n_layers]]
-            g_total, g_logs = self._all_layers(group["outputs"], targets, g_idx, norms, False, f"{name}/")
-            logs.update(g_logs)
-            total = total + (group_weights or {}).get(name, 1.0) * g_total
-        if "unused_params_zero" in outputs:
-            total = total + outputs["unused_params_zero"]
-        return total, logs
 
 
-def _remap(indices: Indices, query_map: list[Tensor] | None, num_queries: int) -> Indices:
-    """Learnable assignment -> assignment of the copies. ``query_map[i][c]`` is the learnable query
-    that copy ``c`` of image ``i`` was made from; matched learnable queries without a copy drop out."""
-    if query_map is None:
-        return indices
-    out = []
-    for (q, t), qmap in zip(indices, query_map):
-        inv = torch.full((num_queries,), -1, dtype=torch.int64)
-        inv[qmap.cpu()] = torch.arange(len(qmap))
-        c = inv[q]
-        keep = c >= 0
-        out.append((c[keep], t[keep]))
-    return out
-
-
-def build_criterion(cfg, num_obj_classes: int, matcher: HungarianMatcher) -> SetCriterion:
-    lc = cfg.loss
-    weights = {
+def loss_weights(cfg_loss) -> dict[str, float]:
+    lc = cfg_loss
+    return {
         "loss_obj_ce": lc.obj_loss_coef,
         "loss_verb_ce": lc.verb_loss_coef,
         "loss_sub_bbox": lc.bbox_loss_coef,
@@ -250,4 +212,35 @@ def build_criterion(cfg, num_obj_classes: int, matcher: HungarianMatcher) -> Set
         "loss_sub_giou": lc.giou_loss_coef,
         "loss_obj_giou": lc.giou_loss_coef,
     }
-    return SetCriterion(num_obj_classes, matcher, weights, lc.eos_coef)
+
+
+def build_criterion(
+    cfg, num_obj_classes: int, matcher: HungarianMatcher, class_counts=None
+) -> GroupCriterion:
+    """The group criterion with the HOI loss terms of ``cfg.loss``. ``class_counts``: the training
+    set's (object, verb) label counts, needed by ``loss.reweight`` (CDN fine-tuning)."""
+    lc = cfg.loss
+    reweighting = None
+    if lc.reweight.obj or lc.reweight.verb:
+        if class_counts is None:
+            raise ValueError("loss.reweight needs the training set's class counts")
+        reweighting = ClassReweighting(
+            obj_counts=class_counts[0],
+            verb_counts=class_counts[1],
+            reweight_obj=lc.reweight.obj,
+            reweight_verb=lc.reweight.verb,
+            eos_coef=lc.eos_coef,
+            p_obj=lc.reweight.p_obj,
+            p_verb=lc.reweight.p_verb,
+            queue_size=lc.reweight.queue_size,
+            static=lc.reweight.static,
+        )
+    terms = HOILossTerms(
+        num_obj_classes,
+        loss_weights(lc),
+        eos_coef=lc.eos_coef,
+        verb_focal_alpha=lc.verb_focal_alpha if lc.verb_focal_alpha > 0 else None,
+        obj_box_norm=lc.obj_box_norm,
+        reweighting=reweighting,
+    )
+    return GroupCriterion(terms, matcher)

@@ -4,20 +4,23 @@
 
     images, masks ──backbone──> C5 ──input_proj──> encoder ──> memory  (EncodedImages)
                                                                   │
-          learnable queries ──────────────────────> decoder ──> heads ──> outputs (pred_*, aux)
-          mined query groups (training only) ─────> decoder ──> heads ──> outputs["groups"][name]
-                         ^ cross-attention hook (AMM) ^
+          learnable queries (QueryGroup) ─────────> decode ──> heads ──> outputs (pred_*, aux)
+          mined query groups (training only) ─────> decode ──> heads ──> outputs["groups"][name]
+                         ^ cross-attention hook (AMM), layers numbered across every decoder ^
 
-A detector subclass implements ``encode``, ``decode`` and ``learnable_query_pos``; mining code only
-sees those (see ``hqm.mining.base``). Nothing here depends on the epoch or on mutable flags: the
+A detector subclass implements ``encode``, ``decode`` and ``learnable_queries`` (and says which of
+its cross-attention layers hard queries may mask, ``mining_layers``); mining code only sees those
+(see ``hqm.mining.base``). ``decode`` may chain several decoders (CDN: a pair decoder whose output
+embeddings are the positional queries of an interaction decoder); the hook's ``layer`` argument then
+counts across all of them in call order. Nothing here depends on the epoch or on mutable flags: the
 trainer names the active miners in every call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -26,20 +29,96 @@ from hqm.models.attention import AttentionHook, RecordAttention, chain_hooks
 
 if TYPE_CHECKING:
     from hqm.mining.base import QueryMiner
+    from hqm.models.matcher import Indices
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A registry entry (``hqm.detectors.DETECTORS``): how to build one detector and its companions.
+
+    build_model(cfg, num_obj_classes, num_verb_classes) -> the detector without miners;
+    build_matcher(cfg) -> the Hungarian matcher of its learnable queries (also used by miners that
+    need the learnable assignment inside forward); build_criterion(cfg, num_obj_classes, matcher,
+    class_counts) -> its group criterion (``class_counts``: the training set's (object, verb) label
+    counts or None); build_postprocessor(cfg, meta) -> outputs to ``HOIPredictions``.
+    """
+
+    name: str
+    build_model: Callable[..., DetrHOIModel]
+    build_matcher: Callable[..., nn.Module]
+    build_criterion: Callable[..., nn.Module]
+    build_postprocessor: Callable[..., nn.Module]
+    summary: str = ""
 
 
 @dataclass
 class EncodedImages:
-    """memory, pos: (B, HW, D); mask: (B, HW) bool, True on padding; shape: (H', W') of the map."""
+    """The encoder's output, shared by every query group of a forward.
+
+    memory, pos: (B, HW, D); mask: (B, HW) bool, True on padding; shape: (H', W') of the feature map.
+    shared: state computed once per forward that every query group must see, keyed by name (a
+    detector whose interaction queries point into an instance set -- HOTR -- keeps that set here, so
+    mined groups point into the same instances as the learnable queries).
+    """
 
     memory: Tensor
     pos: Tensor
     mask: Tensor
     shape: tuple[int, int]
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QueryGroup:
+    """One set of queries decoded together (they attend to each other, never to another group).
+
+    pos: (B, Q, D) positional queries (the decoder content starts at zeros);
+    mask: (B, Q) bool, True on padding slots (not attended to, never supervised), or None;
+    reference: (B, Q, 4) reference points / boxes in normalised image coordinates for detectors with
+    spatial queries, or None (the detector derives them from ``pos`` when it needs them).
+    """
+
+    pos: Tensor
+    mask: Tensor | None = None
+    reference: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.pos.shape[0]
+
+    @property
+    def num_queries(self) -> int:
+        return self.pos.shape[1]
+
+
+@dataclass
+class MiningContext:
+    """What a miner may use, built by the detector after the learnable pass.
+
+    detector: the detector (``decode``, ``learnable_queries``, ``mining_layers``, ``hidden_dim``).
+    encoded:  the shared encoder output.
+    targets:  training targets (normalised cxcywh boxes, see ``hqm.data``), one dict per image.
+    learnable_outputs: the learnable pass's predictions (pred_* and aux_outputs).
+    reference_attention: hook layer -> (B, T, Nq, HW) detached pre-softmax cross-attention scores of
+        the learnable queries, or None when no active miner asked for it.
+    learnable_indices: the learnable queries' Hungarian assignment per layer (last layer first) once
+        a miner computed it inside forward (AMM ``queries: matched``, CJL ``learnable``); miners hand
+        it to the criterion in their ``MinedGroup`` so it is not solved twice.
+    """
+
+    detector: Any
+    encoded: EncodedImages
+    targets: list[dict]
+    learnable_outputs: dict
+    reference_attention: dict[int, Tensor] | None = None
+    learnable_indices: list[Indices] | None = None
 
 
 class DetrHOIModel(nn.Module):
-    """Base class: orchestrates the learnable pass and the mined query groups."""
+    """Base class: orchestrates the learnable pass and the mined query groups.
+
+    Subclasses set ``num_queries`` and ``hidden_dim`` and implement the three stages below.
+    """
 
     num_queries: int
     hidden_dim: int
@@ -55,20 +134,33 @@ class DetrHOIModel(nn.Module):
     def decode(
         self,
         enc: EncodedImages,
-        query_pos: Tensor,
-        query_mask: Tensor | None = None,
+        queries: QueryGroup,
         hook: AttentionHook | None = None,
         final_norm: bool = True,
     ) -> dict:
+        """Decode one query group into the output contract of ``forward`` (without ``groups``).
+
+        hook: sees / edits the cross-attention of every decoder layer, numbered 0 .. L-1 across all
+        of the detector's decoders in call order; final_norm=False skips the decoder's final norm
+        before the heads (reproduces the released HQM combined model, ``amm.skip_final_norm``)."""
         raise NotImplementedError
 
-    def learnable_query_pos(self, batch_size: int) -> Tensor:
+    def learnable_queries(self, batch_size: int) -> QueryGroup:
+        raise NotImplementedError
+
+    @property
+    def mining_layers(self) -> range:
+        """The hook layer numbers whose cross-attention hard queries (AMM) may mask."""
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------
     def attach_miners(self, miners: dict[str, QueryMiner]) -> None:
         for name, miner in miners.items():
             self.miners[name] = miner
+
+    def miner_parameters(self, exclude: Sequence[str] = ()) -> list[nn.Parameter]:
+        """Parameters of the attached miners not named in ``exclude`` (the idle ones of a step)."""
+        return [p for n, m in self.miners.items() if n not in exclude for p in m.parameters()]
 
     def forward(
         self, images: Tensor, masks: Tensor, targets: list[dict] | None = None, mining: Sequence[str] = ()
@@ -78,28 +170,20 @@ class DetrHOIModel(nn.Module):
         Returns ``pred_obj_logits`` (B, Nq, C_obj + 1), ``pred_verb_logits`` (B, Nq, C_verb),
         ``pred_sub_boxes`` / ``pred_obj_boxes`` (B, Nq, 4) normalised cxcywh, ``aux_outputs`` (the
         same per earlier decoder layer) and, when ``mining`` names active miners (training only,
-        ``targets`` required), ``groups``: {group name: {"outputs", "assignment"}}.
+        ``targets`` required), ``groups``: {group name: ``hqm.models.group_criterion.MinedGroup``}.
         """
         enc = self.encode(images, masks)
         active = [self.miners[name] for name in mining]
         record = RecordAttention() if any(m.needs_reference_attention for m in active) else None
-        hook = chain_hooks([record] + [m.learnable_hook() for m in active])
-        outputs = self.decode(enc, self.learnable_query_pos(images.shape[0]), hook=hook)
+        hook = chain_hooks([record] + [m.learnable_hook(self) for m in active])
+        outputs = self.decode(enc, self.learnable_queries(images.shape[0]), hook=hook)
         if active:
             if targets is None:
                 raise ValueError("mining needs the training targets")
-            from hqm.mining.base import MiningContext  # mining imports models, not the reverse
-
             ctx = MiningContext(self, enc, targets, outputs, record.scores if record else None)
             outputs["groups"] = {}
             for miner in active:
                 outputs["groups"].update(miner(ctx))
-        if self.training and len(self.miners):
-            # Miners idle this step (AJL) still take part in the graph with a zero, so DDP sees every
-            # parameter every step (static graph; no find_unused_parameters).
-            idle = [p for n, m in self.miners.items() if n not in mining for p in m.parameters()]
-            if idle:
-                outputs["unused_params_zero"] = sum(p.sum() for p in idle) * 0.0
         return outputs
 
     @torch.no_grad()

@@ -13,8 +13,11 @@ from torch import Tensor, nn
 from hqm.box_ops import relative_boxes
 from hqm.models.attention import AttentionHook
 from hqm.models.backbone import Joiner, build_backbone
-from hqm.models.detector import DetrHOIModel, EncodedImages
+from hqm.models.criterion import build_criterion
+from hqm.models.detector import DetectorSpec, DetrHOIModel, EncodedImages, QueryGroup
 from hqm.models.heads import QPICHeadsMixin, pack_outputs
+from hqm.models.matcher import build_matcher
+from hqm.models.postprocess import build_postprocessor
 from hqm.models.spatial_queries import build_spatial_queries
 from hqm.models.transformer import Transformer
 
@@ -65,26 +68,30 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         memory = self.transformer.encoder(src, pos, mask)
         return EncodedImages(memory, pos, mask, (h, w))
 
-    def learnable_query_pos(self, batch_size: int) -> Tensor:
-        return self.query_embed.weight[None].expand(batch_size, -1, -1)
+    def learnable_queries(self, batch_size: int) -> QueryGroup:
+        return QueryGroup(self.query_embed.weight[None].expand(batch_size, -1, -1))
+
+    @property
+    def mining_layers(self) -> range:
+        return range(len(self.transformer.decoder.layers))
 
     def decode(
         self,
         enc: EncodedImages,
-        query_pos: Tensor,
-        query_mask: Tensor | None = None,
+        queries: QueryGroup,
         hook: AttentionHook | None = None,
         final_norm: bool = True,
     ) -> dict:
         decoder = self.transformer.decoder
+        args = (queries.pos, enc.memory, enc.pos, enc.mask, queries.mask, hook, final_norm)
         if self.spatial_queries is None:
-            hs = decoder(query_pos, enc.memory, enc.pos, enc.mask, query_mask, hook, final_norm)
-            return pack_outputs(self.predict(hs), self.aux_loss)
-        reference = self.spatial_queries.reference(query_pos)
+            return pack_outputs(self.predict(decoder(*args)), self.aux_loss)
+        reference = queries.reference
+        if reference is None:
+            reference = self.spatial_queries.reference(queries.pos)
         refine = self.refine_centres if self.box_refine else None
         prior = self.spatial_queries.cross_prior(reference, enc.mask, enc.shape, refine)
-        hs = decoder(query_pos, enc.memory, enc.pos, enc.mask, query_mask, hook, final_norm, prior)
-        return pack_outputs(self.predict(hs, prior.references()), self.aux_loss)
+        return pack_outputs(self.predict(decoder(*args, prior), prior.references()), self.aux_loss)
 
     def refine_centres(self, content: Tensor, reference: Tensor) -> Tensor:
         """``model.box_refine``: the subject and object centres (B, Q, 4) that the box heads predict
@@ -106,8 +113,18 @@ def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
         transformer,
         num_obj_classes,
         num_verb_classes,
-        m.num_queries,
-        m.aux_loss,
+        num_queries=m.num_queries,
+        aux_loss=m.aux_loss,
         query_type=m.query_type,
         box_refine=m.box_refine,
     )
+
+
+QPIC_DETECTOR = DetectorSpec(
+    name="qpic",
+    build_model=build_qpic,
+    build_matcher=lambda cfg: build_matcher(cfg.loss),
+    build_criterion=build_criterion,
+    build_postprocessor=build_postprocessor,
+    summary="QPIC (Tamura et al., CVPR 2021): one decoder, one query per human-object pair",
+)

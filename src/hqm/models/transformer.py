@@ -115,13 +115,15 @@ class TransformerDecoder(nn.Module):
         hook: AttentionHook | None = None,
         final_norm: bool = True,
         cross_prior: CrossAttentionPrior | None = None,
+        layer_offset: int = 0,
     ) -> Tensor:
         """Decode one query group.
 
         query_pos: (B, Q, D) positional queries (the content starts at zeros);
         memory, pos: (B, HW, D); memory_mask: (B, HW) True on padding;
         query_mask: (B, Q) True on padding slots of the group (they are not attended to);
-        hook: sees/edits the cross-attention of every layer (``layer`` = 0 .. L-1);
+        hook: sees/edits the cross-attention of every layer (``layer`` = layer_offset + 0 .. L-1: a
+        detector with several decoders numbers their layers consecutively);
         cross_prior: ``(layer, the previous layer's output (B, Q, D)) -> (pos, bias)``, the
         cross-attention's positional query (None: ``query_pos``) and logit bias (None: none) of each
         layer (``hqm.models.spatial_queries``).
@@ -132,7 +134,18 @@ class TransformerDecoder(nn.Module):
         per_layer = []
         for i, layer in enumerate(self.layers):
             cross_pos, cross_bias = (None, None) if cross_prior is None else cross_prior(i, out)
-            out = layer(out, memory, query_pos, pos, memory_mask, query_mask, hook, i, cross_pos, cross_bias)
+            out = layer(
+                out,
+                memory,
+                query_pos,
+                pos,
+                memory_mask,
+                query_mask,
+                hook,
+                layer_offset + i,
+                cross_pos,
+                cross_bias,
+            )
             per_layer.append(self.norm(out) if final_norm else out)
         return torch.stack(per_layer)
 

@@ -1,7 +1,8 @@
 """Checkpoint loading, conversion and export.
 
 * ``load_weights``: weights for evaluation / inference, all or nothing: an ``hqm train`` checkpoint,
-  an exported directory (``hqm export``) or released QPIC / HQM weights (renamed by table); weights
+  an exported directory (``hqm export``) or released QPIC / HQM / CDN weights (renamed by the
+  configured detector's tables, ``hqm.zoo.layouts``); weights
   that do not fit the model raise ``WeightsMismatchError`` listing the keys.
 * ``resolve_model_config``: the config that builds the model for a weights file (its own).
 * ``load_pretrained``: ``model.pretrained=PATH`` for training: a raw DETR COCO checkpoint (converted
@@ -22,12 +23,13 @@ from hqm.zoo.convert import (
     log_report,
 )
 from hqm.zoo.export import export_checkpoint, is_exported, read_exported
+from hqm.zoo.layouts import LAYOUTS, TABLES, detect_format, get_layouts
 from hqm.zoo.rename import ConversionSpec, LoadReport, Rule, load_partial
 from hqm.zoo.safe_load import UnsafeCheckpointError, read_state_dict, safe_torch_load
-from hqm.zoo.tables import TABLES, detect_format
 from hqm.zoo.weights import WeightsMismatchError, load_weights, weight_mismatches
 
 __all__ = [
+    "LAYOUTS",
     "TABLES",
     "ConversionSpec",
     "LoadReport",
@@ -39,6 +41,7 @@ __all__ = [
     "convert_state_dict",
     "detect_format",
     "export_checkpoint",
+    "get_layouts",
     "is_exported",
     "load_into_model",
     "load_partial",

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from hqm.zoo import classes as _classes  # noqa: F401  (registers the "class_rows" op)
+from hqm.zoo.layouts import detect_format, get_spec
 from hqm.zoo.rename import LoadReport, apply_spec, load_partial
 from hqm.zoo.safe_load import CheckpointError, read_state_dict
-from hqm.zoo.tables import detect_format, get_spec
 
 LOG = logging.getLogger("hqm.zoo")
 
@@ -32,14 +32,16 @@ def convert_state_dict(
     source: str | None = None,
     object_names: list[str] | None = None,
     hidden_dim: int | None = None,
+    init: str | None = None,
 ) -> tuple[dict[str, Tensor], LoadReport]:
-    """``state`` (any known layout; detected when ``source`` is None) -> our ``detector``'s names.
+    """``state`` (any layout ``detector`` loads; detected when ``source`` is None) -> its names.
 
     ``object_names``: the dataset's object classes (needed for a DETR classifier, see
-    ``hqm.zoo.classes``). Returns the converted state dict and what happened to every source key.
+    ``hqm.zoo.classes``); ``init``: which DETR initialisation of the detector (None: its default,
+    see ``hqm.zoo.cdn``). Returns the converted state dict and what happened to every source key.
     """
-    source = source or detect_format(state)
-    spec = get_spec(source, detector)
+    source = source or detect_format(state, detector)
+    spec = get_spec(source, detector, init)
     if hidden_dim is None and "query_embed.weight" in state:  # fan-in of freshly initialised class rows
         hidden_dim = int(state["query_embed.weight"].shape[1])
     out, report = apply_spec(state, spec, {"object_names": object_names, "hidden_dim": hidden_dim})
@@ -94,26 +96,33 @@ def load_pretrained(model: nn.Module, path: str, cfg, meta) -> LoadReport:
 
 
 def convert_detr_file(
-    in_path: str | os.PathLike, out_path: str | os.PathLike, detector: str = "qpic", dataset: str = "hico_det"
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    detector: str = "qpic",
+    dataset: str = "hico_det",
+    init: str | None = None,
 ) -> LoadReport:
     """``hqm convert detr-to-hoi``: write an initialisation file (plain data, ``weights_only``-safe)
-    with the converted state dict under ``model`` and the conversion report."""
+    with the converted state dict under ``model`` and the conversion report. ``init``: the
+    detector's DETR initialisation (CDN: ``paper`` (default) or ``released``, see ``hqm.zoo.cdn``)."""
     from hqm import __version__
     from hqm.zoo.classes import dataset_object_names
 
+    spec = get_spec("detr", detector, init)  # an unknown detector or init fails before reading
     state, _ = read_state_dict(in_path)
-    source = detect_format(state)
+    source = detect_format(state, detector)
     if source != "detr":
         raise CheckpointError(
             f"{in_path}: expected a DETR checkpoint (class_embed / bbox_embed), found a {source} layout"
         )
     names = dataset_object_names(dataset)
-    converted, report = convert_state_dict(state, detector, "detr", names)
+    converted, report = convert_state_dict(state, detector, "detr", names, init=init)
     payload: dict[str, Any] = {
         "model": converted,
         "converted": {
             "source": "detr",
             "detector": detector,
+            "init": spec.description,
             "dataset": dataset,
             "object_names": names,
             "from": str(in_path),

@@ -11,15 +11,20 @@ Layouts (verified against the public code; see the report in ``docs`` / the zoo 
 * ``hqm``: MuchHair/HQM checkpoints: the same trunk, but the four heads live inside the decoder
   (``transformer.decoder.obj_class_embed`` ...), and GBS's F_p is ``query_embed_sp.layers.{0,1}``
   (MLP 12 -> D -> D).
+* ``cdn``: YueLiao/CDN checkpoints: the QPIC names plus ``transformer.interaction_decoder.*``
+  (tables in ``hqm.zoo.cdn``).
 * ``ours``: checkpoints written by ``hqm train`` (identity).
 
-Adding CDN or HOTR = one more table here, e.g. ``(detr, cdn)`` sending the DETR decoder to CDN's
-pair decoder, plus one registry line in :data:`TABLES`.
+Each detector has its :class:`CheckpointLayouts` (the sources it loads, how to detect them, its DETR
+initialisations); ``hqm.zoo.layouts.LAYOUTS`` lists them by detector name. Adding HOTR = its tables
+in ``hqm/zoo/hotr.py`` plus one entry in ``LAYOUTS``.
 """
 
 from __future__ import annotations
 
-from hqm.config import ConfigError
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from hqm.zoo.rename import ConversionSpec, Rule
 from hqm.zoo.safe_load import CheckpointError
 
@@ -74,34 +79,67 @@ OURS = ConversionSpec(
     source="ours", detector="qpic", rules=(Rule(r"(.+)", (r"\1",)),), description="hqm checkpoints"
 )
 
-#: (source layout, detector) -> spec
-TABLES: dict[tuple[str, str], ConversionSpec] = {
-    ("detr", "qpic"): DETR_TO_QPIC,
-    ("qpic", "qpic"): QPIC_TO_QPIC,
-    ("hqm", "qpic"): HQM_TO_QPIC,
-    ("ours", "qpic"): OURS,
-}
 
-SOURCES = ("detr", "qpic", "hqm", "ours")
-
-
-def get_spec(source: str, detector: str) -> ConversionSpec:
-    if (source, detector) not in TABLES:
-        have = ", ".join(f"{s}->{d}" for s, d in sorted(TABLES))
-        raise ConfigError(f"no rename table for {source} checkpoints -> {detector!r} detector (have: {have})")
-    return TABLES[(source, detector)]
-
-
-def detect_format(state: dict) -> str:
-    """Guess the layout of a state dict from its key names."""
+def common_layout(state: dict) -> str | None:
+    """The layouts every detector's tables know: ``detr`` (a DETR detector: the initialisation of
+    every HOI detector) and ``ours`` (an hqm checkpoint with mining parameters), else None."""
     keys = set(state)
-    if any(k.startswith("transformer.decoder.obj_class_embed.") for k in keys):
-        return "hqm"
     if "class_embed.weight" in keys and "bbox_embed.layers.0.weight" in keys:
         return "detr"
-    if "obj_class_embed.weight" in keys:
-        return "ours" if any(k.startswith("miners.") for k in keys) else "qpic"
-    sample = ", ".join(sorted(keys)[:5])
+    # hqm-only parameters: mining modules, spatial queries (released QPIC / CDN have neither)
+    if "obj_class_embed.weight" in keys and any(k.startswith(("miners.", "spatial_queries.")) for k in keys):
+        return "ours"
+    return None
+
+
+def _unknown_transformer_parts(state: dict, known: tuple[str, ...]) -> list[str]:
+    parts = {k.split(".")[1] for k in state if k.startswith("transformer.") and k.count(".") > 1}
+    return sorted(p for p in parts if p not in known)
+
+
+def detect_qpic_layout(state: dict) -> str:
+    """``detr``, ``ours``, ``hqm`` (heads inside the decoder) or ``qpic``. A state dict with other
+    transformer parts (CDN's ``transformer.interaction_decoder``) is another detector's: refused."""
+    foreign = _unknown_transformer_parts(state, ("encoder", "decoder"))
+    if foreign:
+        raise CheckpointError(
+            f"the checkpoint has transformer.{foreign[0]}.*, which QPIC does not have: another "
+            f"detector's weights (model.detector=cdn for transformer.interaction_decoder)"
+        )
+    layout = common_layout(state)
+    if layout is not None:
+        return layout
+    if any(k.startswith("transformer.decoder.obj_class_embed.") for k in state):
+        return "hqm"
+    if "obj_class_embed.weight" in state:
+        return "qpic"
+    sample = ", ".join(sorted(state)[:5])
     raise CheckpointError(
         f"unrecognised checkpoint layout (keys like: {sample}); expected DETR, QPIC, HQM or hqm weights"
     )
+
+
+@dataclass(frozen=True)
+class CheckpointLayouts:
+    """The checkpoint layouts one detector loads: ``specs`` (source layout -> rename table),
+    ``detect_layout`` (state dict -> one of the ``specs`` keys, or ``CheckpointError`` naming the problem)
+    and, for the DETR initialisation, named alternatives ``detr_inits`` (the first is the default)."""
+
+    detector: str
+    specs: dict[str, ConversionSpec]
+    detect_layout: Callable[[dict], str]
+    detr_inits: dict[str, ConversionSpec] = field(default_factory=dict)
+
+    def detect(self, state: dict) -> str:
+        layout = self.detect_layout(state)
+        if layout not in self.specs:  # a table bug, not a user error
+            raise KeyError(f"{self.detector}: detected layout {layout!r} has no rename table")
+        return layout
+
+
+QPIC_LAYOUTS = CheckpointLayouts(
+    detector="qpic",
+    specs={"detr": DETR_TO_QPIC, "qpic": QPIC_TO_QPIC, "hqm": HQM_TO_QPIC, "ours": OURS},
+    detect_layout=detect_qpic_layout,
+    detr_inits={"paper": DETR_TO_QPIC},
+)

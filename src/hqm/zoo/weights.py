@@ -1,8 +1,9 @@
 """Trained weights for evaluation and inference: all or nothing.
 
-``load_weights`` puts an ``hqm train`` checkpoint, an ``hqm export`` folder or released QPIC / HQM
-weights (renamed by their table, ``hqm.zoo.tables``) into a model only when they fit it exactly:
-every model weight present in the file with the same shape and no file weight left over. Mining
+``load_weights`` puts an ``hqm train`` checkpoint, an ``hqm export`` folder or released QPIC / HQM /
+CDN weights (layout detected and renamed with the configured detector's tables, ``hqm.zoo.layouts``)
+into a model only when they fit it exactly: every model weight present in the file with the same
+shape and no file weight left over. Mining
 parameters (``miners.*``) are the one exception: they never influence inference, so a file may carry
 them or not. Otherwise :class:`WeightsMismatchError` lists every missing, unexpected and mis-shaped
 key before a single weight is copied: a model is never evaluated half random.
@@ -20,9 +21,9 @@ from torch import Tensor, nn
 
 from hqm.errors import UsageError
 from hqm.zoo.convert import convert_state_dict
+from hqm.zoo.layouts import detect_format
 from hqm.zoo.rename import LoadReport
 from hqm.zoo.safe_load import read_state_dict
-from hqm.zoo.tables import detect_format
 
 _SHOWN = 6  # keys listed per kind in the error message
 
@@ -72,7 +73,7 @@ def load_weights(
     """
     if state is None:
         state, _ = read_state_dict(path)
-    source = detect_format(state)
+    source = detect_format(state, detector)
     conversion = LoadReport()
     if source != "ours":
         hidden = getattr(model, "hidden_dim", None)

@@ -1,6 +1,9 @@
 """torch.distributed helpers: launched by ``torchrun`` (env://), NCCL on GPU, gloo on CPU.
 
-Every helper degrades to the single-process behaviour when no process group is initialised.
+The one place that talks to ``torch.distributed``: below ``models/`` (the criterion's global loss
+normalisers), ``evaluation/`` (gathering per-image records) and ``engine/`` (process group, DDP),
+so none of them imports another for it. Every helper degrades to the single-process behaviour when
+no process group is initialised.
 """
 
 from __future__ import annotations
@@ -62,16 +65,6 @@ def init_distributed(device: str) -> tuple[bool, int]:
 def barrier() -> None:
     if is_dist():
         dist.barrier()
-
-
-def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
-    """Average of a Python number over ranks (the number of GT pairs for loss normalisation)."""
-    if not is_dist():
-        return float(value)
-    dev = device if dist.get_backend() != "gloo" else "cpu"
-    t = torch.tensor([float(value)], dtype=torch.float64, device=dev)
-    dist.all_reduce(t)
-    return float(t.item()) / get_world_size()
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

@@ -1,0 +1,49 @@
+"""Which checkpoint layouts each registered detector loads, and the lookups the loaders use.
+
+``LAYOUTS`` has one entry per detector of ``hqm.detectors.DETECTORS`` (a test checks they agree);
+every loader (``load_weights``, ``load_into_model``, ``hqm convert``) is given the configured detector
+and detects the file's layout with that detector's tables.
+"""
+
+from __future__ import annotations
+
+from hqm.config import ConfigError
+from hqm.zoo.cdn import CDN_LAYOUTS
+from hqm.zoo.rename import ConversionSpec
+from hqm.zoo.tables import QPIC_LAYOUTS, CheckpointLayouts
+
+#: detector -> the checkpoint layouts it loads (one line per registered detector, see hqm.detectors)
+LAYOUTS: dict[str, CheckpointLayouts] = {layouts.detector: layouts for layouts in (QPIC_LAYOUTS, CDN_LAYOUTS)}
+
+#: (source layout, detector) -> spec (default DETR initialisation)
+TABLES: dict[tuple[str, str], ConversionSpec] = {
+    (source, det): spec for det, layouts in LAYOUTS.items() for source, spec in layouts.specs.items()
+}
+
+
+def get_layouts(detector: str) -> CheckpointLayouts:
+    if detector not in LAYOUTS:
+        raise ConfigError(f"no checkpoint tables for detector {detector!r} (have: {', '.join(LAYOUTS)})")
+    return LAYOUTS[detector]
+
+
+def get_spec(source: str, detector: str, init: str | None = None) -> ConversionSpec:
+    """The rename table from ``source`` checkpoints to ``detector``; ``init`` picks one of the
+    detector's DETR initialisations (``detr_inits``; None: its default)."""
+    layouts = get_layouts(detector)
+    if source == "detr" and init is not None:
+        if init not in layouts.detr_inits:
+            raise ConfigError(
+                f"{detector}: no DETR initialisation {init!r} (have: {', '.join(layouts.detr_inits)})"
+            )
+        return layouts.detr_inits[init]
+    if source not in layouts.specs:
+        have = ", ".join(f"{s}->{d}" for s, d in sorted(TABLES))
+        raise ConfigError(f"no rename table for {source} checkpoints -> {detector!r} detector (have: {have})")
+    return layouts.specs[source]
+
+
+def detect_format(state: dict, detector: str = "qpic") -> str:
+    """The layout of ``state`` as the ``detector``'s checkpoint tables read it (see
+    :meth:`CheckpointLayouts.detect`)."""
+    return get_layouts(detector).detect(state)
