@@ -229,7 +229,7 @@ def test_api_raises_the_same_typed_errors(bad_checkpoints, monkeypatch):
         HOIDetector.from_checkpoint(bad_checkpoints["empty"].with_name("absent.pt"))
 
 
-def test_command_line_slips(bad_checkpoints, tmp_path, capsys):
+def test_command_line_slips(bad_checkpoints, tiny_root, tmp_path, capsys):
     """Typos on the command line: each one line and exit code 2, before any model is loaded."""
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("train:\n  epochs: [1\n")
@@ -242,6 +242,10 @@ def test_command_line_slips(bad_checkpoints, tmp_path, capsys):
     one_line(capsys, [*predict, "threshold=abc"], 2, "threshold=abc", "expected a number")
     one_line(capsys, [*predict, "top_k=0"], 2, "top_k=0", ">= 1")
     one_line(capsys, ["eval", "qpic_r18_synthetic"], 2, "weights=PATH")
+    convert = ["convert", "detr-to-hoi", "--detector", "cdn", "--init", "x", weights, "o.pt"]
+    one_line(capsys, convert, 2, "no DETR initialisation 'x'")
+    trainable = train_args(tiny_root, tmp_path / "run", "train.trainable=[nope]")
+    one_line(capsys, trainable, 2, "train.trainable names no parameter of this model: nope")
 
 
 def test_full_disk_in_export_and_synth(tmp_path, capsys, monkeypatch):

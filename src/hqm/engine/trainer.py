@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from hqm.config import Config, config_from_dict, config_to_dict, save_config
+from hqm.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from hqm.data import build_dataset, collate_fn, ensure_synthetic
 from hqm.data.dataset import pair_class_counts
 from hqm.detectors import build_criterion, build_model
@@ -99,7 +99,10 @@ def freeze_except(model: torch.nn.Module, prefixes: list[str]) -> int:
     if prefixes:
         unknown = [p for p in prefixes if not any(n.startswith(p) for n, _ in model.named_parameters())]
         if unknown:
-            raise ValueError(f"train.trainable names no parameter of this model: {', '.join(unknown)}")
+            raise ConfigError(
+                f"train.trainable names no parameter of this model: {', '.join(unknown)} (give "
+                "parameter-name prefixes, e.g. transformer.decoder)"
+            )
         for name, p in model.named_parameters():
             if not name.startswith(tuple(prefixes)):
                 p.requires_grad_(False)
