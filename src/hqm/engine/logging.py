@@ -150,7 +150,7 @@ class TrainProgress(Progress):
             return (
                 f"epoch {epoch + 1}/{self.epochs} step {step}/{self.total} eta {self.eta(step)} {losses} "
                 f"lr {lr:.2e} data {avg.get('data_time', 0):.3f}s step {avg.get('step_time', 0):.3f}s "
-                f"mem {peak_memory_mb(self.device):.0f}MB"
+                f"mem {peak_memory_mb(self.device):.0f}MiB"
             )
 
         postfix = {k: f"{v:.3f}" for k, v in list(short.items())[:4]}
