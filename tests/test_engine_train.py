@@ -93,9 +93,10 @@ def test_step_checkpoints_keep_last_and_resume_helpers(tiny_root, tmp_path):
     assert load_checkpoint(folder / "step_0000004.pt")["step"] == 4
     assert load_checkpoint(folder / "last.pt")["step"] == 5 and (folder / "best.pt").is_file()
     assert not list(folder.glob(".*tmp*"))  # atomic writes leave no temporary file
-    assert resolve_resume("auto", out) == str(folder / "last.pt")
-    assert resolve_resume(str(out), "elsewhere") == str(folder / "last.pt")
-    assert resolve_resume("auto", tmp_path / "fresh") is None
+    path, ckpt = resolve_resume("auto", out)
+    assert path == str(folder / "last.pt") and ckpt["step"] == 5
+    assert resolve_resume(str(out), "elsewhere")[0] == str(folder / "last.pt")
+    assert resolve_resume("auto", tmp_path / "fresh") == (None, None)
     with pytest.raises(FileNotFoundError):
         resolve_resume(str(tmp_path / "missing.pt"), out)
 

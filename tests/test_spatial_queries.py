@@ -8,7 +8,7 @@ import torch
 
 from conftest import NUM_OBJ, NUM_VERB, TINY_OVERRIDES
 from hqm.box_ops import relative_boxes
-from hqm.config import load_config
+from hqm.config import ConfigError, load_config
 from hqm.detectors import build_model
 from hqm.models.position_encoding import PositionEmbeddingSine
 from hqm.models.spatial_queries import SpatialQueries, key_positions, sine_embed
@@ -112,6 +112,9 @@ def test_box_refine_stops_the_gradient_through_the_reference_points():
 
 
 def test_box_refine_needs_reference_points():
-    cfg = load_config(None, TINY_OVERRIDES + ["model.box_refine=true"])
+    with pytest.raises(ConfigError, match="model.box_refine=true needs reference points"):
+        load_config(None, TINY_OVERRIDES + ["model.box_refine=true"])  # one line on the command line
+    cfg = load_config(None, TINY_OVERRIDES)
+    cfg.model.box_refine = True  # past the config check: the model keeps its own guard
     with pytest.raises(ValueError, match="model.box_refine needs reference points"):
         build_model(cfg, NUM_OBJ, NUM_VERB)

@@ -116,7 +116,7 @@ def test_two_step_run_writes_run_files(tiny_root, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(records))  # writes the Infinity literal
     argv = ["eval-file", "--dataset", "synthetic", "--root", str(bare), "--predictions", str(bad)]
-    assert main(argv) == 2
+    assert main(argv) == 1  # the file exists but its records are bad: a runtime error (usage is 2)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(bad) in err and repr(records[r]["file_name"]) in err
     assert f"record {r}" in err and "hoi_prediction[1].score" in err

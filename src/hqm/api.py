@@ -36,13 +36,8 @@ from PIL import Image
 from torch import Tensor
 
 from hqm.data.images import ImageDecodeError, as_image
-from hqm.structures import DatasetMeta, HOIPredictions
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+from hqm.device import resolve_device
+from hqm.structures import ClassMismatchError, DatasetMeta, HOIPredictions
 
 
 def _as_items(images: Any) -> list[tuple[Any, str]]:
@@ -96,7 +91,7 @@ class HOIDetector:
 
         self.cfg = cfg
         self.meta = meta
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.postprocessor = build_postprocessor(cfg, meta).to(self.device)
         self.size = int(size or cfg.data.test_scale)
@@ -122,10 +117,14 @@ class HOIDetector:
 
         Raises ``ConfigError`` when released weights come without a config, and
         ``WeightsMismatchError`` (a ``ValueError``) listing the keys when the weights do not fit the
-        model (e.g. a ``model.dec_layers`` override): nothing is ever half-loaded."""
+        model (e.g. a ``model.dec_layers`` override): nothing is ever half-loaded. A file that is not
+        a readable checkpoint raises ``CheckpointError`` (a ``ValueError``), a missing one
+        ``NotFoundError`` (a ``FileNotFoundError``), a device this machine lacks ``DeviceError``;
+        all are ``hqm.errors.UserError``s."""
         from hqm.detectors import build_model
         from hqm.zoo import load_weights, read_state_dict, resolve_model_config
 
+        device = resolve_device(device)  # a device this machine lacks: an error before any loading
         state, info = read_state_dict(path)
         resolved = resolve_model_config(info, path, config, overrides)
         for line in resolved.notes(config):
@@ -340,7 +339,7 @@ class HOIDetector:
         )
         problem = self.meta.class_mismatch(meta)
         if problem:
-            raise ValueError(
+            raise ClassMismatchError(
                 f"cannot evaluate this detector on {cfg.data.dataset} at {cfg.data.root}: {problem} "
                 "(model vs dataset)"
             )

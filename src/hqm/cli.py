@@ -1,17 +1,35 @@
-"""The ``hqm`` command line: train, eval, demo, synth, eval-file, predict, convert, export."""
+"""The ``hqm`` command line: train, eval, demo, synth, eval-file, predict, convert, export, check-data.
+
+Errors: a problem the user can fix (``hqm.errors.UserError``: a bad config value, a missing or
+unreadable file, an output folder that cannot be written, ...) is printed as one line naming the
+file, key or record, with exit code 2 (usage) or 1 (runtime); anything else is a bug and keeps its
+traceback. ``--debug`` (or ``HQM_DEBUG=1``) shows the traceback of user errors too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from hqm import __version__
+from hqm.errors import UsageError
 
 EPILOG = """Configs are YAML files (see configs/) or the name of a packaged config, e.g.
 qpic_r18_synthetic. Any key can be overridden as section.key=value, e.g.
-  hqm train qpic_r18_synthetic train.epochs=2 mining.strategy=ajl device=cpu"""
+  hqm train qpic_r18_synthetic train.epochs=2 mining.strategy=ajl device=cpu
+
+Exit codes: 0 success; 1 runtime failure (unreadable file, bad records, output not writable, disk
+full, training stopped on non-finite losses); 2 usage error (bad option, config key or value,
+missing file); 130 / 143 training stopped by SIGINT / SIGTERM after saving a checkpoint.
+Errors are one line; --debug (or HQM_DEBUG=1) shows the traceback."""
+
+JSON_HELP = (
+    "print the metrics as one JSON object on the last line of stdout (AP and recall as fractions in "
+    "[0, 1]; the table shows them in percent)"
+)
 
 
 def _metrics_json(metrics: dict) -> str:
@@ -59,8 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides, extra = _split_overrides(args.overrides, ("weights",))
     config, weights = (None, args.config) if _is_weights(args.config) else (args.config, extra.get("weights"))
     if weights is None or (config is None and "weights" in extra):
-        print("hqm eval: give a checkpoint (hqm eval CKPT), or a config with weights=PATH", file=sys.stderr)
-        return 2
+        raise UsageError("give a checkpoint (hqm eval CKPT), or a config with weights=PATH")
     from hqm.engine.evaluator_run import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(config, weights, overrides, save_predictions=args.save_predictions)
@@ -126,10 +143,27 @@ def cmd_eval_file(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from hqm.data.synthetic import generate
+    from hqm.engine.logging import setup_logging
 
+    setup_logging(None, True)  # generation progress (a bar on a terminal, log lines otherwise)
     root = generate(args.out, preset=args.preset, overrides=args.overrides)
     print(f"synthetic HOI benchmark ({args.preset}) written to {root}")
     return 0
+
+
+def _number(extra: dict, key: str, kind: type, default):
+    """``key=VALUE`` of ``hqm predict`` as ``kind`` (``default`` when absent); a usage error if not a
+    number of that kind, or negative."""
+    if key not in extra:
+        return default
+    try:
+        value = kind(extra[key])
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise UsageError(f"{key}={extra[key]}: expected {expected}") from None
+    if value < 0 or (kind is int and value == 0):
+        raise UsageError(f"{key}={extra[key]}: must be {'>= 1' if kind is int else '>= 0'}")
+    return value
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -140,8 +174,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     overrides, extra = _split_overrides(args.overrides, keys)
     for key in ("source", "out"):
         if key not in extra:
-            print(f"hqm predict: {key}=... is required", file=sys.stderr)
-            return 2
+            raise UsageError(f"{key}=... is required")
+    threshold = _number(extra, "threshold", float, 0.0)
+    top_k, batch, size = (_number(extra, k, int, None) for k in ("top_k", "batch", "size"))
     from hqm.engine.logging import setup_logging
 
     setup_logging(None, True)  # one line per skipped file, model-loading notes
@@ -154,20 +189,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             extra["weights"], device=device, config=args.model, overrides=overrides
         )
     else:
-        print(
-            "hqm predict: give a checkpoint (.pt / exported folder), or a config with weights=PATH",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError("give a checkpoint (.pt / exported folder), or a config with weights=PATH")
     summary = predict_to_dir(
         det,
         extra["source"],
         extra["out"],
-        threshold=float(extra.get("threshold", 0.0)),
-        top_k=int(extra.get("top_k", 10)),
+        threshold=threshold,
+        top_k=10 if top_k is None else top_k,
         attention=args.attn,
-        batch_size=int(extra["batch"]) if "batch" in extra else None,
-        size=int(extra["size"]) if "size" in extra else None,
+        batch_size=batch,
+        size=size,
         progress=not args.quiet,
     )
     for src, name in list(summary["renamed"].items())[:5]:
@@ -199,9 +230,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _debug_parent() -> argparse.ArgumentParser:
+    """``--debug`` accepted after the command too (``hqm train CFG --debug``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    return common
+
+
+DEBUG_HELP = "show the traceback of an error (also HQM_DEBUG=1)"
+
+
+def _subcommand(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    return sub.add_parser(name, parents=[_debug_parent()], **kwargs)
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from hqm.config import load_config
+    from hqm.engine.check_data import check_dataset, format_report
+    from hqm.engine.logging import setup_logging
+
+    setup_logging(None, True)  # decoding progress (a bar on a terminal, log lines otherwise)
+    cfg = load_config(args.config, args.overrides)
+    report = check_dataset(cfg.data, decode=not args.no_decode)
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    return 0 if report.ok else 1
+
+
 def add_api_commands(sub) -> None:
     """``predict``, ``convert`` and ``export`` (the "using a trained model" commands)."""
-    pr = sub.add_parser(
+    pr = _subcommand(
+        sub,
         "predict",
         help="detect HOIs in images: annotated PNGs + predictions.jsonl",
         epilog="example: hqm predict runs/demo/checkpoints/best.pt source=imgs/ out=pred/ threshold=0.3 "
@@ -227,7 +287,9 @@ def add_api_commands(sub) -> None:
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 
-    cv = sub.add_parser("convert", help="convert a DETR COCO checkpoint into an HOI detector initialisation")
+    cv = _subcommand(
+        sub, "convert", help="convert a DETR COCO checkpoint into an HOI detector initialisation"
+    )
     cv.add_argument("kind", choices=["detr-to-hoi"], help="conversion kind")
     cv.add_argument("input", metavar="IN.pth", help="DETR checkpoint, e.g. detr-r50-e632da11.pth")
     cv.add_argument("output", metavar="OUT.pt", help="converted file (use as model.pretrained=OUT.pt)")
@@ -251,7 +313,7 @@ def add_api_commands(sub) -> None:
     )
     cv.set_defaults(func=cmd_convert)
 
-    ex = sub.add_parser("export", help="export a checkpoint as model.safetensors + config.yaml")
+    ex = _subcommand(sub, "export", help="export a checkpoint as model.safetensors + config.yaml")
     ex.add_argument("checkpoint", help="checkpoint written by hqm train (e.g. RUN/checkpoints/best.pt)")
     ex.add_argument("out_dir", help="output folder")
     ex.set_defaults(func=cmd_export)
@@ -265,10 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"hqm {__version__}")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser(
-        "train", help="train a detector", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    t = _subcommand(
+        sub,
+        "train",
+        help="train a detector",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("config", help="YAML config file or packaged config name")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
@@ -283,10 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train.output_dir holds a finished or stopped run: delete its checkpoints and logs, start over",
     )
-    t.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last line")
+    t.add_argument("--json", action="store_true", help=JSON_HELP)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser(
+    e = _subcommand(
+        sub,
         "eval",
         help="evaluate a checkpoint on the test split",
         description="Evaluate weights with their own config (hqm eval CKPT) or, for released weights "
@@ -302,11 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "overrides", nargs="*", help="weights=PATH (with a config) and section.key=value overrides"
     )
-    e.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
+    e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.add_argument("--save-predictions", metavar="FILE", help="also write the predictions file (JSON)")
     e.set_defaults(func=cmd_eval)
 
-    d = sub.add_parser("demo", help="generate the synthetic benchmark if missing, train, evaluate")
+    d = _subcommand(sub, "demo", help="generate the synthetic benchmark if missing, train, evaluate")
     d.add_argument("--config", default="qpic_r18_synthetic", help="config (default: qpic_r18_synthetic)")
     d.add_argument("overrides", nargs="*", help="section.key=value overrides")
     d.add_argument(
@@ -314,10 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the earlier demo run in train.output_dir (default: a re-run goes to runs/demo-2, ...)",
     )
-    d.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
+    d.add_argument("--json", action="store_true", help=JSON_HELP)
     d.set_defaults(func=cmd_demo)
 
-    f = sub.add_parser(
+    f = _subcommand(
+        sub,
         "eval-file",
         help="evaluate a predictions JSON file without a model",
         description="Evaluate a predictions file: a JSON list of per-image records "
@@ -342,17 +411,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="HICO-DET 11-point recall thresholds: matlab (official ho-rcnn 0:0.1:1, default), numpy "
         "(as printed by the QPIC / CDN / HQM Python evaluators) or exact (k/10)",
     )
-    f.add_argument("--json", action="store_true", help="print the metrics as JSON on the last line")
+    f.add_argument("--json", action="store_true", help=JSON_HELP)
     f.set_defaults(func=cmd_eval_file)
 
-    s = sub.add_parser("synth", help="write the synthetic HOI benchmark (HICO-DET format)")
+    s = _subcommand(sub, "synth", help="write the synthetic HOI benchmark (HICO-DET format)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--preset", default="default", choices=["tiny", "default"])
     s.add_argument("overrides", nargs="*", help="generator key=value overrides")
     s.set_defaults(func=cmd_synth)
 
+    c = _subcommand(
+        sub,
+        "check-data",
+        help="validate a dataset (annotations and images) without training",
+        description="Read both splits of the config's dataset (data.dataset at data.root) the way "
+        "training does, decode every image, and print a summary: images, labelled pairs, classes, rare "
+        "classes, and the problems by kind with the first examples. Exit code 0: no problem; 1: problems "
+        "found; 2: no such dataset.",
+    )
+    c.add_argument("config", help="YAML config file or packaged config name")
+    c.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=PATH")
+    c.add_argument("--no-decode", action="store_true", help="check image headers only (faster)")
+    c.add_argument("--json", action="store_true", help="also print the report as one JSON object")
+    c.set_defaults(func=cmd_check_data)
+
     add_api_commands(sub)
     return p
+
+
+def _user_error(command: str, e: BaseException) -> tuple[str, int] | None:
+    """(the one line for stderr, the exit code) of a user error; None for a bug (keep the traceback)."""
+    from hqm.errors import EXIT_RUNTIME, EXIT_USAGE, Interrupted, UserError, output_error, write_fault
+
+    if isinstance(e, UserError):
+        text = " / ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
+        return f"hqm {command}: {'' if isinstance(e, Interrupted) else 'error: '}{text}", e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        return f"hqm {command}: interrupted", 130
+    if isinstance(e, OSError) and write_fault(e):  # the disk refused a write: never a bug
+        return f"hqm {command}: error: {output_error(e.filename or 'the output', e)}", EXIT_RUNTIME
+    if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError)) and e.filename:
+        return f"hqm {command}: error: {e.filename}: {e.strerror.lower()}", EXIT_USAGE
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,14 +461,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from hqm.config import ConfigError
-
+    debug = args.debug or os.environ.get("HQM_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        # user errors (bad config, missing files, bad records) get one clear line, not a traceback
-        print(f"hqm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:
+        known = _user_error(args.command, e)
+        if known is None:
+            raise  # a bug: the traceback is what a bug report needs
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(known[0], file=sys.stderr)
+        return known[1]
 
 
 if __name__ == "__main__":

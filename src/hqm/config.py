@@ -7,15 +7,19 @@ A config is built in three steps, each overriding the previous one:
    ``_base_: other.yaml`` (relative to itself) to inherit from;
 3. command-line ``section.key=value`` overrides, parsed as YAML scalars/lists.
 
-Unknown keys fail with a close-match suggestion. ``save_config`` writes the resolved config.
+Unknown keys fail with a close-match suggestion; values are checked by type, by choice and by range
+(``validate``). Every problem raises :class:`ConfigError` (a usage error: exit code 2 on the command
+line) naming the file or key. ``save_config`` writes the resolved config.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -23,6 +27,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from hqm.detectors import detector_names
+from hqm.errors import UsageError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -136,6 +141,10 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20
+    # a step whose loss or gradient is not finite never reaches the optimiser: skip (log it, go on;
+    # max_nonfinite_skips consecutive ones stop the run) | stop (at the first one)
+    on_nonfinite: str = "skip"
+    max_nonfinite_skips: int = 10
     # parameter-name prefixes that train (empty: all); the rest is frozen (CDN fine-tuning stage)
     trainable: list[str] = field(default_factory=list)
 
@@ -210,15 +219,16 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or an ill-typed value."""
+class ConfigError(UsageError, ValueError):
+    """A config file or override names an unknown key, a missing file or a value of the wrong type or
+    outside its range (the message names the file or key)."""
 
 
-def _suggest(key: str, options: list[str], prefix: str = "") -> str:
+def _suggest(key: str, options: list[str], prefix: str = "", listing: str = "Valid keys") -> str:
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     if close:
         return f" Did you mean '{prefix}{close[0]}'?"
-    return f" Valid keys: {', '.join(prefix + o for o in sorted(options))}."
+    return f" {listing}: {', '.join(prefix + o for o in sorted(options))}."
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -304,16 +314,38 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         with open(path) as f:
             data = load_yaml(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # its text spans lines: keep the problem and where it is
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("_base_", None)
     if base is None:
         return data
-    merged = _read_yaml(path.parent / base, seen + (path,))
+    merged = _read_yaml(_base_path(path, base), seen + (path,))
     _deep_update(merged, data)
     return merged
+
+
+def _base_path(path: Path, base: Any) -> Path:
+    """The file ``_base_: base`` of the YAML file ``path`` names: relative to that file, else a
+    packaged config of that name (``_base_: qpic_r50_hico``)."""
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: _base_ must be a file name, got {base!r}")
+    looked = [path.parent / base]
+    if Path(base).suffix == "":
+        looked.append(path.parent / f"{base}.yaml")
+    looked += [CONFIG_DIR / Path(base).name, CONFIG_DIR / f"{Path(base).stem}.yaml"]
+    looked = list(dict.fromkeys(looked))
+    for cand in looked:
+        if cand.is_file():
+            return cand
+    raise ConfigError(
+        f"{path}: _base_ file {base!r} not found (looked for {', '.join(map(str, looked))}); give a path "
+        "relative to this file or the name of a packaged config"
+    )
 
 
 def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
@@ -334,7 +366,8 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
             return cand
     available = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
     raise ConfigError(
-        f"config '{name}' not found (not a file, not a packaged config)." + _suggest(p.stem, available)
+        f"config '{name}' not found (not a file, not a packaged config)."
+        + _suggest(p.stem, available, listing="Packaged configs")
     )
 
 
@@ -362,8 +395,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     cfg = Config()
     if path is not None:
         p = resolve_config_path(path)
+        data = _read_yaml(p)  # its errors name the file (p or a _base_ of it)
         try:
-            _merge(cfg, _read_yaml(p))
+            _merge(cfg, data)
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from None
     if overrides:
@@ -392,7 +426,9 @@ _CHOICES = {
     "data.on_bad_record": ("error", "skip"),
     "train.amp": ("off", "bf16", "fp16"),
     "train.lr_schedule": ("step", "cosine"),
+    "train.on_nonfinite": ("skip", "stop"),
     "eval.mode": ("default", "ko"),
+    "eval.split": ("train", "test"),
     "eval.batching": ("same_size", "padded"),
     "eval.ap_thresholds": ("matlab", "numpy", "exact"),
     "mining.strategy": ("none", "gbs", "amm", "ajl", "pjl", "cjl"),
@@ -415,37 +451,99 @@ def get_key(cfg: Config, dotted: str) -> Any:
     return node
 
 
+_FINITE = math.isfinite
+
+#: range of every numeric key: (test, what the value must be); checked after the type
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.num_queries": (lambda v: v >= 1, ">= 1"),
+    "model.hidden_dim": (lambda v: v >= 1, ">= 1"),
+    "model.nheads": (lambda v: v >= 1, ">= 1"),
+    "model.enc_layers": (lambda v: v >= 0, ">= 0"),
+    "model.dec_layers": (lambda v: v >= 1, ">= 1"),
+    "model.dim_feedforward": (lambda v: v >= 1, ">= 1"),
+    "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "data.num_workers": (lambda v: v >= 0, ">= 0"),
+    "data.scales": (lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of sizes >= 1 (pixels)"),
+    "data.max_size": (lambda v: v >= 1, ">= 1 (pixels)"),
+    "data.crop_resize": (lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of sizes >= 1 (pixels)"),
+    "data.crop_min": (lambda v: v >= 1, ">= 1 (pixels)"),
+    "data.crop_max": (lambda v: v >= 1, ">= 1 (pixels)"),
+    "data.test_scale": (lambda v: v >= 1, ">= 1 (pixels)"),
+    "data.color_jitter": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.max_steps": (lambda v: v >= 0, ">= 0 (0: no limit)"),
+    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.lr": (lambda v: _FINITE(v) and v > 0, "a finite number > 0"),
+    "train.lr_backbone": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "train.weight_decay": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "train.lr_drop": (lambda v: v >= 0, ">= 0 (0: never)"),
+    "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "train.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "train.clip_max_norm": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
+    "train.accumulate": (lambda v: v >= 1, ">= 1"),
+    "train.seed": (lambda v: v >= 0, ">= 0"),
+    "train.checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: only at epoch ends)"),
+    "train.keep_last": (lambda v: v >= 0, ">= 0"),
+    "train.log_every": (lambda v: v >= 1, ">= 1 (steps)"),
+    "train.size_divisibility": (lambda v: v >= 1, ">= 1 (1: pad to the largest image of the batch)"),
+    "train.max_nonfinite_skips": (lambda v: v >= 1, ">= 1"),
+    "eval.every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.max_dets": (lambda v: v >= 1, ">= 1"),
+    "eval.nms_thresh": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "mining.alpha": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "mining.beta": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "mining.gbs.num_candidates": (lambda v: v >= 1, ">= 1"),
+    "mining.gbs.max_rounds": (lambda v: v >= 1, ">= 1"),
+    "mining.amm.k": (lambda v: v >= 1, ">= 1"),
+    "mining.amm.gamma": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+}
+_RANGES["loss.verb_focal_alpha"] = (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0: off)")
+#: every other loss weight / cost: a finite number >= 0
+_LOSS_KEYS = [
+    f"loss.{name}"
+    for name, kind in get_type_hints(LossConfig).items()
+    if kind is float and f"loss.{name}" not in _RANGES
+]
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
 def validate(cfg: Config) -> None:
+    """Check every value by choice and by range, and the relations between keys. Raises
+    :class:`ConfigError` naming the first key that is wrong and the values it may take."""
     for key, choices in _CHOICES.items():
         value = get_key(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
-    lo, hi = cfg.mining.gbs.iou_range
-    if not 0.0 < lo < hi < 1.0:
-        raise ConfigError(f"mining.gbs.iou_range={cfg.mining.gbs.iou_range} must satisfy 0 < lo < hi < 1")
-    if not 0.0 <= cfg.mining.amm.gamma < 1.0:
-        raise ConfigError(f"mining.amm.gamma={cfg.mining.amm.gamma} must be in [0, 1)")
-    if cfg.train.warmup_steps < 0 or not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
+    ranges = {**_RANGES, **{k: (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0") for k in _LOSS_KEYS}}
+    for key, (ok, allowed) in ranges.items():
+        value = get_key(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {allowed}")
+    if not _DEVICE.match(cfg.device):
+        raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    m = cfg.model
+    if m.hidden_dim % m.nheads:
         raise ConfigError(
-            f"train.warmup_steps={cfg.train.warmup_steps} must be >= 0 and "
-            f"train.min_lr_ratio={cfg.train.min_lr_ratio} in [0, 1]"
+            f"model.hidden_dim={m.hidden_dim} is not divisible by model.nheads={m.nheads} (each attention "
+            "head gets hidden_dim / nheads channels)"
         )
+    if m.box_refine and m.query_type == "embed":
+        raise ConfigError(
+            "model.box_refine=true needs reference points: set model.query_type to conditional or gaussian"
+        )
+    if cfg.data.crop_min > cfg.data.crop_max:
+        raise ConfigError(f"data.crop_min={cfg.data.crop_min} must be <= data.crop_max={cfg.data.crop_max}")
+    iou = cfg.mining.gbs.iou_range
+    if len(iou) != 2 or not 0.0 < iou[0] < iou[1] < 1.0:
+        raise ConfigError(f"mining.gbs.iou_range={iou} must be [lo, hi] with 0 < lo < hi < 1")
     if cfg.data.generate and cfg.data.dataset != "synthetic":
         raise ConfigError(f"data.generate=true needs data.dataset=synthetic (got {cfg.data.dataset!r})")
-    if cfg.train.accumulate < 1 or cfg.train.batch_size < 1:
-        raise ConfigError("train.accumulate and train.batch_size must be >= 1")
-    if cfg.train.size_divisibility < 1:
-        raise ConfigError(
-            f"train.size_divisibility={cfg.train.size_divisibility} must be >= 1 "
-            "(1: pad to the largest image of the batch)"
-        )
     if cfg.model.detector != "qpic" and (cfg.model.query_type != "embed" or cfg.model.box_refine):
         raise ConfigError(
             f"model.query_type={cfg.model.query_type!r} / model.box_refine={cfg.model.box_refine} are "
             f"QPIC options; model.detector={cfg.model.detector} takes embed without box_refine"
         )
-    if not 0.0 <= cfg.loss.verb_focal_alpha < 1.0:
-        raise ConfigError(f"loss.verb_focal_alpha={cfg.loss.verb_focal_alpha} must be in [0, 1) (0: off)")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

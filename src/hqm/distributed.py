@@ -48,7 +48,17 @@ def init_distributed(device: str) -> tuple[bool, int]:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not is_dist():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # torchrun's elastic agent keeps its TCPStore across restarts of the worker group: a restarted
+        # worker could read the failed attempt's peer addresses and connect to a dead process
+        # (pytorch/pytorch#135712). One key space per attempt (TORCHELASTIC_RESTART_COUNT).
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            store=dist.PrefixStore(f"hqm/attempt_{attempt}", store),
+            rank=rank,
+            world_size=world,
+        )
     return True, local_rank
 
 

@@ -17,6 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from hqm.errors import UsageError
+
+
+class ClassMismatchError(UsageError, ValueError):
+    """A model and a dataset use different class vocabularies (scores would be meaningless)."""
+
 
 @dataclass
 class DatasetMeta:
@@ -57,7 +63,8 @@ class DatasetMeta:
 
     def class_mismatch(self, other: DatasetMeta) -> str | None:
         """None when ``other`` has the same object and verb classes in the same order; otherwise a
-        one-line description of the difference (a model scored on another vocabulary is wrong)."""
+        one-line description of the difference (a model scored on another vocabulary is wrong;
+        callers raise :class:`ClassMismatchError` with it)."""
         for kind, mine, theirs in (
             ("object", list(self.object_names), list(other.object_names)),
             ("verb", list(self.verb_names), list(other.verb_names)),

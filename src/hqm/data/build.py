@@ -19,7 +19,7 @@ from types import ModuleType
 from hqm.config import DataConfig
 from hqm.data import hico_det, hoia, vcoco
 from hqm.data.dataset import HOIDataset
-from hqm.data.records import DatasetError, logger, parse_records
+from hqm.data.records import DatasetError, DatasetNotFoundError, IssueLog, logger, parse_records
 from hqm.data.transforms import build_transforms
 from hqm.structures import DatasetMeta, ImageAnnotation
 
@@ -36,7 +36,7 @@ def _loader(dataset: str) -> ModuleType:
 def load_meta(dataset: str, root: str | os.PathLike) -> DatasetMeta:
     """Class vocabulary and validity matrix of ``dataset`` stored under ``root``."""
     if dataset == "synthetic" and not (Path(root) / hico_det.CUSTOM_VOCABULARY).is_file():
-        raise DatasetError(
+        raise DatasetNotFoundError(
             f"no synthetic benchmark at data.root={root}: {Path(root) / hico_det.CUSTOM_VOCABULARY} not "
             f"found; write one with `hqm synth --out {root}`, or train with data.generate=true (what "
             "`hqm demo` does)"
@@ -50,23 +50,25 @@ def load_annotations(
     split: str,
     on_bad_record: str = "error",
     check_images: bool = True,
+    log: IssueLog | None = None,
 ) -> list[ImageAnnotation]:
     """Parsed and validated records of ``split`` ("train" | "test").
 
     Boxes are absolute pixel xyxy (clamped to the image when ``check_images`` read its size), labels
     contiguous object indices, HOI rows ``[subject, object (-1: no object), verb]`` in file order.
     ``on_bad_record``: "error" raises ``DatasetError`` naming file, record and field; "skip" drops the
-    bad part and logs one summary warning (logger ``hqm.data``).
+    bad part and logs one summary warning (logger ``hqm.data``); ``log``: collect the problems in
+    this ``IssueLog`` instead (see ``parse_records``).
     """
     image_folder, ann_file = split_paths(dataset, root, split)
     if not ann_file.is_file():
         img, ann = _loader(dataset).SPLITS[split]
-        raise DatasetError(
+        raise DatasetNotFoundError(
             f"no {dataset} dataset at data.root={root}: {ann} not found there (layout: {img}/ and {ann}; "
             "see the README's Datasets section)"
         )
     rules = _loader(dataset).record_rules(Path(root), split)
-    return parse_records(ann_file, image_folder, rules, on_bad_record, check_images)
+    return parse_records(ann_file, image_folder, rules, on_bad_record, check_images, log)
 
 
 def split_paths(dataset: str, root: str | os.PathLike, split: str) -> tuple[Path, Path]:

@@ -73,7 +73,7 @@ def merge_pairs(ann: ImageAnnotation, meta: DatasetMeta) -> dict[str, np.ndarray
             has_obj[i] = True
         else:
             if meta.no_object_class is None:
-                raise ValueError(
+                raise DatasetError(
                     f"{ann.file_name}: HOI without object but dataset {meta.name} has no 'none' class"
                 )
             labels[i] = meta.no_object_class

@@ -39,6 +39,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from hqm.errors import UserError
+
 #: modes whose alpha channel (or transparent palette index) is composited over white
 _TRANSPARENT_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -46,7 +48,7 @@ _BACKGROUND = (255, 255, 255)
 _ORIENTATION = 0x0112  # EXIF tag
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UserError, ValueError):
     """An image file or object could not be turned into an RGB image (the message names it)."""
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from hqm.errors import UserError
 from hqm.structures import ImageAnnotation
 
 logger = logging.getLogger("hqm.data")
@@ -36,8 +37,15 @@ _MAX_LOGGED_MESSAGES = 5
 _EXPECTED = {"bbox": "a list of 4 finite numbers", "category_id": "an integer"}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """An annotation file, record or field is invalid (the message names file, record and field)."""
+
+
+class DatasetNotFoundError(DatasetError):
+    """``data.root`` holds no dataset of the requested kind (the message names the missing file); a
+    usage error (exit code 2): the config points at the wrong folder."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -60,9 +68,12 @@ class RecordRules:
 
 
 class IssueLog:
-    """Collects problems of one annotation file: raises (``error``) or counts them (``skip``)."""
+    """Collects problems of one annotation file: raises (``error``) or counts them (``skip``).
 
-    def __init__(self, path: Path, on_bad_record: str) -> None:
+    ``counts`` / ``notes``: problems / documented drops per kind; ``messages``: the first few
+    messages; ``examples``: the first few messages of each kind (``hqm check-data``)."""
+
+    def __init__(self, path: Path, on_bad_record: str, examples_per_kind: int = 3) -> None:
         if on_bad_record not in ("error", "skip"):
             raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
         self.path = path
@@ -70,15 +81,22 @@ class IssueLog:
         self.counts: Counter[str] = Counter()
         self.notes: Counter[str] = Counter()
         self.messages: list[str] = []
+        self.examples: dict[str, list[str]] = {}
+        self.examples_per_kind = examples_per_kind
 
-    def report(self, kind: str, index: int, file_name: str | None, field: str, problem: str) -> None:
+    def report(self, kind: str, index: int | None, file_name: str | None, field: str, problem: str) -> None:
+        """One problem of ``kind`` in record ``index`` (None: the record is known by its file name)."""
         name = "<unknown>" if file_name is None else repr(file_name)
-        message = f"{self.path}: record {index} (file_name {name}): field '{field}': {problem}"
+        where = f"record {index} (file_name {name})" if index is not None else f"file_name {name}"
+        message = f"{self.path}: {where}: field '{field}': {problem}"
         if self.mode == "error":
             raise DatasetError(message + " (set data.on_bad_record=skip to drop bad records)")
         self.counts[kind] += 1
         if len(self.messages) < _MAX_LOGGED_MESSAGES:
             self.messages.append(message)
+        shown = self.examples.setdefault(kind, [])
+        if len(shown) < self.examples_per_kind:
+            shown.append(message)
 
     def note(self, kind: str, n: int = 1) -> None:
         """Count a documented, always-applied drop (not an error in either mode)."""
@@ -272,6 +290,7 @@ def parse_records(
     rules: RecordRules,
     on_bad_record: str = "error",
     check_images: bool = True,
+    log: IssueLog | None = None,
 ) -> list[ImageAnnotation]:
     """Parse and validate one annotation file.
 
@@ -279,8 +298,11 @@ def parse_records(
     image (beyond a 1-pixel tolerance) are errors and the others are clamped to it. Without it, image
     sizes stay 0 and boxes are not clamped. Returns one ``ImageAnnotation`` per kept record, in file
     order, with boxes as absolute pixel xyxy and HOI rows ``[subject, object (-1: none), verb]``.
+    ``log``: collect the problems there (its own mode applies; no summary is logged) instead of a
+    fresh ``IssueLog`` whose summary is logged at the end.
     """
-    log = IssueLog(path, on_bad_record)
+    own_log = log is None
+    log = IssueLog(path, on_bad_record) if log is None else log
     out: list[ImageAnnotation] = []
     records = read_json_list(path)
     sizes: dict[int, tuple[int, int] | str] = {}
@@ -322,5 +344,6 @@ def parse_records(
                 height=size[1] if size else 0,
             )
         )
-    log.flush()
+    if own_log:
+        log.flush()
     return out

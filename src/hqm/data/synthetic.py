@@ -40,6 +40,8 @@ from hqm.data.records import DatasetError
 from hqm.data.synthetic_draw import render
 from hqm.data.synthetic_rules import cfg_objects, cfg_verbs
 from hqm.data.synthetic_scene import Scene, sample_scene
+from hqm.errors import output_error, write_fault
+from hqm.progress import track
 
 
 @dataclass
@@ -196,7 +198,7 @@ def _make_split(out: Path, split: str, cfg: SynthConfig) -> list[dict[str, Any]]
     image_dir.mkdir(parents=True, exist_ok=True)
     classes, probs = interaction_classes(cfg), class_probabilities(cfg)
     records = []
-    for k in range(size):
+    for k in track(range(size), size, f"synthetic {split} images", "images"):
         rng = np.random.default_rng([cfg.seed, split_id, k])
         # the first test images show every class once: each class has at least one test instance
         force = k if split == "test" and k < len(classes) else None
@@ -315,18 +317,25 @@ def generate(out_dir: str | Path, preset: str = "default", overrides: list[str] 
     cfg = apply_overrides(PRESETS[preset], overrides)
     out = Path(out_dir)
     check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_marker(out, preset, cfg, complete=False)
-    (out / "annotations").mkdir(exist_ok=True)
-    train = _make_split(out, "train", cfg)
-    test = _make_split(out, "test", cfg)
-    for name, records in (("trainval_hico.json", train), ("test_hico.json", test)):
-        with open(out / "annotations" / name, "w") as f:
-            json.dump(records, f, separators=(",", ":"))
-    np.save(out / "annotations" / "corre_hico.npy", correct_matrix(cfg))
-    with open(out / "annotations" / "meta.json", "w") as f:
-        json.dump(vocabulary(cfg), f, indent=1)
-    (out / "README.txt").write_text(_readme(cfg, statistics(train, cfg)))
-    _remove_stale_images(out, cfg)
-    _write_marker(out, preset, cfg, complete=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_marker(out, preset, cfg, complete=False)
+        (out / "annotations").mkdir(exist_ok=True)
+        train = _make_split(out, "train", cfg)
+        test = _make_split(out, "test", cfg)
+        for name, records in (("trainval_hico.json", train), ("test_hico.json", test)):
+            with open(out / "annotations" / name, "w") as f:
+                json.dump(records, f, separators=(",", ":"))
+        np.save(out / "annotations" / "corre_hico.npy", correct_matrix(cfg))
+        with open(out / "annotations" / "meta.json", "w") as f:
+            json.dump(vocabulary(cfg), f, indent=1)
+        (out / "README.txt").write_text(_readme(cfg, statistics(train, cfg)))
+        _remove_stale_images(out, cfg)
+        _write_marker(out, preset, cfg, complete=True)
+    except OSError as e:  # a full or read-only disk: one line naming the folder (hqm.errors)
+        if not write_fault(e):
+            raise
+        started = (out / MARKER).is_file()  # marked incomplete: the next run rewrites it
+        note = "the files written so far are marked incomplete" if started else ""
+        raise output_error(out, e, "write the synthetic benchmark to", note) from None
     return out

@@ -13,12 +13,18 @@ Folder layout written by ``CheckpointManager`` (``<output_dir>/checkpoints/``):
   ``last.pt`` written (a hard link when the file system allows it: no extra disk), of which only the
   ``k`` newest are kept. ``k <= 1``: ``last.pt`` alone.
 
-``resolve_resume`` turns ``--resume`` into a file: a checkpoint path, a run folder (its
-``checkpoints/last.pt``) or ``auto`` (this run's ``last.pt`` if one exists, else a fresh start).
+Every write is atomic and durable (``save_checkpoint``): a killed or failed write leaves the previous
+file intact and at most a temporary ``.<name>.tmp<pid>``, which the next start removes
+(``CheckpointManager``). A full or read-only disk raises ``OutputError`` naming the file.
+
+``resolve_resume`` turns ``--resume`` into a loaded checkpoint: a checkpoint path, a run folder or
+``auto`` (this run's newest *valid* checkpoint: ``last.pt``, else the newest readable ``step_*.pt``,
+each unreadable one skipped with a warning; a fresh start when the run has none).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -30,6 +36,9 @@ import numpy as np
 import torch
 
 from hqm import __version__
+from hqm.engine.resume_policy import ResumeError
+from hqm.errors import NotFoundError, output_error, write_fault
+from hqm.zoo.safe_load import CheckpointError, safe_torch_load
 
 
 def rng_state() -> dict[str, Any]:
@@ -66,42 +75,101 @@ def _to_plain(x: Any) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``state`` to ``path`` atomically and durably: a temporary file in the same folder
+    (``.<name>.tmp<pid>``), flushed to the disk (``fsync``), then renamed over ``path``. A write that
+    fails or is killed never leaves a truncated ``path``: the previous file stays intact.
+
+    Raises :class:`~hqm.errors.OutputError` naming the file when the disk refuses the write (full,
+    read-only, quota, permission); the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({**state, "version": __version__}, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:  # a Python file: the disk's errno survives torch's zip writer
+            torch.save({**state, "version": __version__}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception) and write_fault(e):
+            intact = f"the previous {path.name} is intact" if path.is_file() else ""
+            raise output_error(path, e, "write the checkpoint", intact) from None
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """``fsync`` the folder so that the rename itself survives a power loss (POSIX; best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint`` with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint written by ``save_checkpoint`` (``torch.load(weights_only=True)``, see
+    ``hqm.zoo.safe_load``). Raises ``NotFoundError`` for a missing file and
+    ``CheckpointError`` for one that is empty, truncated, damaged or not a checkpoint."""
+    return safe_torch_load(path, map_location)
+
+
+#: what ``--resume`` needs from a checkpoint (an ``hqm train`` one; weights files lack most)
+TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "config", "meta", "rng")
+
+
+def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint to resume from: loaded and checked for every entry in :data:`TRAINING_KEYS`.
+
+    Raises ``CheckpointError`` when the file is unreadable and :class:`ResumeError` (a usage error)
+    when it holds weights without a training state (released weights, ``hqm convert`` output,
+    ``best.pt`` of an older version...), saying how to use them instead."""
+    ckpt = load_checkpoint(path, "cpu")
+    missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ResumeError(
+            f"--resume {path}: the file holds no training state to resume (no {', '.join(missing[:4])}"
+            f"{', ...' if len(missing) > 4 else ''}): these are weights, not a checkpoint written by hqm "
+            f"train. Resume from a run's checkpoints/last.pt, or start a new run from these weights "
+            f"with model.pretrained={path}"
+        )
+    return ckpt
 
 
 _STEP_FILE = re.compile(r"^step_(\d{7,})\.pt$")
+#: temporary files of a write that never finished (``save_checkpoint``, ``CheckpointManager``)
+_STALE_TMP = re.compile(r"^\.(last|best|step_\d{7,})\.pt\.tmp\d+$")
 
 
 class CheckpointManager:
     """Writes ``last.pt`` / ``best.pt`` / step-stamped copies into ``folder`` (only when ``enabled``,
-    i.e. on rank 0) and prunes the step copies to the ``keep_last`` newest."""
+    i.e. on rank 0) and prunes the step copies to the ``keep_last`` newest.
+
+    On creation (rank 0, which holds the run directory's lock, so no other writer is alive) it
+    removes the temporary files that a killed write left behind (``.last.pt.tmp<pid>``, ...); the
+    names removed are in ``self.removed_stale``."""
 
     def __init__(self, folder: str | os.PathLike, keep_last: int = 1, enabled: bool = True):
         self.folder = Path(folder)
         self.keep_last = keep_last
         self.enabled = enabled
+        self.removed_stale: list[str] = []
         if enabled:
             self.folder.mkdir(parents=True, exist_ok=True)
+            for f in sorted(self.folder.iterdir()):
+                if _STALE_TMP.match(f.name) and f.is_file():
+                    f.unlink()
+                    self.removed_stale.append(f.name)
 
     def step_files(self) -> list[Path]:
         """Step-stamped checkpoints, oldest first."""
-        found = [
-            (int(m.group(1)), f) for f in self.folder.glob("step_*.pt") if (m := _STEP_FILE.match(f.name))
-        ]
-        return [f for _, f in sorted(found)]
+        return step_files(self.folder)
 
     def save_last(self, state: dict[str, Any], step: int) -> Path | None:
         if not self.enabled:
@@ -112,10 +180,16 @@ class CheckpointManager:
             stamped = self.folder / f"step_{step:07d}.pt"
             tmp = stamped.with_name(f".{stamped.name}.tmp{os.getpid()}")
             try:
-                os.link(last, tmp)
-            except OSError:  # no hard links here (e.g. some network file systems): copy
-                shutil.copyfile(last, tmp)
-            os.replace(tmp, stamped)
+                try:
+                    os.link(last, tmp)
+                except OSError:  # no hard links here (e.g. some network file systems): copy
+                    shutil.copyfile(last, tmp)
+                os.replace(tmp, stamped)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                if write_fault(e):
+                    raise output_error(stamped, e, "write the checkpoint copy") from None
+                raise
             for old in self.step_files()[: -self.keep_last]:
                 old.unlink(missing_ok=True)
         return last
@@ -127,22 +201,67 @@ class CheckpointManager:
         return self.folder / "best.pt"
 
 
-def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> str | None:
-    """``--resume`` value -> checkpoint file (or None for a fresh start).
+def step_files(folder: str | os.PathLike) -> list[Path]:
+    """The step-stamped checkpoints ``step_XXXXXXX.pt`` in ``folder``, oldest (lowest step) first."""
+    found = [(int(m.group(1)), f) for f in Path(folder).glob("step_*.pt") if (m := _STEP_FILE.match(f.name))]
+    return [f for _, f in sorted(found)]
 
-    ``auto``: ``<output_dir>/checkpoints/last.pt`` when it exists, else None. A folder: its
-    ``checkpoints/last.pt`` (a run folder) or its ``last.pt`` (a checkpoints folder)."""
+
+def resume_candidates(folder: str | os.PathLike) -> list[Path]:
+    """Checkpoints of a run's ``checkpoints/`` folder to resume from, newest first: ``last.pt`` (the
+    newest: every step copy is a copy of it), then ``step_*.pt`` from the highest step down."""
+    folder = Path(folder)
+    last = [folder / "last.pt"] if (folder / "last.pt").is_file() else []
+    return last + step_files(folder)[::-1]
+
+
+def newest_valid_checkpoint(folder: str | os.PathLike) -> tuple[str, dict[str, Any]] | None:
+    """(path, loaded state) of the newest checkpoint in ``folder`` that can be resumed from, or None
+    when it holds none. A file that cannot be read, or holds no training state, is skipped with a
+    warning (logger ``hqm``) naming it and why."""
+    for path in resume_candidates(folder):
+        try:
+            return str(path), read_training_state(path)
+        except (CheckpointError, ResumeError) as e:
+            logging.getLogger("hqm").warning(f"skipping {path}: {e}")
+    return None
+
+
+def resolve_resume(
+    resume: str | None, output_dir: str | os.PathLike
+) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    """``--resume`` value -> (checkpoint file, its loaded state), or (None, None) for a fresh start.
+
+    * ``auto``: the newest valid checkpoint of ``<output_dir>/checkpoints/`` (see
+      :func:`newest_valid_checkpoint`: ``last.pt``, else the newest readable ``step_*.pt``), or a
+      fresh start when there is none;
+    * a run folder (``RUN`` or ``RUN/checkpoints``): its newest valid checkpoint, an error when none;
+    * a file: that file, an error when it is unreadable (no fallback: the user named it).
+
+    Raises ``NotFoundError`` / ``ResumeError`` (usage errors) and ``CheckpointError``."""
     if not resume:
-        return None
+        return None, None
     if resume == "auto":
-        last = Path(output_dir) / "checkpoints" / "last.pt"
-        return str(last) if last.is_file() else None
+        found = newest_valid_checkpoint(Path(output_dir) / "checkpoints")
+        if found is None and resume_candidates(Path(output_dir) / "checkpoints"):
+            raise ResumeError(
+                f"--resume auto: no checkpoint in {Path(output_dir) / 'checkpoints'} can be resumed from "
+                "(each one was skipped, see the warnings above); start over with --overwrite, or choose "
+                "another train.output_dir"
+            )
+        return found if found is not None else (None, None)
     p = Path(resume)
     if p.is_dir():
-        for cand in (p / "checkpoints" / "last.pt", p / "last.pt"):
-            if cand.is_file():
-                return str(cand)
-        raise FileNotFoundError(f"--resume {resume}: no checkpoints/last.pt or last.pt in that folder")
+        for folder in (p / "checkpoints", p):
+            if resume_candidates(folder):
+                found = newest_valid_checkpoint(folder)
+                if found is None:
+                    raise ResumeError(
+                        f"--resume {resume}: no checkpoint in {folder} can be resumed from (see the "
+                        "warnings above)"
+                    )
+                return found
+        raise NotFoundError(f"--resume {resume}: no checkpoints/last.pt, last.pt or step_*.pt in that folder")
     if not p.is_file():
-        raise FileNotFoundError(f"--resume {resume}: checkpoint not found")
-    return str(p)
+        raise NotFoundError(f"--resume {resume}: checkpoint not found")
+    return str(p), read_training_state(p)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 
 from hqm.engine.logging import LOGGER
+from hqm.engine.signals import ignore_stop_signals
+from hqm.progress import track
 
 PRIMARY_METRIC = {"hico_det": "mAP_full", "synthetic": "mAP_full", "vcoco": "AP_role_S1", "hoia": "mAP"}
 
@@ -36,10 +39,15 @@ def run_evaluation(
     device: torch.device,
     amp: str = "off",
     show_progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
     batching: str = "same_size",
-) -> tuple[dict[str, float], list]:
-    """Returns (metrics, this rank's HOIPredictions). Mining never runs: ``model(images, masks)``.
+) -> tuple[dict[str, float] | None, list]:
+    """Returns (metrics: fractions in [0, 1], this rank's HOIPredictions). Mining never runs:
+    ``model(images, masks)``.
 
+    show_progress: a tqdm bar on a terminal, a log line every 30 s otherwise (``hqm.progress``).
+    should_stop: asked before every batch (a collective under DDP: every rank has as many batches);
+    when it says so the evaluation ends early and the metrics are None (training after SIGTERM).
     batching: ``same_size`` runs every loader batch as unpadded same-size sub-batches
     (``hqm.data.batching.unpadded_groups``), so each image's predictions, hence the metrics, do not
     depend on ``eval.batch_size`` or the number of ranks (up to float rounding of batched kernels);
@@ -49,12 +57,10 @@ def run_evaluation(
     model.eval()
     evaluator.reset()
     all_preds = []
-    it = loader
-    if show_progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
+    it = track(loader, len(loader), "evaluate", "batches", enabled=show_progress)
     for images, masks, targets in it:
+        if should_stop is not None and should_stop():
+            return None, all_preds
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         if batching == "same_size":
             groups = unpadded_groups(images, masks, [t["size"] for t in targets])
@@ -112,6 +118,7 @@ def build_eval_setup(
         **batching,
         collate_fn=collate_fn,
         num_workers=cfg.data.num_workers,
+        worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(0),
     )
     post = build_postprocessor(cfg, dataset.meta).to(device)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
+from hqm.device import resolve_device
 from hqm.distributed import get_rank, get_world_size, init_distributed
 from hqm.engine.evaluate import build_eval_setup, run_evaluation
 from hqm.engine.logging import LOGGER, setup_logging
-from hqm.engine.trainer import resolve_device
 from hqm.evaluation.base import gather_records
 
 
@@ -38,12 +38,13 @@ def evaluate_checkpoint(
     """
     from hqm.data import build_meta, load_annotations
     from hqm.detectors import build_model
-    from hqm.structures import DatasetMeta
+    from hqm.structures import ClassMismatchError, DatasetMeta
     from hqm.zoo import load_weights, read_state_dict, resolve_model_config
 
     state, info = read_state_dict(weights)
     resolved = resolve_model_config(info, weights, config, overrides)
     cfg = resolved.cfg
+    resolve_device(cfg.device)  # a device this machine lacks: one clear error, before anything starts
     _, local_rank = init_distributed(cfg.device)
     device = resolve_device(cfg.device, local_rank)
     setup_logging(None, get_rank() == 0)
@@ -61,7 +62,7 @@ def evaluate_checkpoint(
     model = build_and_load(trained_on) if trained_on is not None else None  # fail fast, before the data
     problem = trained_on.class_mismatch(build_meta(cfg.data)) if trained_on is not None else None
     if problem:
-        raise ValueError(
+        raise ClassMismatchError(
             f"{weights} was trained on other classes than {cfg.data.dataset} at {cfg.data.root}: "
             f"{problem} (checkpoint vs dataset)"
         )
@@ -81,7 +82,7 @@ def evaluate_checkpoint(
         ev.evaluator,
         device,
         cfg.train.amp,
-        show_progress=True,
+        show_progress=get_rank() == 0,
         batching=cfg.eval.batching,
     )
     if save_predictions:

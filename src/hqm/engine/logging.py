@@ -1,14 +1,13 @@
 """Run logging: console progress (rank 0), ``log.txt``, ``metrics.jsonl``, ``results.csv``, TensorBoard.
 
-On a TTY a tqdm bar shows the whole run's eta and the smoothed losses; otherwise a log line is
-written every ``log_every`` steps (and at least every 30 s) with eta, losses, lr, data time and peak
-memory.
+Training progress (:class:`TrainProgress`, built on ``hqm.progress.Progress``): on a TTY a tqdm bar
+with the whole run's eta and the smoothed losses; otherwise a log line every ``log_every`` steps (and
+at least every 30 s) with eta, losses, lr, data time and peak memory.
 """
 
 from __future__ import annotations
 
 import csv
-import datetime
 import json
 import logging
 import resource
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from hqm.progress import Progress
 
 LOGGER = logging.getLogger("hqm")
 
@@ -108,14 +109,15 @@ class RunWriter:
             self.tb.close()
 
 
-class Progress:
-    """Whole-run training progress (rank 0): a tqdm bar on a TTY, periodic log lines otherwise.
+class TrainProgress(Progress):
+    """Whole-run training progress (rank 0): a :class:`hqm.progress.Progress` over the optimiser
+    steps of the whole run whose line carries the epoch, the smoothed losses, lr, data / step time
+    and peak memory.
 
     ``total``: optimiser steps of the whole run; ``start``: the step the run (re)starts at. The eta is
-    for the whole run (steps left x the mean step time of this process, evaluations excluded: the
-    trainer pauses the clock around them with ``pause()``). Log lines come every ``log_every``
-    steps, and at least every ``min_interval`` seconds so that slow runs still show life.
-    """
+    for the whole run, not the epoch (steps left x the mean step time of this process; the trainer
+    pauses the clock around evaluations and checkpoints). A line every ``log_every`` steps, and at
+    least every ``interval`` seconds so that slow runs still show life."""
 
     def __init__(
         self,
@@ -125,38 +127,13 @@ class Progress:
         enabled: bool,
         log_every: int,
         device: torch.device,
-        min_interval: float = 30.0,
+        interval: float = 30.0,
+        **kwargs: Any,
     ):
-        self.total, self.start_step, self.epochs = total, start, epochs
-        self.log_every = max(1, log_every)
-        self.min_interval = min_interval
-        self.device = device
-        self.enabled = enabled
-        self.busy = 0.0  # seconds spent in training steps since the (re)start
-        self.t_last = time.time()
-        self.t_logged = time.time()
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
+        super().__init__(total, "train", "step", start, enabled, max(1, log_every), interval, **kwargs)
+        self.epochs, self.device = epochs, device
 
-            self.bar = tqdm(
-                total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, leave=False
-            )
-
-    def pause(self) -> None:
-        """Stop counting time (an evaluation or a checkpoint follows)."""
-        self.busy += time.time() - self.t_last
-        self.t_last = None
-
-    def resume(self) -> None:
-        self.t_last = time.time()
-
-    def eta(self, step: int) -> datetime.timedelta:
-        busy = self.busy + (time.time() - self.t_last if self.t_last is not None else 0.0)
-        done = max(step - self.start_step, 1)
-        return datetime.timedelta(seconds=int(busy / done * max(self.total - step, 0)))
-
-    def update(self, step: int, epoch: int, meter: SmoothedMeter, lr: float) -> None:
+    def step_done(self, step: int, epoch: int, meter: SmoothedMeter, lr: float) -> None:
         """After optimiser step ``step`` (1-based count of steps done) of epoch ``epoch`` (0-based)."""
         if not self.enabled:
             return
@@ -167,22 +144,14 @@ class Progress:
             for k, v in avg.items()
             if k.split("/")[-1].startswith("loss") and not k[-1].isdigit()
         }
-        if self.bar is not None:
-            self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in list(short.items())[:4]}, refresh=False)
-            self.bar.update(step - self.bar.n)
-            return
-        now = time.time()
-        if step % self.log_every and step != self.total and now - self.t_logged < self.min_interval:
-            return
-        self.t_logged = now
-        losses = " ".join(f"{k} {v:.4f}" for k, v in short.items())
-        LOGGER.info(
-            f"epoch {epoch + 1}/{self.epochs} step {step}/{self.total} eta {self.eta(step)} {losses} "
-            f"lr {lr:.2e} data {avg.get('data_time', 0):.3f}s step {avg.get('step_time', 0):.3f}s "
-            f"mem {peak_memory_mb(self.device):.0f}MB"
-        )
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        def line() -> str:
+            losses = " ".join(f"{k} {v:.4f}" for k, v in short.items())
+            return (
+                f"epoch {epoch + 1}/{self.epochs} step {step}/{self.total} eta {self.eta(step)} {losses} "
+                f"lr {lr:.2e} data {avg.get('data_time', 0):.3f}s step {avg.get('step_time', 0):.3f}s "
+                f"mem {peak_memory_mb(self.device):.0f}MB"
+            )
+
+        postfix = {k: f"{v:.3f}" for k, v in list(short.items())[:4]}
+        self.update(step, line, desc=f"epoch {epoch + 1}/{self.epochs}", postfix=postfix)

@@ -7,7 +7,7 @@ Every config key falls in one of three classes:
   ``train.accumulate``, ``train.seed``, ``train.trainable``. They define the weights, the data, the
   set of trained parameters or the data order (position in the epoch, random streams); a run
   resumed with another value would be neither the old run nor a new one. Resuming raises
-  ``ValueError`` naming every such key with both values.
+  ``ResumeError`` naming every such key with both values.
 * **no effect** (:data:`NO_EFFECT`): ``model.pretrained`` (an initialisation; the weights come from
   the checkpoint), ``data.num_workers`` (loading is seeded per sample, so the data are the same),
   ``data.generate``. Logged.
@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from hqm.config import Config, config_differences
+from hqm.errors import UsageError
 
 REFUSED = (
     "model.",
@@ -38,6 +39,10 @@ REFUSED = (
 NO_EFFECT = ("model.pretrained", "data.num_workers", "data.generate")
 
 
+class ResumeError(UsageError, ValueError):
+    """``--resume`` cannot continue from the given checkpoint (the message says why and what to do)."""
+
+
 def _fmt(diffs: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in diffs)
 
@@ -45,14 +50,14 @@ def _fmt(diffs: list[tuple[str, Any, Any]]) -> str:
 def check_compatible(old: Config, new: Config, path: str) -> dict[str, list[tuple[str, Any, Any]]]:
     """Classify the differences between the checkpoint's config ``old`` and ``new``.
 
-    Returns ``{"applied": [...], "no_effect": [...]}`` of ``(key, old, new)``. Raises ``ValueError``
+    Returns ``{"applied": [...], "no_effect": [...]}`` of ``(key, old, new)``. Raises ``ResumeError``
     naming every refused key (see the module docstring) and how to proceed.
     """
     diffs = config_differences(old, new)
     no_effect = [d for d in diffs if d[0].startswith(NO_EFFECT)]
     refused = [d for d in diffs if d[0].startswith(REFUSED) and d not in no_effect]
     if refused:
-        raise ValueError(
+        raise ResumeError(
             f"cannot resume from {path}: {_fmt(refused)} (that run's value -> now). These define the "
             "model, the data or the data order, so the resumed run would be another run: resume with "
             "that run's values (its config.yaml) or start a new run in another train.output_dir"

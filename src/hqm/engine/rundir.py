@@ -13,6 +13,15 @@
    the run files listed in :data:`RUN_FILES` first (and nothing else). A folder whose earlier attempt
    never trained (only ``config.yaml`` / ``log.txt``) or that holds unrelated files is used as is.
 
+3. **Elastic restarts.** Under torchrun the lock file also records, once the claim succeeded, the
+   launch it belongs to (:func:`elastic_identity`: torchrun's run id, host and agent pid). A worker
+   group restarted by the elastic agent (``--max-restarts``, ``TORCHELASTIC_RESTART_COUNT > 0``) of
+   that same launch finds its record (:func:`is_elastic_restart`), resumes the newest valid
+   checkpoint (the trainer passes ``--resume auto``) or, with none yet, continues in the folder its
+   first attempt claimed. A restart of another launch, or a first attempt, is treated as any run.
+4. **Writable.** A folder that cannot be created or written (read-only file system, permissions)
+   raises :class:`~hqm.errors.OutputError` naming it, before anything else.
+
 ``next_free_run_dir`` gives ``hqm demo`` a fresh folder (``runs/demo``, then ``runs/demo-2``, ...).
 """
 
@@ -24,6 +33,8 @@ import shutil
 import socket
 from pathlib import Path
 
+from hqm.errors import UsageError, output_error, write_fault
+
 try:  # POSIX; elsewhere runs are not locked (the ownership check still applies)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -34,7 +45,7 @@ LOCK_NAME = ".hqm-run.lock"
 RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "results.csv", "checkpoints", "tensorboard")
 
 
-class RunDirError(ValueError):
+class RunDirError(UsageError, ValueError):
     """The run directory is in use by another process or holds another run (the message says what to do)."""
 
 
@@ -44,6 +55,7 @@ class RunLock:
 
     def __init__(self, path: Path):
         self.path = path
+        self.previous_owner = path.read_text() if path.is_file() else ""
         self._file = open(path, "a+")  # noqa: SIM115 - held open for the lifetime of the run
         if fcntl is not None:
             try:
@@ -60,6 +72,11 @@ class RunLock:
         self._file.truncate()
         started = datetime.datetime.now().isoformat(timespec="seconds")
         self._file.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        self._file.flush()
+
+    def mark_owner(self, identity: str) -> None:
+        """Record the launch that owns the folder (after the claim succeeded)."""
+        self._file.write(f"{identity}\n")
         self._file.flush()
 
     def release(self) -> None:
@@ -79,24 +96,57 @@ def holds_run(out: str | os.PathLike) -> list[str]:
     return found
 
 
-def claim_run_dir(out: str | os.PathLike, resume: str | None = None, overwrite: bool = False) -> RunLock:
+def elastic_identity() -> str | None:
+    """This torchrun launch (run id, host, agent pid), the same for every restart of its worker group
+    on this node; None when not launched by torchrun's elastic agent."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return None
+    return f"torchrun launch {run_id} (agent pid {os.getppid()} on {socket.gethostname()})"
+
+
+def is_elastic_restart(out: str | os.PathLike) -> bool:
+    """True when this process belongs to a restarted worker group (``TORCHELASTIC_RESTART_COUNT`` >
+    0) of the torchrun launch whose earlier attempt claimed ``out`` (see the module docstring)."""
+    identity = elastic_identity()
+    if identity is None or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) <= 0:
+        return False
+    lock = Path(out) / LOCK_NAME
+    try:
+        return identity in lock.read_text().splitlines()
+    except OSError:
+        return False
+
+
+def claim_run_dir(
+    out: str | os.PathLike, resume: str | None = None, overwrite: bool = False, restart: bool = False
+) -> RunLock:
     """Lock ``out`` for this run and check that the run may write there (see the module docstring).
 
     resume: the checkpoint file being resumed (already resolved), or None for a fresh run.
+    restart: an elastic restart of the launch that claimed ``out`` (:func:`is_elastic_restart`):
+    the folder holds this very run, with or without a checkpoint.
     Returns the lock (keep it until the run ends). Raises :class:`RunDirError` (a ``ValueError``)
     when another process holds the lock, when ``out`` holds a run that is neither resumed nor to be
-    overwritten, or for ``resume`` together with ``overwrite``.
+    overwritten, or for ``resume`` together with ``overwrite``; ``OutputError`` when ``out`` cannot
+    be written.
     """
     out = Path(out)
     if resume and overwrite:
         raise RunDirError("--resume continues the run in train.output_dir, --overwrite deletes it: pick one")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"train.output_dir={out} is a file")
-    out.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out / LOCK_NAME)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out / LOCK_NAME)
+    except OSError as e:
+        if write_fault(e):
+            raise output_error(f"train.output_dir={out}", e, "write to") from None
+        raise
     try:
         found = holds_run(out)
         own_checkpoint = resume is not None and out.resolve() in Path(resume).resolve().parents
+        own_checkpoint = own_checkpoint or restart
         if found and overwrite:
             for name in RUN_FILES:
                 path = out / name
@@ -112,6 +162,9 @@ def claim_run_dir(out: str | os.PathLike, resume: str | None = None, overwrite: 
                 f"--resume {out}, start over with --overwrite (deletes its checkpoints and logs), or "
                 "choose another train.output_dir"
             )
+        identity = elastic_identity()
+        if identity is not None:
+            lock.mark_owner(identity)
     except BaseException:
         lock.release()
         raise

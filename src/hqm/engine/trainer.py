@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import sys
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -41,15 +42,23 @@ from hqm.config import Config, config_from_dict, config_to_dict, save_config
 from hqm.data import build_dataset, collate_fn, ensure_synthetic
 from hqm.data.dataset import pair_class_counts
 from hqm.detectors import build_criterion, build_model
+from hqm.device import resolve_device
 from hqm.distributed import (
     all_gather_object,
+    all_reduce_sum,
     cleanup,
     get_rank,
     get_world_size,
     init_distributed,
     is_main_process,
 )
-from hqm.engine.checkpoint import CheckpointManager, load_checkpoint, resolve_resume, rng_state, set_rng_state
+from hqm.engine.checkpoint import (
+    CheckpointManager,
+    read_training_state,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+)
 from hqm.engine.curves import plot_curves
 from hqm.engine.evaluate import (
     PRIMARY_METRIC,
@@ -58,22 +67,17 @@ from hqm.engine.evaluate import (
     move_targets,
     run_evaluation,
 )
-from hqm.engine.logging import LOGGER, Progress, RunWriter, SmoothedMeter, setup_logging
+from hqm.engine.logging import LOGGER, RunWriter, SmoothedMeter, TrainProgress, setup_logging
 from hqm.engine.lr_schedule import build_lr_schedule
-from hqm.engine.resume_policy import check_compatible, describe
-from hqm.engine.rundir import RunDirError, claim_run_dir
+from hqm.engine.nonfinite import NonFiniteGuard
+from hqm.engine.resume_policy import ResumeError, check_compatible, describe
+from hqm.engine.rundir import RunDirError, claim_run_dir, is_elastic_restart
 from hqm.engine.sampling import EpochSampler, SeededDataset
+from hqm.engine.signals import StopSignals, ignore_stop_signals, signal_name
+from hqm.errors import Interrupted, OutputError, UserError, output_error, write_fault
 from hqm.evaluation import format_table
 from hqm.mining.schedule import build_schedule
 from hqm.structures import DatasetMeta
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} was asked for but CUDA is not available")
-    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
 
 
 def set_seed(seed: int, deterministic: bool) -> None:
@@ -144,20 +148,39 @@ class Trainer:
         channels_last: bool | None = None,
         overwrite: bool = False,
     ):
+        resume_arg = resume
         self.cfg = cfg
+        resolve_device(cfg.device)  # a device this machine lacks: one clear error, before anything starts
         self.distributed, local_rank = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, local_rank)
         self.rank, self.world = get_rank(), get_world_size()
         self.main = is_main_process()
         self.out = Path(cfg.train.output_dir)
+        # a torchrun elastic restart of the launch that owns the folder resumes its newest checkpoint
+        restart = all_gather_object(is_elastic_restart(self.out) if self.main else None)[0]
         # before anything is written: refuse settings the resumed run cannot take, lock the folder
-        resume = resolve_resume(resume, self.out)
-        ckpt = load_checkpoint(resume, "cpu") if resume else None
+        resume, ckpt = resolve_resume("auto", self.out) if restart else (None, None)
+        if resume is None:
+            resume, ckpt = resolve_resume(resume_arg, self.out)
         changes = check_compatible(config_from_dict(ckpt["config"]), cfg, resume) if ckpt else None
-        self.run_lock = self._claim_run_dir(resume, overwrite)
+        self.run_lock = self._claim_run_dir(resume, overwrite, restart)
+        try:
+            self._build(cfg, resume, ckpt, changes, channels_last, restart)
+        except BaseException:
+            if self.run_lock is not None:
+                self.run_lock.release()
+            raise
+
+    def _build(self, cfg: Config, resume, ckpt, changes, channels_last, restart: bool) -> None:
+        """Everything after the run directory is claimed (see ``__init__``)."""
         if self.main:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         setup_logging(self.out if self.main else None, self.main)
+        if restart and self.main:
+            LOGGER.warning(
+                f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')} of this launch: "
+                + (f"resuming from {resume}" if resume else "no checkpoint yet, starting over")
+            )
         if self.main:
             save_config(cfg, self.out / "config.yaml")
         for line in describe(changes) if changes else []:
@@ -188,6 +211,7 @@ class Trainer:
             drop_last=True,
             persistent_workers=cfg.data.num_workers > 0,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals,
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )
 
@@ -227,6 +251,15 @@ class Trainer:
         self.curves: Path | None = None  # curves.png, redrawn after every evaluation
         self.writer = RunWriter(self.out, self.main)
         self.checkpoints = CheckpointManager(self.out / "checkpoints", cfg.train.keep_last, self.main)
+        if self.checkpoints.removed_stale:
+            LOGGER.warning(
+                "removed temporary checkpoint files of a write that never finished: "
+                + ", ".join(self.checkpoints.removed_stale)
+            )
+        self.nonfinite = NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips)
+        self.stop = StopSignals()  # entered by fit: SIGTERM / SIGINT stop at the next step boundary
+        self.saved_step: int | None = None  # the step last.pt holds
+        self.eval_due = False  # an evaluation owed for the last finished epoch (a resume runs it)
         if ckpt is not None:
             self.resume(resume, ckpt)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -249,6 +282,7 @@ class Trainer:
             "epoch_start_step": self.epoch_start_step,
             "step_in_epoch": self.step_in_epoch,
             "best": self.best,
+            "eval_due": self.eval_due,
             "config": config_to_dict(self.cfg),
             "meta": self.meta.to_dict(),
             "rng": rngs[0],
@@ -265,19 +299,20 @@ class Trainer:
             self.checkpoints.save_best(state)
         else:
             self.checkpoints.save_last(state, self.step)
+            self.saved_step = self.step
 
-    def _claim_run_dir(self, resume: str | None, overwrite: bool):
+    def _claim_run_dir(self, resume: str | None, overwrite: bool, restart: bool):
         """Rank 0 locks the run folder and checks it may write there (``rundir.claim_run_dir``);
-        every rank raises the same ``RunDirError`` when it may not."""
+        every rank raises the same error (``RunDirError``, ``OutputError``) when it may not."""
         lock, problem = None, None
         if self.main:
             try:
-                lock = claim_run_dir(self.out, resume, overwrite)
-            except RunDirError as e:
-                problem = str(e)
+                lock = claim_run_dir(self.out, resume, overwrite, restart)
+            except (RunDirError, OutputError) as e:
+                problem = (type(e), str(e))
         problem = all_gather_object(problem)[0]
         if problem:
-            raise RunDirError(problem)
+            raise problem[0](problem[1])
         return lock
 
     def resume(self, path: str, ckpt: dict | None = None) -> None:
@@ -285,7 +320,7 @@ class Trainer:
         the mining schedule, functions of the step), best metric and random states. Settings that
         differ from the checkpoint's were already applied or refused in ``__init__``
         (``resume_policy``); a changed weight decay is written into the restored optimiser here."""
-        ckpt = ckpt if ckpt is not None else load_checkpoint(path, "cpu")
+        ckpt = ckpt if ckpt is not None else read_training_state(path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         # the lr follows the schedule of the current config from the restored step on (a pure
@@ -299,9 +334,11 @@ class Trainer:
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.epoch_start_step, self.step_in_epoch = ckpt["epoch_start_step"], ckpt["step_in_epoch"]
         self.best = ckpt["best"]
+        self.eval_due = bool(ckpt.get("eval_due", False))
+        self.saved_step = self.step
         world = ckpt.get("world_size", 1)
         if self.step_in_epoch and world != self.world:
-            raise ValueError(
+            raise ResumeError(
                 f"cannot resume from {path} mid-epoch with {self.world} processes: it was "
                 f"written by {world} (the data position depends on it); resume from an "
                 f"epoch-end checkpoint or keep the process count"
@@ -312,50 +349,115 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
+        """Train to ``train.epochs`` (or ``train.max_steps``), evaluating every ``eval.every`` epochs
+        and at the end; returns the last metrics (fractions in [0, 1]).
+
+        Faults end the run with a ``UserError`` whose message ends with the resume command:
+        ``Interrupted`` after SIGTERM / SIGINT (``last.pt`` saved at the step boundary, see
+        ``engine.signals``), ``NonFiniteError`` (``engine.nonfinite``; nothing written, ``last.pt``
+        is the last good checkpoint) and ``OutputError`` (a checkpoint or log could not be written;
+        the previous checkpoint is intact). The run directory's lock is released however it ends."""
+        start = time.time()
+        progress = self._progress()
+        try:
+            with self.stop:
+                metrics = self._fit(progress)
+        except UserError as e:
+            if not isinstance(e, Interrupted):
+                e.args = (f"{e}. {self.resume_hint()}",)
+            raise
+        except OSError as e:  # a log file (metrics.jsonl, results.csv, curves.png) the disk refused
+            if not write_fault(e):
+                raise
+            raise output_error(e.filename or self.out, e, "write", self.resume_hint()) from None
+        finally:
+            progress.close()
+            self.writer.close()
+            if self.run_lock is not None:
+                self.run_lock.release()
+        LOGGER.info(f"training finished in {time.time() - start:.0f}s ({self.step} steps)")
+        if self.curves is not None:
+            LOGGER.info(f"learning curves: {self.curves}")
+        cleanup()
+        return metrics
+
+    def _progress(self) -> TrainProgress:
+        cfg = self.cfg
+        total = self.lr_schedule.total_steps
+        return TrainProgress(total, self.step, cfg.train.epochs, self.main, cfg.train.log_every, self.device)
+
+    def _fit(self, progress: TrainProgress) -> dict[str, float]:
         cfg = self.cfg
         metrics: dict[str, float] = {}
-        start = time.time()
-        progress = Progress(
-            self.lr_schedule.total_steps,
-            self.step,
-            cfg.train.epochs,
-            self.main,
-            cfg.train.log_every,
-            self.device,
-        )
         meter = SmoothedMeter()
+        if self.eval_due:  # resumed from an epoch end whose evaluation was interrupted: run it now
+            progress.pause()
+            metrics = self.evaluate_and_record()
+            progress.resume()
         while self.epoch < cfg.train.epochs and not self._done():
             self.train_one_epoch(progress, meter)
             progress.pause()
             if self.step_in_epoch == 0:  # the epoch ran to its end
                 self.epoch += 1
                 self.epoch_start_step = self.step
+                self.eval_due = cfg.eval.every > 0 and self.epoch % cfg.eval.every == 0 and not self._done()
             self.save("last.pt")
-            if cfg.eval.every > 0 and self.epoch % cfg.eval.every == 0 and not self._done():
+            if self.eval_due:
                 metrics = self.evaluate_and_record()
             progress.resume()
-        progress.close()
         if not metrics or self._done():
+            progress.pause()
             metrics = self.evaluate_and_record()
-        LOGGER.info(f"training finished in {time.time() - start:.0f}s ({self.step} steps)")
-        if self.curves is not None:
-            LOGGER.info(f"learning curves: {self.curves}")
-        self.writer.close()
-        cleanup()
-        if self.run_lock is not None:
-            self.run_lock.release()
         return metrics
 
     def _done(self) -> bool:
         return self.cfg.train.max_steps > 0 and self.step >= self.cfg.train.max_steps
 
-    def train_one_epoch(self, progress: Progress | None = None, meter: SmoothedMeter | None = None) -> None:
-        """Optimiser steps until the end of the epoch (or ``train.max_steps``)."""
-        cfg, acc, bs = self.cfg, self.cfg.train.accumulate, self.cfg.train.batch_size
-        meter = meter or SmoothedMeter()
-        progress = progress or Progress(
-            0, self.step, cfg.train.epochs, False, cfg.train.log_every, self.device
+    def resume_command(self) -> str:
+        """The command that continues this run (under torchrun: the same launch options)."""
+        return f"{self._launch()} train {self.out / 'config.yaml'} --resume {self.out}"
+
+    def _launch(self) -> str:
+        return "torchrun <the same options> -m hqm" if self.distributed else "hqm"
+
+    def resume_hint(self) -> str:
+        """Where the run can continue from, and how (appended to the messages of faults)."""
+        last = self.out / "checkpoints" / "last.pt"
+        if self.saved_step is None and not last.is_file():
+            return (
+                f"No checkpoint was written yet; start again with: {self._launch()} train "
+                f"{self.out / 'config.yaml'} --overwrite"
+            )
+        at = f" (step {self.saved_step})" if self.saved_step is not None else ""
+        return f"The last good checkpoint is {last}{at}; resume with: {self.resume_command()}"
+
+    def _stop_if_requested(self, progress: TrainProgress) -> None:
+        """At a step boundary (collective under DDP): after SIGTERM / SIGINT, save ``last.pt`` (unless
+        this step's is already written) and stop."""
+        if self.stop.requested() is None:
+            return
+        progress.pause()
+        if self.saved_step != self.step:
+            self.save("last.pt")
+        self._interrupt(f"after step {self.step}")
+
+    def _interrupt(self, where: str) -> None:
+        signum = self.stop.signum or signal.SIGTERM
+        raise Interrupted(
+            f"stopped by {signal_name(signum)} {where}: {self.out / 'checkpoints' / 'last.pt'} holds step "
+            f"{self.saved_step}. Resume with: {self.resume_command()}",
+            signum,
         )
+
+    def train_one_epoch(
+        self, progress: TrainProgress | None = None, meter: SmoothedMeter | None = None
+    ) -> None:
+        """Optimiser steps to the end of the epoch (or ``train.max_steps``), with the periodic step
+        checkpoints; stops at a step boundary after SIGTERM / SIGINT (see ``fit``)."""
+        cfg, acc, bs = self.cfg, self.cfg.train.accumulate, self.cfg.train.batch_size
+        meter = meter if meter is not None else SmoothedMeter()
+        # called on its own (tests, notebooks): no progress output
+        progress = progress or TrainProgress(0, self.step, cfg.train.epochs, False, 1, self.device)
         self.train_model.train()
         steps_per_epoch = self.steps_per_epoch
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * acc * bs)
@@ -366,17 +468,18 @@ class Trainer:
             data_time = time.time() - t0
             active = self.schedule.active(self.step, self.epoch_start_step)
             self.lr_schedule.apply(self.optimizer, self.base_lrs, self.step)
-            loss, logs = self.train_step(window, active)
+            loss, logs, applied = self.train_step(window, active)
             self.step += 1
             self.step_in_epoch += 1
-            meter.update(
-                loss=loss,
-                data_time=data_time,
-                step_time=time.time() - t0,
-                **{k: v for k, v in logs.items() if not k[-1].isdigit()},
-            )
             lr = self.optimizer.param_groups[0]["lr"]
-            progress.update(self.step, self.epoch, meter, lr)
+            if applied:
+                meter.update(
+                    loss=loss,
+                    data_time=data_time,
+                    step_time=time.time() - t0,
+                    **{k: v for k, v in logs.items() if not k[-1].isdigit()},
+                )
+                progress.step_done(self.step, self.epoch, meter, lr)
             if self.main and self.step % cfg.train.log_every == 0:
                 self.writer.log(
                     "train", self.step, self.epoch, {**meter.averages(), "mining": ",".join(active), "lr": lr}
@@ -385,19 +488,24 @@ class Trainer:
                 progress.pause()
                 self.save("last.pt")
                 progress.resume()
+            self._stop_if_requested(progress)
         if self.step_in_epoch >= steps_per_epoch:
             self.step_in_epoch = 0
 
-    def train_step(self, window: list[tuple], active: tuple[str, ...]) -> tuple[float, dict[str, float]]:
+    def train_step(
+        self, window: list[tuple], active: tuple[str, ...]
+    ) -> tuple[float, dict[str, float], bool]:
         """One optimiser step over ``window`` (``train.accumulate`` collated micro-batches).
 
-        Returns the rank's loss and terms of the whole window: each micro-batch's terms carry the
-        window's global denominators, so their sum is the loss of one batch holding the window."""
+        Returns the rank's loss and terms of the whole window (each micro-batch's terms carry the
+        window's global denominators, so their sum is the loss of one batch holding the window) and
+        whether the update was applied: a non-finite loss or gradient skips it or stops the run
+        (``NonFiniteError``), see ``engine.nonfinite``."""
         cfg = self.cfg
         norms = self.criterion.normalisers([t for _, _, t in window], self.model.num_queries)
         group_weights = self.schedule.weights(active)
         idle = self.model.miner_parameters(exclude=active)
-        total, logs = 0.0, {}
+        total, logs, loss_finite = 0.0, {}, True
         for i, (images, masks, targets) in enumerate(window):
             images = images.to(self.device, non_blocking=True)
             if self.channels_last:
@@ -413,26 +521,49 @@ class Trainer:
                     loss, terms = self.criterion(
                         outputs, targets, cfg.mining.alpha, group_weights, norms, idle_params=idle
                     )
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at step {self.step}: "
-                        + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                    )
+                # backward even for a non-finite loss: under DDP every rank must join the gradient sync
                 self.scaler.scale(loss).backward()
-            total += loss.item()
+            value = loss.item()
+            loss_finite = loss_finite and math.isfinite(value)
+            total += value
             for k, v in terms.items():
                 logs[k] = logs.get(k, 0.0) + v.item()
-        if cfg.train.clip_max_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_max_norm)
+        if self.distributed:  # every rank skips the same steps
+            loss_finite = all_reduce_sum([0.0 if loss_finite else 1.0])[0] == 0
+        norm = None
+        if loss_finite:
+            fp16 = self.scaler.is_enabled()
+            if cfg.train.clip_max_norm > 0 or not fp16:
+                self.scaler.unscale_(self.optimizer)
+                # max_norm inf: the norm only (a multiply by 1); fp16's inf steps are the scaler's business
+                limit = cfg.train.clip_max_norm if cfg.train.clip_max_norm > 0 else math.inf
+                total_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit)
+                norm = None if fp16 else float(total_norm)
+        decision = self.nonfinite.check(self.step, loss_finite, norm, logs)  # raises to stop
+        if decision == "skip":
+            self.optimizer.zero_grad(set_to_none=True)
+            what = self.nonfinite.describe(self.step, loss_finite, norm, logs)
+            LOGGER.warning(
+                f"{what}: step skipped ({self.nonfinite.consecutive} in a row, {self.nonfinite.total} in "
+                f"this process; train.max_nonfinite_skips={self.nonfinite.max_skips} in a row stop the run)"
+            )
+            self.writer.log(
+                "nonfinite",
+                self.step + 1,
+                self.epoch,
+                {"loss": total, "grad_norm": norm, "consecutive": self.nonfinite.consecutive},
+            )
+            return total, logs, False
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return total, logs
+        return total, logs, True
 
     def evaluate_and_record(self) -> dict[str, float]:
+        """Evaluate on ``eval.split``, log and record the metrics (``metrics.jsonl``, ``results.csv``,
+        curves), write ``best.pt`` / ``last.pt``. Stops with ``Interrupted`` between batches after
+        SIGTERM / SIGINT (the epoch's ``last.pt`` is already written; a resume evaluates again)."""
         ev = self.eval_setup
-        show = self.main and sys.stderr.isatty()
         metrics, _ = run_evaluation(
             self.model,
             ev.loader,
@@ -440,14 +571,18 @@ class Trainer:
             ev.evaluator,
             self.device,
             self.cfg.train.amp,
-            show,
+            show_progress=self.main,
+            should_stop=lambda: self.stop.requested() is not None,
             batching=self.cfg.eval.batching,
         )
+        if metrics is None:  # stopped between batches: the epoch's last.pt is written, eval_due in it
+            self._interrupt(f"during the evaluation after epoch {self.epoch} (it runs again on resume)")
         LOGGER.info(f"evaluation after epoch {self.epoch} (step {self.step}):\n{format_table(metrics)}")
         self.writer.log("eval", self.step, self.epoch, metrics)
         self.writer.result(self.epoch, self.step, metrics)
         if self.main:
             self.curves = plot_curves(self.out)
+        self.eval_due = False
         key = PRIMARY_METRIC[self.cfg.data.dataset]
         if metrics.get(key, -math.inf) > self.best:
             self.best = metrics[key]

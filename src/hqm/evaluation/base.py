@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from hqm.config import ConfigError
 from hqm.distributed import all_gather_object, get_world_size
 from hqm.structures import DatasetMeta, HOIPredictions, ImageAnnotation
 
@@ -163,39 +164,41 @@ def build_evaluator(
         from hqm.evaluation.hoia import HOIAEvaluator
 
         return HOIAEvaluator(meta, test_annotations, max_dets=max_dets)
-    raise ValueError(f"unknown dataset {dataset!r}; expected one of hico_det, synthetic, vcoco, hoia")
+    raise ConfigError(f"unknown dataset {dataset!r}; expected one of hico_det, synthetic, vcoco, hoia")
 
 
 _PERCENT_PREFIXES = ("mAP", "AP", "mean_max_recall")
 
 
 def format_table(metrics: dict[str, float], title: str | None = None) -> str:
-    """A two-column console table; AP / recall values are printed as percentages (2 decimals)."""
+    """A console table with a unit column: AP / recall values in percent (2 decimals; the metrics
+    dict and ``--json`` hold fractions in [0, 1]), other values as they are."""
     if not metrics:
         return "(no metrics)"
     width = max(len(k) for k in metrics)
     lines = []
     if title:
         lines.append(title)
-    lines.append(f"{'metric':<{width}}  {'value':>8}")
-    lines.append("-" * (width + 10))
+    lines.append(f"{'metric':<{width}}  {'value':>8}  unit")
+    lines.append("-" * (width + 16))
     for key, val in metrics.items():
+        percent = key.startswith(_PERCENT_PREFIXES)
         if isinstance(val, float) and math.isnan(val):
             text = "n/a"
-        elif key.startswith(_PERCENT_PREFIXES):
+        elif percent:
             text = f"{100.0 * val:.2f}"
         elif float(val).is_integer():
             text = f"{int(val)}"
         else:
             text = f"{val:.4f}"
-        lines.append(f"{key:<{width}}  {text:>8}")
+        lines.append(f"{key:<{width}}  {text:>8}  {'%' if percent else ''}".rstrip())
     return "\n".join(lines)
 
 
 def format_class_table(rows: list[dict[str, Any]], limit: int | None = None) -> str:
     """A per-class table (name, AP %, max recall %, #GT, #det) from ``evaluator.per_class[...]``."""
     width = max([len(str(r["name"])) for r in rows] + [5])
-    out = [f"{'class':<{width}}  {'AP':>6}  {'rec':>6}  {'#gt':>6}  {'#det':>7}"]
+    out = [f"{'class':<{width}}  {'AP %':>6}  {'rec %':>6}  {'#gt':>6}  {'#det':>7}"]
     for r in rows[:limit]:
         ap = "n/a" if math.isnan(r["ap"]) else f"{100 * r['ap']:.2f}"
         rec = "n/a" if math.isnan(r["max_recall"]) else f"{100 * r['max_recall']:.2f}"

@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from hqm.data.records import DatasetError
 from hqm.evaluation.ap import (
     best_match,
     box_iou_pairs,
@@ -154,12 +155,12 @@ class HICODetEvaluator(HOIEvaluator):
         self.num_classes = int(self.class_verb.shape[0])
         self.file_index = {ann.file_name: i for i, ann in enumerate(test_annotations)}
         if len(self.file_index) != len(test_annotations):
-            raise ValueError("test annotations contain duplicate file names")
+            raise DatasetError("test annotations contain duplicate file names (`hqm check-data` lists them)")
         self._build_gt(test_annotations)
         self.train_counts: np.ndarray | None = None
         if train_annotations is not None:
             if not train_annotations:
-                raise ValueError(
+                raise DatasetError(
                     "no training records to count the rare / non-rare split from (every record "
                     "dropped?): give the training annotation file, or evaluate without a rare split"
                 )

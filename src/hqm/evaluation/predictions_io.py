@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from hqm.errors import UserError
 from hqm.structures import HOIPredictions
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class PredictionsFormatError(ValueError):
+class PredictionsFormatError(UserError, ValueError):
     """A malformed record in a predictions file (the message names file, record and field)."""
 
 

@@ -21,6 +21,9 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from hqm.config import ConfigError
+from hqm.errors import NotFoundError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -38,7 +41,7 @@ def expand_sources(source: str | os.PathLike) -> list[Path]:
             if Path(q).suffix.lower() in IMAGE_SUFFIXES
         )
     if not files:
-        raise FileNotFoundError(f"no images found for source={source} (a file, a folder or a glob pattern)")
+        raise NotFoundError(f"no images found for source={source} (a file, a folder or a glob pattern)")
     return files
 
 
@@ -71,11 +74,11 @@ def check_output_dir(out: Path, paths: list[Path]) -> None:
     """Refuse an ``out`` that is a file or a folder holding input images (writing there could replace
     an input: ``a.png`` drawn over the picture ``a.png``)."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out={out} is a file; give a folder for the predictions")
+        raise ConfigError(f"out={out} is a file; give a folder for the predictions")
     target = out.resolve()
     inside = [p for p in paths if p.resolve().parent == target]
     if inside:
-        raise ValueError(
+        raise ConfigError(
             f"out={out} holds the input images (e.g. {inside[0]}); writing the predictions there could "
             f"replace them: choose another folder, e.g. out={out.resolve().name}_hoi"
         )
@@ -99,8 +102,7 @@ def predict_to_dir(
     warning. Returns {"images" (predicted), "skipped", "triplets", "out", "renamed": {input: name}}.
     Raises ``ValueError`` for an ``out`` that holds input images or is a file.
     """
-    from tqdm import tqdm
-
+    from hqm.progress import Progress
     from hqm.viz.attention import attention_grid
     from hqm.viz.draw import draw_predictions, to_pil
 
@@ -110,7 +112,7 @@ def predict_to_dir(
     out.mkdir(parents=True, exist_ok=True)
     stems = output_names(paths, attention)
     names = dict(zip(map(str, paths), stems))
-    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = Progress(len(paths), "predict", "images", enabled=progress)
     n_img = n_trip = 0
     with open(out / "predictions.jsonl", "w") as jsonl:
         for items, preds, maps in detector.iter_predict(
@@ -132,7 +134,7 @@ def predict_to_dir(
                         out / f"{stem}_attn.png"
                     )
             n_img += len(items)
-            bar.update(len(items))
+            bar.update(n_img)
     bar.close()
     renamed = {str(p): n for p, n in zip(paths, stems) if n != p.stem}
     return {

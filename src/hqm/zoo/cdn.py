@@ -18,6 +18,7 @@ box heads, as for QPIC; ``verb_class_embed`` starts random.
 from __future__ import annotations
 
 from hqm.zoo.rename import ConversionSpec, Rule
+from hqm.zoo.safe_load import CheckpointError
 from hqm.zoo.tables import HEADS, TRUNK, CheckpointLayouts, common_layout
 
 DECODER = r"transformer\.decoder\.(layers\..+|norm\.(?:weight|bias))"
@@ -79,11 +80,11 @@ def detect_cdn_layout(state: dict) -> str:
     if layout is not None:
         return layout
     if any(k.startswith("transformer.decoder.obj_class_embed.") for k in state):
-        raise ValueError("HQM's released QPIC weights (heads inside the decoder) are not CDN weights")
+        raise CheckpointError("HQM's released QPIC weights (heads inside the decoder) are not CDN weights")
     if "obj_class_embed.weight" in state:
         return "cdn" if any(k.startswith("transformer.interaction_decoder.") for k in state) else "qpic"
     sample = ", ".join(sorted(state)[:5])
-    raise ValueError(f"unrecognised checkpoint layout (keys like: {sample}); expected DETR, CDN or hqm")
+    raise CheckpointError(f"unrecognised checkpoint layout (keys like: {sample}); expected DETR, CDN or hqm")
 
 
 CDN_LAYOUTS = CheckpointLayouts(

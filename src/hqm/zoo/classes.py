@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hqm.config import ConfigError
 from hqm.zoo.rename import init_linear_rows, register_op
+from hqm.zoo.safe_load import CheckpointError
 
 COCO_NUM_OUTPUTS = 92
 COCO_NO_OBJECT = 91
@@ -71,7 +73,7 @@ def dataset_object_names(dataset: str) -> list[str]:
         return coco + [NO_OBJECT_NAME]
     if dataset == "hoia":
         return vocab.hoia_vocabulary()[0]
-    raise ValueError(f"unknown dataset {dataset!r} for class-row conversion; use hico_det, vcoco or hoia")
+    raise ConfigError(f"unknown dataset {dataset!r} for class-row conversion; use hico_det, vcoco or hoia")
 
 
 @register_op("class_rows")
@@ -81,7 +83,10 @@ def select_class_rows(t: Tensor, ctx: dict[str, Any]) -> tuple[Tensor, str, str]
     if names is None:
         raise ValueError("class_rows conversion needs the dataset's object names (context 'object_names')")
     if t.shape[0] != COCO_NUM_OUTPUTS:
-        raise ValueError(f"expected a COCO classifier with {COCO_NUM_OUTPUTS} outputs, got {tuple(t.shape)}")
+        raise CheckpointError(
+            f"expected a COCO classifier with {COCO_NUM_OUTPUTS} outputs, got {tuple(t.shape)}: "
+            "these are not DETR COCO weights"
+        )
     rows = coco_rows(list(names))
     bias = t.dim() == 1
     fan_in = int(ctx.get("hidden_dim") or (t.shape[1] if not bias else 256))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from hqm.zoo import classes as _classes  # noqa: F401  (registers the "class_rows" op)
 from hqm.zoo.layouts import detect_format, get_spec
 from hqm.zoo.rename import LoadReport, apply_spec, load_partial
-from hqm.zoo.safe_load import read_state_dict
+from hqm.zoo.safe_load import CheckpointError, read_state_dict
 
 LOG = logging.getLogger("hqm.zoo")
 
@@ -112,7 +112,7 @@ def convert_detr_file(
     state, _ = read_state_dict(in_path)
     source = detect_format(state, detector)
     if source != "detr":
-        raise ValueError(
+        raise CheckpointError(
             f"{in_path}: expected a DETR checkpoint (class_embed / bbox_embed), found a {source} layout"
         )
     names = dataset_object_names(dataset)

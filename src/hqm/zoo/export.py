@@ -43,21 +43,21 @@ def _plain(x: Any) -> Any:
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` + ``config.yaml`` for a checkpoint written by ``hqm train``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from hqm import __version__
-    from hqm.zoo.safe_load import safe_torch_load
+    from hqm.errors import output_error, write_fault
+    from hqm.zoo.safe_load import CheckpointError, safe_torch_load
 
     ckpt = safe_torch_load(checkpoint)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt or "meta" not in ckpt:
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint}: not an hqm training checkpoint (needs model, config and meta); "
             "convert foreign weights with `hqm convert` and fine-tune them first"
         )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state: dict[str, Tensor] = {k: v.detach().contiguous().cpu() for k, v in ckpt["model"].items()}
-    save_file(state, str(out / WEIGHTS), metadata={"format": "pt", "hqm_version": __version__})
+    weights = save(state, metadata={"format": "pt", "hqm_version": __version__})
     cfg = ckpt["config"]
     info = {
         "hqm_export": {
@@ -73,8 +73,20 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
         "config": cfg,
         "meta": ckpt["meta"],
     }
-    with open(out / CONFIG, "w") as f:
-        yaml.safe_dump(_plain(info), f, sort_keys=False, default_flow_style=None, width=200)
+    text = yaml.safe_dump(_plain(info), sort_keys=False, default_flow_style=None, width=200)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in ((WEIGHTS, weights), (CONFIG, text.encode())):
+            tmp = out / f".{name}.tmp{os.getpid()}"  # a failed write leaves no partial file
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, out / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+    except OSError as e:
+        if not write_fault(e):
+            raise
+        raise output_error(out, e, "export to") from None
     return out
 
 
@@ -84,12 +96,19 @@ def is_exported(path: str | os.PathLike) -> bool:
 
 
 def read_exported(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(state dict, {"config", "meta", "hqm_export"}) of an exported directory."""
-    from safetensors.torch import load_file
+    """(state dict, {"config", "meta", "hqm_export"}) of an exported directory. Raises
+    ``CheckpointError`` naming the folder when it lacks a file or one of them cannot be read."""
+    from hqm.zoo.safe_load import CheckpointError, read_state_dict
 
     p = Path(path)
     if not is_exported(p):
-        raise FileNotFoundError(f"{p} is not an exported model directory (needs {WEIGHTS} and {CONFIG})")
-    with open(p / CONFIG) as f:
-        info = yaml.safe_load(f) or {}
-    return load_file(str(p / WEIGHTS)), info
+        raise CheckpointError(f"{p} is not an exported model directory (needs {WEIGHTS} and {CONFIG})")
+    try:
+        with open(p / CONFIG) as f:
+            info = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{p / CONFIG}: not valid YAML ({e})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{p / CONFIG}: expected a mapping (config, meta), got {type(info).__name__}")
+    state, _ = read_state_dict(p / WEIGHTS)
+    return state, info

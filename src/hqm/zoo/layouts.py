@@ -7,6 +7,7 @@ and detects the file's layout with that detector's tables.
 
 from __future__ import annotations
 
+from hqm.config import ConfigError
 from hqm.zoo.cdn import CDN_LAYOUTS
 from hqm.zoo.rename import ConversionSpec
 from hqm.zoo.tables import QPIC_LAYOUTS, CheckpointLayouts
@@ -22,7 +23,7 @@ TABLES: dict[tuple[str, str], ConversionSpec] = {
 
 def get_layouts(detector: str) -> CheckpointLayouts:
     if detector not in LAYOUTS:
-        raise ValueError(f"no checkpoint tables for detector {detector!r} (have: {', '.join(LAYOUTS)})")
+        raise ConfigError(f"no checkpoint tables for detector {detector!r} (have: {', '.join(LAYOUTS)})")
     return LAYOUTS[detector]
 
 
@@ -32,13 +33,13 @@ def get_spec(source: str, detector: str, init: str | None = None) -> ConversionS
     layouts = get_layouts(detector)
     if source == "detr" and init is not None:
         if init not in layouts.detr_inits:
-            raise ValueError(
+            raise ConfigError(
                 f"{detector}: no DETR initialisation {init!r} (have: {', '.join(layouts.detr_inits)})"
             )
         return layouts.detr_inits[init]
     if source not in layouts.specs:
         have = ", ".join(f"{s}->{d}" for s, d in sorted(TABLES))
-        raise ValueError(f"no rename table for {source} checkpoints -> {detector!r} detector (have: {have})")
+        raise ConfigError(f"no rename table for {source} checkpoints -> {detector!r} detector (have: {have})")
     return layouts.specs[source]
 
 

@@ -8,6 +8,10 @@ a malicious ``__reduce__`` calling ``os.system``) is refused with :class:`Unsafe
 naming the file and the offending global; nothing in it runs.
 
 ``.safetensors`` files (and exported model directories, see ``hqm.zoo.export``) hold tensors only.
+
+A file that is not a readable checkpoint (zero bytes, a write cut short, another kind of file, a
+damaged archive) raises :class:`CheckpointError` saying which, instead of the zip reader's or the
+unpickler's low-level error; a path that does not exist raises :class:`NotFoundError`.
 """
 
 from __future__ import annotations
@@ -16,17 +20,54 @@ import argparse
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hqm.errors import NotFoundError, UserError
+
 #: Globals a checkpoint may reference besides tensors and plain containers.
 ALLOWED_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+class CheckpointError(UserError, ValueError):
+    """A weights / checkpoint file cannot be used: unreadable, not a checkpoint, or without the
+    entries the caller needs (the message names the file and what is wrong)."""
+
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     """A checkpoint references a global outside the allow-list; it was not loaded."""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def diagnose_checkpoint_file(path: str | os.PathLike) -> str | None:
+    """Why the file at ``path`` cannot be a PyTorch checkpoint, from its size and first bytes (no
+    unpickling), or None when it may be one: empty, a zip archive without its directory (a write cut
+    short), or another kind of file (text, an image, a safetensors file)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(_ZIP_MAGIC):
+        return None if zipfile.is_zipfile(path) else f"the archive is truncated or damaged ({size} bytes)"
+    if head[:1] == b"\x80":  # a pickle (PyTorch's legacy format or a plain pickle)
+        return None
+    if len(head) > 8 and head[8:9] == b"{":
+        return "it is a safetensors file: give it the .safetensors suffix"
+    return f"it is not a PyTorch checkpoint (it starts with {head[:8]!r})"
+
+
+def _unreadable(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a readable checkpoint: {reason}. Use another copy (a run keeps "
+        "checkpoints/last.pt, best.pt and, with train.keep_last >= 2, step_*.pt)"
+    )
 
 
 def _allowed_names() -> str:
@@ -49,19 +90,34 @@ def _unsafe_globals(path: Path) -> list[str]:
 def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with :data:`ALLOWED_GLOBALS` allowed.
 
-    Raises ``FileNotFoundError`` for a missing file and :class:`UnsafeCheckpointError` (before any
-    object in the file is built) when the file needs another global.
+    Raises :class:`NotFoundError` (a ``FileNotFoundError``) for a missing file,
+    :class:`UnsafeCheckpointError` (before any object in the file is built) when the file needs
+    another global, and :class:`CheckpointError` when the file is empty, truncated, damaged or not a
+    checkpoint (see :func:`diagnose_checkpoint_file`).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise NotFoundError(f"checkpoint not found: {path}")
+    reason = diagnose_checkpoint_file(path)
+    if reason:
+        raise _unreadable(path, reason)
     try:
         with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
             return torch.load(path, map_location=map_location, weights_only=True)
+    except EOFError:
+        raise _unreadable(path, "it ends early (a write cut short?)") from None
+    except RuntimeError as e:
+        if "PytorchStreamReader" not in str(e):  # not the archive reader: a genuine failure, keep it
+            raise
+        raise _unreadable(path, f"the archive is damaged ({str(e).splitlines()[0]})") from None
     except pickle.UnpicklingError as e:
         offending = _unsafe_globals(path)
         if not offending:
-            offending = re.findall(r"GLOBAL ([\w.]+)", str(e)) or ["<unknown>"]
+            offending = re.findall(r"GLOBAL ([\w.]+)", str(e))
+        if not offending:  # not a forbidden class: the pickle stream itself is not a checkpoint's
+            detail = re.search(r"Unsupported operand \d+|Unsupported [\w ]+", str(e))
+            detail = detail[0] if detail else str(e).splitlines()[0]
+            raise _unreadable(path, f"its pickle data is not a checkpoint's ({detail})") from None
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it references the global(s) {', '.join(offending)}, which are "
             f"not on hqm's allow-list ({_allowed_names()}). "
@@ -87,7 +143,7 @@ def extract_state_dict(obj: Any, path: str | os.PathLike = "<memory>") -> dict[s
             if all(k.startswith("module.") for k in state):
                 state = {k[len("module.") :]: v for k, v in state.items()}
             return state
-    raise ValueError(f"{path}: no model state dict found (expected a 'model' entry of name -> tensor)")
+    raise CheckpointError(f"{path}: no model state dict found (expected a 'model' entry of name -> tensor)")
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -100,9 +156,15 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         state, info = read_exported(path)
         return state, info
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path)), {}
+        if not path.is_file():
+            raise NotFoundError(f"weights not found: {path}")
+        try:
+            return load_file(str(path)), {}
+        except SafetensorError as e:
+            raise _unreadable(path, f"not a valid safetensors file ({e})") from None
     obj = safe_torch_load(path)
     state = extract_state_dict(obj, path)
     wrapped = isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in _STATE_KEYS)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hqm.zoo.rename import ConversionSpec, Rule
+from hqm.zoo.safe_load import CheckpointError
 
 #: where our GBS miner keeps F_p: ``nn.Sequential(Linear(12, D), ReLU, Linear(D, D))`` (hqm.mining.gbs)
 GBS_FP_PREFIX = "miners.gbs.query_embed_sp"
@@ -101,7 +102,7 @@ def detect_qpic_layout(state: dict) -> str:
     transformer parts (CDN's ``transformer.interaction_decoder``) is another detector's: refused."""
     foreign = _unknown_transformer_parts(state, ("encoder", "decoder"))
     if foreign:
-        raise ValueError(
+        raise CheckpointError(
             f"the checkpoint has transformer.{foreign[0]}.*, which QPIC does not have: another "
             f"detector's weights (model.detector=cdn for transformer.interaction_decoder)"
         )
@@ -113,13 +114,15 @@ def detect_qpic_layout(state: dict) -> str:
     if "obj_class_embed.weight" in state:
         return "qpic"
     sample = ", ".join(sorted(state)[:5])
-    raise ValueError(f"unrecognised checkpoint layout (keys like: {sample}); expected DETR, QPIC, HQM or hqm")
+    raise CheckpointError(
+        f"unrecognised checkpoint layout (keys like: {sample}); expected DETR, QPIC, HQM or hqm weights"
+    )
 
 
 @dataclass(frozen=True)
 class CheckpointLayouts:
     """The checkpoint layouts one detector loads: ``specs`` (source layout -> rename table),
-    ``detect_layout`` (state dict -> one of the ``specs`` keys, or ``ValueError`` naming the problem)
+    ``detect_layout`` (state dict -> one of the ``specs`` keys, or ``CheckpointError`` naming the problem)
     and, for the DETR initialisation, named alternatives ``detr_inits`` (the first is the default)."""
 
     detector: str

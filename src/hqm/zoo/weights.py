@@ -19,6 +19,7 @@ import os
 import torch
 from torch import Tensor, nn
 
+from hqm.errors import UsageError
 from hqm.zoo.convert import convert_state_dict
 from hqm.zoo.layouts import detect_format
 from hqm.zoo.rename import LoadReport
@@ -27,7 +28,7 @@ from hqm.zoo.safe_load import read_state_dict
 _SHOWN = 6  # keys listed per kind in the error message
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(UsageError, ValueError):
     """Weights do not fit the model (the message lists the keys); nothing was loaded."""
 
 

@@ -1,0 +1,82 @@
+"""``hqm check-data CONFIG``: a clean dataset passes with a summary that matches its files; each kind
+of damage is found (all of them in one pass, not only the first), with an example naming the record."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+
+from hqm.cli import main
+
+
+def check(capsys, root, *extra: str) -> tuple[int, str, dict]:
+    code = main(["check-data", "qpic_r18_synthetic", f"data.root={root}", "data.synth_preset=tiny", *extra])
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, "\n".join(out[:-1]), json.loads(out[-1])
+
+
+def test_a_clean_dataset_and_its_summary(tiny_root, capsys):
+    code, text, report = check(capsys, tiny_root, "--json")
+    assert code == 0 and report["ok"] and "problems: none" in text
+    for split, name in (("train", "trainval_hico.json"), ("test", "test_hico.json")):
+        records = json.loads((tiny_root / "annotations" / name).read_text())
+        (summary,) = [s for s in report["splits"] if s["split"] == split]
+        assert summary["records"] == summary["images"] == len(records)
+        assert summary["hois"] == sum(len(r["hoi_annotation"]) for r in records)
+        assert summary["boxes"] == sum(len(r["annotations"]) for r in records)
+        hois = [(i, h) for i, r in enumerate(records) for h in r["hoi_annotation"]]
+        pairs = {(i, h["subject_id"], h["object_id"]) for i, h in hois}
+        assert summary["pairs"] == len(pairs)
+    meta = json.loads((tiny_root / "annotations" / "meta.json").read_text())
+    assert report["object_classes"] == len(meta["object_names"])
+    assert report["verb_classes"] == len(meta["verb_names"])
+    assert 0 < report["rare_classes"] <= report["hoi_classes"]
+
+
+@pytest.fixture
+def damaged_root(tiny_root, tmp_path):
+    """A copy of the tiny benchmark with one fault of each kind in the training split."""
+    root = tmp_path / "damaged"
+    shutil.copytree(tiny_root, root)
+    ann = root / "annotations" / "trainval_hico.json"
+    records = json.loads(ann.read_text())
+    with_hoi = [i for i, r in enumerate(records) if r["hoi_annotation"]][:3]
+    clean = next(i for i in range(len(records)) if i not in with_hoi)
+    records.append(copy.deepcopy(records[clean]))  # the same image listed twice
+    records[with_hoi[0]]["hoi_annotation"][0]["category_id"] = 999
+    records[with_hoi[1]]["annotations"][0]["category_id"] = 999
+    records[with_hoi[2]]["annotations"][-1]["bbox"] = [1, 2, "x", 4]
+    missing, truncated = records[-2]["file_name"], records[-3]["file_name"]
+    del records[-4]["file_name"]
+    ann.write_text(json.dumps(records))
+    (root / "images" / "train2015" / missing).unlink()
+    image = root / "images" / "train2015" / truncated
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    return root, truncated
+
+
+def test_every_kind_of_damage_is_found_in_one_pass(damaged_root, capsys):
+    root, truncated = damaged_root
+    code, text, report = check(capsys, root, "--json")
+    assert code == 1 and not report["ok"]
+    kinds = {
+        "verb_out_of_range": "verb id 999",
+        "unknown_category": "unknown object category id 999",
+        "malformed_box": "'x'",
+        "malformed_record": "field 'file_name'",
+        "missing_image": "not found",
+        "duplicate_file_name": "listed 2 times",
+        "undecodable_image": truncated,
+    }
+    assert set(report["problems"]) == set(kinds)
+    for kind, needle in kinds.items():
+        assert report["problems"][kind] == 1
+        (example,) = report["examples"][kind]
+        assert needle in example and "trainval_hico.json" in example
+        assert f"{kind}: 1" in text and example in text
+    # headers only: the truncated image is not found, the rest is
+    code, _, report = check(capsys, root, "--json", "--no-decode")
+    assert code == 1 and set(report["problems"]) == set(kinds) - {"undecodable_image"}

@@ -1,0 +1,266 @@
+"""One clear line for every bad input: each case the issue lists (and its kind in every command)
+ends in one stderr line naming the file, key or record, with exit code 2 (usage) or 1 (runtime);
+``--debug`` adds the traceback; internal bugs are never turned into one-liners."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+
+import pytest
+import torch
+
+from conftest import TINY_DATA_64, TINY_OVERRIDES
+from hqm.cli import main
+from hqm.config import ConfigError, load_config
+from hqm.errors import UserError
+
+
+def one_line(capsys, argv: list[str], code: int, *needles: str) -> str:
+    """Run ``hqm argv``; the exit code is ``code`` and stderr's last line names every needle, with no
+    traceback anywhere."""
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"hqm {argv[0]}: "), line
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+def train_args(root, out, *extra: str) -> list[str]:
+    return [
+        "train",
+        "qpic_r18_synthetic",
+        *TINY_OVERRIDES,
+        *TINY_DATA_64,
+        f"data.root={root}",
+        f"train.output_dir={out}",
+        "train.max_steps=1",
+        "train.batch_size=2",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """A truncated, a zero-byte and a non-checkpoint ``.pt``, and weights without a config."""
+    d = tmp_path_factory.mktemp("bad")
+    good = d / "weights.pt"
+    torch.save({"model": {"w": torch.zeros(1000)}}, good)  # weights only: no config, no optimiser
+    data = good.read_bytes()
+    (d / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (d / "empty.pt").write_bytes(b"")
+    (d / "notes.pt").write_text("these are my notes, not a checkpoint\n")
+    return {"weights": good, **{p.stem: p for p in d.glob("*.pt") if p != good}}
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("truncated", "truncated or damaged"),
+        ("empty", "empty (0 bytes)"),
+        ("notes", "not a PyTorch checkpoint"),
+    ],
+)
+def test_unreadable_checkpoint_in_every_command(bad_checkpoints, tiny_root, tmp_path, capsys, kind, reason):
+    path = str(bad_checkpoints[kind])
+    for argv in (
+        ["eval", path],
+        ["predict", path, f"source={tiny_root}/images/test2015", f"out={tmp_path / 'pred'}"],
+        ["export", path, str(tmp_path / "exported")],
+        ["convert", "detr-to-hoi", path, str(tmp_path / "converted.pt")],
+        train_args(tiny_root, tmp_path / "run", "--resume", path),
+    ):
+        one_line(capsys, argv, 1, path, reason)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "exported").exists()
+
+
+def test_resume_on_weights_without_a_config(bad_checkpoints, tiny_root, tmp_path, capsys):
+    weights = str(bad_checkpoints["weights"])
+    one_line(
+        capsys,
+        train_args(tiny_root, tmp_path / "run", "--resume", weights),
+        2,
+        weights,
+        "no training state",
+        f"model.pretrained={weights}",
+    )
+    one_line(capsys, ["eval", weights], 2, weights, "carries no hqm config")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.num_queries=0", "model.num_queries=0"),
+        ("data.scales=[]", "data.scales=[]"),
+        ("train.log_every=0", "train.log_every=0"),
+        ("train.epochs=0", "train.epochs=0"),
+        ("train.max_steps=-1", "train.max_steps=-1"),
+        ("train.lr=-0.001", "train.lr=-0.001"),
+        ("train.lr=.nan", "train.lr=nan"),
+        ("train.batch_size=0", "train.batch_size=0"),
+        ("model.nheads=5", "not divisible by model.nheads=5"),
+        ("model.dropout=1.5", "model.dropout=1.5"),
+        ("eval.max_dets=0", "eval.max_dets=0"),
+        ("mining.gbs.iou_range=[0.4]", "mining.gbs.iou_range=[0.4]"),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite='ignore' is not one of skip, stop"),
+        ("device=gpu", "device='gpu'"),
+        ("model.query_type=embed", "model.box_refine=true needs reference points"),
+    ],
+)
+def test_config_values_are_checked_by_range(override, key):
+    with pytest.raises(ConfigError, match=None) as e:
+        load_config("qpic_r18_synthetic", [override])
+    assert key in str(e.value)
+
+
+def test_config_errors_in_every_command(bad_checkpoints, tiny_root, tmp_path, capsys):
+    bad = [f"data.root={tiny_root}", "model.num_queries=0"]
+    weights = f"weights={bad_checkpoints['weights']}"  # released-style weights: the config is used
+    for argv in (
+        ["train", "qpic_r18_synthetic", *bad],
+        ["demo", *bad],
+        ["check-data", "qpic_r18_synthetic", *bad],
+        ["eval", "qpic_r18_synthetic", weights, *bad],
+        ["predict", "qpic_r18_synthetic", weights, "source=x", "out=y", *bad],
+    ):
+        one_line(capsys, argv, 2, "model.num_queries=0", "out of range")
+    one_line(capsys, ["synth", "--out", str(tmp_path / "s"), "train_size=0"], 2, "train_size")
+
+
+def test_missing_base_file_says_where_it_looked(tmp_path, capsys):
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("_base_: qpic_r50_hico_typo.yaml\ntrain:\n  epochs: 3\n")
+    line = one_line(capsys, ["train", str(cfg)], 2, str(cfg), "qpic_r50_hico_typo.yaml", "not found")
+    assert str(tmp_path / "qpic_r50_hico_typo.yaml") in line and "configs/qpic_r50_hico_typo.yaml" in line
+    # a packaged config may be named as the base
+    cfg.write_text("_base_: qpic_r50_hico\ntrain:\n  epochs: 3\n")
+    assert load_config(cfg).train.epochs == 3 and load_config(cfg).data.dataset == "hico_det"
+
+
+def test_cuda_without_a_gpu(bad_checkpoints, tiny_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    one_line(capsys, train_args(tiny_root, tmp_path / "run", "device=cuda"), 2, "device=cuda", "device=cpu")
+    weights = f"weights={bad_checkpoints['weights']}"
+    one_line(capsys, ["eval", "qpic_r18_synthetic", weights, "device=cuda:1"], 2, "device=cuda:1", "CUDA")
+    one_line(
+        capsys,
+        ["predict", "qpic_r18_synthetic", weights, "device=cuda", "source=x", "out=y"],
+        2,
+        "device=cuda",
+        "CUDA is not available",
+    )
+    assert not (tmp_path / "run").exists()
+    from hqm.device import DeviceError, resolve_device
+
+    with pytest.raises(DeviceError):
+        resolve_device("cuda")
+
+
+def test_read_only_output_directory(tiny_root, tmp_path, capsys, monkeypatch):
+    """A run directory the machine refuses: a read-only mount is simulated (root ignores chmod)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkdir = os.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(str(ro)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    out = ro / "run"
+    one_line(capsys, train_args(tiny_root, out), 1, f"train.output_dir={out}", "read-only file system")
+    one_line(
+        capsys,
+        ["synth", "--out", str(ro / "synth"), "--preset", "tiny"],
+        1,
+        str(ro / "synth"),
+        "read-only file system",
+    )
+
+
+def test_missing_inputs_are_usage_errors(tiny_root, tmp_path, capsys):
+    missing = str(tmp_path / "missing.pt")
+    one_line(capsys, ["eval", missing], 2, missing, "not found")
+    one_line(capsys, ["export", missing, str(tmp_path / "e")], 2, missing)
+    one_line(capsys, train_args(tiny_root, tmp_path / "run", "--resume", missing), 2, missing)
+    one_line(
+        capsys,
+        ["eval-file", "--dataset", "synthetic", "--root", str(tiny_root), "--predictions", missing],
+        2,
+        missing,
+    )
+    one_line(capsys, ["check-data", "qpic_r18_synthetic", f"data.root={tmp_path}"], 2, "meta.json not found")
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(capsys, monkeypatch):
+    assert main(["--debug", "train", "qpic_r18_synthetic", "train.epochs=0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("hqm train: error: train.epochs=0")
+    monkeypatch.setenv("HQM_DEBUG", "1")
+    assert main(["train", "qpic_r18_synthetic", "train.epochs=0"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.delenv("HQM_DEBUG")
+
+    import hqm.config
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(hqm.config, "load_config", bug)
+    with pytest.raises(ValueError, match="an internal bug"):  # not a one-line "error:"
+        main(["train", "qpic_r18_synthetic"])
+    assert not issubclass(ValueError, UserError)
+
+
+def test_api_raises_the_same_typed_errors(bad_checkpoints, monkeypatch):
+    from hqm import HOIDetector
+    from hqm.zoo.safe_load import CheckpointError
+
+    with pytest.raises(CheckpointError, match="truncated"):
+        HOIDetector.from_checkpoint(bad_checkpoints["truncated"])
+    with pytest.raises(ValueError):  # CheckpointError is a ValueError, as the API always raised
+        HOIDetector.from_checkpoint(bad_checkpoints["empty"])
+    with pytest.raises(FileNotFoundError):
+        HOIDetector.from_checkpoint(bad_checkpoints["empty"].with_name("absent.pt"))
+
+
+def test_command_line_slips(bad_checkpoints, tmp_path, capsys):
+    """Typos on the command line: each one line and exit code 2, before any model is loaded."""
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train:\n  epochs: [1\n")
+    one_line(capsys, ["train", str(bad_yaml)], 2, str(bad_yaml), "not valid YAML (line 3, column 1)")
+    one_line(capsys, ["train", "qpic_r18_synthetc"], 2, "Did you mean 'qpic_r18_synthetic'?")
+    one_line(capsys, ["train", "qpic_r18_synthetic", "train.lr=abc"], 2, "train.lr", "expected a number")
+    weights = str(bad_checkpoints["weights"])
+    predict = ["predict", weights, "source=x", "out=y"]
+    one_line(capsys, ["predict", weights, "out=y"], 2, "source=... is required")
+    one_line(capsys, [*predict, "threshold=abc"], 2, "threshold=abc", "expected a number")
+    one_line(capsys, [*predict, "top_k=0"], 2, "top_k=0", ">= 1")
+    one_line(capsys, ["eval", "qpic_r18_synthetic"], 2, "weights=PATH")
+
+
+def test_full_disk_in_export_and_synth(tmp_path, capsys, monkeypatch):
+    """The disk fills up while `hqm export` / `hqm synth` write (simulated: ENOSPC from the write)."""
+    from PIL import Image
+
+    from hqm.zoo import export as export_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    ckpt = tmp_path / "last.pt"
+    torch.save({"model": {"w": torch.zeros(3)}, "config": {}, "meta": {}}, ckpt)
+    with monkeypatch.context() as m:
+        m.setattr(export_module.Path, "write_bytes", full)
+        out = tmp_path / "exported"
+        one_line(capsys, ["export", str(ckpt), str(out)], 1, f"cannot export to {out}", "no space left")
+        assert list(out.iterdir()) == []  # no partial file
+    monkeypatch.setattr(Image.Image, "save", full)
+    out = tmp_path / "synth"
+    line = one_line(capsys, ["synth", "--out", str(out), "--preset", "tiny"], 1, str(out), "no space left")
+    assert "marked incomplete" in line and '"complete": false' in (out / "synth_config.json").read_text()
