@@ -38,6 +38,15 @@ def test_bad_override_is_one_clear_line(capsys):
     assert "Did you mean 'train.epochs'" in err and "Traceback" not in err
 
 
+def test_overrides_may_follow_an_option(capsys):
+    # `hqm train CONFIG --overwrite key=value` was refused as "unrecognized arguments"
+    assert main(["train", "qpic_r18_synthetic", "--overwrite", "train.epohcs=3"]) == 2
+    assert "Did you mean 'train.epochs'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "qpic_r18_synthetic", "--overwrite", "--no-such-flag"])
+    assert e.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
 def test_eval_needs_weights(capsys):
     assert main(["eval", "qpic_r18_synthetic"]) == 2
     assert "weights=PATH" in capsys.readouterr().err

@@ -457,7 +457,13 @@ def _user_error(command: str, e: BaseException) -> tuple[str, int] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # overrides may also follow an option (`hqm train CONFIG --overwrite key=value`): argparse stops
+    # filling a positional list at the first option, so the key=value words it left are added back
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if not hasattr(args, "overrides") or any(r.startswith("-") or "=" not in r for r in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.overrides = list(args.overrides or []) + rest
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
