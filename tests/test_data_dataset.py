@@ -154,3 +154,61 @@ def test_build_dataset_on_the_synthetic_benchmark(tiny_root):
     images, masks, targets = collate_fn([test[0], test[1]])
     assert images.shape[0] == 2 and min(targets[0]["size"].tolist()) == 64
     assert targets[0]["verb_labels"].shape[1] == train.meta.num_verb_classes
+
+
+def _pairs_the_old_way(ds: HOIDataset, index: int) -> dict:
+    """The pair targets as computed before instances were kept (``transform_pairs`` on pair boxes)."""
+    from hqm.data.dataset import _normalise, merge_pairs
+    from hqm.data.transforms import transform_pairs
+
+    ann = ds.annotations[index]
+    image = ds.load_image(index)
+    p = merge_pairs(ann, ds.meta)
+    has_obj = torch.from_numpy(p["has_obj"])
+    img, sub, obj, keep = transform_pairs(
+        ds.transforms, image, torch.from_numpy(p["sub_boxes"]), torch.from_numpy(p["obj_boxes"]), has_obj
+    )
+    h, w = img.shape[-2:]
+    return {
+        "sub_boxes": _normalise(sub[keep], h, w),
+        "obj_boxes": _normalise(obj[keep], h, w),
+        "verb_labels": torch.from_numpy(p["verb_labels"])[keep],
+        "has_obj": has_obj[keep],
+    }
+
+
+@pytest.mark.parametrize("dataset", ["hico_det", "vcoco"])
+def test_instances_beside_pairs_stay_consistent_under_crops(tmp_path, dataset):
+    """Instances (HOTR's targets) and pairs (QPIC / CDN) come from the same transform: the pair
+    boxes are the referenced instances' boxes, a cropped-away instance takes its pairs with it, and
+    the pair targets equal the pre-instance computation on the same random draws."""
+    hois = [(0, 1, 1), (0, 2, 2), (3, 1, 3), (3, 2, 4)] + ([(0, -1, 5)] if dataset == "vcoco" else [])
+    folder, ann = (
+        ("images/train2015", "trainval_hico.json")
+        if dataset == "hico_det"
+        else ("images/train2014", "trainval_vcoco.json")
+    )
+    root = write_hico(tmp_path, [rec("a.jpg", BOXES, hois)], folder, ann)
+    meta = load_meta(dataset, root)
+    anns = load_annotations(dataset, root, "train")
+    cfg = DataConfig(scales=[64, 80], max_size=128, crop_resize=[60, 80], crop_min=20, crop_max=40)
+    ds = HOIDataset(anns, meta, root / folder, build_transforms(cfg, train=True))
+    dropped = 0
+    for seed in range(24):
+        torch.manual_seed(seed)
+        _, t = ds[0]
+        torch.manual_seed(seed)
+        old = _pairs_the_old_way(ds, 0)
+        for key, v in old.items():
+            assert torch.equal(t[key], v), (seed, key)
+        k = len(t["inst_boxes"])
+        dropped += k < len(BOXES)
+        assert t["inst_labels"].shape == (k,) and t["inst_labels"].dtype == torch.int64
+        assert ((t["sub_inst"] >= 0) & (t["sub_inst"] < k)).all()
+        assert torch.equal(t["obj_inst"] >= 0, t["has_obj"]) and (t["obj_inst"] < k).all()
+        assert torch.equal(t["inst_boxes"][t["sub_inst"]], t["sub_boxes"])
+        with_obj = t["has_obj"]
+        assert torch.equal(t["inst_boxes"][t["obj_inst"][with_obj]], t["obj_boxes"][with_obj])
+        assert torch.equal(t["inst_labels"][t["obj_inst"][with_obj]], t["obj_labels"][with_obj])
+        assert (t["inst_labels"][t["sub_inst"]] == 0).all()  # subjects are persons
+    assert dropped > 0  # the crops did remove instances in some draws

@@ -11,9 +11,18 @@ Target of one image (``Ng`` = number of distinct (subject, object) pairs after a
     "sub_boxes":   FloatTensor (Ng, 4) normalised cxcywh in the transformed image
     "obj_boxes":   FloatTensor (Ng, 4) normalised cxcywh (all zeros when the role has no object)
     "has_obj":     BoolTensor (Ng,)
+    "inst_boxes":  FloatTensor (K, 4) normalised cxcywh of every annotated instance kept (humans and
+                   objects, in annotation order; the instance set of HOTR's DETR decoder)
+    "inst_labels": LongTensor (K,) contiguous object class of each instance (person = 0)
+    "sub_inst":    LongTensor (Ng,) index into ``inst_*`` of each pair's human
+    "obj_inst":    LongTensor (Ng,) index into ``inst_*`` of each pair's object, -1 when the role has
+                   no object (V-COCO)
 
 HOIs of the same (subject, object) are merged into one row in order of first appearance; pairs that a
 crop removes are dropped without reordering the others (hard-query mining relies on the stable order).
+An instance is dropped when a crop leaves it without area, and with it every pair that references it
+(the same rule as before: a pair goes when its subject or existing object box vanished); the pair
+boxes are always ``inst_boxes[sub_inst]`` / ``inst_boxes[obj_inst]`` (zeros for no object).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from torch import Tensor
 from hqm.box_ops import box_xyxy_to_cxcywh
 from hqm.data.images import ImageDecodeError, read_image
 from hqm.data.records import DatasetError
-from hqm.data.transforms import HOITransforms, transform_pairs
+from hqm.data.transforms import HOITransforms, transform_boxes
 from hqm.structures import DatasetMeta, ImageAnnotation
 
 TARGET_KEYS = (
@@ -42,6 +51,10 @@ TARGET_KEYS = (
     "sub_boxes",
     "obj_boxes",
     "has_obj",
+    "inst_boxes",
+    "inst_labels",
+    "sub_inst",
+    "obj_inst",
 )
 
 
@@ -49,7 +62,8 @@ def merge_pairs(ann: ImageAnnotation, meta: DatasetMeta) -> dict[str, np.ndarray
     """Group the HOI rows of one record by (subject, object), first-appearance order.
 
     Returns numpy arrays: ``sub_boxes``/``obj_boxes`` (Ng, 4) pixel xyxy (zeros for no object),
-    ``obj_labels`` (Ng,), ``verb_labels`` (Ng, C_verb) float multi-hot, ``has_obj`` (Ng,) bool.
+    ``obj_labels`` (Ng,), ``verb_labels`` (Ng, C_verb) float multi-hot, ``has_obj`` (Ng,) bool,
+    ``sub_inst`` / ``obj_inst`` (Ng,) int64 indices into ``ann.boxes`` (-1: no object).
     """
     order: dict[tuple[int, int], int] = {}
     verbs: list[list[int]] = []
@@ -64,9 +78,12 @@ def merge_pairs(ann: ImageAnnotation, meta: DatasetMeta) -> dict[str, np.ndarray
     obj = np.zeros((ng, 4), dtype=np.float32)
     labels = np.zeros((ng,), dtype=np.int64)
     has_obj = np.zeros((ng,), dtype=bool)
+    sub_inst = np.zeros((ng,), dtype=np.int64)
+    obj_inst = np.full((ng,), -1, dtype=np.int64)
     multi_hot = np.zeros((ng, meta.num_verb_classes), dtype=np.float32)
     for (s, o), i in order.items():
         sub[i] = ann.boxes[s]
+        sub_inst[i], obj_inst[i] = s, o
         if o >= 0:
             obj[i] = ann.boxes[o]
             labels[i] = ann.labels[o]
@@ -84,6 +101,8 @@ def merge_pairs(ann: ImageAnnotation, meta: DatasetMeta) -> dict[str, np.ndarray
         "obj_labels": labels,
         "verb_labels": multi_hot,
         "has_obj": has_obj,
+        "sub_inst": sub_inst,
+        "obj_inst": obj_inst,
     }
 
 
@@ -149,14 +168,20 @@ class HOIDataset(torch.utils.data.Dataset):
         """(transformed image, target) of record ``ann`` shown by ``image`` (see the module docstring)."""
         w0, h0 = image.size
         pairs = merge_pairs(ann, self.meta)
-        sub = torch.from_numpy(pairs["sub_boxes"])
-        obj = torch.from_numpy(pairs["obj_boxes"])
+        inst = torch.as_tensor(np.asarray(ann.boxes, dtype=np.float32)).reshape(-1, 4)
         # the loader clamps when it read the image size; clamp here too for unchecked annotations
         limit = torch.tensor([w0, h0, w0, h0], dtype=torch.float32)
-        sub, obj = torch.minimum(sub.clamp(min=0), limit), torch.minimum(obj.clamp(min=0), limit)
-        has_obj = torch.from_numpy(pairs["has_obj"])
-        img, sub, obj, keep = transform_pairs(self.transforms, image, sub, obj, has_obj)
+        inst = torch.minimum(inst.clamp(min=0), limit)
+        img, inst, inst_keep = transform_boxes(self.transforms, image, inst)
         h, w = int(img.shape[-2]), int(img.shape[-1])
+        has_obj = torch.from_numpy(pairs["has_obj"])
+        sub_i = torch.from_numpy(pairs["sub_inst"])
+        obj_i = torch.from_numpy(pairs["obj_inst"])
+        # a pair survives when its human and its existing object kept some area
+        keep = inst_keep[sub_i] & (inst_keep[obj_i.clamp(min=0)] | ~has_obj)
+        new_index = torch.cumsum(inst_keep.long(), 0) - 1  # instance index after the drop
+        sub = inst[sub_i]
+        obj = torch.where(has_obj[:, None], inst[obj_i.clamp(min=0)], torch.zeros(len(obj_i), 4))
         target = {
             "image_id": index,
             "file_name": ann.file_name,
@@ -167,6 +192,10 @@ class HOIDataset(torch.utils.data.Dataset):
             "sub_boxes": _normalise(sub[keep], h, w),
             "obj_boxes": _normalise(obj[keep], h, w),
             "has_obj": has_obj[keep],
+            "inst_boxes": _normalise(inst[inst_keep], h, w),
+            "inst_labels": torch.as_tensor(np.asarray(ann.labels, dtype=np.int64)).reshape(-1)[inst_keep],
+            "sub_inst": new_index[sub_i][keep],
+            "obj_inst": torch.where(has_obj, new_index[obj_i.clamp(min=0)], -1)[keep],
         }
         return img, target
 

@@ -142,6 +142,28 @@ def build_transforms(cfg: DataConfig, train: bool) -> HOITransforms:
     return make_test_transforms(cfg.test_scale, cfg.max_size)
 
 
+def _positive(b: Tensor) -> Tensor:
+    return (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+
+
+def transform_boxes(
+    transforms: HOITransforms | None, image: Image.Image, boxes: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Apply ``transforms`` to an image and its instance boxes (K, 4) absolute pixel xyxy.
+
+    Returns ``(image (3, H, W), boxes (K, 4) pixel xyxy of the transformed image, keep (K,) bool)``;
+    ``keep`` is False for boxes without area after the transform (cropped away). The random draws
+    do not depend on the number of boxes, so transforming the instances and indexing the pairs out
+    of them equals :func:`transform_pairs` on the same draws.
+    """
+    if transforms is None:
+        img = F.to_dtype(F.to_image(image), torch.float32, scale=True).as_subclass(Tensor)
+        out = boxes.float().clone()
+    else:
+        img, out = transforms(image, boxes)
+    return img, out, _positive(out)
+
+
 def transform_pairs(
     transforms: HOITransforms | None,
     image: Image.Image,
@@ -167,8 +189,5 @@ def transform_pairs(
         sub, obj = boxes[:n], boxes[n:]
     obj = torch.where(has_obj[:, None], obj, torch.zeros_like(obj))
 
-    def positive(b: Tensor) -> Tensor:
-        return (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-
-    keep = positive(sub) & (positive(obj) | ~has_obj)
+    keep = _positive(sub) & (_positive(obj) | ~has_obj)
     return img, sub, obj, keep
