@@ -31,6 +31,8 @@ NUM_OBJ, NUM_VERB = 6, 5
 DETECTOR_OVERRIDES = {
     "qpic": [],
     "cdn": ["model.detector=cdn", "model.cdn.interaction_layers=2"],  # 2 pair + 2 interaction layers
+    # 8 instance queries, 2 DETR + 2 interaction layers, 6 interaction queries
+    "hotr": ["model.detector=hotr", "model.hotr.interaction_layers=2", "model.hotr.num_hoi_queries=6"],
 }
 DETECTORS = list(DETECTOR_OVERRIDES)
 
@@ -91,8 +93,17 @@ def make_target(
     verbs[torch.arange(n), torch.randint(0, num_verbs, (n,), generator=g)] = 1.0
     exists = torch.tensor(has_obj if has_obj is not None else [True] * n, dtype=torch.bool)
     obj_boxes = torch.cat([cxcy2, wh * 0.8], 1) * exists[:, None]
+    obj_labels = torch.randint(0, num_obj, (n,), generator=g)
+    # instances: the n humans, then the existing objects (HOTR's targets, see hqm.data.dataset)
+    n_obj = int(exists.sum())
+    obj_inst = torch.full((n,), -1, dtype=torch.int64)
+    obj_inst[exists] = n + torch.arange(n_obj)
     return {
-        "obj_labels": torch.randint(0, num_obj, (n,), generator=g),
+        "inst_boxes": torch.cat([torch.cat([cxcy, wh], 1), obj_boxes[exists]]),
+        "inst_labels": torch.cat([torch.zeros(n, dtype=torch.int64), obj_labels[exists]]),
+        "sub_inst": torch.arange(n),
+        "obj_inst": obj_inst,
+        "obj_labels": obj_labels,
         "verb_labels": verbs,
         "sub_boxes": torch.cat([cxcy, wh], 1),
         "obj_boxes": obj_boxes,

@@ -7,13 +7,14 @@ import torch
 
 from conftest import DETECTORS, NUM_OBJ, NUM_VERB, TINY_OVERRIDES, tiny_detector_cfg
 from hqm.config import load_config
+from hqm.detectors import build_criterion as build_detector_criterion
 from hqm.detectors import build_model
 from hqm.mining import build_miners
 from hqm.mining.amm import AMMMiner
 from hqm.mining.cjl import CJLMiner
 from hqm.mining.gbs import GBSMiner
 from hqm.mining.schedule import MiningSchedule, build_schedule
-from hqm.models import FixedAssignment, build_criterion, build_matcher
+from hqm.models import FixedAssignment, build_matcher
 
 
 def test_ajl_alternates_by_global_step():
@@ -79,7 +80,7 @@ def test_presets_resolve():
 def _model(strategy, extra=(), detector="qpic"):
     torch.manual_seed(0)
     cfg = tiny_detector_cfg(detector, [f"mining.strategy={strategy}", "mining.amm.k=6", *extra])
-    return build_model(cfg, NUM_OBJ, NUM_VERB), build_criterion(cfg, NUM_OBJ, build_matcher(cfg.loss))
+    return build_model(cfg, NUM_OBJ, NUM_VERB), build_detector_criterion(cfg, NUM_OBJ)
 
 
 @pytest.mark.parametrize(

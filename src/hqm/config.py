@@ -40,6 +40,20 @@ class CDNConfig:
 
 
 @dataclass
+class HOTRConfig:
+    """``model.detector: hotr`` only. The instance (DETR) decoder has ``model.dec_layers`` layers and
+    ``model.num_queries`` instance queries; names after kakaobrain/HOTR's arguments."""
+
+    num_hoi_queries: int = 16  # interaction queries (published: 16)
+    interaction_layers: int = 6  # hoi_dec_layers
+    tau: float = 0.05  # pointer temperature (published: 0.05 V-COCO, 0.2 HICO-DET); must match weights
+    set_cost_idx: float = 1.0  # pointer cost weight (published Makefile: 10 V-COCO, 20 HICO-DET)
+    set_cost_act: float = 1.0  # verb cost weight
+    idx_loss_coef: float = 1.0  # pointer CE weight (the verb loss uses loss.verb_loss_coef)
+    act_focal_alpha: float = 0.25  # focal alpha of the verb loss (published 0.25)
+
+
+@dataclass
 class ModelConfig:
     detector: str = "qpic"  # registry name, see hqm.detectors.DETECTORS
     backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
@@ -60,6 +74,7 @@ class ModelConfig:
     aux_loss: bool = True
     pretrained: str = ""  # DETR COCO checkpoint (or converted init) to start from
     cdn: CDNConfig = field(default_factory=CDNConfig)
+    hotr: HOTRConfig = field(default_factory=HOTRConfig)
 
 
 @dataclass
@@ -462,6 +477,13 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dec_layers": (lambda v: v >= 1, ">= 1"),
     "model.dim_feedforward": (lambda v: v >= 1, ">= 1"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "model.hotr.num_hoi_queries": (lambda v: v >= 1, ">= 1"),
+    "model.hotr.interaction_layers": (lambda v: v >= 1, ">= 1"),
+    "model.hotr.tau": (lambda v: _FINITE(v) and v > 0, "a finite number > 0 (0.05 V-COCO, 0.2 HICO-DET)"),
+    "model.hotr.set_cost_idx": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "model.hotr.set_cost_act": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "model.hotr.idx_loss_coef": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "model.hotr.act_focal_alpha": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
     "data.num_workers": (lambda v: v >= 0, ">= 0"),
     "data.scales": (lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of sizes >= 1 (pixels)"),
     "data.max_size": (lambda v: v >= 1, ">= 1 (pixels)"),

@@ -16,9 +16,12 @@ from __future__ import annotations
 from hqm.mining import build_miners
 from hqm.models.cdn import CDN_DETECTOR
 from hqm.models.detector import DetectorSpec, DetrHOIModel
+from hqm.models.hotr import HOTR_DETECTOR
 from hqm.models.qpic import QPIC_DETECTOR
 
-DETECTORS: dict[str, DetectorSpec] = {spec.name: spec for spec in (QPIC_DETECTOR, CDN_DETECTOR)}
+DETECTORS: dict[str, DetectorSpec] = {
+    spec.name: spec for spec in (QPIC_DETECTOR, CDN_DETECTOR, HOTR_DETECTOR)
+}
 
 
 def detector_names() -> tuple[str, ...]:

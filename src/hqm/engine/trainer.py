@@ -110,8 +110,12 @@ def freeze_except(model: torch.nn.Module, prefixes: list[str]) -> int:
 
 
 def param_groups(model: torch.nn.Module, lr: float, lr_backbone: float) -> list[dict]:
-    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    # the backbone: ``backbone.*`` (QPIC / CDN) or ``detr.backbone.*`` (HOTR's instance detector)
+    def is_backbone(n: str) -> bool:
+        return n.startswith(("backbone.", "detr.backbone."))
+
+    backbone = [p for n, p in model.named_parameters() if is_backbone(n) and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not is_backbone(n) and p.requires_grad]
     return [{"params": rest, "lr": lr}, {"params": backbone, "lr": lr_backbone}]
 
 

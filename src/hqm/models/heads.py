@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -60,6 +61,12 @@ class QPICHeadsMixin:
             }
             for i in range(hs.shape[0])
         ]
+
+
+def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x (B, N, C), idx (B, Q) int64 -> (B, Q, C): row ``idx[b, q]`` of ``x[b]`` (HOTR's pointed
+    instances)."""
+    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def pack_outputs(per_layer: list[dict[str, Tensor]], aux_loss: bool = True) -> dict:

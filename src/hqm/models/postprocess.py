@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from hqm.box_ops import box_cxcywh_to_xyxy, box_iou
+from hqm.models.heads import gather_rows
 from hqm.structures import DatasetMeta, HOIPredictions
 
 
@@ -44,18 +45,24 @@ class PostProcessHOI(nn.Module):
             persistent=False,
         )
 
-    @torch.no_grad()
-    def forward(self, outputs: dict, orig_sizes: Tensor, file_names: list[str]) -> list[HOIPredictions]:
-        """orig_sizes: (B, 2) (h, w) of the original images."""
+    def triplet_scores(self, outputs: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(verb scores (B, Q, V) before the validity mask, object labels (B, Q), subject and object
+        boxes (B, Q, 4) normalised cxcywh) of every query; QPIC's rule (class docstring)."""
         obj_prob = outputs["pred_obj_logits"].float().softmax(-1)[..., :-1]
         obj_scores, obj_labels = obj_prob.max(-1)  # (B, Q)
         verb = outputs["pred_verb_logits"].float().sigmoid() * obj_scores[..., None]
+        return verb, obj_labels, outputs["pred_sub_boxes"].float(), outputs["pred_obj_boxes"].float()
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, orig_sizes: Tensor, file_names: list[str]) -> list[HOIPredictions]:
+        """orig_sizes: (B, 2) (h, w) of the original images."""
+        verb, obj_labels, sub, obj = self.triplet_scores(outputs)
         valid = self.correct_mat.to(verb.device)[:, obj_labels].permute(1, 2, 0) > 0  # (B, Q, V)
         verb = verb.masked_fill(~valid, -1.0)  # invalid (verb, object) pairs sort last and are dropped
         h, w = orig_sizes.float().unbind(-1)
         scale = torch.stack([w, h, w, h], -1)[:, None, :].to(verb.device)
-        sub = box_cxcywh_to_xyxy(outputs["pred_sub_boxes"].float()) * scale
-        obj = box_cxcywh_to_xyxy(outputs["pred_obj_boxes"].float()) * scale
+        sub = box_cxcywh_to_xyxy(sub) * scale
+        obj = box_cxcywh_to_xyxy(obj) * scale
         if self.meta.no_object_class is not None:  # a role without object has an empty box
             obj = obj * (obj_labels != self.meta.no_object_class)[..., None]
         results = []
@@ -110,9 +117,42 @@ class PostProcessHOI(nn.Module):
         return order[keep]
 
 
-def build_postprocessor(cfg, meta: DatasetMeta) -> PostProcessHOI:
+class PostProcessHOTR(PostProcessHOI):
+    """HOTR post-processing (Kim et al., CVPR 2021; published ``PostProcess``), then QPIC's ranking.
+
+    Every interaction query gives one pair: the instances its human and object pointers point at
+    (argmax of the pointer softmax over ``pred_hidx`` / ``pred_oidx`` (B, Q, Ni)); the pair boxes are
+    those instances' boxes (``pred_boxes``, normalised cxcywh), the object class the pointed
+    object instance's best real class. Score of (query, verb v) = sigmoid(action_v) x (1 -
+    sigmoid(no interaction)) x the two pointer probabilities x the human instance's person
+    probability x the object instance's class score. A V-COCO role without object (an object pointer
+    at the human itself, the published convention) is the dataset's "no object" class with an empty
+    box and object score 1. The subject is always a person (class 0).
+    """
+
+    def triplet_scores(self, outputs: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        inst_prob = outputs["pred_logits"].float().softmax(-1)[..., :-1]  # (B, Ni, C_obj)
+        boxes = outputs["pred_boxes"].float()
+        p_h, h_idx = outputs["pred_hidx"].float().softmax(-1).max(-1)  # (B, Q)
+        p_o, o_idx = outputs["pred_oidx"].float().softmax(-1).max(-1)
+        obj_scores, obj_labels = gather_rows(inst_prob, o_idx).max(-1)
+        human = gather_rows(inst_prob, h_idx)[..., 0]
+        if self.meta.no_object_class is not None:
+            no_obj = h_idx == o_idx
+            obj_labels = torch.where(no_obj, self.meta.no_object_class, obj_labels)
+            obj_scores = torch.where(no_obj, torch.ones_like(obj_scores), obj_scores)
+        actions = outputs["pred_actions"].float().sigmoid()
+        interaction = 1 - actions[..., -1]
+        pair = interaction * p_h * p_o * human * obj_scores
+        verb = actions[..., :-1] * pair[..., None]
+        return verb, obj_labels, gather_rows(boxes, h_idx), gather_rows(boxes, o_idx)
+
+
+def build_postprocessor(cfg, meta: DatasetMeta, hotr: bool = False) -> PostProcessHOI:
+    """QPIC's (QPIC, CDN) or, ``hotr``, HOTR's post-processor with the options of ``cfg.eval``."""
     e = cfg.eval
-    return PostProcessHOI(
+    cls = PostProcessHOTR if hotr else PostProcessHOI
+    return cls(
         meta,
         e.max_dets,
         per_object_topk=e.mode == "ko",
@@ -121,3 +161,7 @@ def build_postprocessor(cfg, meta: DatasetMeta) -> PostProcessHOI:
         nms_alpha=e.nms_alpha,
         nms_beta=e.nms_beta,
     )
+
+
+def build_hotr_postprocessor(cfg, meta: DatasetMeta) -> PostProcessHOTR:
+    return build_postprocessor(cfg, meta, hotr=True)
