@@ -35,8 +35,8 @@ def _cdn(extra=(), seed=0):
 
 def test_registry_tests_and_checkpoint_tables_cover_every_detector():
     assert set(DETECTORS) == set(LAYOUTS) == set(DETECTOR_OVERRIDES)
-    with pytest.raises(ConfigError, match="qpic, cdn"):
-        load_config(None, ["model.detector=hotr"])
+    with pytest.raises(ConfigError, match="qpic, cdn, hotr"):
+        load_config(None, ["model.detector=detr"])
 
 
 def test_interaction_queries_are_the_pair_decoders_last_embeddings(batch):

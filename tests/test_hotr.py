@@ -3,17 +3,25 @@ the unchanged seams, configs."""
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import NUM_OBJ, NUM_VERB, make_target, tiny_detector_cfg
-from hqm.config import ConfigError
+from conftest import DETECTOR_OVERRIDES, NUM_OBJ, NUM_VERB, make_target, tiny_detector_cfg
+from hqm.config import ConfigError, load_config
 from hqm.detectors import build_criterion, build_matcher, build_model
+from hqm.engine.trainer import freeze_except
 from hqm.models.hotr_losses import pointer_targets
 from hqm.models.postprocess import PostProcessHOTR
 from hqm.structures import DatasetMeta
+from hqm.zoo import convert_state_dict, detect_format, load_weights, safe_torch_load
+from hqm.zoo.classes import dataset_object_names
+from hqm.zoo.rename import load_partial
+from hqm.zoo.safe_load import CheckpointError, UnsafeCheckpointError
 from test_mining_train import RUNS
+from test_zoo import DETR_OVERRIDES, _save, detr_state_dict
 
 
 def _hotr(extra=(), seed=0):
@@ -184,3 +192,135 @@ def test_bad_hotr_config_values_give_one_clear_line(override, key):
     with pytest.raises(ConfigError) as e:
         tiny_detector_cfg("hotr", [override])
     assert key in str(e.value) and "\n" not in str(e.value)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+
+def hotr_released_state_dict(d: int = 32, hoi_queries: int = 6, verbs: int = NUM_VERB) -> dict:
+    """kakaobrain/HOTR's published layout (names and shapes from hotr/models/hotr.py, detr.py) for the
+    tiny config: a complete DETR under ``detr.``, the shared encoder saved a second time under
+    ``interaction_transformer.encoder``, the interaction decoder, queries, pointers and actions."""
+    detr = detr_state_dict(queries=8)
+    sd = {f"detr.{k}": v for k, v in detr.items()}
+    for k, v in detr.items():
+        if k.startswith("transformer.encoder."):
+            sd[f"interaction_transformer.{k[len('transformer.') :]}"] = v
+        if k.startswith("transformer.decoder."):
+            sd[f"interaction_transformer.{k[len('transformer.') :]}"] = v + 1
+    g = torch.Generator().manual_seed(1)
+    sd["query_embed.weight"] = torch.randn(hoi_queries, d, generator=g)
+    for head in ("H_Pointer_embed", "O_Pointer_embed"):
+        for i in range(3):
+            sd[f"{head}.layers.{i}.weight"] = torch.randn(d, d, generator=g)
+            sd[f"{head}.layers.{i}.bias"] = torch.randn(d, generator=g)
+    sd["action_embed.weight"] = torch.randn(verbs + 1, d, generator=g)
+    sd["action_embed.bias"] = torch.randn(verbs + 1, generator=g)
+    return sd
+
+
+def _hotr_for_weights(extra=()):
+    cfg = load_config(None, DETR_OVERRIDES + DETECTOR_OVERRIDES["hotr"] + list(extra))
+    return build_model(cfg, 80, NUM_VERB)
+
+
+def _save_with_args(state, path, **args):
+    torch.save({"model": state, "args": argparse.Namespace(**args)}, path)
+    return path
+
+
+def test_released_hotr_weights_load_with_a_complete_report(tmp_path):
+    """Every model key comes from the file, the duplicated encoder is reported as such, nothing is
+    left random; the V-COCO file's numpy ``args`` load through the allow-list."""
+    model = _hotr_for_weights(["model.hotr.tau=0.05"])
+    state = hotr_released_state_dict()
+    path = _save_with_args(
+        state, tmp_path / "vcoco_q16.pth", temperature=0.05, valid_ids=np.array([1, 2, 3]), ratio=np.ones(2)
+    )
+    assert detect_format(state, "hotr") == "hotr"
+    names = dataset_object_names("hico_det")
+    report = load_weights(model, path, object_names=names, detector="hotr")
+    own = model.state_dict()
+    assert set(report.loaded) == set(own) and report.fresh == []
+    assert sorted(e.split(":")[0] for e in report.ignored) == sorted(
+        k for k in state if k.startswith("interaction_transformer.encoder.")
+    )
+    for k in ("query_embed.weight", "H_Pointer_embed.layers.2.weight", "action_embed.bias"):
+        assert torch.equal(own[k], state[k])
+    assert torch.equal(
+        own["detr.transformer.encoder.layers.0.linear1.weight"],
+        state["detr.transformer.encoder.layers.0.linear1.weight"],
+    )
+    k = "interaction_transformer.decoder.layers.1.multihead_attn.in_proj_weight"
+    assert torch.equal(own[k], state[k])
+    assert torch.equal(own["detr.class_embed.weight"][0], state["detr.class_embed.weight"][1])  # person
+
+
+def test_hotr_temperature_must_match_the_checkpoint_args(tmp_path):
+    path = _save_with_args(hotr_released_state_dict(), tmp_path / "hico_q16.pth", temperature=0.2)
+    model = _hotr_for_weights(["model.hotr.tau=0.05"])
+    with pytest.raises(CheckpointError) as e:
+        load_weights(model, path, object_names=dataset_object_names("hico_det"), detector="hotr")
+    msg = str(e.value)
+    assert "0.2" in msg and "0.05" in msg and "model.hotr.tau" in msg and "\n" not in msg
+
+
+def test_numpy_allow_list_is_exactly_the_array_reconstruction(tmp_path):
+    ok = tmp_path / "ok.pth"
+    torch.save({"args": argparse.Namespace(a=np.arange(3, dtype=np.int64), b=np.zeros(2, np.float32))}, ok)
+    args = safe_torch_load(ok)["args"]
+    assert args.a.tolist() == [0, 1, 2] and args.b.dtype == np.float32
+    bad = tmp_path / "bad.pth"
+    torch.save({"args": argparse.Namespace(rng=np.random.default_rng(0))}, bad)
+    with pytest.raises(UnsafeCheckpointError, match="numpy.random"):
+        safe_torch_load(bad)
+
+
+@pytest.mark.parametrize("init", ["published", "fresh"])
+def test_detr_to_hotr_initialisations(init, tmp_path):
+    detr = detr_state_dict(queries=8)
+    names = dataset_object_names("hico_det")
+    converted, _ = convert_state_dict(detr, "hotr", object_names=names, init=init)
+    model = _hotr_for_weights()
+    report = load_partial(model, converted)
+    fresh = {e.split(":")[0].split(".")[0] for e in report.fresh}
+    inter_fresh = any(e.startswith("interaction_transformer.decoder.") for e in report.fresh)
+    assert inter_fresh == (init == "fresh")
+    assert fresh <= {
+        "query_embed",
+        "H_Pointer_embed",
+        "O_Pointer_embed",
+        "action_embed",
+        "interaction_transformer",
+    }
+    assert not any(e.startswith("detr.") for e in report.fresh)
+    own = model.state_dict()
+    assert torch.equal(own["detr.transformer.decoder.norm.weight"], detr["transformer.decoder.norm.weight"])
+    if init == "published":
+        k = "layers.1.multihead_attn.in_proj_weight"
+        assert torch.equal(own[f"interaction_transformer.decoder.{k}"], detr[f"transformer.decoder.{k}"])
+    # the CLI: hqm convert detr-to-hoi --detector hotr
+    from hqm.cli import main
+
+    src = _save(detr, "detr-r18.pth")
+    out = tmp_path / f"{init}.pt"
+    assert main(["convert", "detr-to-hoi", src, str(out), "--detector", "hotr", "--init", init]) == 0
+    assert safe_torch_load(out)["converted"]["detector"] == "hotr"
+
+
+def test_other_detectors_weights_are_refused_by_hotr():
+    with pytest.raises(CheckpointError, match="model.detector"):
+        detect_format({"obj_class_embed.weight": torch.zeros(1)}, "hotr")
+
+
+def test_hotr_trains_with_detr_frozen():
+    cfg = tiny_detector_cfg(
+        "hotr",
+        [
+            "train.trainable=[query_embed,interaction_transformer,H_Pointer_embed,O_Pointer_embed,action_embed]"
+        ],
+    )
+    model = build_model(cfg, NUM_OBJ, NUM_VERB)
+    freeze_except(model, cfg.train.trainable)
+    assert not any(p.requires_grad for p in model.detr.parameters())
+    assert all(p.requires_grad for p in model.interaction_transformer.parameters())

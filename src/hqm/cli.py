@@ -303,7 +303,8 @@ def add_api_commands(sub) -> None:
         default=None,
         help="the detector's DETR initialisation; cdn: paper (default: DETR's decoder in the pair AND "
         "the interaction decoder, as the paper's runs) | released (the published converter: "
-        "interaction decoder random)",
+        "interaction decoder random); hotr: published (default: DETR's decoder also initialises the "
+        "interaction decoder, --pretrained_dec) | fresh (interaction decoder random)",
     )
     cv.add_argument(
         "--dataset",

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from hqm.zoo import classes as _classes  # noqa: F401  (registers the "class_rows" op)
-from hqm.zoo.layouts import detect_format, get_spec
+from hqm.zoo.layouts import check_args, detect_format, get_spec
 from hqm.zoo.rename import LoadReport, apply_spec, load_partial
 from hqm.zoo.safe_load import CheckpointError, read_state_dict
 
@@ -74,7 +74,8 @@ def load_into_model(
 ) -> LoadReport:
     """Load any supported checkpoint file (DETR, QPIC, HQM, ours, converted, exported directory)
     into ``model`` as far as names and shapes allow; returns the report."""
-    state, _ = read_state_dict(path)
+    state, rest = read_state_dict(path)
+    check_args(rest, model, path, detector)
     hidden = getattr(model, "hidden_dim", None)
     converted, conv_report = convert_state_dict(state, detector, source, object_names, hidden)
     return _merge(conv_report, load_partial(model, converted))

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from hqm.config import ConfigError
 from hqm.zoo.cdn import CDN_LAYOUTS
+from hqm.zoo.hotr import HOTR_LAYOUTS
 from hqm.zoo.rename import ConversionSpec
 from hqm.zoo.tables import QPIC_LAYOUTS, CheckpointLayouts
 
 #: detector -> the checkpoint layouts it loads (one line per registered detector, see hqm.detectors)
-LAYOUTS: dict[str, CheckpointLayouts] = {layouts.detector: layouts for layouts in (QPIC_LAYOUTS, CDN_LAYOUTS)}
+LAYOUTS: dict[str, CheckpointLayouts] = {
+    layouts.detector: layouts for layouts in (QPIC_LAYOUTS, CDN_LAYOUTS, HOTR_LAYOUTS)
+}
 
 #: (source layout, detector) -> spec (default DETR initialisation)
 TABLES: dict[tuple[str, str], ConversionSpec] = {
@@ -47,3 +50,10 @@ def detect_format(state: dict, detector: str = "qpic") -> str:
     """The layout of ``state`` as the ``detector``'s checkpoint tables read it (see
     :meth:`CheckpointLayouts.detect`)."""
     return get_layouts(detector).detect(state)
+
+
+def check_args(rest: dict, model, path, detector: str) -> None:
+    """The detector's check of a checkpoint's training arguments (``CheckpointLayouts.check_args``)."""
+    check = get_layouts(detector).check_args
+    if check is not None:
+        check(rest, model, path)

@@ -48,6 +48,10 @@ class ConversionSpec:
     rules: tuple[Rule, ...]
     fresh: tuple[str, ...] = ()
     description: str = ""
+    #: True when the table is the published model's own layout: its row selections (HOTR's COCO
+    #: classifier inside the checkpoint) and dropped aliases (HOTR's encoder saved twice) are part of
+    #: reading the file, and ``load_weights`` (all or nothing) accepts them
+    exact: bool = False
 
 
 @dataclass

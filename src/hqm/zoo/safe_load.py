@@ -24,12 +24,40 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hqm.errors import NotFoundError, UserError
 
-#: Globals a checkpoint may reference besides tensors and plain containers.
-ALLOWED_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+
+def _numpy_reconstruction() -> tuple[Any, ...]:
+    """What unpickling a numpy array needs: ``_reconstruct`` (under its numpy >= 2 name and, for files
+    written with numpy 1, ``numpy.core.multiarray._reconstruct``), ``ndarray``, ``dtype`` and the
+    dtype classes of numeric / bool / str arrays. Nothing else from numpy (no ``numpy.random``
+    constructors, no object arrays' contents beyond these)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+    kinds += (np.float16, np.float32, np.float64, np.complex64, np.complex128, np.str_)
+    return (
+        _reconstruct,
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        *dict.fromkeys(type(np.dtype(k)) for k in kinds),
+    )
+
+
+#: Globals a checkpoint may reference besides tensors and plain containers: the ``argparse.Namespace``
+#: of public training checkpoints and the numpy array reconstruction (HOTR's published V-COCO
+#: checkpoint keeps numpy arrays in its ``args``). ``(object, name)``: allowed under that pickled name.
+ALLOWED_GLOBALS: tuple[Any, ...] = (argparse.Namespace, *_numpy_reconstruction())
+
+
+def _global_name(g: Any) -> str:
+    return g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
 
 
 class CheckpointError(UserError, ValueError):
@@ -71,7 +99,7 @@ def _unreadable(path: Path, reason: str) -> CheckpointError:
 
 
 def _allowed_names() -> str:
-    return ", ".join(f"{c.__module__}.{c.__qualname__}" for c in ALLOWED_GLOBALS)
+    return ", ".join(_global_name(c) for c in ALLOWED_GLOBALS)
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -83,7 +111,7 @@ def _unsafe_globals(path: Path) -> list[str]:
         found = probe(str(path))
     except Exception:  # legacy (non-zip) file or unreadable archive: fall back to the error text
         return []
-    allowed = {f"{c.__module__}.{c.__qualname__}" for c in ALLOWED_GLOBALS}
+    allowed = {_global_name(c) for c in ALLOWED_GLOBALS}
     return [g for g in found if g not in allowed]
 
 

@@ -18,12 +18,14 @@ Layouts (verified against the public code; see the report in ``docs`` / the zoo 
 Each detector has its :class:`CheckpointLayouts` (the sources it loads, how to detect them, its DETR
 initialisations); ``hqm.zoo.layouts.LAYOUTS`` lists them by detector name. Adding HOTR = its tables
 in ``hqm/zoo/hotr.py`` plus one entry in ``LAYOUTS``.
+* ``hotr``: kakaobrain/HOTR checkpoints (``detr.*`` + the interaction branch; ``hqm.zoo.hotr``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hqm.zoo.rename import ConversionSpec, Rule
 from hqm.zoo.safe_load import CheckpointError
@@ -129,6 +131,9 @@ class CheckpointLayouts:
     specs: dict[str, ConversionSpec]
     detect_layout: Callable[[dict], str]
     detr_inits: dict[str, ConversionSpec] = field(default_factory=dict)
+    #: ``(the checkpoint's non-weight entries, model, path) -> None``: refuses (``CheckpointError``)
+    #: a file whose training arguments do not fit the model (HOTR's temperature), or None
+    check_args: Callable[[dict, Any, Any], None] | None = None
 
     def detect(self, state: dict) -> str:
         layout = self.detect_layout(state)

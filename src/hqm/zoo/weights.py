@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from hqm.errors import UsageError
 from hqm.zoo.convert import convert_state_dict
-from hqm.zoo.layouts import detect_format
+from hqm.zoo.layouts import check_args, detect_format, get_spec
 from hqm.zoo.rename import LoadReport
 from hqm.zoo.safe_load import read_state_dict
 
@@ -72,9 +72,11 @@ def load_weights(
     weights do not fit; the model is then unchanged.
     """
     if state is None:
-        state, _ = read_state_dict(path)
+        state, rest = read_state_dict(path)
+        check_args(rest, model, path, detector)
     source = detect_format(state, detector)
     conversion = LoadReport()
+    exact = source == "ours" or get_spec(source, detector).exact
     if source != "ours":
         hidden = getattr(model, "hidden_dim", None)
         state, conversion = convert_state_dict(state, detector, source, object_names, hidden)
@@ -83,6 +85,8 @@ def load_weights(
     state = {k: v for k, v in state.items() if k not in extra_miners}
     problems = weight_mismatches(model, state)
     notes = [e for e in conversion.reshaped + conversion.ignored if not e.startswith("miners.")]
+    if exact:  # the published layout's own row selection / aliases: part of reading it
+        notes = [e for e in conversion.ignored if not e.startswith("miners.") and ": no rule in" in e]
     if any(problems.values()) or notes:
         parts = [
             _listing(kind, keys)
@@ -102,4 +106,8 @@ def load_weights(
         )
     with torch.no_grad():
         model.load_state_dict(state, strict=False)  # strict but for the mining parameters
-    return LoadReport(loaded=list(state), ignored=[f"{k}: mining parameters (unused)" for k in extra_miners])
+    return LoadReport(
+        loaded=list(state),
+        reshaped=list(conversion.reshaped),
+        ignored=conversion.ignored + [f"{k}: mining parameters (unused)" for k in extra_miners],
+    )
