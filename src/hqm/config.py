@@ -182,6 +182,10 @@ class EvalConfig:
     nms_thresh: float = 0.7
     nms_alpha: float = 1.0
     nms_beta: float = 0.5
+    # move every test image's content (scale + translation of magnitude in [0, 1], boxes moved with
+    # it; hqm.data.shift) to measure robustness to new positions; 0: the test set as it is
+    shift: float = 0.0
+    shift_seed: int = 0
 
 
 @dataclass
@@ -513,6 +517,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
     "eval.max_dets": (lambda v: v >= 1, ">= 1"),
     "eval.nms_thresh": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "eval.shift": (lambda v: 0.0 <= v <= 1.0, "in [0, 1] (0: no shift)"),
     "mining.alpha": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
     "mining.beta": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
     "mining.gbs.num_candidates": (lambda v: v >= 1, ">= 1"),

@@ -93,7 +93,8 @@ def build_eval_setup(
 ) -> EvalSetup:
     """Test dataset, a loader sharded over ranks (each image once; padding duplicates are removed by
     the evaluator's gather), the post-processor and the evaluator. ``train_annotations`` give the
-    rare / non-rare split.
+    rare / non-rare split. With ``eval.shift > 0`` the test images' content and ground truth are moved
+    (``hqm.data.shift``).
 
     With ``eval.batching=same_size`` the loader batches images of one stored size together
     (``SizeGroupedBatchSampler``), so batches are full and need no padding; ``padded`` batches
@@ -106,6 +107,10 @@ def build_eval_setup(
     from hqm.evaluation import build_evaluator
 
     dataset = build_dataset(cfg.data, cfg.eval.split, train=False)
+    if cfg.eval.shift > 0:
+        from hqm.data.shift import ShiftedDataset
+
+        dataset = ShiftedDataset(dataset, cfg.eval.shift, cfg.eval.shift_seed)
     sampler = EpochSampler(len(dataset), 0, False, rank, world)
     if cfg.eval.batching == "same_size":
         sizes = [(a.width, a.height) for a in dataset.annotations]

@@ -1,0 +1,406 @@
+"""The HQM study: Full mAP against training step for every mining strategy, over several seeds.
+
+Trains the study recipe (default: the demo's ``qpic_r18_synthetic`` on the default synthetic preset)
+once per (variant, seed) with ``hqm train``, evaluating on the test split after every epoch, and
+reports what the paper's Figure 3 and Table 3 show:
+
+* ``convergence.csv``: one row per evaluation (variant, strategy, seed, epochs, final, epoch, step, Full /
+  Rare / Non-rare mAP and mean max recall in %, median training step time in s);
+* ``convergence.png``: Full mAP against step, the mean over seeds with a band from the lowest to the
+  highest seed;
+* ``convergence.md``: mean +- std (over seeds) of the final Full / Rare / Non-rare mAP, the paired
+  comparison of each variant with ``none`` (difference per seed, its mean +- std, the seeds it wins,
+  the paired t-test's p), and the faster-convergence check (``--short``: HQM trained for a fraction
+  of the baseline's epochs, schedule included, against the baseline's full run).
+
+Variants: the strategies (``--strategies``, default none gbs amm ajl pjl cjl), with ``--ablations``
+also GBS without shifting / with Gaussian shifts, AMM with random selection / without the reference
+A^l / without the hard queries Q^m (the paper's Table 4), and ``--short STRATEGY`` (default ajl) at
+``--short-fraction`` (0.6) of the epochs. Runs go seed by seed, so a stopped study has whole seeds.
+
+Resumable: each run lives in ``OUT/runs/<variant>-s<seed>``; a finished run is skipped, a stopped one
+continues from its ``last.pt`` (``hqm train --resume auto``). ``--deadline-min`` stops launching runs
+and interrupts running ones (they save ``last.pt``) after that many minutes, then reports.
+``--jobs N`` trains N runs at once (a GPU has room for several small ones; on a 2-core CPU use 1).
+
+    .venv/bin/python benchmarks/convergence.py                              # 3 seeds, CPU: hours
+    .venv/bin/python benchmarks/convergence.py --seeds 1 --epochs 2 --strategies none ajl --short ''
+    .venv/bin/python benchmarks/convergence.py --device cuda --jobs 8 --threads 2
+    .venv/bin/python benchmarks/convergence.py --device cuda --size 256 --jobs 4   # larger images
+    .venv/bin/python benchmarks/convergence.py --report                     # tables from OUT only
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hqm
+
+STRATEGIES = ("none", "gbs", "amm", "ajl", "pjl", "cjl")
+#: the paper's Table 4 ablations, each on the strategy it changes
+ABLATIONS = {
+    "gbs-shift-none": ["mining.strategy=gbs", "mining.gbs.shift=none"],
+    "gbs-shift-gaussian": ["mining.strategy=gbs", "mining.gbs.shift=gaussian"],
+    "amm-select-random": ["mining.strategy=amm", "mining.amm.select=random"],
+    "amm-reference-self": ["mining.strategy=amm", "mining.amm.reference=self"],
+    "amm-target-learnable": ["mining.strategy=amm", "mining.amm.target=learnable"],
+}
+DONE = "study_run_finished"  # marker written into a run folder when its training ended successfully
+METRICS = ("mAP_full", "mAP_rare", "mAP_nonrare", "mean_max_recall")
+
+
+@dataclass
+class Run:
+    variant: str
+    seed: int
+    epochs: int
+    overrides: list[str]
+    dir: Path
+    proc: subprocess.Popen | None = None
+    log: object = None
+    started: float = 0.0
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}-s{self.seed}"
+
+    @property
+    def strategy(self) -> str:
+        for o in self.overrides:
+            if o.startswith("mining.strategy="):
+                return o.split("=", 1)[1]
+        return "none"
+
+
+def size_overrides(size: int) -> tuple[list[str], list[str]]:
+    """(recipe overrides, synthetic-generator overrides) for test images of short side ``size`` px
+    (the demo recipe is sized for 128 px; everything scales with it)."""
+    if size == 128:
+        return [], []
+    r = size / 128
+    scales = sorted({int(round(s * r / 8) * 8) for s in (112, 120, 128, 136, 144)})
+    recipe = [
+        f"data.test_scale={size}",
+        f"data.scales=[{','.join(map(str, scales))}]",
+        f"data.max_size={int(224 * r)}",
+        f"data.crop_resize=[{int(112 * r)},{size}]",
+        f"data.crop_min={int(96 * r)}",
+        f"data.crop_max={size}",
+    ]
+    synth = [f"image_min={int(112 * r)}", f"image_max={int(160 * r)}"]
+    return recipe, synth
+
+
+def plan(args, out: Path, base: list[str]) -> list[Run]:
+    variants: list[tuple[str, list[str], int]] = [
+        (s, [f"mining.strategy={s}"], args.epochs) for s in args.strategies
+    ]
+    if args.ablations:
+        variants += [(name, ov, args.epochs) for name, ov in ABLATIONS.items()]
+    if args.short:
+        short = max(1, int(round(args.epochs * args.short_fraction)))
+        variants.append((f"{args.short}-{short}ep", [f"mining.strategy={args.short}"], short))
+    runs = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for variant, ov, epochs in variants:
+            d = out / "runs" / f"{variant}-s{seed}"
+            over = base + ov + [f"train.seed={seed}", f"train.epochs={epochs}", f"train.output_dir={d}"]
+            runs.append(Run(variant, seed, epochs, over, d))
+    return runs
+
+
+def read_rows(run: Run) -> list[dict]:
+    path = run.dir / "results.csv"
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def step_time(run: Run) -> float | None:
+    """Median of the logged (smoothed) training step times of ``run``."""
+    path = run.dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    times = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("kind") == "train" and rec.get("step_time"):
+                times.append(float(rec["step_time"]))
+    return statistics.median(times) if times else None
+
+
+def finished(run: Run) -> bool:
+    """The run's ``hqm train`` ended successfully (its last evaluation is the final one)."""
+    return (run.dir / DONE).is_file()
+
+
+def launch(run: Run, config: str, threads: int) -> None:
+    run.dir.mkdir(parents=True, exist_ok=True)
+    has_ckpt = any((run.dir / "checkpoints").glob("*.pt")) if (run.dir / "checkpoints").is_dir() else False
+    cmd = [sys.executable, "-m", "hqm", "train", config, *run.overrides]
+    cmd += ["--resume", "auto"] if has_ckpt else ["--overwrite"]  # our own study folder
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env.pop("PYTHONUNBUFFERED", None)
+    run.log = open(run.dir.parent / f"{run.name}.log", "a")
+    run.proc = subprocess.Popen(cmd, stdout=run.log, stderr=subprocess.STDOUT, env=env)
+    run.started = time.time()
+
+
+def progress_line(runs: list[Run], steps_per_epoch: int, t0: float) -> str:
+    total = sum(r.epochs for r in runs) * steps_per_epoch
+    done = sum(int(rows[-1]["step"]) if (rows := read_rows(r)) else 0 for r in runs)
+    n_done = sum(finished(r) for r in runs)
+    running = sum(r.proc is not None and r.proc.poll() is None for r in runs)
+    el = time.time() - t0
+    eta = f"{el / done * (total - done) / 60:.0f} min" if done else "?"
+    return (
+        f"[convergence] runs {n_done}/{len(runs)} done, {running} running; "
+        f"{done}/{total} steps (at epoch ends); {el / 60:.1f} min elapsed, eta {eta}"
+    )
+
+
+def execute(runs: list[Run], args, config: str, steps_per_epoch: int) -> None:
+    todo = [r for r in runs if not finished(r)]
+    print(f"[convergence] {len(runs)} runs, {len(runs) - len(todo)} already finished", flush=True)
+    t0 = time.time()
+    deadline = t0 + args.deadline_min * 60 if args.deadline_min else math.inf
+    active: list[Run] = []
+    failed: list[Run] = []
+    last = 0.0
+    while todo or active:
+        for r in list(active):
+            if r.proc.poll() is not None:
+                active.remove(r)
+                r.log.close()
+                if r.proc.returncode == 0:
+                    (r.dir / DONE).write_text(f"{time.time() - r.started:.1f} s\n")
+                else:
+                    failed.append(r)
+                    print(
+                        f"[convergence] {r.name} failed (exit {r.proc.returncode}); see {r.log.name}",
+                        flush=True,
+                    )
+        if time.time() > deadline:
+            for r in active:
+                r.proc.send_signal(signal.SIGTERM)  # the trainer saves last.pt at the step boundary
+            for r in active:
+                r.proc.wait()
+                r.log.close()
+            print("[convergence] deadline reached: running runs interrupted (resumable), rest skipped")
+            break
+        while todo and len(active) < args.jobs:
+            r = todo.pop(0)
+            launch(r, config, args.threads)
+            active.append(r)
+        if time.time() - last > args.progress_every:
+            print(progress_line(runs, steps_per_epoch, t0), flush=True)
+            last = time.time()
+        time.sleep(1.0)
+    print(progress_line(runs, steps_per_epoch, t0), flush=True)
+    if failed:
+        print(f"[convergence] {len(failed)} runs failed: {', '.join(r.name for r in failed)}", flush=True)
+
+
+def collect(runs: list[Run], out: Path) -> list[dict]:
+    rows = []
+    for r in runs:
+        st = step_time(r)
+        results = read_rows(r)
+        for i, row in enumerate(results):
+            final = int(finished(r) and i == len(results) - 1)
+            rec = {
+                "variant": r.variant,
+                "strategy": r.strategy,
+                "seed": r.seed,
+                "epochs": r.epochs,
+                "final": final,
+            }
+            rec["epoch"], rec["step"] = int(row["epoch"]), int(row["step"])
+            rec.update({k: round(100 * float(row[k]), 3) for k in METRICS if k in row})
+            rec["step_time_s"] = round(st, 4) if st is not None else ""
+            rows.append(rec)
+    with open(out / "convergence.csv", "w", newline="") as f:
+        fields = ["variant", "strategy", "seed", "epochs", "final", "epoch", "step", *METRICS, "step_time_s"]
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def final_rows(rows: list[dict]) -> dict[str, dict[int, dict]]:
+    """variant -> seed -> the row of its completed run's last evaluation."""
+    out: dict[str, dict[int, dict]] = {}
+    for row in rows:
+        if row["final"]:
+            out.setdefault(row["variant"], {})[row["seed"]] = row
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def report(rows: list[dict], out: Path, header: str) -> str:
+    from scipy import stats
+
+    finals = final_rows(rows)
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = [header, "", "| variant | seeds | Full | Rare | Non-rare | mean max recall | step (s) |"]
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for v in variants:
+        f = finals.get(v, {})
+        cells = [mean_std([r[k] for r in f.values()]) for k in METRICS]
+        st = [r["step_time_s"] for r in f.values() if r["step_time_s"] != ""]
+        lines.append(
+            f"| {v} | {len(f)} | " + " | ".join(cells) + f" | {statistics.median(st) if st else '-'} |"
+        )
+    base = finals.get("none", {})
+    lines += ["", "Paired with `none` (same seeds; Full mAP difference in points):", ""]
+    lines += [
+        "| variant | seeds | mean ± std of the difference | seeds won | paired t-test p |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for v in variants:
+        if v == "none":
+            continue
+        seeds = sorted(set(finals.get(v, {})) & set(base))
+        diffs = [finals[v][s]["mAP_full"] - base[s]["mAP_full"] for s in seeds]
+        p = "-"
+        if len(diffs) > 1 and statistics.stdev(diffs) > 0:
+            a, b = [finals[v][s]["mAP_full"] for s in seeds], [base[s]["mAP_full"] for s in seeds]
+            p = f"{stats.ttest_rel(a, b).pvalue:.3f}"
+        won = sum(d > 0 for d in diffs)
+        lines.append(f"| {v} | {len(seeds)} | {mean_std(diffs)} | {won}/{len(seeds)} | {p} |")
+    text = "\n".join(lines) + "\n"
+    (out / "convergence.md").write_text(text)
+    return text
+
+
+def plot(rows: list[dict], out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        by.setdefault(r["variant"], {}).setdefault(r["step"], []).append(r["mAP_full"])
+    if not by:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v, steps in by.items():
+        xs = sorted(steps)
+        mean = [statistics.mean(steps[x]) for x in xs]
+        ax.plot(
+            xs,
+            mean,
+            marker="o",
+            ms=3,
+            label=f"{v} (n={max(len(steps[x]) for x in xs)})",
+            ls="--" if v.endswith("ep") else "-",
+        )
+        ax.fill_between(xs, [min(steps[x]) for x in xs], [max(steps[x]) for x in xs], alpha=0.15)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("Full mAP (%)")
+    ax.set_title("Convergence on the synthetic benchmark (mean over seeds; band: min-max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "convergence.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--config", default="qpic_r18_synthetic", help="packaged config name or YAML path")
+    ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    ap.add_argument("--ablations", action="store_true", help="also the paper's Table 4 ablations")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=42, help="train.seed of the first seed (42: the demo)")
+    ap.add_argument("--epochs", type=int, default=0, help="0: the config's train.epochs")
+    ap.add_argument(
+        "--short", default="ajl", help="strategy also trained for --short-fraction of the epochs ('' none)"
+    )
+    ap.add_argument("--short-fraction", type=float, default=0.6)
+    ap.add_argument("--out", default="runs/convergence")
+    ap.add_argument("--data", default="", help="synthetic benchmark folder (generated when absent)")
+    ap.add_argument("--preset", default="default", help="synthetic preset")
+    ap.add_argument(
+        "--size", type=int, default=128, help="test image short side in px (recipe scales with it)"
+    )
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: cores / jobs)")
+    ap.add_argument("--deadline-min", type=float, default=0.0, help="stop after this many minutes (0: never)")
+    ap.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
+    ap.add_argument("--report", action="store_true", help="only collect, tabulate and plot what OUT holds")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    args = ap.parse_args()
+
+    from hqm.config import load_config
+
+    config = args.config
+    if not Path(config).is_file():
+        config = str(Path(hqm.__file__).parent / "configs" / f"{config.removesuffix('.yaml')}.yaml")
+    cfg = load_config(config, args.overrides)
+    args.epochs = args.epochs or cfg.train.epochs
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe, synth = size_overrides(args.size)
+    data = Path(args.data or out / f"data-{args.preset}-{args.size}")
+    base = [f"data.root={data}", f"device={args.device}", *recipe, *args.overrides]
+    runs = plan(args, out, base)
+    if not args.report:
+        from hqm.data.build import synthetic_ready
+        from hqm.data.synthetic import generate
+
+        if not synthetic_ready(data):
+            t = time.time()
+            generate(data, args.preset, synth)
+            print(
+                f"[convergence] synthetic benchmark written to {data} in {time.time() - t:.0f} s", flush=True
+            )
+        from hqm.data.build import split_paths
+
+        n_train = len(json.loads(split_paths("synthetic", data, "train")[1].read_text()))
+        steps_per_epoch = n_train // cfg.train.batch_size
+        execute(runs, args, config, steps_per_epoch)
+    rows = collect(runs, out)
+    header = (
+        f"Study: {Path(config).stem} on the synthetic preset '{args.preset}' at {args.size} px, "
+        f"{args.epochs} epochs, train.seed {args.first_seed}..{args.first_seed + args.seeds - 1}, "
+        f"device {args.device}; "
+        f"final evaluation of each completed run (mean ± std over seeds, %)."
+    )
+    print(report(rows, out, header))
+    png = plot(rows, out)
+    print(f"[convergence] {out / 'convergence.csv'}, {out / 'convergence.md'}" + (f", {png}" if png else ""))
+
+
+if __name__ == "__main__":
+    main()
