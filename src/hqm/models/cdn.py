@@ -89,9 +89,6 @@ class CDN(QPICHeadsMixin, DetrHOIModel):
         memory = self.transformer.encoder(src.flatten(2).transpose(1, 2), pos, mask)
         return EncodedImages(memory, pos, mask, (h, w))
 
-    def learnable_queries(self, batch_size: int) -> QueryGroup:
-        return QueryGroup(self.query_embed.weight[None].expand(batch_size, -1, -1))
-
     @property
     def mining_layers(self) -> range:
         """AMM masks the pair decoder's cross-attention (hook layers 0 .. L_p - 1)."""
@@ -104,8 +101,7 @@ class CDN(QPICHeadsMixin, DetrHOIModel):
         hook: AttentionHook | None = None,
         final_norm: bool = True,
     ) -> dict:
-        if queries.reference is not None:
-            raise ValueError("CDN decodes positional queries only (QueryGroup.reference must be None)")
+        queries.require_positional_only("CDN")
         pair_decoder = self.transformer.decoder
         pair = pair_decoder(queries.pos, enc.memory, enc.pos, enc.mask, queries.mask, hook, final_norm)
         # the interaction queries are the pair decoder's last normalised output embeddings

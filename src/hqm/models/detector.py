@@ -90,6 +90,13 @@ class QueryGroup:
     def num_queries(self) -> int:
         return self.pos.shape[1]
 
+    def require_positional_only(self, detector: str) -> None:
+        """Raises ``ValueError`` when the group carries reference boxes ``detector`` cannot decode."""
+        if self.reference is not None:
+            raise ValueError(
+                f"{detector} decodes positional queries only (QueryGroup.reference must be None)"
+            )
+
 
 @dataclass
 class MiningContext:
@@ -146,7 +153,9 @@ class DetrHOIModel(nn.Module):
         raise NotImplementedError
 
     def learnable_queries(self, batch_size: int) -> QueryGroup:
-        raise NotImplementedError
+        """The learnable query group: ``self.query_embed`` (``nn.Embedding(Q, D)``, DETR's learned
+        positional queries) for every image; override for other query sets."""
+        return QueryGroup(self.query_embed.weight[None].expand(batch_size, -1, -1))
 
     @property
     def mining_layers(self) -> range:

@@ -147,9 +147,6 @@ class HOTR(DetrHOIModel):
             }
         return enc.shared[INSTANCES]
 
-    def learnable_queries(self, batch_size: int) -> QueryGroup:
-        return QueryGroup(self.query_embed.weight[None].expand(batch_size, -1, -1))
-
     @property
     def mining_layers(self) -> range:
         """AMM masks the interaction decoder's cross-attention (hook layers 0 .. L_i - 1)."""
@@ -162,8 +159,7 @@ class HOTR(DetrHOIModel):
         hook: AttentionHook | None = None,
         final_norm: bool = True,
     ) -> dict:
-        if queries.reference is not None:
-            raise ValueError("HOTR decodes positional queries only (QueryGroup.reference must be None)")
+        queries.require_positional_only("HOTR")
         inst = self.instances(enc)
         decoder = self.interaction_transformer.decoder
         hs = decoder(queries.pos, enc.memory, enc.pos, enc.mask, queries.mask, hook, final_norm)

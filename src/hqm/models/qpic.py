@@ -68,9 +68,6 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         memory = self.transformer.encoder(src, pos, mask)
         return EncodedImages(memory, pos, mask, (h, w))
 
-    def learnable_queries(self, batch_size: int) -> QueryGroup:
-        return QueryGroup(self.query_embed.weight[None].expand(batch_size, -1, -1))
-
     @property
     def mining_layers(self) -> range:
         return range(len(self.transformer.decoder.layers))
