@@ -140,3 +140,22 @@ def masking_reference(monkeypatch) -> dict:
 
     monkeypatch.setattr(AttentionMasking, "__init__", spy)
     return seen
+
+
+def mining_steps(cfg: Config, model, criterion, batch, steps: int = 2):
+    """Train-mode forward + criterion + backward for ``steps`` steps of ``cfg.mining``'s schedule
+    (the miners a step does not run are touched as idle); asserts a finite loss and yields
+    ``(outputs, logs)`` after each backward, while the step's gradients are still there."""
+    from hqm.mining.schedule import build_schedule
+
+    images, masks, targets = batch
+    schedule = build_schedule(cfg.mining)
+    for step in range(steps):
+        active = schedule.active(step)
+        model.zero_grad(set_to_none=True)
+        out = model.train()(images, masks, targets, mining=active)
+        idle = model.miner_parameters(exclude=active)
+        loss, logs = criterion(out, targets, cfg.mining.alpha, schedule.weights(active), idle_params=idle)
+        loss.backward()
+        assert torch.isfinite(loss)
+        yield out, logs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DETECTOR_OVERRIDES, NUM_OBJ, NUM_VERB, make_target, tiny_detector_cfg
+from conftest import DETECTOR_OVERRIDES, NUM_OBJ, NUM_VERB, make_target, mining_steps, tiny_detector_cfg
 from hqm.config import ConfigError, load_config
 from hqm.detectors import DETECTORS, build_model
 from hqm.engine.trainer import freeze_except
@@ -325,21 +325,10 @@ def test_query_group_reference_is_refused_by_cdn(batch):
 def test_every_mining_variant_trains_on_cdn(run, batch):
     """Each strategy and ablation switch of the mining package: a training forward on CDN, finite
     losses for its groups, gradients into the pair and interaction decoders."""
-    images, masks, targets = batch
     strategy = run.split("-")[0]
     cfg, model = _cdn([f"mining.strategy={strategy}", "mining.amm.k=6", *RUNS[run]])
     crit = build_criterion(cfg, NUM_OBJ, build_matcher(cfg.loss))
-    from hqm.mining.schedule import build_schedule
-
-    schedule = build_schedule(cfg.mining)
-    for step in range(2):
-        active = schedule.active(step)
-        model.zero_grad(set_to_none=True)
-        out = model.train()(images, masks, targets, mining=active)
-        idle = model.miner_parameters(exclude=active)
-        loss, logs = crit(out, targets, cfg.mining.alpha, schedule.weights(active), idle_params=idle)
-        loss.backward()
-        assert torch.isfinite(loss)
+    for out, logs in mining_steps(cfg, model, crit, batch):
         for group in out.get("groups", {}):
             assert f"{group}/loss_verb_ce" in logs
         assert all(p.grad is not None for p in model.miners.parameters())  # idle ones touched

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DETECTOR_OVERRIDES, NUM_OBJ, NUM_VERB, make_target, tiny_detector_cfg
+from conftest import DETECTOR_OVERRIDES, NUM_OBJ, NUM_VERB, make_target, mining_steps, tiny_detector_cfg
 from hqm.config import ConfigError, load_config
 from hqm.detectors import build_criterion, build_matcher, build_model
 from hqm.engine.trainer import freeze_except
@@ -121,22 +121,11 @@ def test_amm_masks_only_the_interaction_decoder(batch, masking_reference):
 
 @pytest.mark.parametrize("run", [r for r in RUNS if "query_type" not in " ".join(RUNS[r])])
 def test_every_mining_variant_trains_on_hotr(run, batch):
-    images, masks, targets = batch
     strategy = run.split("-")[0]
     extra = [x for x in RUNS[run] if "obj_box_norm" not in x]
     cfg, model = _hotr([f"mining.strategy={strategy}", "mining.amm.k=6", *extra])
     crit = build_criterion(cfg, NUM_OBJ)
-    from hqm.mining.schedule import build_schedule
-
-    schedule = build_schedule(cfg.mining)
-    for step in range(2):
-        active = schedule.active(step)
-        model.zero_grad(set_to_none=True)
-        out = model.train()(images, masks, targets, mining=active)
-        idle = model.miner_parameters(exclude=active)
-        loss, logs = crit(out, targets, cfg.mining.alpha, schedule.weights(active), idle_params=idle)
-        loss.backward()
-        assert torch.isfinite(loss)
+    for out, logs in mining_steps(cfg, model, crit, batch):
         for group in out.get("groups", {}):
             assert f"{group}/loss_act" in logs
     grads = [p.grad for p in model.interaction_transformer.decoder.parameters()]
