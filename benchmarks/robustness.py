@@ -31,8 +31,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-METRICS = ("mAP_full", "mAP_rare", "mAP_nonrare", "mean_max_recall")
-DONE = "study_run_finished"  # benchmarks/convergence.py's marker of a finished run
+from convergence import DONE, METRICS  # benchmarks/convergence.py: a finished run's marker, the columns
 
 
 def evaluate(ckpt: str, magnitudes: list[float], device: str, overrides: list[str]) -> list[dict]:
