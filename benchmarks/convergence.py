@@ -16,7 +16,9 @@ reports what the paper's Figure 3 and Table 3 show:
 Variants: the strategies (``--strategies``, default none gbs amm ajl pjl cjl), with ``--ablations``
 also GBS without shifting / with Gaussian shifts, AMM with random selection / without the reference
 A^l / without the hard queries Q^m (the paper's Table 4), and ``--short STRATEGY`` (default ajl) at
-``--short-fraction`` (0.6) of the epochs. Runs go seed by seed, so a stopped study has whole seeds.
+``--short-fraction`` (0.6) of the epochs, and any named set of overrides with ``--variant
+NAME=KEY=VALUE[,KEY=VALUE...]`` (repeatable; e.g. a changed hyper-parameter of one strategy). Runs go
+seed by seed, so a stopped study has whole seeds.
 
 Resumable: each run lives in ``OUT/runs/<variant>-s<seed>``; a finished run is skipped, a stopped one
 continues from its ``last.pt`` (``hqm train --resume auto``). ``--deadline-min`` stops launching runs
@@ -27,6 +29,8 @@ and interrupts running ones (they save ``last.pt``) after that many minutes, the
     .venv/bin/python benchmarks/convergence.py --seeds 1 --epochs 2 --strategies none ajl --short ''
     .venv/bin/python benchmarks/convergence.py --device cuda --jobs 8 --threads 2
     .venv/bin/python benchmarks/convergence.py --device cuda --size 256 --jobs 4   # larger images
+    .venv/bin/python benchmarks/convergence.py --strategies none ajl \
+        --variant ajl-k10=mining.strategy=ajl,mining.amm.k=10         # a named extra variant
     .venv/bin/python benchmarks/convergence.py --report                     # tables from OUT only
 """
 
@@ -37,6 +41,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -103,12 +108,26 @@ def size_overrides(size: int) -> tuple[list[str], list[str]]:
     return recipe, synth
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``NAME=KEY=VALUE[,KEY=VALUE...]`` -> (NAME, [KEY=VALUE, ...]) for ``--variant``."""
+    name, _, rest = text.partition("=")
+    overrides = [o.strip() for o in re.split(r",(?![^\[]*\])", rest) if o.strip()]  # keeps [a,b] whole
+    if not name or not overrides or not all("=" in o for o in overrides):
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=KEY=VALUE[,KEY=VALUE...]")
+    if name in STRATEGIES or name in ABLATIONS:
+        raise argparse.ArgumentTypeError(
+            f"--variant {text!r}: {name!r} is a built-in variant; pick another name"
+        )
+    return name, overrides
+
+
 def plan(args, out: Path, base: list[str]) -> list[Run]:
     variants: list[tuple[str, list[str], int]] = [
         (s, [f"mining.strategy={s}"], args.epochs) for s in args.strategies
     ]
     if args.ablations:
         variants += [(name, ov, args.epochs) for name, ov in ABLATIONS.items()]
+    variants += [(name, ov, args.epochs) for name, ov in args.variant]
     if args.short:
         short = max(1, int(round(args.epochs * args.short_fraction)))
         variants.append((f"{args.short}-{short}ep", [f"mining.strategy={args.short}"], short))
@@ -339,6 +358,14 @@ def main() -> None:
     ap.add_argument("--config", default="qpic_r18_synthetic", help="packaged config name or YAML path")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     ap.add_argument("--ablations", action="store_true", help="also the paper's Table 4 ablations")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        type=parse_variant,
+        metavar="NAME=KEY=VALUE[,KEY=VALUE...]",
+        help="a named extra variant (repeatable), e.g. ajl-k10=mining.strategy=ajl,mining.amm.k=10",
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=42, help="train.seed of the first seed (42: the demo)")
     ap.add_argument("--epochs", type=int, default=0, help="0: the config's train.epochs")

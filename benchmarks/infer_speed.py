@@ -1,7 +1,7 @@
 """Inference speed of every registered detector: per-image latency, images/s and peak memory.
 
-For each detector (its paper config, ``<detector>*_r50_hico.yaml``: R50, HICO-DET's 80 objects and
-117 verbs, random weights: speed does not depend on them), precision (fp32, bf16 autocast), input
+For each detector (its paper config, ``<detector>_r50_hico.yaml``, CDN-S for CDN: R50, HICO-DET's 80
+objects and 117 verbs, random weights: speed does not depend on them), precision (fp32, bf16 autocast), input
 size (short side 512 and 800 px of a 4:3 image: 512 x 683, 800 x 1067, unpadded) and batch size (1,
 8), a fresh process times what ``hqm predict`` / evaluation run per batch: ``model(images, masks)``
 then the detector's post-processor (top-100 triplets per image, boxes back to the original size),
@@ -40,9 +40,15 @@ from hqm.detectors import build_model, build_postprocessor, detector_names
 SIZES = {512: (512, 683), 800: (800, 1067)}
 
 
+# the variant the HQM paper plugs into where a detector has several (CDN-S, not CDN-B / CDN-L)
+PAPER_VARIANT = {"cdn": "cdn_s_r50_hico"}
+
+
 def paper_config(detector: str) -> str:
-    configs = sorted((Path(hqm.__file__).parent / "configs").glob(f"{detector}*_r50_hico.yaml"))
-    plain = [c for c in configs if c.stem.endswith("_r50_hico")]
+    folder = Path(hqm.__file__).parent / "configs"
+    if detector in PAPER_VARIANT:
+        return str(folder / f"{PAPER_VARIANT[detector]}.yaml")
+    plain = sorted(c for c in folder.glob(f"{detector}*_r50_hico.yaml") if c.stem.endswith("_r50_hico"))
     if not plain:
         raise SystemExit(f"no {detector}*_r50_hico.yaml config packaged")
     return str(plain[0])

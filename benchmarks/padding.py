@@ -4,7 +4,7 @@
 
 effect: a randomly initialised R50 QPIC (frozen BN) on one random ``--size`` x 4/3 input, alone and
 zero-padded (with its mask) to larger canvases as batch-mates would pad it; the largest change of the
-object / verb logits and of the boxes (normalised cxcywh).
+object / verb logits and of the subject boxes (normalised cxcywh).
 
 train: the real trainer (``Trainer.train_step``: forward, criterion, backward, clipping, AdamW) on the
 config's multi-scale, randomly cropped training batches (default: the demo config on the synthetic
@@ -111,7 +111,7 @@ def run_effect(args) -> None:
     x = torch.randn(1, 3, h, w, device=args.device)
     canvases = [(h, -(-w // 32) * 32), (-(-h // 32) * 32 + 32, -(-w // 32) * 32), (w, w)]
     print(f"\nR50 QPIC (random weights), one {h} x {w} input alone vs padded, {args.device}")
-    print("| padded to | max change, object logits | verb logits | boxes (normalised) |")
+    print("| padded to | max change, object logits | verb logits | subject boxes (normalised) |")
     print("|---|---|---|---|")
     with torch.no_grad():
         alone = model(x, torch.zeros(1, h, w, dtype=torch.bool, device=args.device))

@@ -5,7 +5,7 @@ objects appear in training. This evaluates trained checkpoints with ``eval.shift
 magnitudes m (``hqm.data.shift``: each test image's content rescaled by up to (1 + m)x or 1 / (1 + m)
 and translated by up to m / 2 of the image, the same draw for every model; boxes move with it, pairs
 pushed out of the image are dropped from the ground truth) and reports Full mAP against m, the
-mean +- std over the seeds of each variant, and the relative drop from m = 0.
+mean +- std over the seeds of each variant, and that mean as a fraction of the variant's mAP at m = 0.
 
 Checkpoints come from a convergence study (``benchmarks/convergence.py``: ``--study OUT`` takes
 ``OUT/runs/<variant>-s<seed>/checkpoints/last.pt`` of the finished runs of ``--variants``) or are

@@ -32,6 +32,8 @@ import time
 
 import torch
 
+from hqm.data.dataset import pair_instances
+
 
 def make_batch(args, device: torch.device):
     g = torch.Generator().manual_seed(0)
@@ -48,15 +50,15 @@ def make_batch(args, device: torch.device):
         wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1
         verbs = (torch.rand(n, 117, generator=g) > 0.98).float()
         verbs[torch.arange(n), torch.randint(0, 117, (n,), generator=g)] = 1.0
-        targets.append(
-            {
-                "obj_labels": torch.randint(0, 80, (n,), generator=g).to(device),
-                "verb_labels": verbs.to(device),
-                "sub_boxes": torch.cat([cxcy, wh], 1).to(device),
-                "obj_boxes": torch.cat([cxcy.flip(1), wh * 0.8], 1).to(device),
-                "has_obj": torch.ones(n, dtype=torch.bool, device=device),
-            }
-        )
+        pairs = {
+            "obj_labels": torch.randint(0, 80, (n,), generator=g),
+            "verb_labels": verbs,
+            "sub_boxes": torch.cat([cxcy, wh], 1),
+            "obj_boxes": torch.cat([cxcy.flip(1), wh * 0.8], 1),
+            "has_obj": torch.ones(n, dtype=torch.bool),
+        }
+        pairs.update(pair_instances(pairs))
+        targets.append({k: v.to(device) for k, v in pairs.items()})
     return images, masks, targets
 
 

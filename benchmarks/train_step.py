@@ -1,4 +1,5 @@
-"""Training-step time and peak memory of QPIC with each HQM strategy, on the same model and batch.
+"""Training-step time and peak memory of a detector (QPIC by default) with each HQM strategy, on the same
+model and batch.
 
 Every strategy (none / gbs / amm / ajl / pjl / cjl) trains the same detector (same seed, same weights)
 on the same random batch (images plus ``--pairs`` GT pairs per image) with full optimiser steps as the
@@ -14,6 +15,7 @@ state and activations included).
     .venv/bin/python benchmarks/train_step.py                 # R50, 512 px, batch 2, 100 queries, CPU
     .venv/bin/python benchmarks/train_step.py --quick         # small model, for a smoke run
     .venv/bin/python benchmarks/train_step.py --device cuda --size 800 --steps 20
+    .venv/bin/python benchmarks/train_step.py --detector hotr --quick
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ import time
 
 import torch
 
+from hqm.data.dataset import pair_instances
+from hqm.detectors import DETECTORS
 from hqm.engine.trainer import use_channels_last
 
 STRATEGIES = ("none", "gbs", "amm", "ajl", "pjl", "cjl")
 
 
 def model_overrides(args) -> list[str]:
+    detector = [f"model.detector={args.detector}"]
     if args.quick:
-        return [
+        return detector + [
             "model.backbone=resnet18",
             "model.backbone_out=layer3",
             "model.hidden_dim=64",
@@ -45,7 +50,7 @@ def model_overrides(args) -> list[str]:
             "model.dim_feedforward=128",
             "model.num_queries=20",
         ]
-    return [
+    return detector + [
         f"model.backbone={args.backbone}",
         "model.backbone_norm=frozen",
         f"model.num_queries={args.queries}",
@@ -65,13 +70,17 @@ def make_batch(args, num_obj: int, num_verb: int, device: torch.device):
     for _ in range(args.batch):
         n = args.pairs
         wh = torch.rand(n, 2, generator=g) * 0.4 + 0.1
+        pairs = {
+            "obj_labels": torch.randint(0, num_obj, (n,), generator=g),
+            "sub_boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, wh], 1),
+            "obj_boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, wh * 0.7], 1),
+            "has_obj": torch.ones(n, dtype=torch.bool),
+        }
         targets.append(
             {
-                "obj_labels": torch.randint(0, num_obj, (n,), generator=g),
+                **pairs,
+                **pair_instances(pairs),
                 "verb_labels": (torch.rand(n, num_verb, generator=g) > 0.95).float(),
-                "sub_boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, wh], 1),
-                "obj_boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.5 + 0.25, wh * 0.7], 1),
-                "has_obj": torch.ones(n, dtype=torch.bool),
                 "size": torch.tensor([size, size]),
             }
         )
@@ -88,11 +97,10 @@ def build(args, device: torch.device):
     from torch import nn
 
     from hqm.config import load_config
-    from hqm.detectors import build_model
+    from hqm.detectors import build_criterion, build_matcher, build_model
     from hqm.engine.trainer import build_optimizer
     from hqm.mining import build_miners
     from hqm.mining.schedule import build_schedule
-    from hqm.models import build_criterion, build_matcher
 
     cfgs = {
         s: load_config(None, model_overrides(args) + [f"mining.strategy={s}", f"device={args.device}"])
@@ -101,12 +109,15 @@ def build(args, device: torch.device):
     torch.manual_seed(0)
     model = build_model(cfgs["none"], 80, 117)
     torch.manual_seed(1)
-    miners = {**build_miners(cfgs["pjl"], model), **build_miners(cfgs["cjl"], model)}
+    miners = {
+        **build_miners(cfgs["pjl"], model, lambda: build_matcher(cfgs["pjl"])),
+        **build_miners(cfgs["cjl"], model, lambda: build_matcher(cfgs["cjl"])),
+    }
     model.attach_miners(miners)
     model.to(device).train()
     if use_channels_last(device, None):
         model.backbone.to(memory_format=torch.channels_last)
-    criterion = build_criterion(cfgs["none"], 80, build_matcher(cfgs["none"].loss)).to(device)
+    criterion = build_criterion(cfgs["none"], 80).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, cfgs["none"].train, device)
     plans = {
@@ -190,6 +201,7 @@ def summarise(kinds: dict[str, list[float]]) -> tuple[float, str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--detector", default="qpic", choices=sorted(DETECTORS))
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--size", type=int, default=512, help="square image side in pixels")
     p.add_argument("--batch", type=int, default=2)
@@ -226,9 +238,9 @@ def main() -> None:
             peaks[strategy] = json.loads(out[-1])["peak_mib"]
     base = summarise(times["none"])[0] if "none" in times else None
     desc = (
-        "quick model"
+        f"{args.detector}, quick model"
         if args.quick
-        else f"{args.backbone}, {args.size} px, {args.queries} queries, "
+        else f"{args.detector}, {args.backbone}, {args.size} px, {args.queries} queries, "
         f"{args.enc_layers}+{args.dec_layers} layers, D {args.hidden}"
     )
     print(

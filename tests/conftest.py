@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hqm.config import Config, load_config
+from hqm.data.dataset import pair_instances
 
 TINY_OVERRIDES = [
     "model.backbone=resnet18",
@@ -94,20 +95,17 @@ def make_target(
     exists = torch.tensor(has_obj if has_obj is not None else [True] * n, dtype=torch.bool)
     obj_boxes = torch.cat([cxcy2, wh * 0.8], 1) * exists[:, None]
     obj_labels = torch.randint(0, num_obj, (n,), generator=g)
-    # instances: the n humans, then the existing objects (HOTR's targets, see hqm.data.dataset)
-    n_obj = int(exists.sum())
-    obj_inst = torch.full((n,), -1, dtype=torch.int64)
-    obj_inst[exists] = n + torch.arange(n_obj)
-    return {
-        "inst_boxes": torch.cat([torch.cat([cxcy, wh], 1), obj_boxes[exists]]),
-        "inst_labels": torch.cat([torch.zeros(n, dtype=torch.int64), obj_labels[exists]]),
-        "sub_inst": torch.arange(n),
-        "obj_inst": obj_inst,
+    pairs = {
         "obj_labels": obj_labels,
-        "verb_labels": verbs,
         "sub_boxes": torch.cat([cxcy, wh], 1),
         "obj_boxes": obj_boxes,
         "has_obj": exists,
+    }
+    return {
+        **pairs,
+        # instances: the n humans, then the existing objects (HOTR's targets, see hqm.data.dataset)
+        **pair_instances(pairs),
+        "verb_labels": verbs,
         "orig_size": torch.tensor([96, 128]),
         "size": torch.tensor([96, 128]),
         "image_id": seed,

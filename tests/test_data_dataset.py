@@ -11,6 +11,7 @@ from PIL import Image
 
 from hqm.config import DataConfig
 from hqm.data import TARGET_KEYS, HOIDataset, build_dataset, collate_fn, load_annotations, load_meta
+from hqm.data.dataset import pair_instances
 from hqm.data.transforms import build_transforms
 
 W, H = 120, 90
@@ -212,3 +213,19 @@ def test_instances_beside_pairs_stay_consistent_under_crops(tmp_path, dataset):
         assert torch.equal(t["inst_labels"][t["obj_inst"][with_obj]], t["obj_labels"][with_obj])
         assert (t["inst_labels"][t["sub_inst"]] == 0).all()  # subjects are persons
     assert dropped > 0  # the crops did remove instances in some draws
+
+
+def test_pair_instances_one_instance_per_role_and_none_for_objectless():
+    pairs = {
+        "sub_boxes": torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.3, 0.3, 0.1, 0.2], [0.6, 0.4, 0.2, 0.2]]),
+        "obj_boxes": torch.tensor([[0.4, 0.4, 0.1, 0.1], [0.0, 0.0, 0.0, 0.0], [0.7, 0.7, 0.3, 0.1]]),
+        "obj_labels": torch.tensor([5, 7, 2]),
+        "has_obj": torch.tensor([True, False, True]),
+    }
+    inst = pair_instances(pairs, person_label=0)
+    assert inst["obj_inst"].tolist() == [3, -1, 4]
+    assert inst["sub_inst"].tolist() == [0, 1, 2]
+    assert inst["inst_labels"].tolist() == [0, 0, 0, 5, 2]
+    assert torch.equal(inst["inst_boxes"][inst["sub_inst"]], pairs["sub_boxes"])
+    has = pairs["has_obj"]
+    assert torch.equal(inst["inst_boxes"][inst["obj_inst"][has]], pairs["obj_boxes"][has])

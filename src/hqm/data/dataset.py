@@ -118,6 +118,31 @@ def pair_class_counts(annotations: list[ImageAnnotation], meta: DatasetMeta) -> 
     return obj, verb
 
 
+def pair_instances(pairs: dict[str, Tensor], person_label: int = 0) -> dict[str, Tensor]:
+    """The instance keys (``inst_boxes``, ``inst_labels``, ``sub_inst``, ``obj_inst``; see the module
+    docstring) of a target that only has its pairs, taking every pair's human and existing object as
+    its own instance: instances ``0 .. Ng-1`` are the humans (label ``person_label``), then the existing
+    objects in pair order; ``obj_inst`` is -1 where ``has_obj`` is False.
+
+    ``pairs`` holds ``sub_boxes`` / ``obj_boxes`` (Ng, 4) normalised cxcywh, ``obj_labels`` (Ng,) and
+    ``has_obj`` (Ng,) bool. For hand-made targets (benchmarks, tests, a user's own training loop) fed to
+    a detector that reads the instance set (HOTR); the dataset loaders keep the annotated instances
+    instead, which pairs share.
+    """
+    sub_boxes, obj_boxes, obj_labels = pairs["sub_boxes"], pairs["obj_boxes"], pairs["obj_labels"]
+    n = len(sub_boxes)
+    has_obj = pairs["has_obj"].bool()
+    obj_inst = torch.full((n,), -1, dtype=torch.int64, device=sub_boxes.device)
+    obj_inst[has_obj] = n + torch.arange(int(has_obj.sum()), device=sub_boxes.device)
+    person = torch.full((n,), person_label, dtype=torch.int64, device=sub_boxes.device)
+    return {
+        "inst_boxes": torch.cat([sub_boxes, obj_boxes[has_obj]]),
+        "inst_labels": torch.cat([person, obj_labels[has_obj].long()]),
+        "sub_inst": torch.arange(n, device=sub_boxes.device),
+        "obj_inst": obj_inst,
+    }
+
+
 def _normalise(boxes: Tensor, h: int, w: int) -> Tensor:
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     return box_xyxy_to_cxcywh(boxes) / scale
