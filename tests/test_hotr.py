@@ -245,11 +245,17 @@ def test_released_hotr_weights_load_with_a_complete_report(tmp_path):
     assert torch.equal(own["detr.class_embed.weight"][0], state["detr.class_embed.weight"][1])  # person
 
 
-def test_hotr_temperature_must_match_the_checkpoint_args(tmp_path):
+@pytest.mark.parametrize("already_read", [False, True])  # True: as hqm eval / predict / the API load
+def test_hotr_temperature_must_match_the_checkpoint_args(tmp_path, already_read):
+    from hqm.zoo import read_state_dict
+
     path = _save_with_args(hotr_released_state_dict(), tmp_path / "hico_q16.pth", temperature=0.2)
     model = _hotr_for_weights(["model.hotr.tau=0.05"])
+    checkpoint = read_state_dict(path) if already_read else None
     with pytest.raises(CheckpointError) as e:
-        load_weights(model, path, object_names=dataset_object_names("hico_det"), detector="hotr")
+        load_weights(
+            model, path, object_names=dataset_object_names("hico_det"), detector="hotr", checkpoint=checkpoint
+        )
     msg = str(e.value)
     assert "0.2" in msg and "0.05" in msg and "model.hotr.tau" in msg and "\n" not in msg
 
