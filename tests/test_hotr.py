@@ -301,6 +301,12 @@ def test_detr_to_hotr_initialisations(init, tmp_path):
     out = tmp_path / f"{init}.pt"
     assert main(["convert", "detr-to-hoi", src, str(out), "--detector", "hotr", "--init", init]) == 0
     assert safe_torch_load(out)["converted"]["detector"] == "hotr"
+    # ... and the written file is a model.pretrained: the DETR part loads, the HOTR heads start fresh
+    from hqm.zoo.convert import load_into_model
+
+    again = load_into_model(_hotr_for_weights(), out, "hotr", names)
+    assert not any(e.startswith("detr.") for e in again.fresh)
+    assert {e.split(":")[0].split(".")[0] for e in again.fresh} <= fresh | {"interaction_transformer"}
 
 
 def test_other_detectors_weights_are_refused_by_hotr():
