@@ -175,12 +175,16 @@ def test_postprocess_takes_pair_boxes_and_classes_from_the_pointed_instances():
         ("model.hotr.interaction_layers=0", "model.hotr.interaction_layers"),
         ("model.hotr.act_focal_alpha=1.5", "model.hotr.act_focal_alpha"),
         ("model.hotr.temperature=0.1", "model.hotr.temperature"),
+        ("model.box_refine=true", "model.box_refine"),  # not the QPIC advice to set a query_type
+        ("model.query_type=gaussian", "model.query_type"),
+        ("loss.reweight.verb=true", "loss.reweight"),  # refused before any run folder exists
     ],
 )
 def test_bad_hotr_config_values_give_one_clear_line(override, key):
     with pytest.raises(ConfigError) as e:
         tiny_detector_cfg("hotr", [override])
     assert key in str(e.value) and "\n" not in str(e.value)
+    assert "conditional or gaussian" not in str(e.value)  # no advice that HOTR would refuse next
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
