@@ -329,3 +329,15 @@ def test_hotr_trains_with_detr_frozen():
     freeze_except(model, cfg.train.trainable)
     assert not any(p.requires_grad for p in model.detr.parameters())
     assert all(p.requires_grad for p in model.interaction_transformer.parameters())
+
+
+def test_hotr_weights_given_to_another_detector_name_the_file_and_the_detector(tmp_path):
+    """Loading hqm HOTR weights with model.detector=qpic: one line naming the file and hotr."""
+    model = _hotr_for_weights()
+    path = tmp_path / "hotr_weights.pth"
+    torch.save({"model": model.state_dict()}, path)
+    qpic = build_model(load_config(None, DETR_OVERRIDES), 80, NUM_VERB)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(qpic, path, object_names=dataset_object_names("hico_det"), detector="qpic")
+    msg = str(e.value)
+    assert str(path) in msg and "model.detector=hotr" in msg and "\n" not in msg

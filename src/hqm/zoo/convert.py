@@ -76,6 +76,7 @@ def load_into_model(
     state, rest = read_state_dict(path)
     check_args(rest, model, path, detector)
     hidden = getattr(model, "hidden_dim", None)
+    source = source or detect_format(state, detector, path)
     converted, conv_report = convert_state_dict(state, detector, source, object_names, hidden)
     return _merge(conv_report, load_partial(model, converted))
 
@@ -117,7 +118,7 @@ def convert_detr_file(
     spec = get_spec("detr", detector, init)  # an unknown detector or init fails before reading
     out_path = check_new_output(out_path, overwrite, (in_path,))
     state, _ = read_state_dict(in_path)
-    source = detect_format(state, detector)
+    source = detect_format(state, detector, in_path)
     if source != "detr":
         raise CheckpointError(
             f"{in_path}: expected a DETR checkpoint (class_embed / bbox_embed), found "

@@ -76,7 +76,7 @@ def load_weights(
     """
     state, rest = checkpoint if checkpoint is not None else read_state_dict(path)
     check_args(rest, model, path, detector)
-    source = detect_format(state, detector)
+    source = detect_format(state, detector, path)
     conversion = LoadReport()
     exact = source == "ours" or get_spec(source, detector).exact
     if source != "ours":
