@@ -334,7 +334,7 @@ def add_api_commands(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hqm",
-        description="DETR-based HOI detection with Hard-Positive Query Mining (QPIC + HQM).",
+        description="DETR-based HOI detection (QPIC, CDN, HOTR) with Hard-Positive Query Mining.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
