@@ -341,3 +341,18 @@ def test_hotr_weights_given_to_another_detector_name_the_file_and_the_detector(t
         load_weights(qpic, path, object_names=dataset_object_names("hico_det"), detector="qpic")
     msg = str(e.value)
     assert str(path) in msg and "model.detector=hotr" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "detector, override, key",
+    [
+        ("hotr", "model.cdn.interaction_layers=4", "model.cdn.interaction_layers"),
+        ("hotr", "loss.verb_focal_alpha=0.5", "model.hotr.act_focal_alpha"),
+        ("qpic", "model.hotr.tau=0.5", "model.hotr.tau"),
+        ("cdn", "model.hotr.num_hoi_queries=8", "model.hotr.num_hoi_queries"),
+    ],
+)
+def test_another_detectors_options_are_refused_not_ignored(detector, override, key):
+    with pytest.raises(ConfigError) as e:
+        tiny_detector_cfg(detector, [override])
+    assert key in str(e.value) and "\n" not in str(e.value)

@@ -562,6 +562,18 @@ def validate(cfg: Config) -> None:
                     f"model.{key}={value!r} is a QPIC option; model.detector={m.detector} needs "
                     f"model.{key}={plain!r}"
                 )
+    # another detector's options would be ignored in silence
+    for name, section, default in (("cdn", m.cdn, CDNConfig()), ("hotr", m.hotr, HOTRConfig())):
+        if m.detector != name and section != default:
+            changed = [f"model.{name}.{k}" for k, v in asdict(section).items() if v != getattr(default, k)]
+            raise ConfigError(
+                f"{', '.join(changed)} apply to model.detector={name} only (this config has "
+                f"model.detector={m.detector}): remove them or set model.detector={name}"
+            )
+    if m.detector == "hotr" and cfg.loss.verb_focal_alpha != LossConfig().verb_focal_alpha:
+        raise ConfigError(
+            "loss.verb_focal_alpha is QPIC / CDN's; HOTR's action loss takes model.hotr.act_focal_alpha"
+        )
     if m.detector == "hotr" and (cfg.loss.reweight.obj or cfg.loss.reweight.verb):
         raise ConfigError(
             "loss.reweight (CDN fine-tuning) does not apply to model.detector=hotr: set "
