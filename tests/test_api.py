@@ -186,6 +186,12 @@ def test_export_roundtrip(detector, trained, tmp_path):
     out = tmp_path / "exported"
     assert main(["export", str(trained["ckpt"]), str(out)]) == 0
     assert (out / "model.safetensors").is_file()
+    before = (out / "model.safetensors").read_bytes()
+    assert (
+        main(["export", str(trained["ckpt"]), str(out)]) == 2
+    )  # an earlier export is never replaced unasked
+    assert (out / "model.safetensors").read_bytes() == before
+    assert main(["export", str(trained["ckpt"]), str(out), "--overwrite"]) == 0
     import yaml
 
     info = yaml.safe_load((out / "config.yaml").read_text())

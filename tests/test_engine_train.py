@@ -3,6 +3,7 @@ helpers, the incompatible-config error, and the data loader leaving the global r
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -165,3 +166,34 @@ def test_cuda_amp_channels_last_fused_adamw(tiny_root, tmp_path, amp):
     assert trainer.channels_last and trainer.optimizer.defaults["fused"]
     trainer.train_one_epoch()
     assert trainer.step == 3 and all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_evaluation_runs_in_the_layout_hqm_eval_uses(tiny_root, tmp_path, monkeypatch):
+    """A backbone trained in channels_last is evaluated in NCHW (as ``hqm eval`` and the API run it:
+    oneDNN rounds differently in NHWC), then goes back; the recorded metrics are what ``hqm eval``
+    gives for the saved checkpoint."""
+    import hqm.engine.trainer as trainer_module
+    from hqm.engine.evaluator_run import evaluate_checkpoint
+
+    layouts = []
+    real = trainer_module.run_evaluation
+
+    def first_conv(model):
+        return next(p for p in model.backbone.parameters() if p.dim() == 4)
+
+    def spy(model, *args, **kwargs):
+        w = first_conv(model)
+        layouts.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_evaluation", spy)
+    cfg = exact_cfg(tiny_root, tmp_path / "run", "train.amp=bf16", "train.max_steps=2", "train.batch_size=2")
+    cfg.train.deterministic = False
+    trainer = Trainer(cfg, channels_last=True)
+    trainer.train_one_epoch()
+    metrics = trainer.evaluate_and_record()
+    conv1 = first_conv(trainer.model)
+    assert layouts == [False]  # NCHW during the evaluation
+    assert conv1.is_contiguous(memory_format=torch.channels_last) and not conv1.is_contiguous()  # back
+    again = evaluate_checkpoint(None, str(tmp_path / "run" / "checkpoints" / "last.pt"), [])
+    assert json.dumps(again, sort_keys=True) == json.dumps(metrics, sort_keys=True)  # NaN == NaN here

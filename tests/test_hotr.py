@@ -175,12 +175,16 @@ def test_postprocess_takes_pair_boxes_and_classes_from_the_pointed_instances():
         ("model.hotr.interaction_layers=0", "model.hotr.interaction_layers"),
         ("model.hotr.act_focal_alpha=1.5", "model.hotr.act_focal_alpha"),
         ("model.hotr.temperature=0.1", "model.hotr.temperature"),
+        ("model.box_refine=true", "model.box_refine"),  # not the QPIC advice to set a query_type
+        ("model.query_type=gaussian", "model.query_type"),
+        ("loss.reweight.verb=true", "loss.reweight"),  # refused before any run folder exists
     ],
 )
 def test_bad_hotr_config_values_give_one_clear_line(override, key):
     with pytest.raises(ConfigError) as e:
         tiny_detector_cfg("hotr", [override])
     assert key in str(e.value) and "\n" not in str(e.value)
+    assert "conditional or gaussian" not in str(e.value)  # no advice that HOTR would refuse next
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -245,11 +249,17 @@ def test_released_hotr_weights_load_with_a_complete_report(tmp_path):
     assert torch.equal(own["detr.class_embed.weight"][0], state["detr.class_embed.weight"][1])  # person
 
 
-def test_hotr_temperature_must_match_the_checkpoint_args(tmp_path):
+@pytest.mark.parametrize("already_read", [False, True])  # True: as hqm eval / predict / the API load
+def test_hotr_temperature_must_match_the_checkpoint_args(tmp_path, already_read):
+    from hqm.zoo import read_state_dict
+
     path = _save_with_args(hotr_released_state_dict(), tmp_path / "hico_q16.pth", temperature=0.2)
     model = _hotr_for_weights(["model.hotr.tau=0.05"])
+    checkpoint = read_state_dict(path) if already_read else None
     with pytest.raises(CheckpointError) as e:
-        load_weights(model, path, object_names=dataset_object_names("hico_det"), detector="hotr")
+        load_weights(
+            model, path, object_names=dataset_object_names("hico_det"), detector="hotr", checkpoint=checkpoint
+        )
     msg = str(e.value)
     assert "0.2" in msg and "0.05" in msg and "model.hotr.tau" in msg and "\n" not in msg
 
@@ -295,6 +305,12 @@ def test_detr_to_hotr_initialisations(init, tmp_path):
     out = tmp_path / f"{init}.pt"
     assert main(["convert", "detr-to-hoi", src, str(out), "--detector", "hotr", "--init", init]) == 0
     assert safe_torch_load(out)["converted"]["detector"] == "hotr"
+    # ... and the written file is a model.pretrained: the DETR part loads, the HOTR heads start fresh
+    from hqm.zoo.convert import load_into_model
+
+    again = load_into_model(_hotr_for_weights(), out, "hotr", names)
+    assert not any(e.startswith("detr.") for e in again.fresh)
+    assert {e.split(":")[0].split(".")[0] for e in again.fresh} <= fresh | {"interaction_transformer"}
 
 
 def test_other_detectors_weights_are_refused_by_hotr():
@@ -313,3 +329,30 @@ def test_hotr_trains_with_detr_frozen():
     freeze_except(model, cfg.train.trainable)
     assert not any(p.requires_grad for p in model.detr.parameters())
     assert all(p.requires_grad for p in model.interaction_transformer.parameters())
+
+
+def test_hotr_weights_given_to_another_detector_name_the_file_and_the_detector(tmp_path):
+    """Loading hqm HOTR weights with model.detector=qpic: one line naming the file and hotr."""
+    model = _hotr_for_weights()
+    path = tmp_path / "hotr_weights.pth"
+    torch.save({"model": model.state_dict()}, path)
+    qpic = build_model(load_config(None, DETR_OVERRIDES), 80, NUM_VERB)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(qpic, path, object_names=dataset_object_names("hico_det"), detector="qpic")
+    msg = str(e.value)
+    assert str(path) in msg and "model.detector=hotr" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "detector, override, key",
+    [
+        ("hotr", "model.cdn.interaction_layers=4", "model.cdn.interaction_layers"),
+        ("hotr", "loss.verb_focal_alpha=0.5", "model.hotr.act_focal_alpha"),
+        ("qpic", "model.hotr.tau=0.5", "model.hotr.tau"),
+        ("cdn", "model.hotr.num_hoi_queries=8", "model.hotr.num_hoi_queries"),
+    ],
+)
+def test_another_detectors_options_are_refused_not_ignored(detector, override, key):
+    with pytest.raises(ConfigError) as e:
+        tiny_detector_cfg(detector, [override])
+    assert key in str(e.value) and "\n" not in str(e.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -276,6 +277,28 @@ def test_convert_cli_and_pretrained(tmp_path, capsys):
             "verb_class_embed.weight",
         ]
         assert torch.equal(model.obj_class_embed.weight[0], detr["class_embed.weight"][1])  # person
+
+
+def test_convert_never_replaces_a_users_file_unasked(tmp_path, capsys):
+    """An existing OUT (a user's file), OUT == IN and a folder as OUT are refused in one line with the
+    file untouched; --overwrite replaces an earlier output."""
+    from hqm.cli import main
+
+    src = _save(detr_state_dict(), "detr-r18.pth")
+    notes = tmp_path / "notes.pt"
+    notes.write_text("my precious notes")
+    for out in (str(notes), src, str(tmp_path)):
+        before = Path(out).read_bytes() if Path(out).is_file() else None
+        assert main(["convert", "detr-to-hoi", src, out]) == 2
+        err = capsys.readouterr().err
+        assert out in err and len(err.strip().splitlines()) == 1
+        if before is not None:
+            assert Path(out).read_bytes() == before
+    out = tmp_path / "init.pt"
+    assert main(["convert", "detr-to-hoi", src, str(out)]) == 0
+    assert main(["convert", "detr-to-hoi", src, str(out)]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(["convert", "detr-to-hoi", src, str(out), "--overwrite"]) == 0
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left
 
 
 def test_weights_that_do_not_fit_are_refused_whole(tiny_cfg, tmp_path):

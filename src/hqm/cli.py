@@ -215,7 +215,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from hqm.zoo import convert_detr_file
 
     report = convert_detr_file(
-        args.input, args.output, detector=args.detector, dataset=args.dataset, init=args.init
+        args.input,
+        args.output,
+        detector=args.detector,
+        dataset=args.dataset,
+        init=args.init,
+        overwrite=args.overwrite,
     )
     print(report.summary(verbose=True))
     print(f"hqm convert: wrote {args.output} (use it as model.pretrained={args.output})")
@@ -225,7 +230,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from hqm.zoo import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out_dir)
+    out = export_checkpoint(args.checkpoint, args.out_dir, overwrite=args.overwrite)
     print(f"hqm export: wrote {out / 'model.safetensors'} and {out / 'config.yaml'}")
     return 0
 
@@ -312,18 +317,24 @@ def add_api_commands(sub) -> None:
         choices=["hico_det", "vcoco", "hoia"],
         help="object vocabulary for the classifier rows (default: hico_det)",
     )
+    cv.add_argument("--overwrite", action="store_true", help="replace OUT.pt when it exists (else refused)")
     cv.set_defaults(func=cmd_convert)
 
     ex = _subcommand(sub, "export", help="export a checkpoint as model.safetensors + config.yaml")
     ex.add_argument("checkpoint", help="checkpoint written by hqm train (e.g. RUN/checkpoints/best.pt)")
     ex.add_argument("out_dir", help="output folder")
+    ex.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace model.safetensors / config.yaml (else refused)",
+    )
     ex.set_defaults(func=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hqm",
-        description="DETR-based HOI detection with Hard-Positive Query Mining (QPIC + HQM).",
+        description="DETR-based HOI detection (QPIC, CDN, HOTR) with Hard-Positive Query Mining.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -555,6 +555,30 @@ def validate(cfg: Config) -> None:
             f"model.hidden_dim={m.hidden_dim} is not divisible by model.nheads={m.nheads} (each attention "
             "head gets hidden_dim / nheads channels)"
         )
+    if m.detector != "qpic":  # before the QPIC-only advice below, which would not apply
+        for key, value, plain in (("query_type", m.query_type, "embed"), ("box_refine", m.box_refine, False)):
+            if value != plain:
+                raise ConfigError(
+                    f"model.{key}={value!r} is a QPIC option; model.detector={m.detector} needs "
+                    f"model.{key}={plain!r}"
+                )
+    # another detector's options would be ignored in silence
+    for name, section, default in (("cdn", m.cdn, CDNConfig()), ("hotr", m.hotr, HOTRConfig())):
+        if m.detector != name and section != default:
+            changed = [f"model.{name}.{k}" for k, v in asdict(section).items() if v != getattr(default, k)]
+            raise ConfigError(
+                f"{', '.join(changed)} apply to model.detector={name} only (this config has "
+                f"model.detector={m.detector}): remove them or set model.detector={name}"
+            )
+    if m.detector == "hotr" and cfg.loss.verb_focal_alpha != LossConfig().verb_focal_alpha:
+        raise ConfigError(
+            "loss.verb_focal_alpha is QPIC / CDN's; HOTR's action loss takes model.hotr.act_focal_alpha"
+        )
+    if m.detector == "hotr" and (cfg.loss.reweight.obj or cfg.loss.reweight.verb):
+        raise ConfigError(
+            "loss.reweight (CDN fine-tuning) does not apply to model.detector=hotr: set "
+            "loss.reweight.obj=false loss.reweight.verb=false"
+        )
     if m.box_refine and m.query_type == "embed":
         raise ConfigError(
             "model.box_refine=true needs reference points: set model.query_type to conditional or gaussian"
@@ -566,11 +590,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"mining.gbs.iou_range={iou} must be [lo, hi] with 0 < lo < hi < 1")
     if cfg.data.generate and cfg.data.dataset != "synthetic":
         raise ConfigError(f"data.generate=true needs data.dataset=synthetic (got {cfg.data.dataset!r})")
-    if cfg.model.detector != "qpic" and (cfg.model.query_type != "embed" or cfg.model.box_refine):
-        raise ConfigError(
-            f"model.query_type={cfg.model.query_type!r} / model.box_refine={cfg.model.box_refine} are "
-            f"QPIC options; model.detector={cfg.model.detector} takes embed without box_refine"
-        )
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def evaluate_checkpoint(
 
     def build_and_load(meta: DatasetMeta) -> torch.nn.Module:
         model = build_model(model_cfg, meta.num_obj_classes, meta.num_verb_classes)
-        load_weights(model, weights, list(meta.object_names), cfg.model.detector, state=state)
+        load_weights(model, weights, list(meta.object_names), cfg.model.detector, checkpoint=(state, info))
         return model
 
     trained_on = DatasetMeta.from_dict(info["meta"]) if isinstance(info.get("meta"), dict) else None

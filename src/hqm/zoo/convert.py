@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,6 +76,7 @@ def load_into_model(
     state, rest = read_state_dict(path)
     check_args(rest, model, path, detector)
     hidden = getattr(model, "hidden_dim", None)
+    source = source or detect_format(state, detector, path)
     converted, conv_report = convert_state_dict(state, detector, source, object_names, hidden)
     return _merge(conv_report, load_partial(model, converted))
 
@@ -102,19 +102,27 @@ def convert_detr_file(
     detector: str = "qpic",
     dataset: str = "hico_det",
     init: str | None = None,
+    overwrite: bool = False,
 ) -> LoadReport:
     """``hqm convert detr-to-hoi``: write an initialisation file (plain data, ``weights_only``-safe)
     with the converted state dict under ``model`` and the conversion report. ``init``: the
-    detector's DETR initialisation (CDN: ``paper`` (default) or ``released``, see ``hqm.zoo.cdn``)."""
+    detector's DETR initialisation (CDN: ``paper`` (default) or ``released``, see ``hqm.zoo.cdn``).
+    An existing ``out_path`` is refused (``UsageError``) unless ``overwrite``; the input never is
+    one; the file is written atomically (``hqm.zoo.output``)."""
+    import io
+
     from hqm import __version__
     from hqm.zoo.classes import dataset_object_names
+    from hqm.zoo.output import check_new_output, write_atomic
 
     spec = get_spec("detr", detector, init)  # an unknown detector or init fails before reading
+    out_path = check_new_output(out_path, overwrite, (in_path,))
     state, _ = read_state_dict(in_path)
-    source = detect_format(state, detector)
+    source = detect_format(state, detector, in_path)
     if source != "detr":
         raise CheckpointError(
-            f"{in_path}: expected a DETR checkpoint (class_embed / bbox_embed), found a {source} layout"
+            f"{in_path}: expected a DETR checkpoint (class_embed / bbox_embed), found "
+            f"{'hqm' if source == 'ours' else source} weights"
         )
     names = dataset_object_names(dataset)
     converted, report = convert_state_dict(state, detector, "detr", names, init=init)
@@ -131,7 +139,7 @@ def convert_detr_file(
         "report": report.to_dict(),
         "version": __version__,
     }
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, out_path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomic(out_path, buffer.getvalue(), "write the converted weights to")
     return report

@@ -41,12 +41,15 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write ``model.safetensors`` + ``config.yaml`` for a checkpoint written by ``hqm train``."""
+def export_checkpoint(
+    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """Write ``model.safetensors`` + ``config.yaml`` for a checkpoint written by ``hqm train`` into
+    ``out_dir``; existing files there are refused (``UsageError``) unless ``overwrite``."""
     from safetensors.torch import save
 
     from hqm import __version__
-    from hqm.errors import output_error, write_fault
+    from hqm.zoo.output import check_new_output, write_atomic
     from hqm.zoo.safe_load import CheckpointError, safe_torch_load
 
     ckpt = safe_torch_load(checkpoint)
@@ -74,19 +77,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
         "meta": ckpt["meta"],
     }
     text = yaml.safe_dump(_plain(info), sort_keys=False, default_flow_style=None, width=200)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, data in ((WEIGHTS, weights), (CONFIG, text.encode())):
-            tmp = out / f".{name}.tmp{os.getpid()}"  # a failed write leaves no partial file
-            try:
-                tmp.write_bytes(data)
-                os.replace(tmp, out / name)
-            finally:
-                tmp.unlink(missing_ok=True)
-    except OSError as e:
-        if not write_fault(e):
-            raise
-        raise output_error(out, e, "export to") from None
+    for name in (WEIGHTS, CONFIG):
+        check_new_output(out / name, overwrite)
+    for name, data in ((WEIGHTS, weights), (CONFIG, text.encode())):
+        write_atomic(out / name, data, "export to")
     return out
 
 

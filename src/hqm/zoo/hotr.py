@@ -100,7 +100,7 @@ def detect_hotr_layout(state: dict) -> str:
     keys = set(state)
     if "class_embed.weight" in keys and "bbox_embed.layers.0.weight" in keys:
         return "detr"
-    if "H_Pointer_embed.layers.0.weight" in keys and "detr.class_embed.weight" in keys:
+    if "detr.class_embed.weight" in keys:  # HOTR's names; a converted DETR file has no pointers yet
         published = any(k.startswith("interaction_transformer.encoder.") for k in keys)
         return "hotr" if published else "ours"
     if "obj_class_embed.weight" in keys or "transformer.decoder.obj_class_embed.weight" in keys:

@@ -46,10 +46,28 @@ def get_spec(source: str, detector: str, init: str | None = None) -> ConversionS
     return layouts.specs[source]
 
 
-def detect_format(state: dict, detector: str = "qpic") -> str:
+def detect_format(state: dict, detector: str = "qpic", path: object = None) -> str:
     """The layout of ``state`` as the ``detector``'s checkpoint tables read it (see
-    :meth:`CheckpointLayouts.detect`)."""
-    return get_layouts(detector).detect(state)
+    :meth:`CheckpointLayouts.detect`). A layout the detector does not load raises ``CheckpointError``
+    naming ``path`` and, when another registered detector reads the file as its own weights, that
+    detector (``set model.detector=...``)."""
+    from hqm.zoo.safe_load import CheckpointError
+
+    try:
+        return get_layouts(detector).detect(state)
+    except CheckpointError as e:
+        hint = ""
+        for other, layouts in LAYOUTS.items():
+            if other == detector:
+                continue
+            try:
+                found = layouts.detect(state)
+            except CheckpointError:
+                continue
+            if found != "detr":
+                hint = f"; these look like {other} weights: set model.detector={other}"
+                break
+        raise CheckpointError(f"{str(path) + ': ' if path is not None else ''}{e}{hint}") from None
 
 
 def check_args(rest: dict, model, path, detector: str) -> None:

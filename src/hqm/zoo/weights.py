@@ -15,6 +15,7 @@ design and go through ``hqm.zoo.convert.load_pretrained`` instead.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -62,19 +63,20 @@ def load_weights(
     path: str | os.PathLike,
     object_names: list[str] | None = None,
     detector: str = "qpic",
-    state: dict[str, Tensor] | None = None,
+    checkpoint: tuple[dict[str, Tensor], dict[str, Any]] | None = None,
 ) -> LoadReport:
-    """Load the weights file ``path`` (or its already read ``state``) into ``model``, all or nothing.
+    """Load the weights file ``path`` (or ``checkpoint``: its already read ``read_state_dict(path)``,
+    state dict and rest) into ``model``, all or nothing. The detector's check of the file's training
+    arguments runs either way (HOTR: ``args.temperature`` against ``model.hotr.tau``).
 
     ``object_names`` / ``detector`` drive the rename tables for foreign layouts. Returns the report
     (``loaded``; ``ignored``: mining parameters the model does not have). Raises
     :class:`WeightsMismatchError` (a ``ValueError``) naming the file and listing the keys when the
     weights do not fit; the model is then unchanged.
     """
-    if state is None:
-        state, rest = read_state_dict(path)
-        check_args(rest, model, path, detector)
-    source = detect_format(state, detector)
+    state, rest = checkpoint if checkpoint is not None else read_state_dict(path)
+    check_args(rest, model, path, detector)
+    source = detect_format(state, detector, path)
     conversion = LoadReport()
     exact = source == "ours" or get_spec(source, detector).exact
     if source != "ours":

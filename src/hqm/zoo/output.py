@@ -1,0 +1,44 @@
+"""Writing the files ``hqm convert`` and ``hqm export`` produce without harming the user's files: an
+existing output is refused unless the user asks to replace it, an input is never an output, and a
+write lands whole or not at all (temporary file in the same folder, then an atomic rename)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hqm.errors import UsageError, output_error, write_fault
+
+
+def check_new_output(
+    path: str | os.PathLike, overwrite: bool, inputs: tuple[str | os.PathLike, ...] = (), what: str = "file"
+) -> Path:
+    """``path`` as a ``Path`` when it may be written. Raises ``UsageError`` (one line) when it is one of
+    ``inputs``, is a folder where a file is expected (``what="file"``), or already exists and
+    ``overwrite`` is False."""
+    out = Path(path)
+    for src in inputs:
+        if out.exists() and Path(src).exists() and out.resolve() == Path(src).resolve():
+            raise UsageError(f"{out} is also the input: choose another output path")
+    if what == "file" and out.is_dir():
+        raise UsageError(f"{out} is a folder: give the output file's path (e.g. {out / 'model.pt'})")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists: choose another path, or pass --overwrite to replace it")
+    return out
+
+
+def write_atomic(path: Path, data: bytes, what: str = "write") -> None:
+    """Write ``data`` to ``path`` via ``.<name>.tmp<pid>`` and ``os.replace``: a failed write leaves
+    the old file (if any) intact and no partial file. Raises ``OutputError`` naming the path."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        if not write_fault(e):
+            raise
+        raise output_error(path, e, what) from None
