@@ -172,11 +172,11 @@ def test_evaluation_runs_in_the_layout_hqm_eval_uses(tiny_root, tmp_path, monkey
     """A backbone trained in channels_last is evaluated in NCHW (as ``hqm eval`` and the API run it:
     oneDNN rounds differently in NHWC), then goes back; the recorded metrics are what ``hqm eval``
     gives for the saved checkpoint."""
-    import hqm.engine.trainer as trainer_module
+    import hqm.engine.evaluate as evaluate_module
     from hqm.engine.evaluator_run import evaluate_checkpoint
 
     layouts = []
-    real = trainer_module.run_evaluation
+    real = evaluate_module.run_evaluation
 
     def first_conv(model):
         return next(p for p in model.backbone.parameters() if p.dim() == 4)
@@ -186,7 +186,7 @@ def test_evaluation_runs_in_the_layout_hqm_eval_uses(tiny_root, tmp_path, monkey
         layouts.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "run_evaluation", spy)
+    monkeypatch.setattr(evaluate_module, "run_evaluation", spy)
     cfg = exact_cfg(tiny_root, tmp_path / "run", "train.amp=bf16", "train.max_steps=2", "train.batch_size=2")
     cfg.train.deterministic = False
     trainer = Trainer(cfg, channels_last=True)

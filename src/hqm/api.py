@@ -321,7 +321,7 @@ class HOIDetector:
         Never writes data: a root without the dataset raises ``DatasetError`` naming the missing
         file, and a dataset whose classes differ from the model's raises ``ValueError``."""
         from hqm.data import build_meta, load_annotations
-        from hqm.engine.evaluate import build_eval_setup, run_evaluation
+        from hqm.engine.evaluate import build_eval_setup
 
         cfg = copy.deepcopy(self.cfg)
         if root is not None:
@@ -344,15 +344,8 @@ class HOIDetector:
                 "(model vs dataset)"
             )
         ev = build_eval_setup(cfg, train_ann, self.device)
-        metrics, _ = run_evaluation(
-            self.model,
-            ev.loader,
-            ev.postprocessor,
-            ev.evaluator,
-            self.device,
-            cfg.train.amp,
-            show_progress=show_progress,
-            batching=cfg.eval.batching,
+        metrics, _ = ev.run(
+            self.model, self.device, cfg.train.amp, cfg.eval.batching, show_progress=show_progress
         )
         torch.set_grad_enabled(True)
         return metrics

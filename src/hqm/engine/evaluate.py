@@ -87,6 +87,28 @@ class EvalSetup:
     postprocessor: torch.nn.Module
     evaluator: object
 
+    def run(
+        self,
+        model,
+        device: torch.device,
+        amp: str,
+        batching: str,
+        show_progress: bool = False,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[dict[str, float] | None, list]:
+        """:func:`run_evaluation` of ``model`` on this setup's loader, post-processor and evaluator."""
+        return run_evaluation(
+            model,
+            self.loader,
+            self.postprocessor,
+            self.evaluator,
+            device,
+            amp,
+            show_progress=show_progress,
+            should_stop=should_stop,
+            batching=batching,
+        )
+
 
 def build_eval_setup(
     cfg, train_annotations, device: torch.device, rank: int = 0, world: int = 1

@@ -9,7 +9,7 @@ import torch
 
 from hqm.device import resolve_device
 from hqm.distributed import get_rank, get_world_size, init_distributed
-from hqm.engine.evaluate import build_eval_setup, run_evaluation
+from hqm.engine.evaluate import build_eval_setup
 from hqm.engine.logging import LOGGER, setup_logging
 from hqm.evaluation.base import gather_records
 
@@ -75,16 +75,7 @@ def evaluate_checkpoint(
     if model is None:  # released weights: the dataset gives the classes
         model = build_and_load(meta)
     model.to(device)
-    metrics, preds = run_evaluation(
-        model,
-        ev.loader,
-        ev.postprocessor,
-        ev.evaluator,
-        device,
-        cfg.train.amp,
-        show_progress=get_rank() == 0,
-        batching=cfg.eval.batching,
-    )
+    metrics, preds = ev.run(model, device, cfg.train.amp, cfg.eval.batching, show_progress=get_rank() == 0)
     if save_predictions:
         preds = gather_predictions(preds, [a.file_name for a in ev.dataset.annotations])
         if get_rank() == 0:

@@ -65,7 +65,6 @@ from hqm.engine.evaluate import (
     autocast_context,
     build_eval_setup,
     move_targets,
-    run_evaluation,
 )
 from hqm.engine.logging import LOGGER, RunWriter, SmoothedMeter, TrainProgress, setup_logging
 from hqm.engine.lr_schedule import build_lr_schedule
@@ -590,16 +589,13 @@ class Trainer:
         SIGTERM / SIGINT (the epoch's ``last.pt`` is already written; a resume evaluates again)."""
         ev = self.eval_setup
         with evaluation_layout(self.model, self.channels_last):
-            metrics, _ = run_evaluation(
+            metrics, _ = ev.run(
                 self.model,
-                ev.loader,
-                ev.postprocessor,
-                ev.evaluator,
                 self.device,
                 self.cfg.train.amp,
+                self.cfg.eval.batching,
                 show_progress=self.main,
                 should_stop=lambda: self.stop.requested() is not None,
-                batching=self.cfg.eval.batching,
             )
         if metrics is None:  # stopped between batches: the epoch's last.pt is written, eval_due in it
             self._interrupt(f"during the evaluation after epoch {self.epoch} (it runs again on resume)")
