@@ -356,3 +356,17 @@ def test_another_detectors_options_are_refused_not_ignored(detector, override, k
     with pytest.raises(ConfigError) as e:
         tiny_detector_cfg(detector, [override])
     assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_hotr_checkpoint_evaluated_as_another_detector_names_the_file(tmp_path):
+    """hqm eval CKPT model.detector=qpic on HOTR weights: the refusal names the file and the detector it
+    was trained as, not only the (checkpoint's own) HOTR keys."""
+    from hqm.config import config_to_dict
+    from hqm.zoo import resolve_model_config
+
+    cfg = tiny_detector_cfg("hotr", ["model.hotr.tau=0.2"])
+    path = tmp_path / "hotr_last.pt"
+    with pytest.raises(ConfigError) as e:
+        resolve_model_config({"config": config_to_dict(cfg)}, path, None, ["model.detector=qpic"])
+    msg = str(e.value)
+    assert str(path) in msg and "trained as model.detector=hotr" in msg and "\n" not in msg

@@ -558,17 +558,21 @@ def validate(cfg: Config) -> None:
     if m.detector != "qpic":  # before the QPIC-only advice below, which would not apply
         for key, value, plain in (("query_type", m.query_type, "embed"), ("box_refine", m.box_refine, False)):
             if value != plain:
+                show = str(value).lower() if isinstance(value, bool) else value
+                need = str(plain).lower() if isinstance(plain, bool) else plain
                 raise ConfigError(
-                    f"model.{key}={value!r} is a QPIC option; model.detector={m.detector} needs "
-                    f"model.{key}={plain!r}"
+                    f"model.{key}={show} is a QPIC option; model.detector={m.detector} needs "
+                    f"model.{key}={need}"
                 )
     # another detector's options would be ignored in silence
     for name, section, default in (("cdn", m.cdn, CDNConfig()), ("hotr", m.hotr, HOTRConfig())):
         if m.detector != name and section != default:
             changed = [f"model.{name}.{k}" for k, v in asdict(section).items() if v != getattr(default, k)]
+            one = len(changed) == 1
             raise ConfigError(
-                f"{', '.join(changed)} apply to model.detector={name} only (this config has "
-                f"model.detector={m.detector}): remove them or set model.detector={name}"
+                f"{', '.join(changed)} {'applies' if one else 'apply'} to model.detector={name} only (this "
+                f"config has model.detector={m.detector}): remove {'it' if one else 'them'} or set "
+                f"model.detector={name}"
             )
     if m.detector == "hotr" and cfg.loss.verb_focal_alpha != LossConfig().verb_focal_alpha:
         raise ConfigError(

@@ -64,7 +64,14 @@ def resolve_model_config(
             )
         return ResolvedConfig(load_config(config, overrides))
     base = config_from_dict(own)
-    cfg = config_from_dict(merge_overrides(own, overrides))
+    try:
+        cfg = config_from_dict(merge_overrides(own, overrides))
+    except ConfigError as e:
+        detector = (own.get("model") or {}).get("detector", "qpic")
+        raise ConfigError(
+            f"{path} (trained as model.detector={detector}) does not take the overrides "
+            f"{' '.join(overrides)}: {e}"
+        ) from None
     resolved = ResolvedConfig(cfg, overridden=_show(config_differences(base, cfg, RELEVANT)))
     if config is not None:
         given = load_config(config, overrides)
