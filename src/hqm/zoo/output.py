@@ -11,16 +11,15 @@ from hqm.errors import UsageError, output_error, write_fault
 
 
 def check_new_output(
-    path: str | os.PathLike, overwrite: bool, inputs: tuple[str | os.PathLike, ...] = (), what: str = "file"
+    path: str | os.PathLike, overwrite: bool, inputs: tuple[str | os.PathLike, ...] = ()
 ) -> Path:
-    """``path`` as a ``Path`` when it may be written. Raises ``UsageError`` (one line) when it is one of
-    ``inputs``, is a folder where a file is expected (``what="file"``), or already exists and
-    ``overwrite`` is False."""
+    """``path`` as a ``Path`` when a file may be written there. Raises ``UsageError`` (one line) when
+    it is one of ``inputs``, is a folder, or already exists and ``overwrite`` is False."""
     out = Path(path)
     for src in inputs:
         if out.exists() and Path(src).exists() and out.resolve() == Path(src).resolve():
             raise UsageError(f"{out} is also the input: choose another output path")
-    if what == "file" and out.is_dir():
+    if out.is_dir():
         raise UsageError(f"{out} is a folder: give the output file's path (e.g. {out / 'model.pt'})")
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists: choose another path, or pass --overwrite to replace it")
