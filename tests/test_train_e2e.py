@@ -71,6 +71,13 @@ def test_two_step_run_writes_run_files(tiny_root, tmp_path, capsys):
     )
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again == metrics
+    # an existing predictions file (a user's file) is refused before the evaluation, unless --overwrite
+    saved = preds_file.read_bytes()
+    argv = ["eval", str(out / "config.yaml"), f"weights={out / 'checkpoints' / 'last.pt'}"]
+    assert main([*argv, "--save-predictions", str(preds_file)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and preds_file.read_bytes() == saved
+    assert main([*argv, "--save-predictions", str(preds_file), "--overwrite"]) == 0
+    capsys.readouterr()
 
     # the saved predictions file evaluates, without a model, to the same numbers
     records = json.loads(preds_file.read_text())

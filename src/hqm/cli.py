@@ -80,7 +80,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("give a checkpoint (hqm eval CKPT), or a config with weights=PATH")
     from hqm.engine.evaluator_run import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(config, weights, overrides, save_predictions=args.save_predictions)
+    metrics = evaluate_checkpoint(
+        config, weights, overrides, save_predictions=args.save_predictions, overwrite=args.overwrite
+    )
     from hqm.evaluation import format_table
 
     if _is_main():
@@ -384,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.add_argument("--save-predictions", metavar="FILE", help="also write the predictions file (JSON)")
+    e.add_argument(
+        "--overwrite", action="store_true", help="replace the --save-predictions FILE when it exists"
+    )
     e.set_defaults(func=cmd_eval)
 
     d = _subcommand(sub, "demo", help="generate the synthetic benchmark if missing, train, evaluate")

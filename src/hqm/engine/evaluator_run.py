@@ -25,7 +25,11 @@ def gather_predictions(preds: list, order: list[str]) -> list:
 
 
 def evaluate_checkpoint(
-    config: str | None, weights: str, overrides: list[str], save_predictions: str | None = None
+    config: str | None,
+    weights: str,
+    overrides: list[str],
+    save_predictions: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """``hqm eval``: metrics of the weights file ``weights`` on ``eval.split``.
 
@@ -34,13 +38,18 @@ def evaluate_checkpoint(
     weights carry no config: ``config`` is required. Raises ``WeightsMismatchError`` (listing the
     keys) when the weights do not fit the model, ``ValueError`` when the checkpoint's classes differ
     from the dataset's and ``DatasetError`` naming the missing file when ``data.root`` holds no such
-    dataset, before any evaluation runs.
+    dataset, before any evaluation runs; an existing ``save_predictions`` file (or the weights file
+    itself) is refused with ``UsageError`` before anything is read, unless ``overwrite``.
     """
     from hqm.data import build_meta, load_annotations
     from hqm.detectors import build_model
     from hqm.structures import ClassMismatchError, DatasetMeta
     from hqm.zoo import load_weights, read_state_dict, resolve_model_config
 
+    if save_predictions:
+        from hqm.output import check_new_output
+
+        check_new_output(save_predictions, overwrite, (weights,))
     state, info = read_state_dict(weights)
     resolved = resolve_model_config(info, weights, config, overrides)
     cfg = resolved.cfg

@@ -24,6 +24,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -188,6 +189,9 @@ def save_predictions(
     verb_id_offset: int,
     no_object_class: int | None = None,
 ) -> None:
-    """Write ``predictions`` as a predictions JSON file (see the module docstring)."""
-    with open(path, "w") as f:
-        json.dump(predictions_to_records(predictions, object_ids, verb_id_offset, no_object_class), f)
+    """Write ``predictions`` as a predictions JSON file (see the module docstring), atomically
+    (``hqm.output.write_atomic``: a failed write leaves no partial file)."""
+    from hqm.output import write_atomic
+
+    records = predictions_to_records(predictions, object_ids, verb_id_offset, no_object_class)
+    write_atomic(Path(path), json.dumps(records).encode(), "write the predictions to")

@@ -108,12 +108,12 @@ def convert_detr_file(
     with the converted state dict under ``model`` and the conversion report. ``init``: the
     detector's DETR initialisation (CDN: ``paper`` (default) or ``released``, see ``hqm.zoo.cdn``).
     An existing ``out_path`` is refused (``UsageError``) unless ``overwrite``; the input never is
-    one; the file is written atomically (``hqm.zoo.output``)."""
+    one; the file is written atomically (``hqm.output``)."""
     import io
 
     from hqm import __version__
+    from hqm.output import check_new_output, write_atomic
     from hqm.zoo.classes import dataset_object_names
-    from hqm.zoo.output import check_new_output, write_atomic
 
     spec = get_spec("detr", detector, init)  # an unknown detector or init fails before reading
     out_path = check_new_output(out_path, overwrite, (in_path,))

@@ -49,7 +49,7 @@ def export_checkpoint(
     from safetensors.torch import save
 
     from hqm import __version__
-    from hqm.zoo.output import check_new_output, write_atomic
+    from hqm.output import check_new_output, write_atomic
     from hqm.zoo.safe_load import CheckpointError, safe_torch_load
 
     ckpt = safe_torch_load(checkpoint)

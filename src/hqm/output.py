@@ -1,4 +1,5 @@
-"""Writing the files ``hqm convert`` and ``hqm export`` produce without harming the user's files: an
+"""Writing the files ``hqm convert``, ``hqm export`` and ``hqm eval --save-predictions`` produce
+without harming the user's files: an
 existing output is refused unless the user asks to replace it, an input is never an output, and a
 write lands whole or not at all (temporary file in the same folder, then an atomic rename)."""
 
