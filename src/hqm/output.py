@@ -21,7 +21,7 @@ def check_new_output(
         if out.exists() and Path(src).exists() and out.resolve() == Path(src).resolve():
             raise UsageError(f"{out} is also the input: choose another output path")
     if out.is_dir():
-        raise UsageError(f"{out} is a folder: give the output file's path (e.g. {out / 'model.pt'})")
+        raise UsageError(f"{out} is a folder: give the path of the file to write (in it or elsewhere)")
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists: choose another path, or pass --overwrite to replace it")
     return out
