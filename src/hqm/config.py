@@ -65,6 +65,7 @@ class ModelConfig:
     # embed (DETR/QPIC) | conditional | gaussian: spatial queries, see hqm.models.spatial_queries
     query_type: str = "embed"
     box_refine: bool = False  # refine the reference points layer by layer (needs query_type != embed)
+    group_detr: int = 1  # Group DETR: K query groups at training time (1: off), qpic / cdn
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
@@ -475,6 +476,7 @@ _FINITE = math.isfinite
 #: range of every numeric key: (test, what the value must be); checked after the type
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.num_queries": (lambda v: v >= 1, ">= 1"),
+    "model.group_detr": (lambda v: v >= 1, ">= 1 (1: one query group, Group DETR off)"),
     "model.hidden_dim": (lambda v: v >= 1, ">= 1"),
     "model.nheads": (lambda v: v >= 1, ">= 1"),
     "model.enc_layers": (lambda v: v >= 0, ">= 0"),
@@ -574,6 +576,16 @@ def validate(cfg: Config) -> None:
                 f"config has model.detector={m.detector}): remove {'it' if one else 'them'} or set "
                 f"model.detector={name}"
             )
+    if m.detector == "hotr" and m.group_detr != 1:
+        raise ConfigError(
+            f"model.group_detr={m.group_detr} (Group DETR) is built for model.detector=qpic and cdn; "
+            "HOTR needs model.group_detr=1"
+        )
+    if m.group_detr != 1 and (cfg.loss.reweight.obj or cfg.loss.reweight.verb):
+        raise ConfigError(
+            f"model.group_detr={m.group_detr} cannot be combined with loss.reweight (CDN fine-tuning "
+            "counts every supervised label into its class queues): set model.group_detr=1"
+        )
     if m.detector == "hotr" and cfg.loss.verb_focal_alpha != LossConfig().verb_focal_alpha:
         raise ConfigError(
             "loss.verb_focal_alpha is QPIC / CDN's; HOTR's action loss takes model.hotr.act_focal_alpha"

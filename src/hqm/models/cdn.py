@@ -54,6 +54,7 @@ class CDN(QPICHeadsMixin, DetrHOIModel):
         num_verb_classes: int,
         num_queries: int = 64,
         aux_loss: bool = True,
+        group_detr: int = 1,
     ):
         super().__init__()
         d = transformer.d_model
@@ -71,6 +72,7 @@ class CDN(QPICHeadsMixin, DetrHOIModel):
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
         self.query_embed = nn.Embedding(num_queries, d)
         self.init_heads(d, num_obj_classes, num_verb_classes)
+        self.init_query_groups(group_detr)
 
     @property
     def pair_layers(self) -> int:
@@ -155,6 +157,7 @@ def build_cdn(cfg, num_obj_classes: int, num_verb_classes: int) -> CDN:
         num_verb_classes,
         num_queries=m.num_queries,
         aux_loss=m.aux_loss,
+        group_detr=m.group_detr,
     )
 
 

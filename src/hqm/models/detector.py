@@ -6,6 +6,7 @@
                                                                   │
           learnable queries (QueryGroup) ─────────> decode ──> heads ──> outputs (pred_*, aux)
           mined query groups (training only) ─────> decode ──> heads ──> outputs["groups"][name]
+          Group DETR's extra groups (training) ───> decode ──> heads ──> outputs["groups"]["group_detr"]
                          ^ cross-attention hook (AMM), layers numbered across every decoder ^
 
 A detector subclass implements ``encode``, ``decode`` and ``learnable_queries`` (and says which of
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from hqm.models.attention import AttentionHook, RecordAttention, chain_hooks
+from hqm.models.group_criterion import HungarianAssignment, MinedGroup
 
 if TYPE_CHECKING:
     from hqm.mining.base import QueryMiner
@@ -129,6 +131,7 @@ class DetrHOIModel(nn.Module):
 
     num_queries: int
     hidden_dim: int
+    group_detr: int = 1
 
     def __init__(self):
         super().__init__()
@@ -163,6 +166,31 @@ class DetrHOIModel(nn.Module):
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------
+    def init_query_groups(self, group_detr: int) -> None:
+        """``model.group_detr`` = K (Group DETR, Chen et al., ICCV 2023, "Fast DETR Training with
+        Group-Wise One-to-Many Assignment"): K - 1 extra groups of ``num_queries`` learned positional
+        queries (``group_query_embed``, ((K - 1) * Nq, D)) decoded at training time only, with the same
+        decoder and heads, never attending to another group, each matched one-to-one to the GT pairs
+        on its own (``HungarianAssignment``). Every GT pair is thus supervised K times per step, which
+        speeds up training; evaluation and inference decode the learnable queries only. Call after
+        ``num_queries`` and ``hidden_dim`` are set; K = 1 adds nothing (released checkpoints)."""
+        if group_detr < 1:
+            raise ValueError(f"model.group_detr={group_detr} must be >= 1")
+        self.group_detr = group_detr
+        if group_detr > 1:
+            self.group_query_embed = nn.Embedding((group_detr - 1) * self.num_queries, self.hidden_dim)
+
+    def decode_query_groups(self, enc: EncodedImages) -> MinedGroup:
+        """Group DETR's K - 1 extra groups, decoded as one batch of (K - 1) * B images (copy-major:
+        row ``g * B + i`` is group g + 1 on image i), so that no group attends to another."""
+        g, b = self.group_detr - 1, enc.memory.shape[0]
+        stacked = EncodedImages(
+            enc.memory.repeat(g, 1, 1), enc.pos.repeat(g, 1, 1), enc.mask.repeat(g, 1), enc.shape, enc.shared
+        )
+        pos = self.group_query_embed.weight.view(g, 1, self.num_queries, -1).expand(g, b, -1, -1)
+        outputs = self.decode(stacked, QueryGroup(pos.flatten(0, 1)))
+        return MinedGroup(outputs, HungarianAssignment(repeat=g))
+
     def attach_miners(self, miners: dict[str, QueryMiner]) -> None:
         for name, miner in miners.items():
             self.miners[name] = miner
@@ -179,20 +207,25 @@ class DetrHOIModel(nn.Module):
         Returns ``pred_obj_logits`` (B, Nq, C_obj + 1), ``pred_verb_logits`` (B, Nq, C_verb),
         ``pred_sub_boxes`` / ``pred_obj_boxes`` (B, Nq, 4) normalised cxcywh, ``aux_outputs`` (the
         same per earlier decoder layer) and, when ``mining`` names active miners (training only,
-        ``targets`` required), ``groups``: {group name: ``hqm.models.group_criterion.MinedGroup``}.
+        ``targets`` required), ``groups``: {group name: ``hqm.models.group_criterion.MinedGroup``};
+        in training mode with ``group_detr`` > 1, ``groups["group_detr"]`` too.
         """
         enc = self.encode(images, masks)
         active = [self.miners[name] for name in mining]
         record = RecordAttention() if any(m.needs_reference_attention for m in active) else None
         hook = chain_hooks([record] + [m.learnable_hook(self) for m in active])
         outputs = self.decode(enc, self.learnable_queries(images.shape[0]), hook=hook)
+        groups: dict[str, MinedGroup] = {}
         if active:
             if targets is None:
                 raise ValueError("mining needs the training targets")
             ctx = MiningContext(self, enc, targets, outputs, record.scores if record else None)
-            outputs["groups"] = {}
             for miner in active:
-                outputs["groups"].update(miner(ctx))
+                groups.update(miner(ctx))
+        if self.training and self.group_detr > 1:
+            groups["group_detr"] = self.decode_query_groups(enc)
+        if groups:
+            outputs["groups"] = groups
         return outputs
 
     @torch.no_grad()

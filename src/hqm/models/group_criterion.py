@@ -10,7 +10,9 @@ CDN's: ``hqm.models.hoi_losses``)::
 * **Assignments** (typed, produced by the miners): :class:`FixedAssignment` -- query j of image i is
   supervised by GT pair ``indices[i][1][j]`` on every decoder layer (GBS, CJL);
   :class:`LearnableAssignment` -- the group's queries are copies of the learnable ones and take
-  their per-layer Hungarian assignment (AMM; ``query_map[i][c]`` = learnable query of copy c).
+  their per-layer Hungarian assignment (AMM; ``query_map[i][c]`` = learnable query of copy c);
+  :class:`HungarianAssignment` -- the group is matched on its own and supervised like the learnable
+  queries (Group DETR's extra query groups, ``model.group_detr``).
 * **Normalisers**: every loss denominator is counted from the targets by the loss terms
   (``local_counts``), summed over the micro-batches of an accumulation window and over ranks (one
   all-reduce) and divided by the world size (:meth:`GroupCriterion.normalisers`). DDP's gradient
@@ -53,12 +55,24 @@ class LearnableAssignment:
     query_map: list[Tensor] | None = None
 
 
-Assignment = FixedAssignment | LearnableAssignment
+@dataclass(frozen=True)
+class HungarianAssignment:
+    """The group is matched to the GT pairs on its own, by the criterion's matcher on every layer, and
+    all its queries are supervised, unmatched ones towards "no object": the one-to-one assignment
+    within each group of Group DETR (``model.group_detr``). ``repeat``: the group's batch stacks this
+    many copies of the images, copy-major (row ``c * B + i`` is image i), so its loss is the sum of
+    the copies' losses, each normalised like the learnable queries'."""
+
+    repeat: int = 1
+
+
+Assignment = FixedAssignment | LearnableAssignment | HungarianAssignment
 
 
 @dataclass
 class MinedGroup:
-    """A decoded hard-query group: ``outputs`` (the ``decode`` contract) and how to supervise it.
+    """A decoded extra query group (hard queries, or Group DETR's groups): ``outputs`` (the ``decode``
+    contract) and how to supervise it.
 
     learnable_indices: the learnable queries' Hungarian assignment (last layer first) when the miner
     solved it inside forward (``MiningContext.learnable_indices``), so the criterion reuses it."""
@@ -166,11 +180,17 @@ class GroupCriterion(nn.Module):
         for name, group in groups.items():
             n_layers = len(layers_of(group.outputs))
             assign = group.assignment
+            g_targets, all_queries = targets, False
             if isinstance(assign, FixedAssignment):
                 g_idx = [assign.indices] * n_layers
+            elif isinstance(assign, HungarianAssignment):
+                g_targets, all_queries = list(targets) * assign.repeat, True
+                g_idx = self.match_all_layers(group.outputs, g_targets)
             else:
                 g_idx = [remap_copies(idx, assign.query_map, nq) for idx in learn_idx[:n_layers]]
-            g_total, g_logs = self._all_layers(group.outputs, targets, g_idx, norms, False, f"{name}/")
+            g_total, g_logs = self._all_layers(
+                group.outputs, g_targets, g_idx, norms, all_queries, f"{name}/"
+            )
             logs.update(g_logs)
             total = total + (group_weights or {}).get(name, 1.0) * g_total
         idle = list(idle_params)

@@ -37,6 +37,7 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         aux_loss: bool = True,
         query_type: str = "embed",
         box_refine: bool = False,
+        group_detr: int = 1,
     ):
         super().__init__()
         d = transformer.d_model
@@ -57,6 +58,7 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
                 "model.box_refine needs reference points: set model.query_type to conditional or gaussian"
             )
         self.box_refine = box_refine
+        self.init_query_groups(group_detr)
 
     def encode(self, images: Tensor, masks: Tensor) -> EncodedImages:
         feat, mask, pos = self.backbone(images, masks)
@@ -114,6 +116,7 @@ def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
         aux_loss=m.aux_loss,
         query_type=m.query_type,
         box_refine=m.box_refine,
+        group_detr=m.group_detr,
     )
 
 
