@@ -10,7 +10,7 @@ from conftest import NUM_OBJ, NUM_VERB, make_target
 from hqm.detectors import build_criterion as build_detector_criterion
 from hqm.detectors import build_model
 from hqm.models import QueryGroup, build_matcher
-from hqm.models.attention import AttentionHook, MultiheadAttention, RecordAttention
+from hqm.models.attention import SMALL_KEYS, AttentionHook, MultiheadAttention, RecordAttention
 from hqm.models.postprocess import PostProcessHOI
 from hqm.models.transformer import DecoderLayer
 from hqm.structures import DatasetMeta
@@ -77,6 +77,29 @@ def test_sdpa_and_explicit_attention_agree():
     fused = attn(q, k, k, kpm)
     explicit = attn(q, k, k, kpm, hook=AttentionHook())
     assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+@pytest.mark.parametrize("keys, fused_expected", [(7, False), (SMALL_KEYS, False), (SMALL_KEYS + 1, True)])
+def test_cpu_bf16_attention_over_few_keys_takes_the_explicit_path(monkeypatch, keys, fused_expected):
+    """The fused CPU kernel is slower than the explicit path in bf16 over few keys (measured in the
+    module docstring); both compute the same function."""
+    import hqm.models.attention as attention
+
+    calls = []
+    sdpa = attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        attention.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4).eval()
+    q, k = torch.randn(2, 5, 32), torch.randn(2, keys, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = attn(q, k, k)
+    assert bool(calls) == fused_expected
+    calls.clear()
+    full = attn(q, k, k)
+    assert calls  # fp32 keeps the fused kernel
+    assert torch.allclose(low.float(), full, atol=0.05)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
