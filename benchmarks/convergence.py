@@ -118,6 +118,14 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
         raise argparse.ArgumentTypeError(
             f"--variant {text!r}: {name!r} is a built-in variant; pick another name"
         )
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if key in ("train.seed", "train.output_dir"):
+            raise argparse.ArgumentTypeError(
+                f"--variant {text!r}: {key} is set by the study (--seeds / --first-seed, --out)"
+            )
+        if key == "train.epochs" and not o.split("=", 1)[1].isdigit():
+            raise argparse.ArgumentTypeError(f"--variant {text!r}: train.epochs must be a whole number")
     return name, overrides
 
 
@@ -127,7 +135,10 @@ def plan(args, out: Path, base: list[str]) -> list[Run]:
     ]
     if args.ablations:
         variants += [(name, ov, args.epochs) for name, ov in ABLATIONS.items()]
-    variants += [(name, ov, args.epochs) for name, ov in args.variant]
+    for name, ov in args.variant:  # a variant's own train.epochs is its length (a longer schedule)
+        own = [o.split("=", 1)[1] for o in ov if o.startswith("train.epochs=")]
+        rest = [o for o in ov if not o.startswith("train.epochs=")]
+        variants.append((name, rest, int(own[-1]) if own else args.epochs))
     if args.short:
         short = max(1, int(round(args.epochs * args.short_fraction)))
         variants.append((f"{args.short}-{short}ep", [f"mining.strategy={args.short}"], short))
