@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from hqm.device import resolve_device
-from hqm.distributed import get_rank, get_world_size, init_distributed
+from hqm.distributed import barrier, cleanup, get_rank, get_world_size, init_distributed
 from hqm.engine.evaluate import build_eval_setup
 from hqm.engine.logging import LOGGER, setup_logging
 from hqm.evaluation.base import gather_records
@@ -41,10 +41,7 @@ def evaluate_checkpoint(
     dataset, before any evaluation runs; an existing ``save_predictions`` file (or the weights file
     itself) is refused with ``UsageError`` before anything is read, unless ``overwrite``.
     """
-    from hqm.data import build_meta, load_annotations
-    from hqm.detectors import build_model
-    from hqm.structures import ClassMismatchError, DatasetMeta
-    from hqm.zoo import load_weights, read_state_dict, resolve_model_config
+    from hqm.zoo import read_state_dict, resolve_model_config
 
     if save_predictions:
         from hqm.output import check_new_output
@@ -54,7 +51,25 @@ def evaluate_checkpoint(
     resolved = resolve_model_config(info, weights, config, overrides)
     cfg = resolved.cfg
     resolve_device(cfg.device)  # a device this machine lacks: one clear error, before anything starts
-    _, local_rank = init_distributed(cfg.device)
+    distributed, local_rank = init_distributed(cfg.device)
+    try:
+        metrics = _evaluate(cfg, resolved, config, weights, state, info, local_rank, save_predictions)
+        barrier()  # every rank done (rank 0 wrote the predictions) before the group goes
+    finally:
+        # tear the gloo/NCCL group down here, not at interpreter exit, where a rank whose peer is
+        # still in a collective aborted ("terminate called without an active exception")
+        if distributed:
+            cleanup()
+    return metrics
+
+
+def _evaluate(cfg, resolved, config, weights, state, info, local_rank, save_predictions):
+    """The body of :func:`evaluate_checkpoint` once the process group (if any) is up."""
+    from hqm.data import build_meta, load_annotations
+    from hqm.detectors import build_model
+    from hqm.structures import ClassMismatchError, DatasetMeta
+    from hqm.zoo import load_weights
+
     device = resolve_device(cfg.device, local_rank)
     setup_logging(None, get_rank() == 0)
     for line in resolved.notes(config):
