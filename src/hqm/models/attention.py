@@ -10,7 +10,10 @@ Parameters are named like ``nn.MultiheadAttention`` (``in_proj_weight``, ``in_pr
   and bf16 / fp16 (autocast) with at most ``SMALL_KEYS`` keys, where the fused CPU kernel is several
   times slower than the explicit path (forward + backward, 1 thread, torch 2.x: 12.1 vs 1.6 ms for
   8 x 8 heads x 64 x 64 keys, 9.7 vs 0.6 ms at 32 x 32, 13.3 vs 4.3 ms at 256 x 256; at 850 x 850
-  keys the fused kernel wins, 19.8 vs 32.7 ms; fp32: fused 1.5 vs 1.8 ms);
+  keys the fused kernel wins, 19.8 vs 32.7 ms; fp32: fused 1.5 vs 1.8 ms). Re-measured with 2 threads,
+  torch 2.14, batch 8 x 8 heads x N x N, head dim 16: explicit / fused 17.5 / 22.6 ms at N = 256,
+  28.9 / 51.8 at 324 (a C3 map of a 144-px image), 54.2 / 54.9 at 400, 134.8 / 99.8 at 576: the
+  crossover is near 400 keys;
 * an explicit path when an :class:`AttentionHook` is given: the hook sees the pre-softmax scores
   (and may mask them) and the post-softmax probabilities (and may rescale them). AMM uses this seam.
 """
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 from hqm.models.dropout import dropout
 
 #: reduced-precision attention on the CPU over at most this many keys takes the explicit path
-SMALL_KEYS = 256
+SMALL_KEYS = 384
 
 
 class AttentionHook:
