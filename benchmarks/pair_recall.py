@@ -1,0 +1,175 @@
+"""Where a trained detector loses the ground-truth pairs, and what its top-ranked false positives are.
+
+For every ground-truth <human, verb, object> of a split, over the checkpoint's top ``eval.max_dets``
+triplets of its image, the share of pairs for which some triplet has
+
+    sub    the subject box at IoU >= 0.5
+    obj    the object box at IoU >= 0.5
+    both   both boxes (one triplet)
+    +cls   both boxes and the object class
+    +verb  both boxes, the object class and the verb (the HICO-DET recall at max_dets)
+
+and the mean over pairs of the best min(subject IoU, object IoU) of any triplet (``pair IoU``), next
+to the split's Full / Rare / Non-rare mAP. Read the columns left to right: the first big drop is what
+limits the detector (issue 10's diagnosis: early in training, the object box of small objects).
+
+    python benchmarks/pair_recall.py runs/demo/checkpoints/last.pt --root data/synthetic \
+        [--splits test train]
+
+The second table is the precision side: per HOI class, the top 2 x (its number of ground-truth
+pairs) triplets by score, each put in the first matching category: ``TP``; ``duplicate`` (a pair
+already found by a higher-scoring triplet); ``wrong verb`` (both boxes and the object class of a pair
+with another verb); ``wrong object class`` (both boxes of a pair); ``object box off`` / ``subject box
+off`` (the other box of a pair of this class is right); ``background`` (none of these). With a
+detector that ranks well most of these are TP.
+
+Boxes are compared in original-image pixels (xyxy), as the evaluator does; the training split is
+evaluated whole, with the test transform (the synthetic default: 2,000 images, about 30 s here).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from hqm.data import load_annotations
+from hqm.detectors import build_model
+from hqm.engine.evaluate import build_eval_setup
+from hqm.zoo import load_weights, read_state_dict, resolve_model_config
+
+COLUMNS = ("sub", "obj", "both", "+cls", "+verb")
+
+
+def breakdown(annotations, predictions) -> dict[str, float]:
+    """Shares (in [0, 1]) of the ground-truth pairs of ``annotations`` (ImageAnnotation) found by
+    ``predictions`` (HOIPredictions, matched by file name) at each level of :data:`COLUMNS`, and the
+    mean best pair IoU. Pairs without an object (V-COCO roles) are skipped."""
+    by_name = {p.file_name: p for p in predictions}
+    hits = {k: 0 for k in COLUMNS}
+    pair_iou, total = 0.0, 0
+    for ann in annotations:
+        pred = by_name.get(ann.file_name)
+        for s, o, verb in ann.hois:
+            if o < 0:
+                continue
+            total += 1
+            if pred is None or len(pred) == 0:
+                continue
+            iou_s = box_iou(torch.as_tensor(ann.boxes[s : s + 1]), torch.as_tensor(pred.sub_boxes))[0].numpy()
+            iou_o = box_iou(torch.as_tensor(ann.boxes[o : o + 1]), torch.as_tensor(pred.obj_boxes))[0].numpy()
+            both = (iou_s >= 0.5) & (iou_o >= 0.5)
+            cls = both & (pred.obj_labels == ann.labels[o])
+            levels = (iou_s >= 0.5, iou_o >= 0.5, both, cls, cls & (pred.verb_labels == verb))
+            for k, hit in zip(COLUMNS, levels):
+                hits[k] += bool(hit.any())
+            pair_iou += float(np.minimum(iou_s, iou_o).max())
+    out = {k: v / max(total, 1) for k, v in hits.items()}
+    out["pair IoU"] = pair_iou / max(total, 1)
+    out["pairs"] = total
+    return out
+
+
+CATEGORIES = (
+    "TP",
+    "duplicate",
+    "wrong verb",
+    "wrong object class",
+    "object box off",
+    "subject box off",
+    "background",
+)
+
+
+def _category(ann, hoi_class, sub_iou, obj_iou, found: set, file_name: str) -> str:
+    """The :data:`CATEGORIES` entry of one triplet of class ``hoi_class`` (verb, object class) with
+    IoUs ``sub_iou`` / ``obj_iou`` (N,) against every box of its image; ``found`` holds the
+    (file, pair) already matched and is updated."""
+    pairs = [(j, int(s), int(o), int(v)) for j, (s, o, v) in enumerate(ann.hois) if o >= 0]
+    same = [(j, s, o) for j, s, o, v in pairs if (v, int(ann.labels[o])) == hoi_class]
+    for j, s, o in same:
+        if sub_iou[s] >= 0.5 and obj_iou[o] >= 0.5:
+            if (file_name, j) in found:
+                return "duplicate"
+            found.add((file_name, j))
+            return "TP"
+    for _, s, o, _ in pairs:
+        if sub_iou[s] >= 0.5 and obj_iou[o] >= 0.5:
+            return "wrong verb" if int(ann.labels[o]) == hoi_class[1] else "wrong object class"
+    for _, s, o in same:
+        if sub_iou[s] >= 0.5:
+            return "object box off"
+        if obj_iou[o] >= 0.5:
+            return "subject box off"
+    return "background"
+
+
+def top_ranked(annotations, predictions) -> dict[str, float]:
+    """Shares (in [0, 1]) of :data:`CATEGORIES` among each HOI class's top 2 x (its ground-truth
+    count) triplets by score, pooled over classes (the module docstring)."""
+    by_name = {a.file_name: a for a in annotations}
+    counts: dict[tuple[int, int], int] = {}
+    for ann in annotations:
+        for _, o, v in ann.hois:
+            if o >= 0:
+                key = (int(v), int(ann.labels[o]))
+                counts[key] = counts.get(key, 0) + 1
+    ranked: dict[tuple[int, int], list] = {}
+    for p in predictions:
+        for k in range(len(p)):
+            key = (int(p.verb_labels[k]), int(p.obj_labels[k]))
+            if key in counts:
+                ranked.setdefault(key, []).append((float(p.scores[k]), p.file_name, k, p))
+    tally = dict.fromkeys(CATEGORIES, 0)
+    for key, items in ranked.items():
+        items.sort(key=lambda t: -t[0])
+        found: set = set()
+        for _, name, k, p in items[: 2 * counts[key]]:
+            ann = by_name[name]
+            boxes = torch.as_tensor(ann.boxes)
+            sub_iou = box_iou(torch.as_tensor(p.sub_boxes[k : k + 1]), boxes)[0].numpy()
+            obj_iou = box_iou(torch.as_tensor(p.obj_boxes[k : k + 1]), boxes)[0].numpy()
+            tally[_category(ann, key, sub_iou, obj_iou, found, name)] += 1
+    total = max(sum(tally.values()), 1)
+    return {k: v / total for k, v in tally.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("--root", default="data/synthetic")
+    p.add_argument("--splits", nargs="+", default=["test", "train"])
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    state, info = read_state_dict(args.checkpoint)
+    base = [f"data.root={args.root}", "device=cpu", "data.num_workers=0"]
+    cfg = resolve_model_config(info, args.checkpoint, None, base).cfg
+    cfg.mining.strategy = "none"
+    train_ann = load_annotations(cfg.data.dataset, cfg.data.root, "train", check_images=False)
+    header = (*COLUMNS, "pair IoU", "Full", "Rare", "Non-rare")
+    print(f"{'split':<6}{'pairs':>7}" + "".join(f"{k:>9}" for k in header))
+    ranked = {}
+    for split in args.splits:
+        cfg.eval.split = split
+        ev = build_eval_setup(cfg, train_ann, torch.device("cpu"))
+        meta = ev.dataset.meta
+        model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
+        load_weights(
+            model, args.checkpoint, list(meta.object_names), cfg.model.detector, checkpoint=(state, info)
+        )
+        metrics, preds = ev.run(model, torch.device("cpu"), cfg.train.amp, cfg.eval.batching)
+        b = breakdown(ev.dataset.annotations, preds)
+        row = [100 * b[k] for k in (*COLUMNS, "pair IoU")]
+        row += [100 * metrics[k] for k in ("mAP_full", "mAP_rare", "mAP_nonrare")]
+        print(f"{split:<6}{b['pairs']:>7}" + "".join(f"{v:>8.2f}%" for v in row))
+        ranked[split] = top_ranked(ev.dataset.annotations, preds)
+    print("\ntop-ranked triplets (per class, the top 2 x its ground-truth pairs):")
+    print(f"{'split':<6}" + "".join(f"{k:>20}" for k in CATEGORIES))
+    for split, shares in ranked.items():
+        print(f"{split:<6}" + "".join(f"{100 * shares[k]:>19.1f}%" for k in CATEGORIES))
+
+
+if __name__ == "__main__":
+    main()
