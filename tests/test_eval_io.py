@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
+from hqm.errors import UsageError
 from hqm.evaluation import (
     PredictionsFormatError,
     build_evaluator,
@@ -171,6 +172,30 @@ def test_export_vcoco_pickle(tmp_path):
         "stand_agent"
     ] == pytest.approx(0.8)
     assert dets[0]["hold_agent"] == pytest.approx(0.9)
+
+    # an existing file is the user's: refused (unchanged) unless overwrite=True
+    (tmp_path / "d.pkl").write_bytes(b"mine")
+    with pytest.raises(UsageError, match="d.pkl"):
+        export_vcoco_pickle([p], tmp_path / "d.pkl", meta, {"a.jpg": 42})
+    assert (tmp_path / "d.pkl").read_bytes() == b"mine"
+    assert export_vcoco_pickle([p], tmp_path / "d.pkl", meta, {"a.jpg": 42}, overwrite=True) == 1
+    assert pickle.loads((tmp_path / "d.pkl").read_bytes()) == dets
+
+
+def test_export_hico_mat_refuses_existing_files(tmp_path):
+    pytest.importorskip("scipy.io")
+    meta, test, preds = _preds(1)
+    verbs, objs = np.nonzero(meta.correct_mat)
+    hoi_classes = sorted(zip(verbs.tolist(), objs.tolist()), key=lambda vo: (vo[1], vo[0]))
+    names = [t.file_name for t in test]
+    (tmp_path / "detections_03.mat").write_bytes(b"mine")
+    with pytest.raises(UsageError, match="detections_03.mat"):
+        export_hico_mat(preds, tmp_path, meta, names, hoi_classes)
+    # nothing written: the check comes before the first file
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["detections_03.mat"]
+    assert (tmp_path / "detections_03.mat").read_bytes() == b"mine"
+    paths = export_hico_mat(preds, tmp_path, meta, names, hoi_classes, overwrite=True)
+    assert len(paths) == 6 and (tmp_path / "detections_03.mat").read_bytes()[:6] == b"MATLAB"
 
 
 def _dist_worker(rank, world, port, preds, meta, test, out):

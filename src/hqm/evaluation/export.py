@@ -15,14 +15,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from hqm.evaluation.ap import topk_desc
 from hqm.evaluation.vcoco import is_empty_box, parse_role_classes
+from hqm.output import check_new_output, write_atomic
 from hqm.structures import DatasetMeta, HOIPredictions
 
 
@@ -34,19 +37,24 @@ def export_hico_mat(
     hoi_classes: Sequence[tuple[int, int]],
     max_dets: int | None = 100,
     box_offset: float = -1.0,
+    overwrite: bool = False,
 ) -> list[str]:
     """Write ``detections_XX.mat`` files; returns their paths.
 
     test_file_names: the official image order (``list_test``), one column of ``all_boxes`` each.
     hoi_classes: official HOI id order, ``hoi_classes[i] = (verb, object)`` contiguous for HOI id i + 1.
     The same per-image cut as the Default evaluator is applied (valid pairs, top ``max_dets``).
+    Raises ``UsageError`` before writing anything when a ``detections_XX.mat`` of ``out_dir``
+    already exists (unless ``overwrite``); each file is written atomically (``OutputError`` naming it).
     """
     from scipy.io import savemat
 
-    os.makedirs(out_dir, exist_ok=True)
+    n_obj = meta.num_obj_classes
+    targets = [Path(out_dir) / f"detections_{obj + 1:02d}.mat" for obj in range(n_obj)]
+    for target in targets:
+        check_new_output(target, overwrite)
     col = {name: j for j, name in enumerate(test_file_names)}
     hoi_id = {(int(v), int(o)): i for i, (v, o) in enumerate(hoi_classes)}
-    n_obj = meta.num_obj_classes
     per_obj = [[i for i, (_, o) in enumerate(hoi_classes) if o == obj] for obj in range(n_obj)]
     row_of = {i: r for rows in per_obj for r, i in enumerate(rows)}
     cells: dict[tuple[int, int], list[np.ndarray]] = {}
@@ -71,9 +79,10 @@ def export_hico_mat(
         for (i, j), lst in cells.items():
             if hoi_classes[i][1] == obj:
                 all_boxes[row_of[i], j] = np.stack(lst)
-        path = os.path.join(os.fspath(out_dir), f"detections_{obj + 1:02d}.mat")
-        savemat(path, {"all_boxes": all_boxes})
-        paths.append(path)
+        buffer = io.BytesIO()
+        savemat(buffer, {"all_boxes": all_boxes})
+        write_atomic(targets[obj], buffer.getvalue())
+        paths.append(os.fspath(targets[obj]))
     return paths
 
 
@@ -82,12 +91,16 @@ def export_vcoco_pickle(
     path: str | os.PathLike,
     meta: DatasetMeta,
     image_ids: Mapping[str, int],
+    overwrite: bool = False,
 ) -> int:
     """Write the ``vsrl_eval`` detection pickle; returns the number of person entries.
 
     image_ids: COCO image id of every file name. Class names come from ``meta.verb_names``
     (``hold_obj``, ``stand`` ...). Per (image, person box) the best triplet of each class is kept.
+    An existing ``path`` is refused with ``UsageError`` before anything is computed (unless
+    ``overwrite``); the file is written atomically (``OutputError`` naming it).
     """
+    target = check_new_output(path, overwrite)
     actions, action_of, has_role = parse_role_classes(list(meta.verb_names))
     names = list(meta.verb_names)
     roles: dict[str, list[str]] = {a: [] for a in actions}
@@ -120,6 +133,5 @@ def export_vcoco_pickle(
                     ob = [0.0] * 4 if is_empty_box(ob[None])[0] else [float(x) for x in ob]
                     entry[names[c]] = ob + [sc]
             dets.append(entry)
-    with open(path, "wb") as f:
-        pickle.dump(dets, f, protocol=2)
+    write_atomic(target, pickle.dumps(dets, protocol=2))
     return len(dets)
