@@ -537,6 +537,11 @@ _LOSS_KEYS = [
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
+def _as_override(value: Any) -> str:
+    """``value`` as a user writes it in a ``key=value`` override (booleans in YAML's lower case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def validate(cfg: Config) -> None:
     """Check every value by choice and by range, and the relations between keys. Raises
     :class:`ConfigError` naming the first key that is wrong and the values it may take."""
@@ -560,11 +565,9 @@ def validate(cfg: Config) -> None:
     if m.detector != "qpic":  # before the QPIC-only advice below, which would not apply
         for key, value, plain in (("query_type", m.query_type, "embed"), ("box_refine", m.box_refine, False)):
             if value != plain:
-                show = str(value).lower() if isinstance(value, bool) else value
-                need = str(plain).lower() if isinstance(plain, bool) else plain
                 raise ConfigError(
-                    f"model.{key}={show} is a QPIC option; model.detector={m.detector} needs "
-                    f"model.{key}={need}"
+                    f"model.{key}={_as_override(value)} is a QPIC option; model.detector={m.detector} "
+                    f"needs model.{key}={_as_override(plain)}"
                 )
     # another detector's options would be ignored in silence
     for name, section, default in (("cdn", m.cdn, CDNConfig()), ("hotr", m.hotr, HOTRConfig())):
