@@ -118,3 +118,16 @@ def test_box_refine_needs_reference_points():
     cfg.model.box_refine = True  # past the config check: the model keeps its own guard
     with pytest.raises(ValueError, match="model.box_refine needs reference points"):
         build_model(cfg, NUM_OBJ, NUM_VERB)
+
+
+@pytest.mark.parametrize(
+    "override, need",
+    [
+        ("model.box_refine=true", "model.box_refine=false"),
+        ("model.query_type=gaussian", "model.query_type=embed"),
+    ],
+)
+def test_spatial_options_are_refused_for_other_detectors(override, need):
+    # written as the user would write them (booleans lower-case), naming the detector and the fix
+    with pytest.raises(ConfigError, match=rf"{override} is a QPIC option; model.detector=cdn needs {need}$"):
+        load_config("cdn_s_r18_synthetic", [override])
