@@ -207,3 +207,26 @@ def test_loading_never_generates(tmp_path):
         build_dataset(hico, "test", train=False)
     assert not missing.exists()
     assert ensure_synthetic(missing, "tiny") == missing and synthetic_ready(missing)  # asked for: made
+
+
+def test_ensure_synthetic_refuses_a_root_of_another_preset(tmp_path):
+    # a demo (data.generate) pointed at a folder holding the tiny preset would report on 16 images
+    root = tmp_path / "data"
+    ensure_synthetic(root, "tiny")
+    before = sorted(p.name for p in root.rglob("*"))
+    with pytest.raises(
+        DatasetError, match=r"preset 'tiny' \(16 training / 8 test images\), not data.synth_preset=default"
+    ):
+        ensure_synthetic(root, "default")
+    assert sorted(p.name for p in root.rglob("*")) == before  # nothing regenerated or removed
+    assert ensure_synthetic(root, "tiny") == root
+
+
+def test_demo_on_a_root_of_another_preset_is_refused_before_the_run_folder(tmp_path, capsys):
+    from hqm.cli import main
+
+    root, out = tmp_path / "data", tmp_path / "run"
+    ensure_synthetic(root, "tiny")
+    assert main(["demo", f"data.root={root}", f"train.output_dir={out}"]) == 1
+    assert "holds the synthetic benchmark of preset 'tiny'" in capsys.readouterr().err
+    assert not out.exists()

@@ -4,6 +4,7 @@ embedded synthetic benchmark (``hqm.data.synthetic``)."""
 from hqm.data.build import (
     build_dataset,
     build_meta,
+    check_synthetic_preset,
     ensure_synthetic,
     file_ids,
     image_dir,
@@ -21,6 +22,7 @@ __all__ = [
     "build_dataset",
     "build_meta",
     "build_transforms",
+    "check_synthetic_preset",
     "collate_fn",
     "ensure_synthetic",
     "image_dir",

@@ -105,8 +105,26 @@ def synthetic_ready(root: str | Path) -> bool:
     return all((root / f).is_file() for f in files) and (mark is None or bool(mark["complete"]))
 
 
+def check_synthetic_preset(root: str | os.PathLike, preset: str) -> None:
+    """Raise ``DatasetError`` when ``root`` holds a complete synthetic benchmark that the generator
+    marked with another preset than ``preset`` (what ``ensure_synthetic`` would silently reuse)."""
+    from hqm.data.synthetic import read_marker
+
+    mark = read_marker(root) if synthetic_ready(root) else None
+    if mark is not None and mark["preset"] != preset:
+        raise DatasetError(
+            f"{root} holds the synthetic benchmark of preset {mark['preset']!r} "
+            f"({mark.get('train_size', '?')} training / {mark.get('test_size', '?')} test images), not "
+            f"data.synth_preset={preset}: give another data.root, or set "
+            f"data.synth_preset={mark['preset']} to train on it"
+        )
+
+
 def ensure_synthetic(root: str | os.PathLike, preset: str) -> Path:
     """Generate the synthetic benchmark with ``preset`` into ``root`` unless it is already there.
+
+    A complete benchmark that the generator marked with another preset raises ``DatasetError`` (a
+    demo would otherwise train and report on, say, the 16 images of the ``tiny`` preset in silence).
 
     Writes only into an absent or empty ``root`` or an unfinished generation of its own (see
     ``hqm.data.synthetic.generate``); a ``root`` holding other files raises ``DatasetError``. An
@@ -116,6 +134,7 @@ def ensure_synthetic(root: str | os.PathLike, preset: str) -> Path:
     from hqm.data.synthetic import generate
 
     root = Path(root)
+    check_synthetic_preset(root, preset)
     if synthetic_ready(root):
         return root
     logger.info(f"generating the synthetic benchmark (preset {preset}) into {root}")

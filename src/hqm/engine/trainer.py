@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hqm.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
-from hqm.data import build_dataset, collate_fn, ensure_synthetic
+from hqm.data import build_dataset, check_synthetic_preset, collate_fn, ensure_synthetic
 from hqm.data.dataset import pair_class_counts
 from hqm.detectors import build_criterion, build_model
 from hqm.device import resolve_device
@@ -187,6 +187,8 @@ class Trainer:
         if resume is None:
             resume, ckpt = resolve_resume(resume_arg, self.out)
         changes = check_compatible(config_from_dict(ckpt["config"]), cfg, resume) if ckpt else None
+        if cfg.data.generate:  # a benchmark of another preset is refused before the folder is claimed
+            check_synthetic_preset(cfg.data.root, cfg.data.synth_preset)
         self.run_lock = self._claim_run_dir(resume, overwrite, restart)
         try:
             self._build(cfg, resume, ckpt, changes, channels_last, restart)
