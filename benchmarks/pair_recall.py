@@ -11,10 +11,9 @@ triplets of its image, the share of pairs for which some triplet has
 
 and the mean over pairs of the best min(subject IoU, object IoU) of any triplet (``pair IoU``), next
 to the split's Full / Rare / Non-rare mAP. Read the columns left to right: the first big drop is what
-limits the detector (issue 10's diagnosis: early in training, the object box of small objects).
+limits the detector (early in the demo's training: the object box of small objects).
 
-    python benchmarks/pair_recall.py runs/demo/checkpoints/last.pt --root data/synthetic \
-        [--splits test train]
+    python benchmarks/pair_recall.py runs/demo/checkpoints/last.pt [--root data/synthetic] [--splits test]
 
 The second table is the precision side: per HOI class, the top 2 x (its number of ground-truth
 pairs) triplets by score, each put in the first matching category: ``TP``; ``duplicate`` (a pair
@@ -30,6 +29,7 @@ evaluated whole, with the test transform (the synthetic default: 2,000 images, a
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from torchvision.ops import box_iou
 from hqm.data import load_annotations
 from hqm.detectors import build_model
 from hqm.engine.evaluate import build_eval_setup
+from hqm.errors import UserError
 from hqm.zoo import load_weights, read_state_dict, resolve_model_config
 
 COLUMNS = ("sub", "obj", "both", "+cls", "+verb")
@@ -66,8 +67,8 @@ def breakdown(annotations, predictions) -> dict[str, float]:
             for k, hit in zip(COLUMNS, levels):
                 hits[k] += bool(hit.any())
             pair_iou += float(np.minimum(iou_s, iou_o).max())
-    out = {k: v / max(total, 1) for k, v in hits.items()}
-    out["pair IoU"] = pair_iou / max(total, 1)
+    out = {k: v / total if total else float("nan") for k, v in hits.items()}
+    out["pair IoU"] = pair_iou / total if total else float("nan")
     out["pairs"] = total
     return out
 
@@ -132,44 +133,67 @@ def top_ranked(annotations, predictions) -> dict[str, float]:
             sub_iou = box_iou(torch.as_tensor(p.sub_boxes[k : k + 1]), boxes)[0].numpy()
             obj_iou = box_iou(torch.as_tensor(p.obj_boxes[k : k + 1]), boxes)[0].numpy()
             tally[_category(ann, key, sub_iou, obj_iou, found, name)] += 1
-    total = max(sum(tally.values()), 1)
-    return {k: v / total for k, v in tally.items()}
+    total = sum(tally.values())
+    return {k: v / total if total else float("nan") for k, v in tally.items()}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
-    p.add_argument("--root", default="data/synthetic")
-    p.add_argument("--splits", nargs="+", default=["test", "train"])
-    args = p.parse_args()
+def _pct(value: float | None, width: int, digits: int) -> str:
+    """``value`` (a fraction) as a right-aligned percentage; n/a when undefined (no pairs, no class)."""
+    if value is None or value != value:
+        return f"{'n/a':>{width + 1}}"
+    return f"{100 * value:>{width}.{digits}f}%"
+
+
+def report(checkpoint: str, root: str | None, splits: list[str]) -> None:
+    """Print both tables for ``checkpoint`` on ``splits`` of ``root`` (None: the checkpoint's own
+    ``data.root``). Raises the package's one-line errors (``hqm.errors.UserError``) on bad input."""
     torch.set_grad_enabled(False)
-    state, info = read_state_dict(args.checkpoint)
-    base = [f"data.root={args.root}", "device=cpu", "data.num_workers=0"]
-    cfg = resolve_model_config(info, args.checkpoint, None, base).cfg
+    state, info = read_state_dict(checkpoint)
+    base = ["device=cpu", "data.num_workers=0"] + ([f"data.root={root}"] if root else [])
+    cfg = resolve_model_config(info, checkpoint, None, base).cfg
     cfg.mining.strategy = "none"
     train_ann = load_annotations(cfg.data.dataset, cfg.data.root, "train", check_images=False)
+    print(f"{cfg.data.dataset} at {cfg.data.root}, {checkpoint}")
     header = (*COLUMNS, "pair IoU", "Full", "Rare", "Non-rare")
     print(f"{'split':<6}{'pairs':>7}" + "".join(f"{k:>9}" for k in header))
     ranked = {}
-    for split in args.splits:
+    for split in splits:
         cfg.eval.split = split
         ev = build_eval_setup(cfg, train_ann, torch.device("cpu"))
         meta = ev.dataset.meta
         model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
-        load_weights(
-            model, args.checkpoint, list(meta.object_names), cfg.model.detector, checkpoint=(state, info)
-        )
+        load_weights(model, checkpoint, list(meta.object_names), cfg.model.detector, checkpoint=(state, info))
         metrics, preds = ev.run(model, torch.device("cpu"), cfg.train.amp, cfg.eval.batching)
         b = breakdown(ev.dataset.annotations, preds)
-        row = [100 * b[k] for k in (*COLUMNS, "pair IoU")]
-        row += [100 * metrics[k] for k in ("mAP_full", "mAP_rare", "mAP_nonrare")]
-        print(f"{split:<6}{b['pairs']:>7}" + "".join(f"{v:>8.2f}%" for v in row))
+        row = [b[k] for k in (*COLUMNS, "pair IoU")]
+        row += [metrics.get(k) for k in ("mAP_full", "mAP_rare", "mAP_nonrare")]
+        print(f"{split:<6}{b['pairs']:>7}" + "".join(_pct(v, 8, 2) for v in row))
         ranked[split] = top_ranked(ev.dataset.annotations, preds)
     print("\ntop-ranked triplets (per class, the top 2 x its ground-truth pairs):")
     print(f"{'split':<6}" + "".join(f"{k:>20}" for k in CATEGORIES))
     for split, shares in ranked.items():
-        print(f"{split:<6}" + "".join(f"{100 * shares[k]:>19.1f}%" for k in CATEGORIES))
+        print(f"{split:<6}" + "".join(_pct(shares[k], 19, 1) for k in CATEGORIES))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a training checkpoint (.pt) written by hqm train / hqm demo")
+    p.add_argument("--root", default=None, help="dataset folder (default: the checkpoint's own data.root)")
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        default=["test", "train"],
+        choices=["test", "train"],
+        help="default: test train",
+    )
+    args = p.parse_args()
+    try:
+        report(args.checkpoint, args.root, args.splits)
+    except UserError as e:
+        print(f"pair_recall.py: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
