@@ -175,7 +175,7 @@ def test_export_vcoco_pickle(tmp_path):
 
     # an existing file is the user's: refused (unchanged) unless overwrite=True
     (tmp_path / "d.pkl").write_bytes(b"mine")
-    with pytest.raises(UsageError, match="d.pkl"):
+    with pytest.raises(UsageError, match="d.pkl already exists.*call with overwrite=True"):
         export_vcoco_pickle([p], tmp_path / "d.pkl", meta, {"a.jpg": 42})
     assert (tmp_path / "d.pkl").read_bytes() == b"mine"
     assert export_vcoco_pickle([p], tmp_path / "d.pkl", meta, {"a.jpg": 42}, overwrite=True) == 1

@@ -12,10 +12,14 @@ from hqm.errors import UsageError, output_error, write_fault
 
 
 def check_new_output(
-    path: str | os.PathLike, overwrite: bool, inputs: tuple[str | os.PathLike, ...] = ()
+    path: str | os.PathLike,
+    overwrite: bool,
+    inputs: tuple[str | os.PathLike, ...] = (),
+    overwrite_hint: str = "pass --overwrite",
 ) -> Path:
     """``path`` as a ``Path`` when a file may be written there. Raises ``UsageError`` (one line) when
-    it is one of ``inputs``, is a folder, or already exists and ``overwrite`` is False."""
+    it is one of ``inputs``, is a folder, or already exists and ``overwrite`` is False; the message
+    ends with ``overwrite_hint`` (the command-line flag; Python callers name their argument)."""
     out = Path(path)
     for src in inputs:
         if out.exists() and Path(src).exists() and out.resolve() == Path(src).resolve():
@@ -23,7 +27,7 @@ def check_new_output(
     if out.is_dir():
         raise UsageError(f"{out} is a folder: give the path of the file to write (in it or elsewhere)")
     if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists: choose another path, or pass --overwrite to replace it")
+        raise UsageError(f"{out} already exists: choose another path, or {overwrite_hint} to replace it")
     return out
 
 

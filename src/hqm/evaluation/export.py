@@ -52,7 +52,7 @@ def export_hico_mat(
     n_obj = meta.num_obj_classes
     targets = [Path(out_dir) / f"detections_{obj + 1:02d}.mat" for obj in range(n_obj)]
     for target in targets:
-        check_new_output(target, overwrite)
+        check_new_output(target, overwrite, overwrite_hint="call with overwrite=True")
     col = {name: j for j, name in enumerate(test_file_names)}
     hoi_id = {(int(v), int(o)): i for i, (v, o) in enumerate(hoi_classes)}
     per_obj = [[i for i, (_, o) in enumerate(hoi_classes) if o == obj] for obj in range(n_obj)]
@@ -100,7 +100,7 @@ def export_vcoco_pickle(
     An existing ``path`` is refused with ``UsageError`` before anything is computed (unless
     ``overwrite``); the file is written atomically (``OutputError`` naming it).
     """
-    target = check_new_output(path, overwrite)
+    target = check_new_output(path, overwrite, overwrite_hint="call with overwrite=True")
     actions, action_of, has_role = parse_role_classes(list(meta.verb_names))
     names = list(meta.verb_names)
     roles: dict[str, list[str]] = {a: [] for a in actions}
