@@ -158,8 +158,11 @@ def test_nan_loss_is_skipped_and_logged(tiny_root, tmp_path, capsys, monkeypatch
     assert "step 2: the loss is not finite (loss_verb_ce=nan): step skipped (1 in a row" in err
     # the skipped step changed nothing: the weights after step 2 are those after step 1
     a = load_checkpoint(out / "checkpoints" / "last.pt")
-    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    # strict JSON (NaN is not JSON): the non-finite loss is written as null
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    events = [json.loads(x, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl")) for x in lines]
     assert [e["step"] for e in events if e["kind"] == "nonfinite"] == [2]
+    assert [e["loss"] for e in events if e["kind"] == "nonfinite"] == [None]
     assert a["step"] == 2 and all(
         torch.isfinite(v).all() for v in a["model"].values() if v.is_floating_point()
     )

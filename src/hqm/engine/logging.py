@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import resource
 import sys
 import time
@@ -67,7 +68,8 @@ class SmoothedMeter:
 
 
 class RunWriter:
-    """Writes ``metrics.jsonl`` (every event) and ``results.csv`` (one row per evaluation)."""
+    """Writes ``metrics.jsonl`` (every event; strict JSON, a non-finite number written as ``null``) and
+    ``results.csv`` (one row per evaluation)."""
 
     def __init__(self, output_dir: Path | None, enabled: bool):
         self.enabled = enabled and output_dir is not None
@@ -85,8 +87,10 @@ class RunWriter:
         if not self.enabled:
             return
         rec = {"kind": kind, "step": step, "epoch": epoch, "time": time.time(), **values}
+        # strict JSON: a non-finite number (mAP_nonrare without non-rare classes, a NaN loss) is null
+        rec = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
         with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps(rec, allow_nan=False) + "\n")
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
