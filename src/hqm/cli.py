@@ -397,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the earlier demo run in train.output_dir (default: a re-run goes to runs/demo-2, ...)",
+        help="replace the earlier demo run in train.output_dir (default: a re-run into the default runs/demo "
+        "goes to runs/demo-2, ...; a train.output_dir you chose is refused instead)",
     )
     d.add_argument("--json", action="store_true", help=JSON_HELP)
     d.set_defaults(func=cmd_demo)
