@@ -78,6 +78,8 @@ def test_two_step_run_writes_run_files(tiny_root, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and preds_file.read_bytes() == saved
     assert main([*argv, "--save-predictions", str(preds_file), "--overwrite"]) == 0
     capsys.readouterr()
+    assert main([*argv, "--overwrite"]) == 2  # nothing to overwrite: said, not ignored
+    assert "--overwrite replaces the --save-predictions file" in capsys.readouterr().err
 
     # the saved predictions file evaluates, without a model, to the same numbers
     records = json.loads(preds_file.read_text())

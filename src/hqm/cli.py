@@ -78,6 +78,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config, weights = (None, args.config) if _is_weights(args.config) else (args.config, extra.get("weights"))
     if weights is None or (config is None and "weights" in extra):
         raise UsageError("give a checkpoint (hqm eval CKPT), or a config with weights=PATH")
+    if args.overwrite and not args.save_predictions:
+        raise UsageError("--overwrite replaces the --save-predictions file; without one it has nothing to do")
     from hqm.engine.evaluator_run import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(
