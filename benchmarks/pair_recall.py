@@ -22,8 +22,9 @@ with another verb); ``wrong object class`` (both boxes of a pair); ``object box 
 off`` (the other box of a pair of this class is right); ``background`` (none of these). With a
 detector that ranks well most of these are TP.
 
-Boxes are compared in original-image pixels (xyxy), as the evaluator does; the training split is
-evaluated whole, with the test transform (the synthetic default: 2,000 images, about 30 s here).
+Boxes are compared in original-image pixels (xyxy) with the HICO-DET evaluator's +1-pixel IoU; the
+training split is evaluated whole, with the test transform (the synthetic default: 2,000 images,
+about 30 s here).
 """
 
 from __future__ import annotations
@@ -33,15 +34,22 @@ import sys
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 from hqm.data import load_annotations
 from hqm.detectors import build_model
 from hqm.engine.evaluate import build_eval_setup
 from hqm.errors import UserError
+from hqm.evaluation.ap import box_iou_pairs
 from hqm.zoo import load_weights, read_state_dict, resolve_model_config
 
 COLUMNS = ("sub", "obj", "both", "+cls", "+verb")
+
+
+def _ious(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N,) IoU of one xyxy ``box`` (4,) with every row of ``boxes`` (N, 4), with the HICO-DET
+    evaluator's +1-pixel convention (``hqm.evaluation.ap.box_iou_pairs``)."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    return box_iou_pairs(np.broadcast_to(np.asarray(box).reshape(1, 4), boxes.shape), boxes, plus_one=True)
 
 
 def breakdown(annotations, predictions) -> dict[str, float]:
@@ -59,8 +67,7 @@ def breakdown(annotations, predictions) -> dict[str, float]:
             total += 1
             if pred is None or len(pred) == 0:
                 continue
-            iou_s = box_iou(torch.as_tensor(ann.boxes[s : s + 1]), torch.as_tensor(pred.sub_boxes))[0].numpy()
-            iou_o = box_iou(torch.as_tensor(ann.boxes[o : o + 1]), torch.as_tensor(pred.obj_boxes))[0].numpy()
+            iou_s, iou_o = _ious(ann.boxes[s], pred.sub_boxes), _ious(ann.boxes[o], pred.obj_boxes)
             both = (iou_s >= 0.5) & (iou_o >= 0.5)
             cls = both & (pred.obj_labels == ann.labels[o])
             levels = (iou_s >= 0.5, iou_o >= 0.5, both, cls, cls & (pred.verb_labels == verb))
@@ -129,9 +136,7 @@ def top_ranked(annotations, predictions) -> dict[str, float]:
         found: set = set()
         for _, name, k, p in items[: 2 * counts[key]]:
             ann = by_name[name]
-            boxes = torch.as_tensor(ann.boxes)
-            sub_iou = box_iou(torch.as_tensor(p.sub_boxes[k : k + 1]), boxes)[0].numpy()
-            obj_iou = box_iou(torch.as_tensor(p.obj_boxes[k : k + 1]), boxes)[0].numpy()
+            sub_iou, obj_iou = _ious(p.sub_boxes[k], ann.boxes), _ious(p.obj_boxes[k], ann.boxes)
             tally[_category(ann, key, sub_iou, obj_iou, found, name)] += 1
     total = sum(tally.values())
     return {k: v / total if total else float("nan") for k, v in tally.items()}
@@ -156,13 +161,15 @@ def report(checkpoint: str, root: str | None, splits: list[str]) -> None:
     print(f"{cfg.data.dataset} at {cfg.data.root}, {checkpoint}")
     header = (*COLUMNS, "pair IoU", "Full", "Rare", "Non-rare")
     print(f"{'split':<6}{'pairs':>7}" + "".join(f"{k:>9}" for k in header))
-    ranked = {}
+    ranked, model = {}, None
     for split in splits:
         cfg.eval.split = split
         ev = build_eval_setup(cfg, train_ann, torch.device("cpu"))
-        meta = ev.dataset.meta
-        model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
-        load_weights(model, checkpoint, list(meta.object_names), cfg.model.detector, checkpoint=(state, info))
+        if model is None:  # the splits share the vocabulary: one model
+            meta = ev.dataset.meta
+            model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
+            names = list(meta.object_names)
+            load_weights(model, checkpoint, names, cfg.model.detector, checkpoint=(state, info))
         metrics, preds = ev.run(model, torch.device("cpu"), cfg.train.amp, cfg.eval.batching)
         b = breakdown(ev.dataset.annotations, preds)
         row = [b[k] for k in (*COLUMNS, "pair IoU")]
