@@ -44,7 +44,7 @@ def test_interaction_queries_are_the_pair_decoders_last_embeddings(batch):
     _, model = _cdn()
     model.eval()
     enc = model.encode(images, masks)
-    out = model.decode(enc, model.learnable_queries(2))
+    out = model.decode(enc, model.learnable_queries(enc))
     t = model.transformer
     pair = t.decoder(model.query_embed.weight[None].expand(2, -1, -1), enc.memory, enc.pos, enc.mask)
     inter = t.interaction_decoder(pair[-1], enc.memory, enc.pos, enc.mask)
@@ -57,7 +57,7 @@ def test_interaction_queries_are_the_pair_decoders_last_embeddings(batch):
     with torch.no_grad():
         for p in t.interaction_decoder.parameters():
             p.add_(0.1)
-    again = model.decode(enc, model.learnable_queries(2))
+    again = model.decode(enc, model.learnable_queries(enc))
     assert torch.equal(again["pred_sub_boxes"], out["pred_sub_boxes"])
     assert not torch.allclose(again["pred_verb_logits"], out["pred_verb_logits"])
 
@@ -68,7 +68,8 @@ def test_unequal_decoder_depths_pair_layers_from_the_end(batch):
     out = model.eval()(images, masks)
     assert len(out["aux_outputs"]) == 1
     rec = RecordAttention()
-    model.decode(model.encode(images, masks), model.learnable_queries(2), hook=rec)
+    enc = model.encode(images, masks)
+    model.decode(enc, model.learnable_queries(enc), hook=rec)
     assert sorted(rec.scores) == [0, 1, 2, 3, 4] and list(model.mining_layers) == [0, 1, 2]
 
 

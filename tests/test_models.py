@@ -132,7 +132,7 @@ def test_seam_extra_query_group_and_attention_hook(model, batch):
     """Extra groups are decoded apart from the learnable queries; the hook returns and masks attention."""
     images, masks, _ = batch
     enc = model.encode(images, masks)
-    learn = model.decode(enc, model.learnable_queries(2))
+    learn = model.decode(enc, model.learnable_queries(enc))
     extra = QueryGroup(
         torch.randn(2, 3, model.hidden_dim), torch.tensor([[False, False, True], [False, True, True]])
     )
@@ -140,11 +140,11 @@ def test_seam_extra_query_group_and_attention_hook(model, batch):
     assert group["pred_obj_logits"].shape == (2, 3, NUM_OBJ + 1)
     assert group["pred_verb_logits"].shape == (2, 3, NUM_VERB)
     # the learnable queries are unaffected by the presence of a group
-    again = model.decode(enc, model.learnable_queries(2))
+    again = model.decode(enc, model.learnable_queries(enc))
     assert torch.equal(learn["pred_obj_logits"], again["pred_obj_logits"])
 
     rec = RecordAttention()
-    model.decode(enc, model.learnable_queries(2), hook=rec)
+    model.decode(enc, model.learnable_queries(enc), hook=rec)
     hw = enc.memory.shape[1]
     # hook layers are numbered across all of the detector's decoders; mining may mask a prefix
     n_layers = sum(isinstance(m, DecoderLayer) for m in model.modules())
@@ -173,7 +173,7 @@ def test_seam_extra_query_group_and_attention_hook(model, batch):
     from hqm.models.attention import HookChain
 
     probe = Probe()
-    masked = model.decode(enc, model.learnable_queries(2), hook=HookChain([MaskAll(), probe]))
+    masked = model.decode(enc, model.learnable_queries(enc), hook=HookChain([MaskAll(), probe]))
     assert torch.allclose(probe.probs[0][..., 0], torch.ones(()))
     assert not torch.allclose(masked["pred_verb_logits"], learn["pred_verb_logits"])
 

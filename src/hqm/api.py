@@ -209,7 +209,7 @@ class HOIDetector:
             enc = None
         else:
             enc = self.model.encode(images, masks)
-            outputs = self.model.decode(enc, self.model.learnable_queries(images.shape[0]), hook=record)
+            outputs = self.model.decode(enc, self.model.learnable_queries(enc), hook=record)
         preds = self.postprocessor(outputs, orig.to(self.device), names)
         preds = [p.filter(threshold, top_k) for p in preds]
         if record is None:

@@ -65,6 +65,8 @@ class ModelConfig:
     # embed (DETR/QPIC) | conditional | gaussian: spatial queries, see hqm.models.spatial_queries
     query_type: str = "embed"
     box_refine: bool = False  # refine the reference points layer by layer (needs query_type != embed)
+    # encoder pair proposals + query selection (needs query_type != embed): hqm.models.encoder_proposals
+    two_stage: bool = False
     group_detr: int = 1  # Group DETR: K query groups at training time (1: off), qpic / cdn
     hidden_dim: int = 256
     nheads: int = 8
@@ -563,7 +565,11 @@ def validate(cfg: Config) -> None:
             "head gets hidden_dim / nheads channels)"
         )
     if m.detector != "qpic":  # before the QPIC-only advice below, which would not apply
-        for key, value, plain in (("query_type", m.query_type, "embed"), ("box_refine", m.box_refine, False)):
+        for key, value, plain in (
+            ("query_type", m.query_type, "embed"),
+            ("box_refine", m.box_refine, False),
+            ("two_stage", m.two_stage, False),
+        ):
             if value != plain:
                 raise ConfigError(
                     f"model.{key}={_as_override(value)} is a QPIC option; model.detector={m.detector} "
@@ -598,10 +604,11 @@ def validate(cfg: Config) -> None:
             "loss.reweight (CDN fine-tuning) does not apply to model.detector=hotr: set "
             "loss.reweight.obj=false loss.reweight.verb=false"
         )
-    if m.box_refine and m.query_type == "embed":
-        raise ConfigError(
-            "model.box_refine=true needs reference points: set model.query_type to conditional or gaussian"
-        )
+    for key, value in (("box_refine", m.box_refine), ("two_stage", m.two_stage)):
+        if value and m.query_type == "embed":
+            raise ConfigError(
+                f"model.{key}=true needs reference points: set model.query_type to conditional or gaussian"
+            )
     if cfg.data.crop_min > cfg.data.crop_max:
         raise ConfigError(f"data.crop_min={cfg.data.crop_min} must be <= data.crop_max={cfg.data.crop_max}")
     iou = cfg.mining.gbs.iou_range

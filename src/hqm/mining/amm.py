@@ -189,19 +189,22 @@ class AMMMiner(QueryMiner):
             return {}  # the learnable pass itself was masked ("w/o Q^m")
         ref = ctx.reference_attention if self.needs_reference_attention else None
         bsz = ctx.encoded.memory.shape[0]
-        learnable = ctx.detector.learnable_queries(bsz)
+        learnable = ctx.detector.learnable_queries(ctx.encoded)
         query_pos, query_mask, query_map = learnable.pos, None, None
+        reference = learnable.reference
         if self.queries == "matched":
             layer_idx = matched_learnable(ctx, self.matcher)
             query_map = [torch.unique(torch.cat([idx[i][0] for idx in layer_idx])) for i in range(bsz)]
             width = max(max((len(r) for r in query_map), default=0), 1)
             query_pos = _pad_rows(query_pos, query_map, width)
+            if reference is not None:
+                reference = _pad_rows(reference, query_map, width)
             query_mask = torch.ones(bsz, width, dtype=torch.bool, device=query_pos.device)
             for i, r in enumerate(query_map):
                 query_mask[i, : len(r)] = False
             if ref is not None:
                 ref = select_rows(ref, query_map, width)
-        group = QueryGroup(query_pos, query_mask)
+        group = QueryGroup(query_pos, query_mask, reference)
         hook = self.masking(ref, ctx.detector)
         outputs = ctx.detector.decode(ctx.encoded, group, hook, final_norm=not self.skip_final_norm)
         return {self.name: MinedGroup(outputs, LearnableAssignment(query_map), ctx.learnable_indices)}

@@ -7,6 +7,7 @@
           learnable queries (QueryGroup) ─────────> decode ──> heads ──> outputs (pred_*, aux)
           mined query groups (training only) ─────> decode ──> heads ──> outputs["groups"][name]
           Group DETR's extra groups (training) ───> decode ──> heads ──> outputs["groups"]["group_detr"]
+          encoder pair proposals (model.two_stage, training) ─────────> outputs["groups"]["encoder"]
                          ^ cross-attention hook (AMM), layers numbered across every decoder ^
 
 A detector subclass implements ``encode``, ``decode`` and ``learnable_queries`` (and says which of
@@ -32,6 +33,10 @@ from hqm.models.group_criterion import HungarianAssignment, MinedGroup
 if TYPE_CHECKING:
     from hqm.mining.base import QueryMiner
     from hqm.models.matcher import Indices
+
+
+#: ``EncodedImages.shared`` key (and loss-group name) of the encoder's pair proposals (``model.two_stage``)
+ENCODER_PROPOSALS = "encoder"
 
 
 @dataclass(frozen=True)
@@ -155,10 +160,11 @@ class DetrHOIModel(nn.Module):
         before the heads (reproduces the released HQM combined model, ``amm.skip_final_norm``)."""
         raise NotImplementedError
 
-    def learnable_queries(self, batch_size: int) -> QueryGroup:
-        """The learnable query group: ``self.query_embed`` (``nn.Embedding(Q, D)``, DETR's learned
-        positional queries) for every image; override for other query sets."""
-        return QueryGroup(self.query_embed.weight[None].expand(batch_size, -1, -1))
+    def learnable_queries(self, enc: EncodedImages) -> QueryGroup:
+        """The learnable query group of the images encoded in ``enc``: ``self.query_embed``
+        (``nn.Embedding(Q, D)``, DETR's learned positional queries) for every image; override for
+        other query sets (QPIC's ``model.two_stage`` adds reference points selected from ``enc``)."""
+        return QueryGroup(self.query_embed.weight[None].expand(enc.memory.shape[0], -1, -1))
 
     @property
     def mining_layers(self) -> range:
@@ -208,13 +214,14 @@ class DetrHOIModel(nn.Module):
         ``pred_sub_boxes`` / ``pred_obj_boxes`` (B, Nq, 4) normalised cxcywh, ``aux_outputs`` (the
         same per earlier decoder layer) and, when ``mining`` names active miners (training only,
         ``targets`` required), ``groups``: {group name: ``hqm.models.group_criterion.MinedGroup``};
-        in training mode with ``group_detr`` > 1, ``groups["group_detr"]`` too.
+        in training mode with ``group_detr`` > 1, ``groups["group_detr"]`` too, and with encoder
+        proposals (``model.two_stage``), ``groups["encoder"]``.
         """
         enc = self.encode(images, masks)
         active = [self.miners[name] for name in mining]
         record = RecordAttention() if any(m.needs_reference_attention for m in active) else None
         hook = chain_hooks([record] + [m.learnable_hook(self) for m in active])
-        outputs = self.decode(enc, self.learnable_queries(images.shape[0]), hook=hook)
+        outputs = self.decode(enc, self.learnable_queries(enc), hook=hook)
         groups: dict[str, MinedGroup] = {}
         if active:
             if targets is None:
@@ -224,6 +231,9 @@ class DetrHOIModel(nn.Module):
                 groups.update(miner(ctx))
         if self.training and self.group_detr > 1:
             groups["group_detr"] = self.decode_query_groups(enc)
+        if self.training and ENCODER_PROPOSALS in enc.shared:
+            # ``model.two_stage``: the encoder's pair proposals, matched one-to-one on their own
+            groups[ENCODER_PROPOSALS] = MinedGroup(enc.shared[ENCODER_PROPOSALS], HungarianAssignment())
         if groups:
             outputs["groups"] = groups
         return outputs

@@ -2,7 +2,8 @@
 
 ``model.query_type`` other than ``embed`` adds spatial queries (``hqm.models.spatial_queries``):
 reference points, relative box centres and a cross-attention prior, derived from every query group's
-positional queries; ``model.box_refine`` refines their reference points layer by layer.
+positional queries; ``model.box_refine`` refines their reference points layer by layer; ``model.two_stage`` selects them
+from pair proposals of the encoder (``hqm.models.encoder_proposals``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from hqm.box_ops import relative_boxes
 from hqm.models.attention import AttentionHook
 from hqm.models.backbone import Joiner, build_backbone
 from hqm.models.criterion import build_criterion
-from hqm.models.detector import DetectorSpec, DetrHOIModel, EncodedImages, QueryGroup
+from hqm.models.detector import ENCODER_PROPOSALS, DetectorSpec, DetrHOIModel, EncodedImages, QueryGroup
+from hqm.models.encoder_proposals import EncoderProposals
 from hqm.models.heads import QPICHeadsMixin, pack_outputs
 from hqm.models.matcher import build_matcher
 from hqm.models.postprocess import build_postprocessor
@@ -38,6 +40,7 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         query_type: str = "embed",
         box_refine: bool = False,
         group_detr: int = 1,
+        two_stage: bool = False,
     ):
         super().__init__()
         d = transformer.d_model
@@ -58,6 +61,14 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
                 "model.box_refine needs reference points: set model.query_type to conditional or gaussian"
             )
         self.box_refine = box_refine
+        if two_stage and self.spatial_queries is None:
+            raise ValueError(
+                "model.two_stage selects reference points: set model.query_type to conditional or gaussian"
+            )
+        # encoder pair proposals + query selection (None: the queries' own reference points)
+        self.encoder_proposals = (
+            EncoderProposals(d, num_obj_classes, num_verb_classes) if two_stage else None
+        )
         self.init_query_groups(group_detr)
 
     def encode(self, images: Tensor, masks: Tensor) -> EncodedImages:
@@ -68,7 +79,19 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         pos = pos.flatten(2).transpose(1, 2)
         mask = mask.flatten(1)
         memory = self.transformer.encoder(src, pos, mask)
-        return EncodedImages(memory, pos, mask, (h, w))
+        enc = EncodedImages(memory, pos, mask, (h, w))
+        if self.encoder_proposals is not None:
+            enc.shared[ENCODER_PROPOSALS] = self.encoder_proposals(memory, mask, (h, w))
+        return enc
+
+    def learnable_queries(self, enc: EncodedImages) -> QueryGroup:
+        """``query_embed`` for every image; with ``model.two_stage``, reference points selected from
+        the encoder's pair proposals (``hqm.models.encoder_proposals``)."""
+        group = super().learnable_queries(enc)
+        if self.encoder_proposals is None:
+            return group
+        reference = self.encoder_proposals.select(enc.shared[ENCODER_PROPOSALS], enc.mask, self.num_queries)
+        return QueryGroup(group.pos, group.mask, reference)
 
     @property
     def mining_layers(self) -> range:
@@ -117,6 +140,7 @@ def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
         query_type=m.query_type,
         box_refine=m.box_refine,
         group_detr=m.group_detr,
+        two_stage=m.two_stage,
     )
 
 
