@@ -113,16 +113,16 @@ def test_off_adds_no_parameter():
     assert model.encoder_proposals is None
     assert not any(k.startswith("encoder_proposals") for k in model.state_dict())
     _, two = _model()
-    assert {k for k in two.state_dict() if k.startswith("encoder_proposals")} and set(model.state_dict()) < set(
-        two.state_dict()
-    )
+    added = set(two.state_dict()) - set(model.state_dict())
+    assert added and all(k.startswith("encoder_proposals.") for k in added)
+    assert set(model.state_dict()) < set(two.state_dict())
 
 
 def test_selection_refuses_a_map_smaller_than_the_queries():
     props = EncoderProposals(16, NUM_OBJ, NUM_VERB)(
         torch.randn(1, 6, 16), torch.zeros(1, 6, dtype=torch.bool), (2, 3)
     )
-    with pytest.raises(ValueError, match=r"selects 8 queries \(model.num_queries\) from a feature map of only 6"):
+    with pytest.raises(ValueError, match=r"selects 8 queries \(model.num_queries\) from a map of only 6"):
         EncoderProposals.select(props, torch.zeros(1, 6, dtype=torch.bool), 8)
 
 

@@ -68,7 +68,7 @@ class EncoderProposals(nn.Module):
         if bool(pad.any()):
             no_obj = torch.full_like(obj_logits, -100.0)
             no_obj[..., -1] = 0.0
-            far = torch.tensor([PADDING_CENTRE, PADDING_CENTRE, 1e-3, 1e-3], dtype=sub.dtype, device=sub.device)
+            far = sub.new_tensor([PADDING_CENTRE, PADDING_CENTRE, 1e-3, 1e-3])
             obj_logits = torch.where(pad, no_obj, obj_logits)
             verb_logits = verb_logits.masked_fill(pad, -100.0)
             sub = torch.where(pad, far, sub)
@@ -88,7 +88,7 @@ class EncoderProposals(nn.Module):
         score = proposals["pred_obj_logits"].detach().float().softmax(-1)[..., :-1].max(-1).values
         if score.shape[1] < k:
             raise ValueError(
-                f"model.two_stage selects {k} queries (model.num_queries) from a feature map of only "
+                f"model.two_stage selects {k} queries (model.num_queries) from a map of only "
                 f"{score.shape[1]} tokens: use larger images or fewer queries"
             )
         score = score.masked_fill(mask, -1.0)

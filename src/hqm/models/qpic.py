@@ -2,8 +2,8 @@
 
 ``model.query_type`` other than ``embed`` adds spatial queries (``hqm.models.spatial_queries``):
 reference points, relative box centres and a cross-attention prior, derived from every query group's
-positional queries; ``model.box_refine`` refines their reference points layer by layer; ``model.two_stage`` selects them
-from pair proposals of the encoder (``hqm.models.encoder_proposals``).
+positional queries; ``model.box_refine`` refines their reference points layer by layer;
+``model.two_stage`` selects them from pair proposals of the encoder (``hqm.models.encoder_proposals``).
 """
 
 from __future__ import annotations
@@ -66,9 +66,7 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
                 "model.two_stage selects reference points: set model.query_type to conditional or gaussian"
             )
         # encoder pair proposals + query selection (None: the queries' own reference points)
-        self.encoder_proposals = (
-            EncoderProposals(d, num_obj_classes, num_verb_classes) if two_stage else None
-        )
+        self.encoder_proposals = EncoderProposals(d, num_obj_classes, num_verb_classes) if two_stage else None
         self.init_query_groups(group_detr)
 
     def encode(self, images: Tensor, masks: Tensor) -> EncodedImages:
