@@ -43,7 +43,7 @@ def test_padding_tokens_are_never_matched_and_carry_no_gradient(batch):
     cfg, model = _model()
     images, masks, targets = batch
     enc = model.train().encode(images, masks)
-    props = enc.shared[ENCODER_PROPOSALS].outputs
+    props = enc.shared[ENCODER_PROPOSALS]
     pad = enc.mask
     assert pad[1].any() and not pad[0].any()
     assert (props["pred_obj_logits"][pad].argmax(-1) == NUM_OBJ).all()  # "no object"
@@ -60,7 +60,7 @@ def test_queries_start_at_the_best_valid_proposals_centres(batch):
     images, masks, _ = batch
     model.eval()
     enc = model.encode(images, masks)
-    props = enc.shared[ENCODER_PROPOSALS].outputs
+    props = enc.shared[ENCODER_PROPOSALS]
     queries = model.learnable_queries(enc)
     nq = model.num_queries
     assert queries.reference.shape == (2, nq, 4) and not queries.reference.requires_grad

@@ -67,7 +67,6 @@ class ModelConfig:
     box_refine: bool = False  # refine the reference points layer by layer (needs query_type != embed)
     # encoder pair proposals + query selection (needs query_type != embed): hqm.models.encoder_proposals
     two_stage: bool = False
-    two_stage_one_to_many: int = 1  # each GT pair matched to this many encoder proposals (H-DETR style)
     group_detr: int = 1  # Group DETR: K query groups at training time (1: off), qpic / cdn
     hidden_dim: int = 256
     nheads: int = 8
@@ -480,7 +479,6 @@ _FINITE = math.isfinite
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.num_queries": (lambda v: v >= 1, ">= 1"),
     "model.group_detr": (lambda v: v >= 1, ">= 1 (1: one query group, Group DETR off)"),
-    "model.two_stage_one_to_many": (lambda v: v >= 1, ">= 1 (1: one-to-one matching of the proposals)"),
     "model.hidden_dim": (lambda v: v >= 1, ">= 1"),
     "model.nheads": (lambda v: v >= 1, ">= 1"),
     "model.enc_layers": (lambda v: v >= 0, ">= 0"),

@@ -35,8 +35,7 @@ if TYPE_CHECKING:
     from hqm.models.matcher import Indices
 
 
-#: ``EncodedImages.shared`` key (and loss-group name) of the encoder's pair proposals (``model.two_stage``):
-#: a ``MinedGroup`` whose outputs cover every token
+#: ``EncodedImages.shared`` key (and loss-group name) of the encoder's pair proposals (``model.two_stage``)
 ENCODER_PROPOSALS = "encoder"
 
 
@@ -233,8 +232,8 @@ class DetrHOIModel(nn.Module):
         if self.training and self.group_detr > 1:
             groups["group_detr"] = self.decode_query_groups(enc)
         if self.training and ENCODER_PROPOSALS in enc.shared:
-            # ``model.two_stage``: the encoder's pair proposals (a MinedGroup), matched on their own
-            groups[ENCODER_PROPOSALS] = enc.shared[ENCODER_PROPOSALS]
+            # ``model.two_stage``: the encoder's pair proposals, matched one-to-one on their own
+            groups[ENCODER_PROPOSALS] = MinedGroup(enc.shared[ENCODER_PROPOSALS], HungarianAssignment())
         if groups:
             outputs["groups"] = groups
         return outputs

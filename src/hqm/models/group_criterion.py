@@ -61,13 +61,9 @@ class HungarianAssignment:
     all its queries are supervised, unmatched ones towards "no object": the one-to-one assignment
     within each group of Group DETR (``model.group_detr``). ``repeat``: the group's batch stacks this
     many copies of the images, copy-major (row ``c * B + i`` is image i), so its loss is the sum of
-    the copies' losses, each normalised like the learnable queries'. ``one_to_many``: every GT pair
-    is repeated this many times before matching, so that many queries of the group are supervised
-    towards it (the one-to-many matching of H-DETR, Jia et al., CVPR 2023); the group's loss is divided
-    by it, so its weight does not grow with the repetition."""
+    the copies' losses, each normalised like the learnable queries'."""
 
     repeat: int = 1
-    one_to_many: int = 1
 
 
 Assignment = FixedAssignment | LearnableAssignment | HungarianAssignment
@@ -188,8 +184,7 @@ class GroupCriterion(nn.Module):
             if isinstance(assign, FixedAssignment):
                 g_idx = [assign.indices] * n_layers
             elif isinstance(assign, HungarianAssignment):
-                g_targets = [repeat_pairs(t, assign.one_to_many) for t in targets] * assign.repeat
-                all_queries = True
+                g_targets, all_queries = list(targets) * assign.repeat, True
                 g_idx = self.match_all_layers(group.outputs, g_targets)
             else:
                 g_idx = [remap_copies(idx, assign.query_map, nq) for idx in learn_idx[:n_layers]]
@@ -197,8 +192,6 @@ class GroupCriterion(nn.Module):
                 group.outputs, g_targets, g_idx, norms, all_queries, f"{name}/"
             )
             logs.update(g_logs)
-            if isinstance(assign, HungarianAssignment):
-                g_total = g_total / assign.one_to_many
             total = total + (group_weights or {}).get(name, 1.0) * g_total
         idle = list(idle_params)
         if idle:
@@ -206,18 +199,6 @@ class GroupCriterion(nn.Module):
         if not torch.is_tensor(total):  # no layer at all: a graph-less zero
             total = outputs["pred_obj_logits"].sum() * 0.0
         return total, logs
-
-
-#: the per-pair target keys the matcher and the pair loss terms read (QPIC / CDN)
-PAIR_KEYS = ("obj_labels", "verb_labels", "sub_boxes", "obj_boxes", "has_obj")
-
-
-def repeat_pairs(target: dict, times: int) -> dict:
-    """``target`` with its GT pairs (``PAIR_KEYS``) repeated ``times`` times, pair-major blocks
-    (pairs 0..n-1, then 0..n-1 again, ...); other keys unchanged. ``times`` = 1 returns ``target``."""
-    if times == 1:
-        return target
-    return {**target, **{k: target[k].repeat(times, *[1] * (target[k].dim() - 1)) for k in PAIR_KEYS}}
 
 
 def remap_copies(indices: Indices, query_map: list[Tensor] | None, num_queries: int) -> Indices:

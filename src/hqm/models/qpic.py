@@ -17,7 +17,6 @@ from hqm.models.backbone import Joiner, build_backbone
 from hqm.models.criterion import build_criterion
 from hqm.models.detector import ENCODER_PROPOSALS, DetectorSpec, DetrHOIModel, EncodedImages, QueryGroup
 from hqm.models.encoder_proposals import EncoderProposals
-from hqm.models.group_criterion import HungarianAssignment, MinedGroup
 from hqm.models.heads import QPICHeadsMixin, pack_outputs
 from hqm.models.matcher import build_matcher
 from hqm.models.postprocess import build_postprocessor
@@ -42,7 +41,6 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         box_refine: bool = False,
         group_detr: int = 1,
         two_stage: bool = False,
-        two_stage_one_to_many: int = 1,
     ):
         super().__init__()
         d = transformer.d_model
@@ -69,9 +67,6 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
             )
         # encoder pair proposals + query selection (None: the queries' own reference points)
         self.encoder_proposals = EncoderProposals(d, num_obj_classes, num_verb_classes) if two_stage else None
-        if two_stage_one_to_many < 1:
-            raise ValueError(f"model.two_stage_one_to_many={two_stage_one_to_many} must be >= 1")
-        self.two_stage_one_to_many = two_stage_one_to_many
         self.init_query_groups(group_detr)
 
     def encode(self, images: Tensor, masks: Tensor) -> EncodedImages:
@@ -84,9 +79,7 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         memory = self.transformer.encoder(src, pos, mask)
         enc = EncodedImages(memory, pos, mask, (h, w))
         if self.encoder_proposals is not None:
-            proposals = self.encoder_proposals(memory, mask, (h, w))
-            assignment = HungarianAssignment(one_to_many=self.two_stage_one_to_many)
-            enc.shared[ENCODER_PROPOSALS] = MinedGroup(proposals, assignment)
+            enc.shared[ENCODER_PROPOSALS] = self.encoder_proposals(memory, mask, (h, w))
         return enc
 
     def learnable_queries(self, enc: EncodedImages) -> QueryGroup:
@@ -95,8 +88,7 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         group = super().learnable_queries(enc)
         if self.encoder_proposals is None:
             return group
-        proposals = enc.shared[ENCODER_PROPOSALS].outputs
-        reference = self.encoder_proposals.select(proposals, enc.mask, self.num_queries)
+        reference = self.encoder_proposals.select(enc.shared[ENCODER_PROPOSALS], enc.mask, self.num_queries)
         return QueryGroup(group.pos, group.mask, reference)
 
     @property
@@ -147,7 +139,6 @@ def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
         box_refine=m.box_refine,
         group_detr=m.group_detr,
         two_stage=m.two_stage,
-        two_stage_one_to_many=m.two_stage_one_to_many,
     )
 
 
