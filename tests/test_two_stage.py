@@ -161,3 +161,29 @@ def test_config_refuses_what_two_stage_does_not_support(overrides, match):
     cfg.model.two_stage = True  # past the config check: the model keeps its own guard
     with pytest.raises(ValueError, match="model.two_stage selects reference points"):
         build_model(cfg, NUM_OBJ, NUM_VERB)
+
+
+def test_predict_with_attention_maps_gives_the_plain_predictions(tmp_path):
+    """``HOIDetector.predict(return_attention=True)`` encodes and decodes by itself: the queries must
+    start at the selected proposals there too."""
+    from hqm import HOIDetector
+    from hqm.config import config_to_dict
+    from hqm.data import build_meta
+    from hqm.data.synthetic import generate
+    from hqm.engine.checkpoint import save_checkpoint
+
+    root = generate(tmp_path / "synth", preset="tiny")
+    cfg = load_config(None, TINY_OVERRIDES + TWO_STAGE + ["data.dataset=synthetic", f"data.root={root}"])
+    meta = build_meta(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
+    state = {"model": model.state_dict(), "config": config_to_dict(cfg), "meta": meta.to_dict()}
+    save_checkpoint(tmp_path / "last.pt", {**state, "metrics": {}, "epoch": 1, "step": 1})
+    detector = HOIDetector.from_checkpoint(tmp_path / "last.pt", device="cpu")
+    image = torch.Generator().manual_seed(0)
+    array = (torch.rand(90, 120, 3, generator=image) * 255).byte().numpy()
+    (plain,) = detector.predict(array, top_k=10)
+    (with_maps,), (maps,) = detector.predict(array, top_k=10, return_attention=True)
+    assert len(plain) == len(with_maps) == len(maps) == 10
+    assert torch.allclose(torch.as_tensor(plain.scores), torch.as_tensor(with_maps.scores))
+    assert torch.allclose(torch.as_tensor(plain.sub_boxes), torch.as_tensor(with_maps.sub_boxes))
