@@ -108,7 +108,7 @@ def test_resume_on_weights_without_a_config(bad_checkpoints, tiny_root, tmp_path
         ("mining.gbs.iou_range=[0.4]", "mining.gbs.iou_range=[0.4]"),
         ("train.on_nonfinite=ignore", "train.on_nonfinite='ignore' is not one of skip, stop"),
         ("device=gpu", "device='gpu'"),
-        ("model.query_type=embed", "model.box_refine=true needs reference points"),
+        ("model.query_type=embed", "model.box_refine=true and model.two_stage=true need reference points"),
     ],
 )
 def test_config_values_are_checked_by_range(override, key):

@@ -105,6 +105,9 @@ def test_training_supervises_proposals_backbone_and_decoder(batch):
         model.query_embed.weight,
     ):
         assert p.grad is not None and p.grad.abs().sum() > 0
+    # DDP without find_unused_parameters: every parameter takes part (ref_point_head with a zero gradient)
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
 
 
 def test_off_adds_no_parameter():
@@ -118,12 +121,19 @@ def test_off_adds_no_parameter():
     assert set(model.state_dict()) < set(two.state_dict())
 
 
-def test_selection_refuses_a_map_smaller_than_the_queries():
-    props = EncoderProposals(16, NUM_OBJ, NUM_VERB)(
-        torch.randn(1, 6, 16), torch.zeros(1, 6, dtype=torch.bool), (2, 3)
-    )
-    with pytest.raises(ValueError, match=r"selects 8 queries \(model.num_queries\) from a map of only 6"):
-        EncoderProposals.select(props, torch.zeros(1, 6, dtype=torch.bool), 8)
+def test_queries_beyond_the_valid_tokens_start_at_the_image_centre():
+    torch.manual_seed(0)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[1, 4:] = True  # image 1: 4 valid tokens of 6
+    props = EncoderProposals(16, NUM_OBJ, NUM_VERB)(torch.randn(2, 6, 16), mask, (2, 3))
+    ref = EncoderProposals.select(props, mask, 8)  # more queries than tokens
+    assert ref.shape == (2, 8, 4)
+    valid = [6, 4]
+    for i, n in enumerate(valid):
+        centres = torch.cat([props["pred_sub_boxes"][i, :n, :2], props["pred_obj_boxes"][i, :n, :2]], -1)
+        first = ref[i, :n]
+        assert all((centres == r).all(-1).any() for r in first)  # every valid token, best first
+        assert torch.equal(ref[i, n:], torch.full((8 - n, 4), 0.5))
 
 
 def test_amm_copies_start_at_the_selected_points(batch):
@@ -147,7 +157,11 @@ def test_amm_copies_start_at_the_selected_points(batch):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (["model.two_stage=true"], r"model.two_stage=true needs reference points"),
+        (["model.two_stage=true"], r"^model.two_stage=true needs reference points"),
+        (
+            ["model.box_refine=true", "model.two_stage=true"],  # the demo config with query_type=embed
+            r"^model.box_refine=true and model.two_stage=true need reference points: set model.query_type",
+        ),
         (
             ["model.detector=cdn", "model.two_stage=true"],
             r"model.two_stage=true is a QPIC option; model.detector=cdn needs model.two_stage=false$",

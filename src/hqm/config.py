@@ -604,11 +604,13 @@ def validate(cfg: Config) -> None:
             "loss.reweight (CDN fine-tuning) does not apply to model.detector=hotr: set "
             "loss.reweight.obj=false loss.reweight.verb=false"
         )
-    for key, value in (("box_refine", m.box_refine), ("two_stage", m.two_stage)):
-        if value and m.query_type == "embed":
-            raise ConfigError(
-                f"model.{key}=true needs reference points: set model.query_type to conditional or gaussian"
-            )
+    needs_points = [key for key, value in (("box_refine", m.box_refine), ("two_stage", m.two_stage)) if value]
+    if needs_points and m.query_type == "embed":
+        named = " and ".join(f"model.{key}=true" for key in needs_points)
+        raise ConfigError(
+            f"{named} {'need' if len(needs_points) > 1 else 'needs'} reference points: set model.query_type "
+            "to conditional or gaussian"
+        )
     if cfg.data.crop_min > cfg.data.crop_max:
         raise ConfigError(f"data.crop_min={cfg.data.crop_min} must be <= data.crop_max={cfg.data.crop_max}")
     iou = cfg.mining.gbs.iou_range

@@ -21,8 +21,8 @@ DETR (Zhu et al., ICLR 2021, section 4.2 "Two-Stage Deformable DETR") and DINO's
 
 Padding tokens (of images smaller than the batch) get constant predictions -- "no object" with a logit
 margin of 100 and boxes centred far outside the image -- so the matcher never prefers them and they
-carry no gradient; they are selected only when an image has fewer valid tokens than queries, and then
-start at the image centre.
+carry no gradient; they are selected only when an image has fewer valid tokens than queries (a small
+image or a map smaller than ``model.num_queries``), and those queries then start at the image centre.
 """
 
 from __future__ import annotations
@@ -83,22 +83,20 @@ class EncoderProposals(nn.Module):
     @staticmethod
     def select(proposals: dict[str, Tensor], mask: Tensor, k: int) -> Tensor:
         """The reference points (B, k, 4) = (x_sub, y_sub, x_obj, y_obj) of the ``k`` proposals with the
-        highest pair score per image (valid tokens first), gradient stopped. Raises ``ValueError`` when
-        the map has fewer than ``k`` tokens."""
+        highest pair score per image (valid tokens first), gradient stopped. Queries beyond an image's
+        valid tokens (a map smaller than ``model.num_queries``) start at the image centre."""
         score = proposals["pred_obj_logits"].detach().float().softmax(-1)[..., :-1].max(-1).values
-        if score.shape[1] < k:
-            raise ValueError(
-                f"model.two_stage selects {k} queries (model.num_queries) from a map of only "
-                f"{score.shape[1]} tokens: use larger images or fewer queries"
-            )
-        score = score.masked_fill(mask, -1.0)
-        idx = score.topk(k, dim=1).indices  # (B, k)
         centres = torch.cat(
-            [
-                gather_rows(proposals["pred_sub_boxes"].detach(), idx)[..., :2],
-                gather_rows(proposals["pred_obj_boxes"].detach(), idx)[..., :2],
-            ],
+            [proposals["pred_sub_boxes"].detach()[..., :2], proposals["pred_obj_boxes"].detach()[..., :2]],
             dim=-1,
         )
+        score = score.masked_fill(mask, -1.0)
+        short = k - score.shape[1]
+        if short > 0:  # fewer tokens than queries: the rest start at the centre, like padding tokens
+            score = torch.cat([score, score.new_full((score.shape[0], short), -1.0)], dim=1)
+            centres = torch.cat([centres, centres.new_full((centres.shape[0], short, 4), 0.5)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], short)], dim=1)
+        idx = score.topk(k, dim=1).indices  # (B, k)
+        chosen = gather_rows(centres, idx)
         chosen_pad = torch.gather(mask, 1, idx)[..., None]
-        return torch.where(chosen_pad, torch.full_like(centres, 0.5), centres).clamp(1e-4, 1 - 1e-4)
+        return torch.where(chosen_pad, torch.full_like(chosen, 0.5), chosen).clamp(1e-4, 1 - 1e-4)

@@ -109,6 +109,10 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         reference = queries.reference
         if reference is None:
             reference = self.spatial_queries.reference(queries.pos)
+        elif self.training:
+            # points given (model.two_stage): ref_point_head still takes part, with a zero gradient, so
+            # that DDP runs without find_unused_parameters (as idle miners do, hqm.models.group_criterion)
+            reference = reference + 0.0 * self.spatial_queries.reference(queries.pos)
         refine = self.refine_centres if self.box_refine else None
         prior = self.spatial_queries.cross_prior(reference, enc.mask, enc.shape, refine)
         return pack_outputs(self.predict(decoder(*args, prior), prior.references()), self.aux_loss)
