@@ -92,17 +92,14 @@ class EncoderProposals(nn.Module):
         highest pair score per image (valid tokens first), gradient stopped. Queries beyond an image's
         valid tokens (a map smaller than ``model.num_queries``) start at the image centre."""
         score = proposals["pred_obj_logits"].detach().float().softmax(-1)[..., :-1].max(-1).values
+        score = score.masked_fill(mask, -1.0)
         centres = torch.cat(
             [proposals["pred_sub_boxes"].detach()[..., :2], proposals["pred_obj_boxes"].detach()[..., :2]],
             dim=-1,
-        )
-        score = score.masked_fill(mask, -1.0)
+        ).masked_fill(mask[..., None], 0.5)  # a padding token, if chosen, starts at the image centre
         short = k - score.shape[1]
-        if short > 0:  # fewer tokens than queries: the rest start at the centre, like padding tokens
+        if short > 0:  # fewer tokens than queries: the rest start at the centre too
             score = torch.cat([score, score.new_full((score.shape[0], short), -1.0)], dim=1)
             centres = torch.cat([centres, centres.new_full((centres.shape[0], short, 4), 0.5)], dim=1)
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], short)], dim=1)
         idx = score.topk(k, dim=1).indices  # (B, k)
-        chosen = gather_rows(centres, idx)
-        chosen_pad = torch.gather(mask, 1, idx)[..., None]
-        return torch.where(chosen_pad, torch.full_like(chosen, 0.5), chosen).clamp(1e-4, 1 - 1e-4)
+        return gather_rows(centres, idx).clamp(1e-4, 1 - 1e-4)
