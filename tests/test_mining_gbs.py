@@ -156,7 +156,8 @@ def test_per_box_missing_object_stays_empty_and_queries_are_padded():
     targets = [make_target(3, has_obj=[True, False, True]), make_target(0, seed=3), make_target(1, seed=4)]
     _, obj = miner.shifted_pairs(targets[0]["sub_boxes"], targets[0]["obj_boxes"], targets[0]["has_obj"])
     assert (obj[1] == 0).all()
-    query_pos, query_mask, indices = miner.build_queries(targets)
+    group, indices = miner.build_queries(targets)
+    query_pos, query_mask = group.pos, group.mask
     assert query_pos.shape == (3, 3, 16)
     assert query_mask.tolist() == [[False] * 3, [True] * 3, [False, True, True]]
     assert (query_pos[query_mask] == 0).all()
@@ -224,8 +225,60 @@ def test_gaussian_shift_adds_learnable_noise():
     torch.manual_seed(0)
     miner = GBSMiner(16, shift="gaussian")
     targets = [make_target(2)]
-    a, _, _ = miner.build_queries(targets)
-    b, _, _ = miner.build_queries(targets)
+    a, b = miner.build_queries(targets)[0].pos, miner.build_queries(targets)[0].pos
     assert not torch.allclose(a, b)
     a.sum().backward()
     assert miner.noise_proj.weight.grad is not None
+
+
+def test_reference_points_are_the_encoded_boxes_centres():
+    """Row j of image i: (x_sub, y_sub, x_obj, y_obj) of the boxes GBS encoded for pair j (shift=none:
+    the GT); a pair without object takes its subject centre twice; padding rows 0.5."""
+    miner = GBSMiner(16, shift="none")
+    targets = [make_target(3, has_obj=[True, False, True]), make_target(1, seed=4)]
+    group, _ = miner.build_queries(targets)
+    t0, t1 = targets
+    expected0 = torch.cat([t0["sub_boxes"][:, :2], t0["obj_boxes"][:, :2]], dim=1)
+    expected0[1, 2:] = t0["sub_boxes"][1, :2]
+    torch.testing.assert_close(group.reference[0], expected0)
+    torch.testing.assert_close(group.reference[1, 0, :2], t1["sub_boxes"][0, :2])
+    torch.testing.assert_close(group.reference[1, 0, 2:], t1["obj_boxes"][0, :2])
+    assert (group.reference[1, 1:] == 0.5).all()
+
+
+def _decoded_reference(model, images, masks, targets):
+    """The QueryGroup.reference the GBS pass hands to ``decode`` (None: none given)."""
+    seen = []
+    decode = model.decode
+
+    def spy(enc, queries, *args, **kwargs):
+        seen.append(queries.reference)
+        return decode(enc, queries, *args, **kwargs)
+
+    model.decode = spy
+    model(images, masks, targets, mining=("gbs",))
+    return seen[-1]  # the learnable pass first, then the GBS pass
+
+
+@pytest.mark.parametrize(
+    "extra, given",
+    [
+        (["model.query_type=gaussian"], True),
+        (["model.query_type=conditional", "mining.gbs.reference_points=learned"], False),
+        ([], False),  # plain positional queries (the paper's QPIC): never points
+    ],
+)
+def test_spatial_query_detectors_take_the_shifted_centres_as_reference_points(batch, extra, given):
+    images, masks, targets = batch
+    _, model, crit = _tiny(["mining.strategy=gbs", "mining.gbs.shift=none", *extra])
+    assert model.decodes_reference_points == bool(extra)
+    reference = _decoded_reference(model, images, masks, targets)
+    if not given:
+        assert reference is None
+        return
+    group, _ = model.miners["gbs"].build_queries(targets)
+    torch.testing.assert_close(reference, group.reference)
+    out = model(images, masks, targets, mining=("gbs",))
+    loss, _ = crit(out, targets, 1.0, {"gbs": 1.0})
+    loss.backward()  # the GBS group decodes and trains with given points (ref_point_head zero-touched)
+    assert model.spatial_queries.ref_point_head.layers[0].weight.grad is not None

@@ -199,6 +199,9 @@ class GBSConfig:
     num_candidates: int = 64  # per_box: candidates drawn per box and round
     max_rounds: int = 8
     clip: str = "image"  # image (edge) | pixel_inside (released: W-1, H-1)
+    # spatial-query detectors only: the hard queries' reference points are the encoded boxes' centres
+    # (boxes, DN-DETR style) or derived from q like any positional query (learned)
+    reference_points: str = "boxes"
 
 
 @dataclass
@@ -439,6 +442,7 @@ _CHOICES = {
     "model.detector": detector_names(),
     "loss.obj_box_norm": ("pairs", "pairs_with_object"),
     "mining.gbs.clip": ("image", "pixel_inside"),
+    "mining.gbs.reference_points": ("boxes", "learned"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.backbone_norm": ("frozen", "batch"),
     "model.query_type": ("embed", "conditional", "gaussian"),

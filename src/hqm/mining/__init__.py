@@ -40,6 +40,7 @@ def build_miners(
         num_candidates=g.num_candidates,
         max_rounds=g.max_rounds,
         clip=g.clip,
+        reference_points=g.reference_points,
     )
     miners: dict[str, QueryMiner] = {}
     if "gbs" in names:

@@ -40,7 +40,9 @@ class CJLMiner(GBSMiner):
         if self.reference == "self":
             record = RecordAttention()
             with torch.no_grad():
-                ctx.detector.decode(ctx.encoded, QueryGroup(group.pos.detach(), group.mask), record)
+                ctx.detector.decode(
+                    ctx.encoded, QueryGroup(group.pos.detach(), group.mask, group.reference), record
+                )
             return AttentionMasking(record.scores, **self.amm, layers=layers)
         last = matched_learnable(ctx, self.matcher)[0]  # last decoder layer's (query, target) per image
         rows = []

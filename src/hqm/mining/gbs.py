@@ -139,6 +139,9 @@ def sample_official(
     return torch.where(take[:, None], cand[first], boxes), take
 
 
+GBS_REFERENCE_POINTS = ("boxes", "learned")
+
+
 class GBSMiner(QueryMiner):
     """GBS hard queries. Group ``name`` (default "gbs") with a fixed assignment j <-> GT pair j.
 
@@ -146,8 +149,15 @@ class GBSMiner(QueryMiner):
     (hard positives), "none" (encode the unshifted GT: easy positives) or "gaussian" (GT vector plus
     ``noise_proj(N(0, I))`` added to q). clip: "image" (default: shifted boxes end at the image
     edge, [0, 1]) | "pixel_inside" (released code: at (W - 1, H - 1) pixels, which flips about 1e-3
-    of the window decisions; needs ``size`` in the targets). Subclasses override
-    ``hook(ctx, group, indices)`` to give the hard pass a cross-attention hook (CJL applies AMM).
+    of the window decisions; needs ``size`` in the targets). reference_points: for detectors that decode
+    reference points (``decodes_reference_points``: QPIC with ``model.query_type`` conditional /
+    gaussian), "boxes" (default) makes the encoded boxes' centres the hard queries' reference points,
+    as DN-DETR / DAB-DETR use the noised GT boxes as the denoising queries' anchors; "learned" lets
+    the detector derive them from q like any positional query (its ``ref_point_head``, which starts
+    random, so the hard queries first look at arbitrary places). With ``shift: gaussian`` the boxes are
+    the unshifted GT (the noise lives in q only). Ignored by detectors with plain positional queries
+    (the paper's QPIC / CDN / HOTR). Subclasses override ``hook(ctx, group, indices)`` to give the hard
+    pass a cross-attention hook (CJL applies AMM).
     """
 
     def __init__(
@@ -159,11 +169,16 @@ class GBSMiner(QueryMiner):
         num_candidates: int = 64,
         max_rounds: int = 8,
         clip: str = "image",
+        reference_points: str = "boxes",
         name: str = "gbs",
     ):
         super().__init__()
         if clip not in ("image", "pixel_inside"):
             raise ValueError(f"GBS clip={clip!r} is not one of image, pixel_inside")
+        if reference_points not in GBS_REFERENCE_POINTS:
+            choices = ", ".join(GBS_REFERENCE_POINTS)
+            raise ValueError(f"GBS reference_points={reference_points!r} is not one of {choices}")
+        self.reference_points = reference_points
         self.clip = clip
         self.name = name
         self.iou_range = (float(iou_range[0]), float(iou_range[1]))
@@ -210,9 +225,11 @@ class GBSMiner(QueryMiner):
         obj[has_obj] = shifted[len(sub) :]
         return shifted[: len(sub)], obj
 
-    def build_queries(self, targets: list[dict]) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
-        """Per-image hard queries, padded: query_pos (B, N, D), query_mask (B, N) True on padding
-        (N = max pairs per image, at least 1), and the fixed assignment (arange(n_i), arange(n_i))."""
+    def build_queries(self, targets: list[dict]) -> tuple[QueryGroup, list[tuple[Tensor, Tensor]]]:
+        """Per-image hard queries, padded to N = max pairs per image (at least 1): a QueryGroup with
+        ``pos`` (B, N, D), ``mask`` (B, N) True on padding and ``reference`` (B, N, 4) the encoded
+        boxes' centres (x_sub, y_sub, x_obj, y_obj), normalised (the subject centre for a pair without
+        object; 0.5 on padding), and the fixed assignment (arange(n_i), arange(n_i))."""
         counts = [len(t["obj_labels"]) for t in targets]
         dev = self.query_embed_sp[0].weight.device
         sub = torch.cat([t["sub_boxes"] for t in targets]).to(dev).float()
@@ -222,15 +239,18 @@ class GBSMiner(QueryMiner):
         q = torch.tanh(self.query_embed_sp(pair_vector(sub, obj)))  # (sum n_i, D)
         if self.noise_proj is not None:
             q = q + self.noise_proj(torch.randn_like(q))
+        centres = torch.cat([sub[:, :2], torch.where(has_obj[:, None], obj[:, :2], sub[:, :2])], dim=1)
         n_max = max(max(counts, default=0), 1)
         slot = torch.cat([torch.arange(c, device=dev) for c in counts])  # per image, not per box
         img = torch.repeat_interleave(torch.arange(len(counts), device=dev), torch.tensor(counts, device=dev))
         query_pos = q.new_zeros(len(counts), n_max, q.shape[1])
         query_pos[img, slot] = q
+        reference = sub.new_full((len(counts), n_max, 4), 0.5)
+        reference[img, slot] = centres
         query_mask = torch.ones(len(counts), n_max, dtype=torch.bool, device=dev)
         query_mask[img, slot] = False
         indices = [(torch.arange(c), torch.arange(c)) for c in counts]
-        return query_pos, query_mask, indices
+        return QueryGroup(query_pos, query_mask, reference), indices
 
     def clip_limits(self, targets: list[dict], counts: list[int], dev: torch.device) -> Tensor | None:
         """(sum n_i, 2) normalised (x, y) clip limits per pair: ((W - 1) / W, (H - 1) / H) of its
@@ -246,7 +266,8 @@ class GBSMiner(QueryMiner):
         return None
 
     def forward(self, ctx: MiningContext) -> dict[str, MinedGroup]:
-        query_pos, query_mask, indices = self.build_queries(ctx.targets)
-        group = QueryGroup(query_pos, query_mask)
+        group, indices = self.build_queries(ctx.targets)
+        if self.reference_points != "boxes" or not ctx.detector.decodes_reference_points:
+            group = QueryGroup(group.pos, group.mask)
         outputs = ctx.detector.decode(ctx.encoded, group, self.hook(ctx, group, indices))
         return {self.name: MinedGroup(outputs, FixedAssignment(indices), ctx.learnable_indices)}

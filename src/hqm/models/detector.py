@@ -171,6 +171,13 @@ class DetrHOIModel(nn.Module):
         """The hook layer numbers whose cross-attention hard queries (AMM) may mask."""
         raise NotImplementedError
 
+    @property
+    def decodes_reference_points(self) -> bool:
+        """Whether ``decode`` takes ``QueryGroup.reference`` (B, Q, 4) points; False: positional
+        queries only (DETR / QPIC / CDN / HOTR as published). Miners give their queries points only
+        then (GBS: the shifted boxes' centres)."""
+        return False
+
     # -- shared ---------------------------------------------------------------------------------
     def init_query_groups(self, group_detr: int) -> None:
         """``model.group_detr`` = K (Group DETR, Chen et al., ICCV 2023, "Fast DETR Training with

@@ -95,6 +95,10 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
     def mining_layers(self) -> range:
         return range(len(self.transformer.decoder.layers))
 
+    @property
+    def decodes_reference_points(self) -> bool:
+        return self.spatial_queries is not None
+
     def decode(
         self,
         enc: EncodedImages,
