@@ -1,6 +1,7 @@
 """What padding does and costs, printed as tables: how much padding moves a detector's outputs
-(``effect``), training steps with ``train.size_divisibility`` 1 vs 32 (``train``), and prediction with
-``eval.batching`` same_size vs padded vs one image per forward pass (``predict``).
+(``effect``), training steps with ``train.size_divisibility`` and ``train.size_grouping``
+(``train``), and prediction with ``eval.batching`` same_size vs padded vs one image per forward
+pass (``predict``).
 
 effect: a randomly initialised R50 QPIC (frozen BN) on one random ``--size`` x 4/3 input, alone and
 zero-padded (with its mask) to larger canvases as batch-mates would pad it; the largest change of the
@@ -8,11 +9,13 @@ object / verb logits and of the subject boxes (normalised cxcywh).
 
 train: the real trainer (``Trainer.train_step``: forward, criterion, backward, clipping, AdamW) on the
 config's multi-scale, randomly cropped training batches (default: the demo config on the synthetic
-benchmark). Two trainers with the same weights, one per setting, take the same batches in turn (step
-by step, alternating which goes first), so a load change on the machine hits both alike; only the
-padding differs: to the largest image of the batch (1, the released QPIC code) or up to a multiple
-of 32. The table gives median wall-clock and process-CPU step times (data loading excluded), the
-mean padded area and the number of distinct batch shapes.
+benchmark). One trainer per setting ``DxP`` (``train.size_divisibility`` D, ``train.size_grouping``
+P), all with the same initial weights, trains on the same pools of images in turn (pool by pool,
+alternating which setting goes first), so a load change on the machine hits all alike: P = 1 cuts a
+pool into consecutive (random) batches padded to their largest image rounded up to D (1: the released
+QPIC code), P > 1 into batches of similar size (``hqm.data.batching.size_grouped_batches``). The
+table gives median wall-clock and process-CPU step times (data loading excluded), the mean padded
+area and the number of distinct batch shapes.
 
 predict: ``HOIDetector.predict`` on ``--images`` random images of ``--sizes`` distinct sizes (in mixed
 order) with a randomly initialised R50 QPIC; ``same_size`` (the default: only images of one size
@@ -20,6 +23,7 @@ share a forward pass), ``padded`` (each chunk padded to its largest image) and `
 
     .venv/bin/python benchmarks/padding.py effect --size 512
     .venv/bin/python benchmarks/padding.py train --steps 40 data.root=data/synthetic
+    .venv/bin/python benchmarks/padding.py train --settings 32x1 16x8 32x8 --steps 48 data.root=data/synthetic
     .venv/bin/python benchmarks/padding.py predict --images 16 --size 512
     .venv/bin/python benchmarks/padding.py train --config qpic_r50_hico --steps 20 --device cuda
 """
@@ -44,11 +48,13 @@ def sync(device: torch.device) -> None:
 def run_train(args) -> None:
     from hqm.config import load_config
     from hqm.data import collate_fn
+    from hqm.data.batching import size_grouped_batches
     from hqm.engine.trainer import Trainer
 
-    settings = (1, 32)
+    settings = [tuple(int(v) for v in s.split("x")) for s in args.settings]  # (divisibility, grouping)
+    pool = max(g for _, g in settings)
     trainers = {}
-    for d in settings:
+    for d, g in settings:
         overrides = [
             f"train.size_divisibility={d}",
             f"train.output_dir={tempfile.mkdtemp(prefix='pad_bench_')}",
@@ -57,46 +63,68 @@ def run_train(args) -> None:
             "eval.every=0",
             *args.overrides,
         ]
-        trainers[d] = Trainer(load_config(args.config, overrides))  # same seed: same initial weights
-        trainers[d].train_model.train()
+        trainers[d, g] = Trainer(load_config(args.config, overrides))  # same seed: same initial weights
+        trainers[d, g].train_model.train()
     first = trainers[settings[0]]
+    bs = first.cfg.train.batch_size
     first.sampler.set_epoch(0)
-    loader = torch.utils.data.DataLoader(  # the trainer's samples, collated once per setting below
+    loader = torch.utils.data.DataLoader(  # pools of the trainer's samples, batched per setting below
         first.train_loader.dataset,
-        batch_size=first.cfg.train.batch_size,
+        batch_size=bs * pool,
         sampler=first.sampler,
         collate_fn=list,
         drop_last=True,
     )
-    wall: dict[int, list[float]] = {d: [] for d in settings}
-    cpu: dict[int, list[float]] = {d: [] for d in settings}
-    area: dict[int, list[float]] = {d: [] for d in settings}
-    shapes: dict[int, set] = {d: set() for d in settings}
-    for step, samples in enumerate(loader):
-        if step == args.warmup + args.steps:
+
+    def batches(samples: list, d: int, g: int) -> list[list]:
+        """Random batches (g = 1: consecutive samples) or cut by size from sub-pools of g batches."""
+        if g == 1:
+            return [samples[i : i + bs] for i in range(0, len(samples), bs)]
+        out = []
+        for s in range(0, len(samples), g * bs):
+            part = samples[s : s + g * bs]
+            out += [
+                [part[i] for i in grp] for grp in size_grouped_batches([x[0].shape[-2:] for x in part], bs, d)
+            ]
+        return out
+
+    wall: dict[tuple, list[float]] = {k: [] for k in settings}
+    cpu: dict[tuple, list[float]] = {k: [] for k in settings}
+    area: dict[tuple, list[float]] = {k: [] for k in settings}
+    shapes: dict[tuple, set] = {k: set() for k in settings}
+    step = 0
+    for round_, samples in enumerate(loader):
+        if step >= args.warmup + args.steps:
             break
-        for d in settings if step % 2 == 0 else settings[::-1]:
-            images, masks, targets = collate_fn(samples, size_divisibility=d)
-            shapes[d].add(tuple(images.shape[-2:]))
-            area[d].append(float(masks.float().mean()))
-            trainer = trainers[d]
-            sync(trainer.device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            trainer.train_step([(images, masks, targets)], trainer.schedule.active(step))
-            sync(trainer.device)
-            if step >= args.warmup:
-                wall[d].append(time.perf_counter() - t0)
-                cpu[d].append(time.process_time() - c0)
-        print(f"  step {step + 1}/{args.warmup + args.steps}", file=sys.stderr)
-    base_wall, base_cpu = statistics.median(wall[1]), statistics.median(cpu[1])
-    print(f"\n{args.config}, {args.steps} timed steps per setting, interleaved, {args.device}")
-    print("| train.size_divisibility | wall ms / step | x 1 | CPU ms / step | x 1 | padded area | shapes |")
-    print("|---|---|---|---|---|---|---|")
-    for d in settings:
-        w, c = statistics.median(wall[d]), statistics.median(cpu[d])
+        for key in settings if round_ % 2 == 0 else settings[::-1]:
+            trainer, d = trainers[key], key[0]
+            for k, group in enumerate(batches(samples, *key)):
+                images, masks, targets = collate_fn(group, size_divisibility=d)
+                shapes[key].add(tuple(images.shape[-2:]))
+                area[key].append(float(masks.float().mean()))
+                sync(trainer.device)
+                t0, c0 = time.perf_counter(), time.process_time()
+                trainer.train_step([(images, masks, targets)], trainer.schedule.active(step + k))
+                sync(trainer.device)
+                if step + k >= args.warmup:
+                    wall[key].append(time.perf_counter() - t0)
+                    cpu[key].append(time.process_time() - c0)
+        step += pool
+        print(f"  step {step}/{args.warmup + args.steps}", file=sys.stderr)
+    base_wall, base_cpu = statistics.median(wall[settings[0]]), statistics.median(cpu[settings[0]])
+    print(
+        f"\n{args.config}, {len(wall[settings[0]])} timed steps per setting, pools interleaved, {args.device}"
+    )
+    print(
+        "| train.size_divisibility | train.size_grouping | wall ms / step | x first | CPU ms / step "
+        "| x first | padded area | shapes |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for key in settings:
+        w, c = statistics.median(wall[key]), statistics.median(cpu[key])
         print(
-            f"| {d} | {1000 * w:.0f} | {w / base_wall:.2f} | {1000 * c:.0f} | {c / base_cpu:.2f} "
-            f"| {100 * statistics.mean(area[d]):.1f}% | {len(shapes[d])} |"
+            f"| {key[0]} | {key[1]} | {1000 * w:.0f} | {w / base_wall:.2f} | {1000 * c:.0f} "
+            f"| {c / base_cpu:.2f} | {100 * statistics.mean(area[key]):.1f}% | {len(shapes[key])} |"
         )
 
 
@@ -177,6 +205,12 @@ def main() -> None:
     p.add_argument("--config", default="qpic_r18_synthetic", help="train: the config to time")
     p.add_argument("--steps", type=int, default=40, help="train: timed steps per setting")
     p.add_argument("--warmup", type=int, default=5, help="train: untimed first steps")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=["1x1", "32x1"],
+        help="train: DxP = train.size_divisibility D with train.size_grouping P (first = reference)",
+    )
     p.add_argument("--images", type=int, default=16, help="predict: number of images")
     p.add_argument("--sizes", type=int, default=4, help="predict: distinct image sizes (<= 6)")
     p.add_argument("--size", type=int, default=512, help="effect, predict: input short side")

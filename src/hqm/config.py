@@ -156,6 +156,10 @@ class TrainConfig:
     # shapes but was not measured faster (README, benchmarks/padding.py train); a fixed canvas (e.g.
     # 64 for 64 px images) gives every batch one shape. Evaluation and prediction never round.
     size_divisibility: int = 1
+    # 1: random batches (the released code). P > 1: P batches' worth of augmented images are drawn at
+    # once and cut into batches of similar size (hqm.data.batching.size_grouped_batches): less padding,
+    # so less compute per step (README, "The demo"); the P batches run in a seeded random order
+    size_grouping: int = 1
     checkpoint_every_steps: int = 0
     keep_last: int = 1
     log_every: int = 20
@@ -520,6 +524,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.keep_last": (lambda v: v >= 0, ">= 0"),
     "train.log_every": (lambda v: v >= 1, ">= 1 (steps)"),
     "train.size_divisibility": (lambda v: v >= 1, ">= 1 (1: pad to the largest image of the batch)"),
+    "train.size_grouping": (lambda v: v >= 1, ">= 1 (1: random batches)"),
     "train.max_nonfinite_skips": (lambda v: v >= 1, ">= 1"),
     "eval.every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),

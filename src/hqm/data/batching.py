@@ -15,6 +15,10 @@ of one, up to the rounding of batched kernels (~1e-6 on the logits).
 * :func:`unpadded_groups`: splits a collated batch into same-size sub-batches with the padding cropped
   off. It is the guarantee when stored sizes do not predict input sizes (EXIF rotation, unknown sizes)
   and how the API batches whatever it is given.
+
+Training pads (its batches are random), but :func:`size_grouped_batches` lets it pad less:
+``train.size_grouping`` = P draws P batches' worth of augmented images at once and cuts them into
+batches of similar padded size (``hqm.data.dataset.collate_size_grouped``).
 """
 
 from __future__ import annotations
@@ -76,3 +80,22 @@ def unpadded_groups(
         h, w = hw[group[0]]
         index = torch.as_tensor(group, device=images.device)
         yield group, images[index, :, :h, :w], masks[index, :h, :w]
+
+
+def size_grouped_batches(
+    sizes: Sequence[Sequence[int]], batch_size: int, size_divisibility: int = 1
+) -> list[list[int]]:
+    """Positions of a pool of images (``sizes``: input (h, w) each, e.g. after the random training
+    transforms) cut into batches of ``batch_size`` images of similar size, so that padding each batch
+    to its largest image wastes little: stable sort by the padded height, then the padded width
+    (each rounded up to ``size_divisibility``), cut in order. Positions beyond the last full batch
+    (fewer than ``batch_size``) are dropped, like a loader's ``drop_last``. The bucketing of
+    detectron2's ``AspectRatioGroupedDataset`` (which groups augmented images by orientation),
+    by padded size; the batches come out in size order (the trainer shuffles them)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    d = max(int(size_divisibility), 1)
+    padded = [(-(-int(h) // d) * d, -(-int(w) // d) * d) for h, w in sizes]
+    order = sorted(range(len(sizes)), key=lambda i: padded[i])
+    full = len(order) // batch_size * batch_size
+    return [order[s : s + batch_size] for s in range(0, full, batch_size)]

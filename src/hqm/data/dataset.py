@@ -36,6 +36,7 @@ from PIL import Image
 from torch import Tensor
 
 from hqm.box_ops import box_xyxy_to_cxcywh
+from hqm.data.batching import size_grouped_batches
 from hqm.data.images import ImageDecodeError, read_image
 from hqm.data.records import DatasetError
 from hqm.data.transforms import HOITransforms, transform_boxes
@@ -253,3 +254,13 @@ def collate_fn(
         out[i, :, :h, :w] = im
         masks[i, :h, :w] = False
     return out, masks, targets
+
+
+def collate_size_grouped(
+    pool: list[tuple[Tensor, dict[str, Any]]], batch_size: int, size_divisibility: int = 1
+) -> list[tuple[Tensor, Tensor, list[dict[str, Any]]]]:
+    """A pool of ``(image, target)`` items (``train.size_grouping`` batches' worth) -> that many
+    :func:`collate_fn` batches of ``batch_size`` items of similar size, in size order
+    (:func:`hqm.data.batching.size_grouped_batches`; a remainder under ``batch_size`` is dropped)."""
+    groups = size_grouped_batches([item[0].shape[-2:] for item in pool], batch_size, size_divisibility)
+    return [collate_fn([pool[i] for i in group], size_divisibility) for group in groups]

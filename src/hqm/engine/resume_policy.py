@@ -4,7 +4,8 @@ silently keep the old value while ``config.yaml`` records the new one.
 Every config key falls in one of three classes:
 
 * **refused** (:data:`REFUSED`): ``model.*``, ``data.*``, ``mining.strategy``, ``train.batch_size``,
-  ``train.accumulate``, ``train.seed``, ``train.trainable``. They define the weights, the data, the
+  ``train.accumulate``, ``train.size_grouping``, ``train.seed``, ``train.trainable``. They define the
+  weights, the data, the
   set of trained parameters or the data order (position in the epoch, random streams); a run
   resumed with another value would be neither the old run nor a new one. Resuming raises
   ``ResumeError`` naming every such key with both values.
@@ -33,6 +34,7 @@ REFUSED = (
     "mining.strategy",
     "train.batch_size",
     "train.accumulate",
+    "train.size_grouping",
     "train.seed",
     "train.trainable",
 )

@@ -33,6 +33,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ from torch.utils.data import DataLoader
 
 from hqm.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from hqm.data import build_dataset, check_synthetic_preset, collate_fn, ensure_synthetic
-from hqm.data.dataset import pair_class_counts
+from hqm.data.dataset import collate_size_grouped, pair_class_counts
 from hqm.detectors import build_criterion, build_model
 from hqm.device import resolve_device
 from hqm.distributed import (
@@ -228,13 +229,22 @@ class Trainer:
         self.sampler = EpochSampler(len(self.train_set), cfg.train.seed, True, self.rank, self.world)
         # a private generator for the loader's base seed: creating an iterator must not advance the
         # global random stream (it would shift dropout / mining draws after a mid-epoch resume)
+        # train.size_grouping = P > 1: each loader item is a pool of P batches cut by image size
+        pool = cfg.train.size_grouping
+        collate = functools.partial(collate_fn, size_divisibility=cfg.train.size_divisibility)
+        if pool > 1:
+            collate = functools.partial(
+                collate_size_grouped,
+                batch_size=cfg.train.batch_size,
+                size_divisibility=cfg.train.size_divisibility,
+            )
         self.train_loader = DataLoader(
             SeededDataset(self.train_set, cfg.train.seed),
-            batch_size=cfg.train.batch_size,
+            batch_size=cfg.train.batch_size * pool,
             sampler=self.sampler,
-            collate_fn=functools.partial(collate_fn, size_divisibility=cfg.train.size_divisibility),
+            collate_fn=collate,
             num_workers=cfg.data.num_workers,
-            drop_last=True,
+            drop_last=pool == 1,
             persistent_workers=cfg.data.num_workers > 0,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=ignore_stop_signals,
@@ -480,14 +490,13 @@ class Trainer:
     ) -> None:
         """Optimiser steps to the end of the epoch (or ``train.max_steps``), with the periodic step
         checkpoints; stops at a step boundary after SIGTERM / SIGINT (see ``fit``)."""
-        cfg, acc, bs = self.cfg, self.cfg.train.accumulate, self.cfg.train.batch_size
+        cfg, acc = self.cfg, self.cfg.train.accumulate
         meter = meter if meter is not None else SmoothedMeter()
         # called on its own (tests, notebooks): no progress output
         progress = progress or TrainProgress(0, self.step, cfg.train.epochs, False, 1, self.device)
         self.train_model.train()
         steps_per_epoch = self.steps_per_epoch
-        self.sampler.set_epoch(self.epoch, self.step_in_epoch * acc * bs)
-        batches = iter(self.train_loader)
+        batches = self.epoch_batches(self.step_in_epoch * acc)
         while self.step_in_epoch < steps_per_epoch and not self._done():
             t0 = time.time()
             window = [next(batches) for _ in range(acc)]
@@ -517,6 +526,25 @@ class Trainer:
             self._stop_if_requested(progress)
         if self.step_in_epoch >= steps_per_epoch:
             self.step_in_epoch = 0
+
+    def epoch_batches(self, done: int) -> Iterator[tuple]:
+        """The collated batches of the current epoch after the first ``done`` ones. With
+        ``train.size_grouping`` = P > 1 the loader yields pools of P batches of similar image size
+        (``collate_size_grouped``), run in a random order seeded by (seed, epoch, pool): a resumed
+        run reloads the pool it stopped in and skips what it had done, so it sees the same batches."""
+        pool, bs = self.cfg.train.size_grouping, self.cfg.train.batch_size
+        if pool == 1:
+            self.sampler.set_epoch(self.epoch, done * bs)
+            yield from self.train_loader
+            return
+        first = done // pool
+        self.sampler.set_epoch(self.epoch, first * pool * bs)
+        for k, batches in enumerate(self.train_loader, start=first):
+            g = torch.Generator().manual_seed((self.cfg.train.seed * 1_000_003 + self.epoch) * 100_003 + k)
+            order = torch.randperm(len(batches), generator=g).tolist()
+            skip = done - first * pool if k == first else 0
+            for j in order[skip:]:
+                yield batches[j]
 
     def train_step(
         self, window: list[tuple], active: tuple[str, ...]

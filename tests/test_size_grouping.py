@@ -1,0 +1,79 @@
+"""``train.size_grouping``: training batches cut from pools of augmented images by size (less padding),
+every image of the epoch used once, and a resumed epoch seeing exactly the batches it had left."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY_OVERRIDES
+from hqm.config import ConfigError, load_config
+from hqm.data.batching import size_grouped_batches
+from hqm.engine.trainer import Trainer
+
+
+def test_pool_is_cut_by_padded_height_then_width_and_the_remainder_dropped():
+    sizes = [(120, 150), (200, 100), (118, 100), (190, 190), (121, 160), (199, 120), (100, 100)]
+    # padded to 32: (128,160) (224,128) (128,128) (192,192) (128,160) (224,128) (128,128)
+    assert size_grouped_batches(sizes, 2, 32) == [[2, 6], [0, 4], [3, 1]]  # position 5 left over
+    assert size_grouped_batches(sizes, 7, 1) == [[6, 2, 0, 4, 3, 5, 1]]
+    assert size_grouped_batches(sizes[:1], 2, 32) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        size_grouped_batches(sizes, 0)
+
+
+def _trainer(root, out, *extra):
+    overrides = TINY_OVERRIDES + [
+        f"data.root={root}",
+        f"train.output_dir={out}",
+        "train.amp=off",
+        "train.batch_size=2",
+        "train.size_divisibility=16",
+        *extra,
+    ]
+    return Trainer(load_config("qpic_r18_synthetic", overrides))
+
+
+def _names(batch) -> list[str]:
+    return [t["file_name"] for t in batch[2]]
+
+
+def test_an_epoch_uses_every_image_once_with_less_padding(tiny_root, tmp_path):
+    plain = _trainer(tiny_root, tmp_path / "plain")
+    grouped = _trainer(tiny_root, tmp_path / "grouped", "train.size_grouping=4")
+    assert grouped.steps_per_epoch == plain.steps_per_epoch
+    a, b = list(plain.epoch_batches(0)), list(grouped.epoch_batches(0))
+    assert len(a) == len(b) == plain.steps_per_epoch
+    assert all(len(_names(x)) == 2 for x in a + b)
+    n = len(plain.train_set)
+    if n % 2 == 0:  # drop_last drops nothing: the same images, in other batches
+        assert sorted(sum(map(_names, a), [])) == sorted(sum(map(_names, b), []))
+    assert len(set(sum(map(_names, b), []))) == 2 * len(b)  # none twice
+
+    def padding(batches) -> float:
+        return sum(x[1].float().sum().item() for x in batches) / sum(x[1].numel() for x in batches)
+
+    assert padding(b) < padding(a)
+    # the same image gets the same augmentation in both: grouping changes batch-mates only
+    first = {t["file_name"]: t["sub_boxes"] for x in a for t in x[2]}
+    assert all(torch.equal(first[t["file_name"]], t["sub_boxes"]) for x in b for t in x[2])
+
+
+@pytest.mark.parametrize("done", [1, 4, 5])
+def test_a_resumed_epoch_sees_exactly_the_batches_it_had_left(tiny_root, tmp_path, done):
+    whole = list(_trainer(tiny_root, tmp_path / "a", "train.size_grouping=4").epoch_batches(0))
+    rest = list(_trainer(tiny_root, tmp_path / "b", "train.size_grouping=4").epoch_batches(done))
+    assert len(whole) > done
+    assert [_names(x) for x in rest] == [_names(x) for x in whole[done:]]
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(rest, whole[done:]))
+
+
+def test_grouping_is_refused_below_one_and_on_resume(tiny_root, tmp_path):
+    with pytest.raises(ConfigError, match="train.size_grouping"):
+        load_config("qpic_r18_synthetic", ["train.size_grouping=0"])
+    from hqm.engine.resume_policy import ResumeError, check_compatible
+
+    old = load_config("qpic_r18_synthetic", [])
+    new = load_config("qpic_r18_synthetic", ["train.size_grouping=4"])
+    with pytest.raises(ResumeError, match="train.size_grouping"):
+        check_compatible(old, new, "last.pt")
