@@ -147,3 +147,26 @@ def test_tensor_images_are_accepted():
     x = tv_tensors.Image(torch.rand(3, 90, 120))
     img, boxes = t(x, torch.tensor([SUB]))
     assert img.shape == (3, 45, 60) and torch.allclose(boxes, torch.tensor([SUB]) * 0.5)
+
+
+def test_output_size_is_the_test_pipelines_own_and_leaves_the_random_state_alone():
+    import random as pyrandom
+
+    from PIL import Image
+
+    from hqm.data.transforms import make_test_transforms, make_train_transforms
+
+    tf = make_test_transforms(128, 224)
+    rng = pyrandom.Random(0)
+    torch.manual_seed(3)
+    expected = torch.rand(2)
+    torch.manual_seed(3)
+    for _ in range(40):
+        h, w = rng.randint(16, 700), rng.randint(16, 700)
+        assert tf.output_size(h, w) == tuple(tf(Image.new("RGB", (w, h)), torch.zeros(0, 4))[0].shape[-2:])
+    torch.manual_seed(3)
+    for _ in range(5):
+        tf.output_size(300, 200)
+    assert torch.equal(torch.rand(2), expected)
+    with pytest.raises(ValueError, match="random"):
+        make_train_transforms([96, 128], 224, [112], 96, 128, 0.0).output_size(100, 100)

@@ -159,10 +159,9 @@ class HOIDetector:
         (B, H, W) True on padding, input sizes (B, 2) and original sizes (B, 2), both (h, w)."""
         from torchvision import tv_tensors
 
-        from hqm.data import collate_fn, make_test_transforms
+        from hqm.data import collate_fn
 
-        s = int(size or self.size)
-        tf = make_test_transforms(s, max(self.max_size, s))
+        tf = self._test_transforms(size)
         batch, orig = [], []
         for im, _ in items:
             im = as_image(im)  # validated RGB PIL image or (3, H, W) float tensor in [0, 1]
@@ -176,6 +175,14 @@ class HOIDetector:
         images, masks, _ = collate_fn(batch)
         sizes = torch.tensor([[b[0].shape[-2], b[0].shape[-1]] for b in batch])
         return images, masks, sizes, torch.tensor(orig)
+
+    def _test_transforms(self, size: int | None = None):
+        """The deterministic resize + normalisation of inference: shortest side ``size`` (default: the
+        detector's), longest side at most max(``max_size``, size)."""
+        from hqm.data import make_test_transforms
+
+        s = int(size or self.size)
+        return make_test_transforms(s, max(self.max_size, s))
 
     @torch.no_grad()
     def _predict_batch(self, items, threshold, top_k, return_attention, size):
@@ -220,19 +227,23 @@ class HOIDetector:
         padding = enc.mask.view(enc.mask.shape[0], *enc.shape)
         return preds, query_attention_maps(last, padding, [p.query_index for p in preds])
 
-    def _chunks(self, items: list[tuple[Any, str]], batch_size: int) -> list[list[int]]:
+    def _chunks(
+        self, items: list[tuple[Any, str]], batch_size: int, size: int | None = None
+    ) -> list[list[int]]:
         """Positions of ``items`` per forward pass: with ``eval.batching=same_size`` images of one
-        size (file headers, nothing decoded) in chunks of ``batch_size``, in order of first
-        appearance; with ``padded`` consecutive chunks."""
+        input size (from file headers, nothing decoded, through ``HOITransforms.output_size``) in
+        chunks of ``batch_size``, in order of first appearance; with ``padded`` consecutive chunks."""
         from hqm.data.batching import same_size_groups
 
         if self.cfg.eval.batching == "same_size":
-            return same_size_groups([_original_size(im) for im, _ in items], batch_size)
+            tf = self._test_transforms(size)
+            hw = [_original_size(im) for im, _ in items]
+            return same_size_groups([tf.output_size(*s) if s[0] > 0 else s for s in hw], batch_size)
         return [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
 
     def _run(self, items, threshold, top_k, return_attention, batch_size, size, skip_unreadable=False):
         """Yield (positions in ``items`` predicted, predictions, attention maps or None) per chunk."""
-        for chunk in self._chunks(items, batch_size or self.batch_size):
+        for chunk in self._chunks(items, batch_size or self.batch_size, size):
             kept, decoded = [], []
             for i in chunk:
                 try:

@@ -99,6 +99,20 @@ class HOITransforms:
         out_image, out_boxes = self.pipeline(image, bb)
         return out_image.as_subclass(Tensor), out_boxes.as_subclass(Tensor)
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) in pixels of a ``height`` x ``width`` image after this deterministic (test) pipeline,
+        computed by the pipeline itself on an empty box set (torchvision's own rounding, no image
+        decoded); the global random state is left as it was. Raises ``ValueError`` for a training
+        pipeline, whose output size is random."""
+        if self.train:
+            raise ValueError("the output size of a random (training) pipeline is not fixed")
+        empty = tv_tensors.BoundingBoxes(
+            torch.zeros(0, 4), format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(int(height), int(width))
+        )
+        with torch.random.fork_rng(devices=[]):  # RandomShortestSize draws its (single) size
+            h, w = self.pipeline(empty).canvas_size
+        return int(h), int(w)
+
     def __repr__(self) -> str:
         return f"HOITransforms(train={self.train}, pipeline={self.pipeline})"
 

@@ -110,6 +110,22 @@ class EvalSetup:
         )
 
 
+def input_sizes(dataset) -> list[tuple]:
+    """Per image of ``dataset``, the key that groups it for same-size evaluation batches: its input
+    (h, w) after the deterministic test transforms (``HOITransforms.output_size``; different stored
+    sizes often give one input size, e.g. every 128 x W image of a 128-px short side), or its stored
+    (width, height) when the size is unknown (0) or the dataset has no such transforms. A wrong key
+    costs speed only: ``run_evaluation`` still splits any mixed batch into unpadded same-size passes."""
+    transforms = getattr(dataset, "transforms", None)
+    keys: list[tuple] = []
+    for a in dataset.annotations:
+        if transforms is None or getattr(transforms, "train", True) or a.width <= 0 or a.height <= 0:
+            keys.append(("stored", a.width, a.height))
+        else:
+            keys.append(transforms.output_size(a.height, a.width))
+    return keys
+
+
 def build_eval_setup(
     cfg, train_annotations, device: torch.device, rank: int = 0, world: int = 1
 ) -> EvalSetup:
@@ -118,10 +134,11 @@ def build_eval_setup(
     rare / non-rare split. With ``eval.shift > 0`` the test images' content and ground truth are moved
     (``hqm.data.shift``).
 
-    With ``eval.batching=same_size`` the loader batches images of one stored size together
-    (``SizeGroupedBatchSampler``), so batches are full and need no padding; ``padded`` batches
-    consecutive images of the shard (the released QPIC code: ``eval.batch_size=2``, one process for
-    its evaluation command, 8 processes for the numbers it logs while training)."""
+    With ``eval.batching=same_size`` the loader batches images of one input size together
+    (``SizeGroupedBatchSampler`` keyed by :func:`input_sizes`), so batches are full and need no
+    padding; ``padded`` batches consecutive images of the shard (the released QPIC code:
+    ``eval.batch_size=2``, one process for its evaluation command, 8 processes for the numbers it
+    logs while training)."""
     from hqm.data import build_dataset, collate_fn
     from hqm.data.batching import SizeGroupedBatchSampler
     from hqm.detectors import build_postprocessor
@@ -135,7 +152,7 @@ def build_eval_setup(
         dataset = ShiftedDataset(dataset, cfg.eval.shift, cfg.eval.shift_seed)
     sampler = EpochSampler(len(dataset), 0, False, rank, world)
     if cfg.eval.batching == "same_size":
-        sizes = [(a.width, a.height) for a in dataset.annotations]
+        sizes = input_sizes(dataset)
         batching = {"batch_sampler": SizeGroupedBatchSampler(sampler, sizes, cfg.eval.batch_size)}
     else:
         batching = {"batch_size": cfg.eval.batch_size, "sampler": sampler}
