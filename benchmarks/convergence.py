@@ -15,7 +15,8 @@ reports what the paper's Figure 3 and Table 3 show:
 
 Variants: the strategies (``--strategies``, default none gbs amm ajl pjl cjl), with ``--ablations``
 also GBS without shifting / with Gaussian shifts, AMM with random selection / without the reference
-A^l / without the hard queries Q^m (the paper's Table 4), and ``--short STRATEGY`` (default ajl) at
+A^l / without the hard queries Q^m (the paper's Table 4) and GBS with reference points learnt from
+the query (``mining.gbs.reference_points=learned``), and ``--short STRATEGY`` (default ajl) at
 ``--short-fraction`` (0.6) of the epochs, and any named set of overrides with ``--variant
 NAME=KEY=VALUE[,KEY=VALUE...]`` (repeatable; e.g. a changed hyper-parameter of one strategy). Runs go
 seed by seed, so a stopped study has whole seeds.
@@ -57,6 +58,8 @@ STRATEGIES = ("none", "gbs", "amm", "ajl", "pjl", "cjl")
 ABLATIONS = {
     "gbs-shift-none": ["mining.strategy=gbs", "mining.gbs.shift=none"],
     "gbs-shift-gaussian": ["mining.strategy=gbs", "mining.gbs.shift=gaussian"],
+    # not in the paper: GBS queries' reference points learnt from q instead of the shifted centres
+    "gbs-reference-learned": ["mining.strategy=gbs", "mining.gbs.reference_points=learned"],
     "amm-select-random": ["mining.strategy=amm", "mining.amm.select=random"],
     "amm-reference-self": ["mining.strategy=amm", "mining.amm.reference=self"],
     "amm-target-learnable": ["mining.strategy=amm", "mining.amm.target=learnable"],
