@@ -44,9 +44,11 @@ def tiny_detector_cfg(detector: str, extra: list[str] | tuple[str, ...] = ()) ->
 
 # the tiny synthetic preset at 64 px: every image resized into (32, 64] on both sides and training
 # batches padded to 64 x 64 (train.size_divisibility), so batches of any composition have the same
-# shape and N ranks x batch b train exactly like one process with batch N * b
+# shape and N ranks x batch b train exactly like one process with batch N * b (random batches: the
+# demo config's size grouping would cut pools of different sizes into different batches)
 TINY_DATA_64 = [
     "train.size_divisibility=64",
+    "train.size_grouping=1",
     "data.dataset=synthetic",
     "data.synth_preset=tiny",
     "data.scales=[64]",

@@ -1,6 +1,7 @@
 """Kill-and-resume: ``hqm train`` killed with SIGKILL after a step checkpoint and resumed with
 ``--resume`` ends with exactly the weights of an uninterrupted run (deterministic CPU mode), with
-dropout, trainable BatchNorm, AJL mining (GBS draws random shifts) and an lr drop crossed on the way."""
+dropout, trainable BatchNorm, AJL mining (GBS draws random shifts), batches cut from pools of 3
+(``train.size_grouping``) and an lr drop crossed on the way."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def run_args(root, out) -> list[str]:
         "train.keep_last=2",
         "train.log_every=4",
         "mining.strategy=ajl",
+        "train.size_grouping=3",  # a kill inside a pool of 3 batches resumes inside it
         f"train.output_dir={out}",
     ]
     return ["train", "qpic_r18_synthetic", *overrides]
