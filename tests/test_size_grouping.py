@@ -1,5 +1,7 @@
 """``train.size_grouping``: training batches cut from pools of augmented images by size (less padding),
-every image of the epoch used once, and a resumed epoch seeing exactly the batches it had left."""
+every image of the epoch used once, a resumed epoch seeing exactly the batches it had left, any seed,
+the resume policy; and two trainer guards met on the way (a batch larger than the training set, loader
+workers ended by ``fit``)."""
 
 from __future__ import annotations
 
@@ -77,3 +79,43 @@ def test_grouping_is_refused_below_one_and_on_resume(tiny_root, tmp_path):
     new = load_config("qpic_r18_synthetic", ["train.size_grouping=4"])
     with pytest.raises(ResumeError, match="train.size_grouping"):
         check_compatible(old, new, "last.pt")
+
+
+def test_any_seed_trains_with_grouping(tiny_root, tmp_path):
+    """The pool order's seed is reduced into the generator's range (seed 2**32 - 1 overflowed)."""
+    trainer = _trainer(tiny_root, tmp_path / "s", "train.size_grouping=4", "train.seed=4294967295")
+    assert len(next(iter(trainer.epoch_batches(0)))[2]) == 2
+
+
+def test_size_divisibility_is_refused_on_resume_only_when_batches_are_grouped():
+    from hqm.engine.resume_policy import ResumeError, check_compatible
+
+    grouped = load_config("qpic_r18_synthetic", ["train.size_grouping=8", "train.size_divisibility=16"])
+    with pytest.raises(ResumeError, match="train.size_divisibility"):
+        check_compatible(grouped, load_config("qpic_r18_synthetic", ["train.size_divisibility=32"]), "x")
+    plain = load_config("qpic_r18_synthetic", ["train.size_grouping=1", "train.size_divisibility=16"])
+    other = load_config("qpic_r18_synthetic", ["train.size_grouping=1", "train.size_divisibility=32"])
+    assert check_compatible(plain, other, "x")["applied"] == [("train.size_divisibility", 16, 32)]
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(tiny_root, tmp_path):
+    with pytest.raises(ConfigError, match="train.batch_size=1000 .* lower train.batch_size"):
+        _trainer(tiny_root, tmp_path / "big", "train.batch_size=1000")
+
+
+def test_training_ends_its_persistent_loader_workers(tiny_root, tmp_path):
+    """Workers ignore SIGTERM, so one left alive would hang the interpreter's exit (seen after a
+    resumed run with data.num_workers=1 that stopped mid-epoch): fit() ends them itself."""
+    import multiprocessing
+
+    trainer = _trainer(
+        tiny_root,
+        tmp_path / "w",
+        "data.num_workers=1",
+        "train.max_steps=3",
+        "eval.every=0",
+        "train.size_grouping=1",
+    )
+    trainer.fit()  # stops mid-epoch, the loader iterator still holds its worker
+    assert trainer.train_loader._iterator is None
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]

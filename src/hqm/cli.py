@@ -357,9 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
     t.add_argument(
         "--resume",
-        help="resume from a checkpoint file, a run folder (its checkpoints/last.pt) or 'auto' (last.pt of "
-        "train.output_dir if it exists). Changed schedule / length / eval settings are applied and logged; "
-        "changed model, data, batch geometry, seed or mining strategy are refused",
+        help="resume from a checkpoint file, a run folder or 'auto' (train.output_dir; a folder gives its "
+        "newest readable checkpoint: last.pt, else the newest step_*.pt; 'auto' starts afresh when there "
+        "is none). Changed schedule / length / eval settings are applied and logged; changed model, "
+        "data, batch geometry, seed or mining strategy are refused",
     )
     t.add_argument(
         "--overwrite",

@@ -158,7 +158,7 @@ class TrainConfig:
     size_divisibility: int = 1
     # 1: random batches (the released code). P > 1: P batches' worth of augmented images are drawn at
     # once and cut into batches of similar size (hqm.data.batching.size_grouped_batches): less padding,
-    # so less compute per step (README, "The demo"); the P batches run in a seeded random order
+    # so less compute per step (README, "Padding and batching"); the P batches run in a seeded random order
     size_grouping: int = 1
     checkpoint_every_steps: int = 0
     keep_last: int = 1

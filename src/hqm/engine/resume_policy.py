@@ -4,8 +4,9 @@ silently keep the old value while ``config.yaml`` records the new one.
 Every config key falls in one of three classes:
 
 * **refused** (:data:`REFUSED`): ``model.*``, ``data.*``, ``mining.strategy``, ``train.batch_size``,
-  ``train.accumulate``, ``train.size_grouping``, ``train.seed``, ``train.trainable``. They define the
-  weights, the data, the
+  ``train.accumulate``, ``train.size_grouping``, ``train.seed``, ``train.trainable``, and
+  ``train.size_divisibility`` when either run groups batches by size (``train.size_grouping`` > 1:
+  the padded sizes decide which images share a batch). They define the weights, the data, the
   set of trained parameters or the data order (position in the epoch, random streams); a run
   resumed with another value would be neither the old run nor a new one. Resuming raises
   ``ResumeError`` naming every such key with both values.
@@ -58,6 +59,8 @@ def check_compatible(old: Config, new: Config, path: str) -> dict[str, list[tupl
     diffs = config_differences(old, new)
     no_effect = [d for d in diffs if d[0].startswith(NO_EFFECT)]
     refused = [d for d in diffs if d[0].startswith(REFUSED) and d not in no_effect]
+    if max(old.train.size_grouping, new.train.size_grouping) > 1:  # the padded size cuts the pools
+        refused += [d for d in diffs if d[0] == "train.size_divisibility"]
     if refused:
         raise ResumeError(
             f"cannot resume from {path}: {_fmt(refused)} (that run's value -> now). These define the "

@@ -227,6 +227,13 @@ class Trainer:
             f"objects, {self.meta.num_verb_classes} verbs"
         )
         self.sampler = EpochSampler(len(self.train_set), cfg.train.seed, True, self.rank, self.world)
+        per_step = cfg.train.batch_size * cfg.train.accumulate
+        if self.sampler.num_local < per_step:  # not even one step per epoch: nothing would train
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} x train.accumulate={cfg.train.accumulate} needs "
+                f"{per_step} training images per process, but {cfg.data.root} has {len(self.train_set)} "
+                f"for {self.world} process(es): lower train.batch_size"
+            )
         # a private generator for the loader's base seed: creating an iterator must not advance the
         # global random stream (it would shift dropout / mining draws after a mid-epoch resume)
         # train.size_grouping = P > 1: each loader item is a pool of P batches cut by image size
@@ -409,6 +416,7 @@ class Trainer:
         finally:
             progress.close()
             self.writer.close()
+            self.stop_loader_workers()
             if self.run_lock is not None:
                 self.run_lock.release()
         LOGGER.info(f"training finished in {time.time() - start:.0f}s ({self.step} steps)")
@@ -416,6 +424,18 @@ class Trainer:
             LOGGER.info(f"learning curves: {self.curves}")
         cleanup()
         return metrics
+
+    def stop_loader_workers(self) -> None:
+        """End the data loaders' persistent worker processes now. They ignore SIGTERM
+        (``ignore_stop_signals``: a signal to the process group must reach the trainer first), and at
+        interpreter exit multiprocessing ends daemonic children with SIGTERM and waits for them: a
+        worker still alive then (a loader not yet garbage-collected) would hang the exit forever.
+        Uses the loader's own shutdown (``DataLoader._iterator._shutdown_workers``)."""
+        for loader in (self.train_loader, self.eval_setup.loader):
+            it = getattr(loader, "_iterator", None)
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+                loader._iterator = None
 
     def _progress(self) -> TrainProgress:
         cfg = self.cfg
@@ -540,7 +560,9 @@ class Trainer:
         first = done // pool
         self.sampler.set_epoch(self.epoch, first * pool * bs)
         for k, batches in enumerate(self.train_loader, start=first):
-            g = torch.Generator().manual_seed((self.cfg.train.seed * 1_000_003 + self.epoch) * 100_003 + k)
+            g = torch.Generator().manual_seed(
+                ((self.cfg.train.seed * 1_000_003 + self.epoch) * 100_003 + k) % 2**63
+            )
             order = torch.randperm(len(batches), generator=g).tolist()
             skip = done - first * pool if k == first else 0
             for j in order[skip:]:
