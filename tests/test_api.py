@@ -174,6 +174,12 @@ def test_grey_arrays_exif_photos_and_ambiguous_inputs(detector, tmp_path):
     oriented_photo(photo)  # stored 100 x 40, EXIF orientation 6
     (p,) = detector.predict(photo, top_k=3)
     assert p.image_size == (100, 40)  # (h, w) of the upright photo
+    from PIL import Image
+
+    from hqm.api import _original_size
+
+    with Image.open(photo) as opened:  # an opened PIL image is grouped by its upright size too
+        assert _original_size(opened) == _original_size(photo) == (100, 40)
     for bad in (np.zeros((3, 70, 90), np.uint8), torch.randn(1, 3, 40, 50), np.zeros((40, 50, 3), np.int32)):
         with pytest.raises(ValueError, match=str(tuple(bad.shape[-3:]))):
             detector.predict(bad)

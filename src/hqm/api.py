@@ -67,8 +67,9 @@ def _original_size(image: Any) -> tuple[int, int]:
                 return (w, h) if rotated else (h, w)
         except (OSError, ValueError, SyntaxError):
             return -1, -1
-    if isinstance(image, Image.Image):
-        return image.height, image.width
+    if isinstance(image, Image.Image):  # as_image applies its EXIF orientation too
+        rotated = image.getexif().get(0x0112) in (5, 6, 7, 8)
+        return (image.width, image.height) if rotated else (image.height, image.width)
     if isinstance(image, np.ndarray):
         return int(image.shape[0]), int(image.shape[1])
     return int(image.shape[-2]), int(image.shape[-1])  # (C, H, W) or (H, W) tensor
