@@ -48,7 +48,7 @@ def sync(device: torch.device) -> None:
 def run_train(args) -> None:
     from hqm.config import load_config
     from hqm.data import collate_fn
-    from hqm.data.batching import size_grouped_batches
+    from hqm.data.dataset import collate_size_grouped
     from hqm.engine.trainer import Trainer
 
     settings = [tuple(int(v) for v in s.split("x")) for s in args.settings]  # (divisibility, grouping)
@@ -76,17 +76,16 @@ def run_train(args) -> None:
         drop_last=True,
     )
 
-    def batches(samples: list, d: int, g: int) -> list[list]:
-        """Random batches (g = 1: consecutive samples) or cut by size from sub-pools of g batches."""
+    def batches(samples: list, d: int, g: int) -> list[tuple]:
+        """Collated random batches (g = 1: consecutive samples) or batches cut by size from sub-pools
+        of g batches, as the trainer's loader makes them (``collate_size_grouped``)."""
         if g == 1:
-            return [samples[i : i + bs] for i in range(0, len(samples), bs)]
-        out = []
-        for s in range(0, len(samples), g * bs):
-            part = samples[s : s + g * bs]
-            out += [
-                [part[i] for i in grp] for grp in size_grouped_batches([x[0].shape[-2:] for x in part], bs, d)
-            ]
-        return out
+            return [collate_fn(samples[i : i + bs], size_divisibility=d) for i in range(0, len(samples), bs)]
+        return [
+            b
+            for s in range(0, len(samples), g * bs)
+            for b in collate_size_grouped(samples[s : s + g * bs], bs, d)
+        ]
 
     wall: dict[tuple, list[float]] = {k: [] for k in settings}
     cpu: dict[tuple, list[float]] = {k: [] for k in settings}
@@ -97,9 +96,8 @@ def run_train(args) -> None:
         if step >= args.warmup + args.steps:
             break
         for key in settings if round_ % 2 == 0 else settings[::-1]:
-            trainer, d = trainers[key], key[0]
-            for k, group in enumerate(batches(samples, *key)):
-                images, masks, targets = collate_fn(group, size_divisibility=d)
+            trainer = trainers[key]
+            for k, (images, masks, targets) in enumerate(batches(samples, *key)):
                 shapes[key].add(tuple(images.shape[-2:]))
                 area[key].append(float(masks.float().mean()))
                 sync(trainer.device)

@@ -82,6 +82,13 @@ def unpadded_groups(
         yield group, images[index, :, :h, :w], masks[index, :h, :w]
 
 
+def padded_size(height: int, width: int, size_divisibility: int = 1) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of ``size_divisibility`` (1: unchanged): the canvas a
+    batch whose largest sides are these is padded to (``hqm.data.dataset.collate_fn``)."""
+    d = max(int(size_divisibility), 1)
+    return -(-int(height) // d) * d, -(-int(width) // d) * d
+
+
 def size_grouped_batches(
     sizes: Sequence[Sequence[int]], batch_size: int, size_divisibility: int = 1
 ) -> list[list[int]]:
@@ -94,8 +101,7 @@ def size_grouped_batches(
     by padded size; the batches come out in size order (the trainer shuffles them)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    d = max(int(size_divisibility), 1)
-    padded = [(-(-int(h) // d) * d, -(-int(w) // d) * d) for h, w in sizes]
+    padded = [padded_size(h, w, size_divisibility) for h, w in sizes]
     order = sorted(range(len(sizes)), key=lambda i: padded[i])
     full = len(order) // batch_size * batch_size
     return [order[s : s + batch_size] for s in range(0, full, batch_size)]

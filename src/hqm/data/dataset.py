@@ -36,7 +36,7 @@ from PIL import Image
 from torch import Tensor
 
 from hqm.box_ops import box_xyxy_to_cxcywh
-from hqm.data.batching import size_grouped_batches
+from hqm.data.batching import padded_size, size_grouped_batches
 from hqm.data.images import ImageDecodeError, read_image
 from hqm.data.records import DatasetError
 from hqm.data.transforms import HOITransforms, transform_boxes
@@ -244,9 +244,9 @@ def collate_fn(
     """
     images = [b[0] for b in batch]
     targets = [b[1] for b in batch]
-    d = max(int(size_divisibility), 1)
-    hmax = -(-max(int(im.shape[-2]) for im in images) // d) * d
-    wmax = -(-max(int(im.shape[-1]) for im in images) // d) * d
+    hmax, wmax = padded_size(
+        max(int(im.shape[-2]) for im in images), max(int(im.shape[-1]) for im in images), size_divisibility
+    )
     out = images[0].new_zeros((len(images), images[0].shape[0], hmax, wmax))
     masks = torch.ones((len(images), hmax, wmax), dtype=torch.bool)
     for i, im in enumerate(images):

@@ -234,8 +234,6 @@ class Trainer:
                 f"{per_step} training images per process, but {cfg.data.root} has {len(self.train_set)} "
                 f"for {self.world} process(es): lower train.batch_size"
             )
-        # a private generator for the loader's base seed: creating an iterator must not advance the
-        # global random stream (it would shift dropout / mining draws after a mid-epoch resume)
         # train.size_grouping = P > 1: each loader item is a pool of P batches cut by image size
         pool = cfg.train.size_grouping
         collate = functools.partial(collate_fn, size_divisibility=cfg.train.size_divisibility)
@@ -245,6 +243,8 @@ class Trainer:
                 batch_size=cfg.train.batch_size,
                 size_divisibility=cfg.train.size_divisibility,
             )
+        # a private generator for the loader's base seed: creating an iterator must not advance the
+        # global random stream (it would shift dropout / mining draws after a mid-epoch resume)
         self.train_loader = DataLoader(
             SeededDataset(self.train_set, cfg.train.seed),
             batch_size=cfg.train.batch_size * pool,

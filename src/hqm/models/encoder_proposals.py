@@ -18,9 +18,9 @@ DETR (Zhu et al., ICLR 2021, section 4.2 "Two-Stage Deformable DETR") and DINO's
   probability other than "no object") give the learnable queries' reference points -- their predicted
   subject and object centres, gradient stopped. The positional (and self-attention) queries stay the
   learned ``query_embed`` (DINO: "mixed" selection: anchors from the encoder, content learned).
-  AMM's copies of the learnable queries keep these points; query groups that bring their own
-  positional queries (GBS's shifted pairs, Group DETR's extra groups) keep deriving their points from
-  them (``SpatialQueries.reference``).
+  AMM's copies of the learnable queries keep these points; GBS's hard queries bring their own (the
+  shifted boxes' centres, ``mining.gbs.reference_points=boxes``), and Group DETR's extra groups keep
+  deriving theirs from their positional queries (``SpatialQueries.reference``).
 
 The proposal group's loss terms share the learnable queries' denominators (``GroupCriterion``): with
 more tokens than queries, its "no object" share of the object-class loss is larger than theirs.
