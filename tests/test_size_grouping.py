@@ -81,10 +81,14 @@ def test_grouping_is_refused_below_one_and_on_resume(tiny_root, tmp_path):
         check_compatible(old, new, "last.pt")
 
 
-def test_any_seed_trains_with_grouping(tiny_root, tmp_path):
-    """The pool order's seed is reduced into the generator's range (seed 2**32 - 1 overflowed)."""
-    trainer = _trainer(tiny_root, tmp_path / "s", "train.size_grouping=4", "train.seed=4294967295")
+@pytest.mark.parametrize("seed", [4294967295, 2**63 - 1])
+def test_any_seed_trains_with_grouping(tiny_root, tmp_path, seed):
+    """The epoch permutation's and the pool order's seeds are reduced into the generator's range
+    (seed 2**32 - 1 overflowed the pool order, 2**63 - 1 the permutation); 2**63 is refused."""
+    trainer = _trainer(tiny_root, tmp_path / "s", "train.size_grouping=4", f"train.seed={seed}")
     assert len(next(iter(trainer.epoch_batches(0)))[2]) == 2
+    with pytest.raises(ConfigError, match="train.seed"):
+        load_config("qpic_r18_synthetic", [f"train.seed={2**63}"])
 
 
 def test_size_divisibility_is_refused_on_resume_only_when_batches_are_grouped():

@@ -519,7 +519,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "train.clip_max_norm": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
     "train.accumulate": (lambda v: v >= 1, ">= 1"),
-    "train.seed": (lambda v: v >= 0, ">= 0"),
+    "train.seed": (lambda v: 0 <= v < 2**63, ">= 0 and < 2**63"),
     "train.checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: only at epoch ends)"),
     "train.keep_last": (lambda v: v >= 0, ">= 0"),
     "train.log_every": (lambda v: v >= 1, ">= 1 (steps)"),

@@ -33,7 +33,7 @@ class EpochSampler(Sampler):
 
     def indices(self) -> list[int]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            g = torch.Generator().manual_seed((self.seed * 100003 + self.epoch) % 2**63)
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
