@@ -67,9 +67,6 @@ class ModelConfig:
     box_refine: bool = False  # refine the reference points layer by layer (needs query_type != embed)
     # encoder pair proposals + query selection (needs query_type != embed): hqm.models.encoder_proposals
     two_stage: bool = False
-    # k >= 2: a training-only auxiliary pair head on the encoder tokens, each GT pair matched to k
-    # tokens (H-DETR one-to-many, Co-DETR auxiliary head); 0 = off. hqm.models.encoder_proposals
-    encoder_one2many: int = 0
     group_detr: int = 1  # Group DETR: K query groups at training time (1: off), qpic / cdn
     hidden_dim: int = 256
     nheads: int = 8
@@ -490,7 +487,6 @@ _FINITE = math.isfinite
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.num_queries": (lambda v: v >= 1, ">= 1"),
     "model.group_detr": (lambda v: v >= 1, ">= 1 (1: one query group, Group DETR off)"),
-    "model.encoder_one2many": (lambda v: v == 0 or v >= 2, "0 (off) or >= 2 (tokens per GT pair)"),
     "model.hidden_dim": (lambda v: v >= 1, ">= 1"),
     "model.nheads": (lambda v: v >= 1, ">= 1"),
     "model.enc_layers": (lambda v: v >= 0, ">= 0"),
@@ -582,7 +578,6 @@ def validate(cfg: Config) -> None:
             ("query_type", m.query_type, "embed"),
             ("box_refine", m.box_refine, False),
             ("two_stage", m.two_stage, False),
-            ("encoder_one2many", m.encoder_one2many, 0),
         ):
             if value != plain:
                 raise ConfigError(
@@ -608,11 +603,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.group_detr={m.group_detr} cannot be combined with loss.reweight (CDN fine-tuning "
             "counts every supervised label into its class queues): set model.group_detr=1"
-        )
-    if m.encoder_one2many and (cfg.loss.reweight.obj or cfg.loss.reweight.verb):
-        raise ConfigError(
-            f"model.encoder_one2many={m.encoder_one2many} cannot be combined with loss.reweight (CDN "
-            "fine-tuning counts every supervised label into its class queues): set model.encoder_one2many=0"
         )
     if m.detector == "hotr" and cfg.loss.verb_focal_alpha != LossConfig().verb_focal_alpha:
         raise ConfigError(

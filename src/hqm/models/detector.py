@@ -8,7 +8,6 @@
           mined query groups (training only) ─────> decode ──> heads ──> outputs["groups"][name]
           Group DETR's extra groups (training) ───> decode ──> heads ──> outputs["groups"]["group_detr"]
           encoder pair proposals (model.two_stage, training) ─────────> outputs["groups"]["encoder"]
-          one-to-many encoder head (model.encoder_one2many, training) ─> outputs["groups"]["encoder_one2many"]
                          ^ cross-attention hook (AMM), layers numbered across every decoder ^
 
 A detector subclass implements ``encode``, ``decode`` and ``learnable_queries`` (and says which of
@@ -38,9 +37,6 @@ if TYPE_CHECKING:
 
 #: ``EncodedImages.shared`` key (and loss-group name) of the encoder's pair proposals (``model.two_stage``)
 ENCODER_PROPOSALS = "encoder"
-#: ``EncodedImages.shared`` key (and loss-group name) of the one-to-many auxiliary encoder pair head
-#: (``model.encoder_one2many``, training only)
-ENCODER_ONE2MANY = "encoder_one2many"
 
 
 @dataclass(frozen=True)
@@ -141,8 +137,6 @@ class DetrHOIModel(nn.Module):
     num_queries: int
     hidden_dim: int
     group_detr: int = 1
-    #: k of the one-to-many auxiliary encoder head (``model.encoder_one2many``; QPIC), 0 = none
-    encoder_one2many: int = 0
 
     def __init__(self):
         super().__init__()
@@ -227,9 +221,8 @@ class DetrHOIModel(nn.Module):
         ``pred_sub_boxes`` / ``pred_obj_boxes`` (B, Nq, 4) normalised cxcywh, ``aux_outputs`` (the
         same per earlier decoder layer) and, when ``mining`` names active miners (training only,
         ``targets`` required), ``groups``: {group name: ``hqm.models.group_criterion.MinedGroup``};
-        in training mode with ``group_detr`` > 1, ``groups["group_detr"]`` too, with encoder
-        proposals (``model.two_stage``), ``groups["encoder"]``, and with the one-to-many auxiliary
-        encoder head (``model.encoder_one2many``), ``groups["encoder_one2many"]``.
+        in training mode with ``group_detr`` > 1, ``groups["group_detr"]`` too, and with encoder
+        proposals (``model.two_stage``), ``groups["encoder"]``.
         """
         enc = self.encode(images, masks)
         active = [self.miners[name] for name in mining]
@@ -248,12 +241,6 @@ class DetrHOIModel(nn.Module):
         if self.training and ENCODER_PROPOSALS in enc.shared:
             # ``model.two_stage``: the encoder's pair proposals, matched one-to-one on their own
             groups[ENCODER_PROPOSALS] = MinedGroup(enc.shared[ENCODER_PROPOSALS], HungarianAssignment())
-        if self.training and ENCODER_ONE2MANY in enc.shared:
-            # ``model.encoder_one2many``: the auxiliary head's proposals, each GT pair matched k times
-            k = self.encoder_one2many
-            groups[ENCODER_ONE2MANY] = MinedGroup(
-                enc.shared[ENCODER_ONE2MANY], HungarianAssignment(one_to_many=k)
-            )
         if groups:
             outputs["groups"] = groups
         return outputs

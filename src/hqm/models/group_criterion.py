@@ -61,15 +61,9 @@ class HungarianAssignment:
     all its queries are supervised, unmatched ones towards "no object": the one-to-one assignment
     within each group of Group DETR (``model.group_detr``). ``repeat``: the group's batch stacks this
     many copies of the images, copy-major (row ``c * B + i`` is image i), so its loss is the sum of
-    the copies' losses, each normalised like the learnable queries'.
-
-    ``one_to_many`` = k > 1: every image's GT pairs are repeated k times before the matching, so each
-    pair is matched to k queries (H-DETR's one-to-many branch, Jia et al., CVPR 2023: "repeat the
-    ground truth K times"); the group's loss is divided by k, which keeps its scale that of one set of
-    pairs under the learnable queries' denominators."""
+    the copies' losses, each normalised like the learnable queries'."""
 
     repeat: int = 1
-    one_to_many: int = 1
 
 
 Assignment = FixedAssignment | LearnableAssignment | HungarianAssignment
@@ -191,8 +185,6 @@ class GroupCriterion(nn.Module):
                 g_idx = [assign.indices] * n_layers
             elif isinstance(assign, HungarianAssignment):
                 g_targets, all_queries = list(targets) * assign.repeat, True
-                if assign.one_to_many > 1:
-                    g_targets = [repeat_pairs(t, assign.one_to_many) for t in g_targets]
                 g_idx = self.match_all_layers(group.outputs, g_targets)
             else:
                 g_idx = [remap_copies(idx, assign.query_map, nq) for idx in learn_idx[:n_layers]]
@@ -200,8 +192,6 @@ class GroupCriterion(nn.Module):
                 group.outputs, g_targets, g_idx, norms, all_queries, f"{name}/"
             )
             logs.update(g_logs)
-            if isinstance(assign, HungarianAssignment) and assign.one_to_many > 1:
-                g_total = g_total / assign.one_to_many
             total = total + (group_weights or {}).get(name, 1.0) * g_total
         idle = list(idle_params)
         if idle:
@@ -209,20 +199,6 @@ class GroupCriterion(nn.Module):
         if not torch.is_tensor(total):  # no layer at all: a graph-less zero
             total = outputs["pred_obj_logits"].sum() * 0.0
         return total, logs
-
-
-#: the per-pair target keys the matcher and the pair loss terms read (``repeat_pairs`` tiles them)
-PAIR_KEYS = ("obj_labels", "verb_labels", "sub_boxes", "obj_boxes", "has_obj")
-
-
-def repeat_pairs(target: dict, k: int) -> dict:
-    """``target`` with its GT pairs repeated k times (pair j + m * G is pair j), for one-to-many
-    matching; the other keys (image id, sizes, instances) unchanged."""
-    out = dict(target)
-    for key in PAIR_KEYS:
-        if key in target:
-            out[key] = target[key].repeat(k, *([1] * (target[key].dim() - 1)))
-    return out
 
 
 def remap_copies(indices: Indices, query_map: list[Tensor] | None, num_queries: int) -> Indices:

@@ -15,14 +15,7 @@ from hqm.box_ops import relative_boxes
 from hqm.models.attention import AttentionHook
 from hqm.models.backbone import Joiner, build_backbone
 from hqm.models.criterion import build_criterion
-from hqm.models.detector import (
-    ENCODER_ONE2MANY,
-    ENCODER_PROPOSALS,
-    DetectorSpec,
-    DetrHOIModel,
-    EncodedImages,
-    QueryGroup,
-)
+from hqm.models.detector import ENCODER_PROPOSALS, DetectorSpec, DetrHOIModel, EncodedImages, QueryGroup
 from hqm.models.encoder_proposals import EncoderProposals
 from hqm.models.heads import QPICHeadsMixin, pack_outputs
 from hqm.models.matcher import build_matcher
@@ -48,7 +41,6 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         box_refine: bool = False,
         group_detr: int = 1,
         two_stage: bool = False,
-        encoder_one2many: int = 0,
     ):
         super().__init__()
         d = transformer.d_model
@@ -75,13 +67,6 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
             )
         # encoder pair proposals + query selection (None: the queries' own reference points)
         self.encoder_proposals = EncoderProposals(d, num_obj_classes, num_verb_classes) if two_stage else None
-        # one-to-many auxiliary pair head on the encoder tokens, training only (see EncoderProposals)
-        if encoder_one2many < 0 or encoder_one2many == 1:
-            raise ValueError(f"model.encoder_one2many={encoder_one2many} must be 0 (off) or >= 2")
-        self.encoder_one2many = encoder_one2many
-        self.encoder_aux = (
-            EncoderProposals(d, num_obj_classes, num_verb_classes) if encoder_one2many else None
-        )
         self.init_query_groups(group_detr)
 
     def encode(self, images: Tensor, masks: Tensor) -> EncodedImages:
@@ -95,8 +80,6 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
         enc = EncodedImages(memory, pos, mask, (h, w))
         if self.encoder_proposals is not None:
             enc.shared[ENCODER_PROPOSALS] = self.encoder_proposals(memory, mask, (h, w))
-        if self.encoder_aux is not None and self.training:
-            enc.shared[ENCODER_ONE2MANY] = self.encoder_aux(memory, mask, (h, w))
         return enc
 
     def learnable_queries(self, enc: EncodedImages) -> QueryGroup:
@@ -164,7 +147,6 @@ def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
         box_refine=m.box_refine,
         group_detr=m.group_detr,
         two_stage=m.two_stage,
-        encoder_one2many=m.encoder_one2many,
     )
 
 
