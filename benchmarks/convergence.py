@@ -92,22 +92,29 @@ class Run:
         return "none"
 
 
-def size_overrides(size: int) -> tuple[list[str], list[str]]:
-    """(recipe overrides, synthetic-generator overrides) for test images of short side ``size`` px
-    (the demo recipe is sized for 128 px; everything scales with it)."""
+def size_overrides(size: int, data_cfg) -> tuple[list[str], list[str]]:
+    """(recipe overrides, synthetic-generator overrides) that scale every pixel size of the recipe's
+    ``data_cfg`` (training scales, test scale, long-side cap, crops) and of the generated images by
+    ``size`` / 128: the demo recipe is sized for the default preset's images (112-160 px), whose
+    middle training scale is 128 px. ``size`` 128 changes nothing."""
     if size == 128:
         return [], []
     r = size / 128
-    scales = sorted({int(round(s * r / 8) * 8) for s in (112, 120, 128, 136, 144)})
+
+    def px(v: int) -> int:
+        return max(8, int(round(v * r / 8) * 8))
+
+    scales = sorted({px(s) for s in data_cfg.scales})
+    crop = sorted({px(s) for s in data_cfg.crop_resize})
     recipe = [
-        f"data.test_scale={size}",
+        f"data.test_scale={px(data_cfg.test_scale)}",
         f"data.scales=[{','.join(map(str, scales))}]",
-        f"data.max_size={int(224 * r)}",
-        f"data.crop_resize=[{int(112 * r)},{size}]",
-        f"data.crop_min={int(96 * r)}",
-        f"data.crop_max={size}",
+        f"data.max_size={px(data_cfg.max_size)}",
+        f"data.crop_resize=[{','.join(map(str, crop))}]",
+        f"data.crop_min={px(data_cfg.crop_min)}",
+        f"data.crop_max={px(data_cfg.crop_max)}",
     ]
-    synth = [f"image_min={int(112 * r)}", f"image_max={int(160 * r)}"]
+    synth = [f"image_min={px(112)}", f"image_max={px(160)}"]
     return recipe, synth
 
 
@@ -391,7 +398,11 @@ def main() -> None:
     ap.add_argument("--data", default="", help="synthetic benchmark folder (generated when absent)")
     ap.add_argument("--preset", default="default", help="synthetic preset")
     ap.add_argument(
-        "--size", type=int, default=128, help="test image short side in px (recipe scales with it)"
+        "--size",
+        type=int,
+        default=128,
+        help="scale of the study: every pixel size of the recipe (training / test scales, crops, long-side "
+        "cap) and of the generated images times SIZE / 128 (128: the demo as it is)",
     )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once")
@@ -412,7 +423,7 @@ def main() -> None:
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    recipe, synth = size_overrides(args.size)
+    recipe, synth = size_overrides(args.size, cfg.data)
     data = Path(args.data or out / f"data-{args.preset}-{args.size}")
     base = [f"data.root={data}", f"device={args.device}", *recipe, *args.overrides]
     runs = plan(args, out, base)

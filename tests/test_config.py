@@ -55,6 +55,12 @@ def test_bad_values_fail_clearly():
         load_config(None, ["model.num_queries=abc"])
     with pytest.raises(ConfigError, match="iou_range"):
         load_config(None, ["mining.gbs.iou_range=[0.7, 0.2]"])
+    # a short side above the long-side cap would be silently cut down to it: refused
+    with pytest.raises(
+        ConfigError, match=r"^data.test_scale=100000 exceeds data.max_size=224, .*raise data.max_size"
+    ):
+        load_config("qpic_r18_synthetic", ["data.test_scale=100000"])
+    assert load_config("qpic_r18_synthetic", ["data.test_scale=224"]).data.test_scale == 224
 
 
 def test_yaml_base_inheritance_and_file_errors(tmp_path):

@@ -370,3 +370,18 @@ def test_a_hotr_checkpoint_evaluated_as_another_detector_names_the_file(tmp_path
         resolve_model_config({"config": config_to_dict(cfg)}, path, None, ["model.detector=qpic"])
     msg = str(e.value)
     assert str(path) in msg and "trained as model.detector=hotr" in msg and "\n" not in msg
+
+
+def test_a_bad_override_value_for_a_checkpoint_leads_with_the_key_not_the_detector(tmp_path):
+    """hqm eval CKPT data.test_scale=0: the key's own message comes first (a bad value, not a detector
+    mismatch), then the file and its detector."""
+    from hqm.config import config_to_dict
+    from hqm.zoo import resolve_model_config
+
+    cfg = tiny_detector_cfg("qpic")
+    path = tmp_path / "last.pt"
+    with pytest.raises(ConfigError) as e:
+        resolve_model_config({"config": config_to_dict(cfg)}, path, None, ["data.test_scale=0"])
+    msg = str(e.value)
+    assert msg.startswith("data.test_scale=0 is out of range: it must be >= 1 (pixels)")
+    assert msg.endswith(f"(overrides for {path}, trained as model.detector=qpic)") and "\n" not in msg

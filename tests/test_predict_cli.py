@@ -188,3 +188,39 @@ def test_predict_folder_equals_one_image_at_a_time(setup):
         assert main([*args, f"source={setup['imgs'] / f'im{i}.jpg'}", f"out={out}", "--quiet"]) == 0
         (alone,) = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
         assert alone == record
+
+
+def test_predict_refuses_an_earlier_runs_outputs_unless_overwrite(setup, capsys, monkeypatch):
+    out = setup["tmp"] / "again"
+    assert _predict(setup, setup["imgs"] / "im0.jpg", out) == 0
+    (out / "mine.txt").write_text("a user's own file")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # refused before the model loads: nothing read, nothing written
+    monkeypatch.setattr("hqm.api.HOIDetector.from_checkpoint", lambda *a, **k: pytest.fail("model loaded"))
+    assert _predict(setup, setup["imgs"] / "im0.jpg", out) == 2
+    err = capsys.readouterr().err
+    assert "already holds predictions.jsonl, im0.png from an earlier run" in err and "--overwrite" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # another input into the same folder still finds predictions.jsonl there
+    assert _predict(setup, setup["imgs"] / "im1.jpg", out) == 2
+    monkeypatch.undo()
+    assert _predict(setup, setup["imgs"] / "im1.jpg", out, "--overwrite") == 0
+    assert (out / "im1.png").is_file() and (out / "mine.txt").read_text() == "a user's own file"
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["file_name"].endswith("im1.jpg")
+    # a fresh folder or one with unrelated files only needs no flag
+    other = setup["tmp"] / "unrelated"
+    other.mkdir()
+    (other / "notes.md").write_text("x")
+    assert _predict(setup, setup["imgs"] / "im2.jpg", other) == 0
+
+
+def test_predict_refuses_a_size_far_beyond_the_training_inputs(setup, capsys):
+    out = setup["tmp"] / "huge"
+    # the config: data.max_size=128, data.test_scale=96 -> at most 4 x 128 = 512
+    assert _predict(setup, setup["imgs"] / "im0.jpg", out, "size=100000") == 2
+    err = capsys.readouterr().err
+    assert "size=100000 is more than 4x the largest input" in err and "at most 512" in err
+    assert "Traceback" not in err and not (out / "predictions.jsonl").exists()
+    assert _predict(setup, setup["imgs"] / "im0.jpg", out, "size=512") == 0

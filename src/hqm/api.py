@@ -179,10 +179,20 @@ class HOIDetector:
 
     def _test_transforms(self, size: int | None = None):
         """The deterministic resize + normalisation of inference: shortest side ``size`` (default: the
-        detector's), longest side at most max(``max_size``, size)."""
+        detector's), longest side at most max(``max_size``, size). Raises ``ConfigError`` (a
+        ``ValueError``) for a size above 4 x max(data.max_size, data.test_scale) of the config."""
+        from hqm.config import ConfigError
         from hqm.data import make_test_transforms
 
         s = int(size or self.size)
+        # far beyond anything the detector saw, and an input that can exhaust the memory (the process
+        # is killed without a word): refused
+        limit = 4 * max(self.cfg.data.max_size, self.cfg.data.test_scale)
+        if s > limit:
+            raise ConfigError(
+                f"size={s} is more than 4x the largest input this detector was trained for "
+                f"(data.max_size={self.cfg.data.max_size}): give a size of at most {limit}"
+            )
         return make_test_transforms(s, max(self.max_size, s))
 
     @torch.no_grad()

@@ -172,13 +172,14 @@ def _number(extra: dict, key: str, kind: type, default):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from hqm.api import HOIDetector
-    from hqm.viz.predict_files import predict_to_dir
+    from hqm.viz.predict_files import plan_outputs, predict_to_dir
 
     keys = ("source", "out", "threshold", "top_k", "size", "batch", "weights", "device")
     overrides, extra = _split_overrides(args.overrides, keys)
     for key in ("source", "out"):
         if key not in extra:
             raise UsageError(f"{key}=... is required")
+    plan_outputs(extra["source"], extra["out"], args.attn, args.overwrite)  # before the model loads
     threshold = _number(extra, "threshold", float, 0.0)
     top_k, batch, size = (_number(extra, k, int, None) for k in ("top_k", "batch", "size"))
     from hqm.engine.logging import setup_logging
@@ -204,6 +205,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=batch,
         size=size,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     for src, name in list(summary["renamed"].items())[:5]:
         print(f"hqm predict: {src} -> {name}.png (another input has the same name)", file=sys.stderr)
@@ -294,6 +296,11 @@ def add_api_commands(sub) -> None:
         help="also write <name>_attn.png: the decoder cross-attention map of each shown pair",
     )
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace predictions.jsonl and pictures an earlier run left in out= (refused otherwise)",
+    )
     pr.set_defaults(func=cmd_predict)
 
     cv = _subcommand(

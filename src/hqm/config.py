@@ -620,6 +620,11 @@ def validate(cfg: Config) -> None:
             f"{named} {'need' if len(needs_points) > 1 else 'needs'} reference points: set model.query_type "
             "to conditional or gaussian"
         )
+    if cfg.data.test_scale > cfg.data.max_size:
+        raise ConfigError(
+            f"data.test_scale={cfg.data.test_scale} exceeds data.max_size={cfg.data.max_size}, the cap on an "
+            "image's longer side: the test images would not get that short side; raise data.max_size too"
+        )
     if cfg.data.crop_min > cfg.data.crop_max:
         raise ConfigError(f"data.crop_min={cfg.data.crop_min} must be <= data.crop_max={cfg.data.crop_max}")
     iou = cfg.mining.gbs.iou_range

@@ -10,7 +10,9 @@ Output folder::
 ``x.jpg`` and ``x_attn.jpg`` with --attn, ``d1/a.jpg`` and ``d2/a.jpg``) all get longer names
 (``a_jpg``, ``a_png``; then ``<folder>_<stem>_<ext>``; then an index), so no input's results
 overwrite another's. ``OUT`` must not be a folder holding input images (the source folder): an
-input is never overwritten. Images are decoded with EXIF orientation applied
+input is never overwritten. Output files left there by an earlier run (``predictions.jsonl`` or a
+picture this run would write) are refused unless ``overwrite`` (``hqm predict --overwrite``); other
+files in ``OUT`` are never touched. Images are decoded with EXIF orientation applied
 (``hqm.data.images``); a file that cannot be decoded is skipped with one warning line and counted.
 """
 
@@ -22,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from hqm.config import ConfigError
-from hqm.errors import NotFoundError
+from hqm.errors import NotFoundError, UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -84,6 +86,39 @@ def check_output_dir(out: Path, paths: list[Path]) -> None:
         )
 
 
+def check_existing_outputs(out: Path, stems: list[str], attention: bool, overwrite: bool) -> None:
+    """Refuse (``UsageError``) when ``out`` already holds a file this run would write, unless
+    ``overwrite``: ``predictions.jsonl``, ``<name>.png`` and, with ``attention``, ``<name>_attn.png``."""
+    if overwrite or not out.is_dir():
+        return
+    files = (
+        ["predictions.jsonl"]
+        + [f"{s}.png" for s in stems]
+        + ([f"{s}_attn.png" for s in stems] if attention else [])
+    )
+    found = [f for f in files if (out / f).exists()]
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise UsageError(
+            f"out={out} already holds {shown} from an earlier run: choose another folder, or pass "
+            "--overwrite to replace them"
+        )
+
+
+def plan_outputs(
+    source: str | os.PathLike, out: str | os.PathLike, attention: bool = False, overwrite: bool = False
+) -> tuple[list[Path], list[str]]:
+    """The input paths of ``source`` and their output names, after every check on ``out``
+    (``check_output_dir``, ``check_existing_outputs``); nothing is written. ``hqm predict`` runs it
+    before it loads the model, so a refused folder costs nothing."""
+    paths = expand_sources(source)
+    out = Path(out)
+    check_output_dir(out, paths)
+    stems = output_names(paths, attention)
+    check_existing_outputs(out, stems, attention, overwrite)
+    return paths, stems
+
+
 def predict_to_dir(
     detector,
     source: str | os.PathLike,
@@ -94,23 +129,24 @@ def predict_to_dir(
     batch_size: int | None = None,
     size: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Predict every image of ``source``; write PNGs and ``predictions.jsonl`` into ``out``.
 
     ``top_k`` bounds the pairs drawn per image (the JSONL keeps every triplet with score >=
     ``threshold``, at most ``eval.max_dets``). Files that cannot be decoded are skipped with a
     warning. Returns {"images" (predicted), "skipped", "triplets", "out", "renamed": {input: name}}.
-    Raises ``ValueError`` for an ``out`` that holds input images or is a file.
+    Raises ``ValueError`` for an ``out`` that holds input images or is a file, ``UsageError`` when it
+    holds output files of an earlier run and ``overwrite`` is False.
     """
     from hqm.progress import Progress
     from hqm.viz.attention import attention_grid
     from hqm.viz.draw import draw_predictions, to_pil
 
-    paths = expand_sources(source)
     out = Path(out)
-    check_output_dir(out, paths)
+    paths, stems = plan_outputs(source, out, attention, overwrite)
+    detector._test_transforms(size)  # a refused size (too large) before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    stems = output_names(paths, attention)
     names = dict(zip(map(str, paths), stems))
     bar = Progress(len(paths), "predict", "images", enabled=progress)
     n_img = n_trip = 0

@@ -68,10 +68,8 @@ def resolve_model_config(
         cfg = config_from_dict(merge_overrides(own, overrides))
     except ConfigError as e:
         detector = (own.get("model") or {}).get("detector", "qpic")
-        raise ConfigError(
-            f"{path} (trained as model.detector={detector}) does not take the overrides "
-            f"{' '.join(overrides)}: {e}"
-        ) from None
+        # the key's own message first: a bad value is not a detector mismatch
+        raise ConfigError(f"{e} (overrides for {path}, trained as model.detector={detector})") from None
     resolved = ResolvedConfig(cfg, overridden=_show(config_differences(base, cfg, RELEVANT)))
     if config is not None:
         given = load_config(config, overrides)
