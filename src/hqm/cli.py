@@ -172,14 +172,13 @@ def _number(extra: dict, key: str, kind: type, default):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from hqm.api import HOIDetector
-    from hqm.viz.predict_files import plan_outputs, predict_to_dir
+    from hqm.viz.predict_files import predict_to_dir
 
     keys = ("source", "out", "threshold", "top_k", "size", "batch", "weights", "device")
     overrides, extra = _split_overrides(args.overrides, keys)
     for key in ("source", "out"):
         if key not in extra:
             raise UsageError(f"{key}=... is required")
-    plan_outputs(extra["source"], extra["out"], args.attn, args.overwrite)  # before the model loads
     threshold = _number(extra, "threshold", float, 0.0)
     top_k, batch, size = (_number(extra, k, int, None) for k in ("top_k", "batch", "size"))
     from hqm.engine.logging import setup_logging

@@ -109,8 +109,7 @@ def plan_outputs(
     source: str | os.PathLike, out: str | os.PathLike, attention: bool = False, overwrite: bool = False
 ) -> tuple[list[Path], list[str]]:
     """The input paths of ``source`` and their output names, after every check on ``out``
-    (``check_output_dir``, ``check_existing_outputs``); nothing is written. ``hqm predict`` runs it
-    before it loads the model, so a refused folder costs nothing."""
+    (``check_output_dir``, ``check_existing_outputs``); nothing is written."""
     paths = expand_sources(source)
     out = Path(out)
     check_output_dir(out, paths)
