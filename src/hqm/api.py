@@ -177,22 +177,27 @@ class HOIDetector:
         sizes = torch.tensor([[b[0].shape[-2], b[0].shape[-1]] for b in batch])
         return images, masks, sizes, torch.tensor(orig)
 
-    def _test_transforms(self, size: int | None = None):
-        """The deterministic resize + normalisation of inference: shortest side ``size`` (default: the
-        detector's), longest side at most max(``max_size``, size). Raises ``ConfigError`` (a
-        ``ValueError``) for a size above 4 x max(data.max_size, data.test_scale) of the config."""
+    def input_size(self, size: int | None = None) -> int:
+        """The input short side in pixels for ``size`` (default: the detector's). Raises ``ConfigError``
+        (a ``ValueError``) above 4 x the config's ``data.max_size``: far beyond anything the detector
+        saw, and an input that large can exhaust the memory (the process is killed without a word)."""
         from hqm.config import ConfigError
-        from hqm.data import make_test_transforms
 
         s = int(size or self.size)
-        # far beyond anything the detector saw, and an input that can exhaust the memory (the process
-        # is killed without a word): refused
-        limit = 4 * max(self.cfg.data.max_size, self.cfg.data.test_scale)
+        limit = 4 * self.cfg.data.max_size  # >= 4 x data.test_scale: the config check ensures it
         if s > limit:
             raise ConfigError(
                 f"size={s} is more than 4x the largest input this detector was trained for "
                 f"(data.max_size={self.cfg.data.max_size}): give a size of at most {limit}"
             )
+        return s
+
+    def _test_transforms(self, size: int | None = None):
+        """The deterministic resize + normalisation of inference: shortest side ``input_size(size)``,
+        longest side at most max(``max_size``, that side)."""
+        from hqm.data import make_test_transforms
+
+        s = self.input_size(size)
         return make_test_transforms(s, max(self.max_size, s))
 
     @torch.no_grad()

@@ -105,19 +105,6 @@ def check_existing_outputs(out: Path, stems: list[str], attention: bool, overwri
         )
 
 
-def plan_outputs(
-    source: str | os.PathLike, out: str | os.PathLike, attention: bool = False, overwrite: bool = False
-) -> tuple[list[Path], list[str]]:
-    """The input paths of ``source`` and their output names, after every check on ``out``
-    (``check_output_dir``, ``check_existing_outputs``); nothing is written."""
-    paths = expand_sources(source)
-    out = Path(out)
-    check_output_dir(out, paths)
-    stems = output_names(paths, attention)
-    check_existing_outputs(out, stems, attention, overwrite)
-    return paths, stems
-
-
 def predict_to_dir(
     detector,
     source: str | os.PathLike,
@@ -142,9 +129,12 @@ def predict_to_dir(
     from hqm.viz.attention import attention_grid
     from hqm.viz.draw import draw_predictions, to_pil
 
+    paths = expand_sources(source)
     out = Path(out)
-    paths, stems = plan_outputs(source, out, attention, overwrite)
-    detector._test_transforms(size)  # a refused size (too large) before anything is written
+    check_output_dir(out, paths)
+    stems = output_names(paths, attention)
+    check_existing_outputs(out, stems, attention, overwrite)
+    detector.input_size(size)  # a refused size (too large) before anything is written
     out.mkdir(parents=True, exist_ok=True)
     names = dict(zip(map(str, paths), stems))
     bar = Progress(len(paths), "predict", "images", enabled=progress)
