@@ -25,6 +25,8 @@ Resumable: each run lives in ``OUT/runs/<variant>-s<seed>``; a finished run is s
 continues from its ``last.pt`` (``hqm train --resume auto``). ``--deadline-min`` stops launching runs
 and interrupts running ones (they save ``last.pt``) after that many minutes, then reports.
 ``--jobs N`` trains N runs at once (a GPU has room for several small ones; on a 2-core CPU use 1).
+The CSV, table and plot cover every run folder in ``OUT/runs``, this call's and earlier calls' (one
+study per OUT: its runs should share the recipe, data and size).
 
     .venv/bin/python benchmarks/convergence.py                              # 3 seeds, CPU: hours
     .venv/bin/python benchmarks/convergence.py --seeds 1 --epochs 2 --strategies none ajl --short ''
@@ -159,6 +161,30 @@ def plan(args, out: Path, base: list[str]) -> list[Run]:
             over = base + ov + [f"train.seed={seed}", f"train.epochs={epochs}", f"train.output_dir={d}"]
             runs.append(Run(variant, seed, epochs, over, d))
     return runs
+
+
+def discover(out: Path) -> list[Run]:
+    """Every run folder ``OUT/runs/<variant>-s<seed>`` that holds a ``config.yaml``, whichever call
+    planned it: the tables and the plot cover the whole study in OUT, not only this call's variants.
+    Its strategy and length come from that config (the run's own record of what it trained)."""
+    import yaml
+
+    runs = []
+    for d in sorted((out / "runs").glob("*-s*")):
+        m = re.fullmatch(r"(.+)-s(\d+)", d.name)
+        cfg_path = d / "config.yaml"
+        if not (m and d.is_dir() and cfg_path.is_file()):
+            continue
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text()) or {}
+            strategy = cfg["mining"]["strategy"]
+            epochs = int(cfg["train"]["epochs"])
+        except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+            print(f"[convergence] skipped {d}: unreadable config.yaml ({e})", flush=True)
+            continue
+        runs.append(Run(m.group(1), int(m.group(2)), epochs, [f"mining.strategy={strategy}"], d))
+    order = {name: i for i, name in enumerate(STRATEGIES)}  # the strategies first, in their usual order
+    return sorted(runs, key=lambda r: (order.get(r.variant, len(order)), r.variant, r.seed))
 
 
 def read_rows(run: Run) -> list[dict]:
@@ -442,12 +468,12 @@ def main() -> None:
         n_train = len(json.loads(split_paths("synthetic", data, "train")[1].read_text()))
         steps_per_epoch = n_train // cfg.train.batch_size
         execute(runs, args, config, steps_per_epoch)
-    rows = collect(runs, out)
+    planned = {r.name for r in runs}
+    rows = collect(runs + [r for r in discover(out) if r.name not in planned], out)
     header = (
-        f"Study: {Path(config).stem} on the synthetic preset '{args.preset}' at {args.size} px, "
-        f"{args.epochs} epochs, train.seed {args.first_seed}..{args.first_seed + args.seeds - 1}, "
-        f"device {args.device}; "
-        f"final evaluation of each completed run (mean ± std over seeds, %)."
+        f"Study in {out}: {Path(config).stem} on the synthetic preset '{args.preset}' at {args.size} px, "
+        f"{args.epochs} epochs (a `-Nep` variant: N), device {args.device}; final evaluation of each "
+        f"completed run in {out / 'runs'}, this call's and earlier ones' (mean ± std over seeds, %)."
     )
     print(report(rows, out, header))
     png = plot(rows, out)
