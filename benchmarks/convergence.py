@@ -8,7 +8,8 @@ reports what the paper's Figure 3 and Table 3 show:
   Rare / Non-rare mAP and mean max recall in %, median training step time in s);
 * ``convergence.png``: Full mAP against step, the mean over seeds with a band from the lowest to the
   highest seed;
-* ``convergence.md``: mean +- std (over seeds) of the final Full / Rare / Non-rare mAP, the paired
+* ``convergence.md``: per variant its epochs, finished seeds (and unfinished runs), mean +- std (over
+  the finished seeds) of the final Full / Rare / Non-rare mAP, the paired
   comparison of each variant with ``none`` (difference per seed, its mean +- std, the seeds it wins,
   the paired t-test's p), and the faster-convergence check (``--short``: HQM trained for a fraction
   of the baseline's epochs, schedule included, against the baseline's full run).
@@ -26,7 +27,9 @@ continues from its ``last.pt`` (``hqm train --resume auto``). ``--deadline-min``
 and interrupts running ones (they save ``last.pt``) after that many minutes, then reports.
 ``--jobs N`` trains N runs at once (a GPU has room for several small ones; on a 2-core CPU use 1).
 The CSV, table and plot cover every run folder in ``OUT/runs``, this call's and earlier calls' (one
-study per OUT: its runs should share the recipe, data and size).
+study per OUT: its runs should share the recipe, data and size), each run's strategy and epochs read
+from its own ``config.yaml``; a folder or ``results.csv`` line that cannot be read is left out with
+one line.
 
     .venv/bin/python benchmarks/convergence.py                              # 3 seeds, CPU: hours
     .venv/bin/python benchmarks/convergence.py --seeds 1 --epochs 2 --strategies none ajl --short ''
@@ -163,36 +166,80 @@ def plan(args, out: Path, base: list[str]) -> list[Run]:
     return runs
 
 
+def order_key(run: Run) -> tuple:
+    """The strategies in their usual order, then the other variants by name; seeds ascending."""
+    order = {name: i for i, name in enumerate(STRATEGIES)}
+    return (order.get(run.variant, len(order)), run.variant, run.seed)
+
+
 def discover(out: Path) -> list[Run]:
     """Every run folder ``OUT/runs/<variant>-s<seed>`` that holds a ``config.yaml``, whichever call
-    planned it: the tables and the plot cover the whole study in OUT, not only this call's variants.
-    Its strategy and length come from that config (the run's own record of what it trained)."""
+    planned it; its strategy and length come from that config (the run's own record of what it
+    trained). A folder with a config.yaml that is not named so, or whose config cannot be read, is
+    skipped with one line."""
     import yaml
 
     runs = []
-    for d in sorted((out / "runs").glob("*-s*")):
+    for cfg_path in sorted((out / "runs").glob("*/config.yaml")):
+        d = cfg_path.parent
         m = re.fullmatch(r"(.+)-s(\d+)", d.name)
-        cfg_path = d / "config.yaml"
-        if not (m and d.is_dir() and cfg_path.is_file()):
+        if not m:
+            print(f"[convergence] skipped {d}: not named <variant>-s<seed>", flush=True)
             continue
         try:
-            cfg = yaml.safe_load(cfg_path.read_text()) or {}
-            strategy = cfg["mining"]["strategy"]
+            cfg = yaml.safe_load(cfg_path.read_text())
+            strategy = str(cfg["mining"]["strategy"])
             epochs = int(cfg["train"]["epochs"])
-        except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-            print(f"[convergence] skipped {d}: unreadable config.yaml ({e})", flush=True)
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" (line {where.line + 1})" if where is not None else ""
+            print(f"[convergence] skipped {d}: its config.yaml is not valid YAML{at}", flush=True)
+            continue
+        except (KeyError, TypeError, ValueError):
+            print(
+                f"[convergence] skipped {d}: its config.yaml has no mining.strategy / train.epochs",
+                flush=True,
+            )
             continue
         runs.append(Run(m.group(1), int(m.group(2)), epochs, [f"mining.strategy={strategy}"], d))
-    order = {name: i for i, name in enumerate(STRATEGIES)}  # the strategies first, in their usual order
-    return sorted(runs, key=lambda r: (order.get(r.variant, len(order)), r.variant, r.seed))
+    return sorted(runs, key=order_key)
 
 
-def read_rows(run: Run) -> list[dict]:
+def read_rows(run: Run, quiet: bool = False) -> list[dict]:
+    """The run's evaluations from its ``results.csv``: epoch, step (int) and the metrics present
+    (fractions). A row with fewer fields than the header or without a numeric epoch, step and finite
+    ``mAP_full`` (a line being written while the run trains, a damaged file) is left out, with one line
+    unless ``quiet``."""
     path = run.dir / "results.csv"
     if not path.is_file():
         return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    rows = []
+    with open(path, newline="") as f:
+        for n, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                if None in row.values():  # fewer fields than the header: a line cut short
+                    raise ValueError("incomplete line")
+                rec = {"epoch": int(row["epoch"]), "step": int(row["step"])}
+                full = float(row["mAP_full"])
+                if not math.isfinite(full):
+                    raise ValueError(row["mAP_full"])
+            except (KeyError, TypeError, ValueError):
+                if not quiet:
+                    print(
+                        f"[convergence] {path} line {n}: incomplete, or no numeric epoch / step / "
+                        "mAP_full; left out",
+                        flush=True,
+                    )
+                continue
+            for k in METRICS:
+                try:
+                    v = float(row.get(k) or "nan")
+                except ValueError:
+                    v = math.nan
+                if math.isfinite(v):
+                    rec[k] = v
+            rows.append(rec)
+    return rows
 
 
 def step_time(run: Run) -> float | None:
@@ -231,7 +278,7 @@ def launch(run: Run, config: str, threads: int) -> None:
 
 def progress_line(runs: list[Run], steps_per_epoch: int, t0: float) -> str:
     total = sum(r.epochs for r in runs) * steps_per_epoch
-    done = sum(int(rows[-1]["step"]) if (rows := read_rows(r)) else 0 for r in runs)
+    done = sum(rows[-1]["step"] if (rows := read_rows(r, quiet=True)) else 0 for r in runs)
     n_done = sum(finished(r) for r in runs)
     running = sum(r.proc is not None and r.proc.poll() is None for r in runs)
     el = time.time() - t0
@@ -298,8 +345,8 @@ def collect(runs: list[Run], out: Path) -> list[dict]:
                 "epochs": r.epochs,
                 "final": final,
             }
-            rec["epoch"], rec["step"] = int(row["epoch"]), int(row["step"])
-            rec.update({k: round(100 * float(row[k]), 3) for k in METRICS if k in row})
+            rec["epoch"], rec["step"] = row["epoch"], row["step"]
+            rec.update({k: round(100 * row[k], 3) for k in METRICS if k in row})
             rec["step_time_s"] = round(st, 4) if st is not None else ""
             rows.append(rec)
     with open(out / "convergence.csv", "w", newline="") as f:
@@ -326,19 +373,35 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
-def report(rows: list[dict], out: Path, header: str) -> str:
+def unfinished_counts(runs: list[Run]) -> dict[str, int]:
+    """variant -> its runs without the finished marker (training, stopped or not started)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        if not finished(r):
+            counts[r.variant] = counts.get(r.variant, 0) + 1
+    return counts
+
+
+def report(rows: list[dict], runs: list[Run], out: Path, header: str) -> str:
+    """``convergence.md``: per variant of ``runs`` (in their order) the mean +- std over its finished
+    seeds, and the paired comparison with ``none``."""
     from scipy import stats
 
     finals = final_rows(rows)
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    lines = [header, "", "| variant | seeds | Full | Rare | Non-rare | mean max recall | step (s) |"]
-    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    epochs = {r.variant: r.epochs for r in runs}
+    open_runs = unfinished_counts(runs)
+    lines = [header, "", "| variant | epochs | seeds | Full | Rare | Non-rare | mean max recall | step (s) |"]
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for v in variants:
         f = finals.get(v, {})
-        cells = [mean_std([r[k] for r in f.values()]) for k in METRICS]
+        cells = [mean_std([r[k] for r in f.values() if k in r]) for k in METRICS]
         st = [r["step_time_s"] for r in f.values() if r["step_time_s"] != ""]
+        seeds = f"{len(f)}" + (f" (+{open_runs[v]} unfinished)" if open_runs.get(v) else "")
         lines.append(
-            f"| {v} | {len(f)} | " + " | ".join(cells) + f" | {statistics.median(st) if st else '-'} |"
+            f"| {v} | {epochs[v]} | {seeds} | "
+            + " | ".join(cells)
+            + f" | {statistics.median(st) if st else '-'} |"
         )
     base = finals.get("none", {})
     lines += ["", "Paired with `none` (same seeds; Full mAP difference in points):", ""]
@@ -362,7 +425,9 @@ def report(rows: list[dict], out: Path, header: str) -> str:
     return text
 
 
-def plot(rows: list[dict], out: Path) -> Path | None:
+def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) -> Path | None:
+    """``convergence.png``: Full mAP against step per variant (``unfinished``: variants with runs
+    still to finish, so marked in the legend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,13 +447,14 @@ def plot(rows: list[dict], out: Path) -> Path | None:
             mean,
             marker="o",
             ms=3,
-            label=f"{v} (n={max(len(steps[x]) for x in xs)})",
+            label=f"{v} (n={max(len(steps[x]) for x in xs)}"
+            + (", unfinished)" if (unfinished or {}).get(v) else ")"),
             ls="--" if v.endswith("ep") else "-",
         )
         ax.fill_between(xs, [min(steps[x]) for x in xs], [max(steps[x]) for x in xs], alpha=0.15)
     ax.set_xlabel("training step")
     ax.set_ylabel("Full mAP (%)")
-    ax.set_title("Convergence on the synthetic benchmark (mean over seeds; band: min-max)")
+    ax.set_title("Full mAP against training step (mean over seeds; band: min-max)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -468,15 +534,14 @@ def main() -> None:
         n_train = len(json.loads(split_paths("synthetic", data, "train")[1].read_text()))
         steps_per_epoch = n_train // cfg.train.batch_size
         execute(runs, args, config, steps_per_epoch)
-    planned = {r.name for r in runs}
-    rows = collect(runs + [r for r in discover(out) if r.name not in planned], out)
+    every = discover(out)  # the whole study in OUT: this call's runs and earlier calls' ones
+    rows = collect(every, out)
     header = (
-        f"Study in {out}: {Path(config).stem} on the synthetic preset '{args.preset}' at {args.size} px, "
-        f"{args.epochs} epochs (a `-Nep` variant: N), device {args.device}; final evaluation of each "
-        f"completed run in {out / 'runs'}, this call's and earlier ones' (mean ± std over seeds, %)."
+        f"Study in {out}: every run folder in {out / 'runs'} (each run's strategy and epochs from its "
+        f"config.yaml); final evaluation of each finished run, mean ± std over its seeds (%)."
     )
-    print(report(rows, out, header))
-    png = plot(rows, out)
+    print(report(rows, every, out, header))
+    png = plot(rows, out, unfinished_counts(every))
     print(f"[convergence] {out / 'convergence.csv'}, {out / 'convergence.md'}" + (f", {png}" if png else ""))
 
 

@@ -36,17 +36,17 @@ def _run_folder(out: Path, name: str, strategy: str, epochs: int, full: list[flo
         (d / "study_run_finished").write_text("")
 
 
-def test_report_gathers_every_run_folder(tmp_path):
+def test_report_gathers_every_run_folder(tmp_path, capsys):
     conv = _script()
-    _run_folder(tmp_path, "none-s42", "none", 2, [0.1, 0.2], True)
+    _run_folder(tmp_path, "ajl-s42", "ajl", 2, [0.1, 0.25], True)
     _run_folder(tmp_path, "none-s43", "none", 2, [0.1, 0.3], True)
-    _run_folder(tmp_path, "ajl-s42", "ajl", 2, [0.1, 0.25], True)  # an earlier call's strategy
+    _run_folder(tmp_path, "none-s42", "none", 2, [0.1, 0.2], True)
     _run_folder(tmp_path, "ajl-1ep-s42", "ajl", 1, [0.05], False)  # still training
     (tmp_path / "runs" / "gbs-s42").mkdir()  # launched, no config yet: not a run
     (tmp_path / "runs" / "none-s42.log").write_text("")
     found = conv.discover(tmp_path)
     assert [(r.variant, r.seed, r.strategy, r.epochs) for r in found] == [
-        ("none", 42, "none", 2),
+        ("none", 42, "none", 2),  # the strategies first, in their usual order
         ("none", 43, "none", 2),
         ("ajl", 42, "ajl", 2),
         ("ajl-1ep", 42, "ajl", 1),
@@ -54,8 +54,31 @@ def test_report_gathers_every_run_folder(tmp_path):
     rows = conv.collect(found, tmp_path)
     with open(tmp_path / "convergence.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows) == 7
-    table = conv.report(rows, tmp_path, "header")
-    assert "| none | 2 | 25.00 ± 7.07 |" in table
-    assert "| ajl | 1 | 25.00 ± 0.00 |" in table
-    assert "| ajl-1ep | 0 |" in table  # unfinished: no final row
+    table = conv.report(rows, found, tmp_path, "header")
+    assert "| none | 2 | 2 | 25.00 ± 7.07 |" in table
+    assert "| ajl | 2 | 1 | 25.00 ± 0.00 |" in table
+    assert "| ajl-1ep | 1 | 0 (+1 unfinished) | - |" in table
     assert "| ajl | 1 | 5.00 ± 0.00 | 1/1 |" in table  # paired with none at seed 42: 25 - 20
+    assert capsys.readouterr().out == ""
+
+
+def test_bad_run_folders_and_rows_are_left_out_with_one_line(tmp_path, capsys):
+    conv = _script()
+    _run_folder(tmp_path, "none-s42", "none", 3, [0.1, 0.2, 0.3], True)
+    results = tmp_path / "runs" / "none-s42" / "results.csv"
+    lines = results.read_text().splitlines()
+    lines[2] = "2,500,nan,0.0,nan,0.5"  # a non-finite mAP
+    results.write_text("\n".join(lines) + "\n8,2000,0.1")  # a line still being written
+    for name, text in [("gbs-s42", ""), ("amm-s42", "mining: [unclosed"), ("foo", "train: {epochs: 1}")]:
+        (tmp_path / "runs" / name).mkdir()
+        (tmp_path / "runs" / name / "config.yaml").write_text(text)
+    found = conv.discover(tmp_path)
+    assert [r.name for r in found] == ["none-s42"]
+    rows = conv.read_rows(found[0])
+    assert [(r["epoch"], r["mAP_full"]) for r in rows] == [(1, 0.1), (3, 0.3)]
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 5
+    assert any("gbs-s42: its config.yaml has no mining.strategy / train.epochs" in o for o in out)
+    assert any("amm-s42: its config.yaml is not valid YAML (line 1)" in o for o in out)
+    assert any("foo: not named <variant>-s<seed>" in o for o in out)
+    assert sum("results.csv line" in o and "left out" in o for o in out) == 2
