@@ -401,7 +401,7 @@ def report(rows: list[dict], runs: list[Run], out: Path, header: str) -> str:
         lines.append(
             f"| {v} | {epochs[v]} | {seeds} | "
             + " | ".join(cells)
-            + f" | {statistics.median(st) if st else '-'} |"
+            + f" | {f'{statistics.median(st):.3f}' if st else '-'} |"
         )
     base = finals.get("none", {})
     lines += ["", "Paired with `none` (same seeds; Full mAP difference in points):", ""]
