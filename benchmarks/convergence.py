@@ -337,7 +337,9 @@ def collect(runs: list[Run], out: Path) -> list[dict]:
         st = step_time(r)
         results = read_rows(r)
         for i, row in enumerate(results):
-            final = int(finished(r) and i == len(results) - 1)
+            # the final evaluation is the last epoch's: a finished run whose last line was left out
+            # (read_rows) has no final row rather than an earlier epoch's passed off as final
+            final = int(finished(r) and i == len(results) - 1 and row["epoch"] == r.epochs)
             rec = {
                 "variant": r.variant,
                 "strategy": r.strategy,

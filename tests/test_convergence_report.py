@@ -82,3 +82,5 @@ def test_bad_run_folders_and_rows_are_left_out_with_one_line(tmp_path, capsys):
     assert any("amm-s42: its config.yaml is not valid YAML (line 1)" in o for o in out)
     assert any("foo: not named <variant>-s<seed>" in o for o in out)
     assert sum("results.csv line" in o and "left out" in o for o in out) == 2
+    results.write_text("\n".join(lines[:3]))  # the last epoch's line lost: no final row
+    assert not any(row["final"] for row in conv.collect(found, tmp_path))
