@@ -130,6 +130,9 @@ class DataConfig:
     synth_preset: str = "default"
     # synthetic only: train on fresh generated images every epoch (hqm.data.synthetic_stream)
     synth_stream: bool = False
+    # repeat-factor sampling of rare HOI classes (LVIS; hqm.data.repeat_factors): an HOI class in a
+    # fraction f < t of the training images repeats its images by up to sqrt(t / f); 0 = off
+    repeat_threshold: float = 0.0
 
 
 @dataclass
@@ -508,6 +511,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.crop_max": (lambda v: v >= 1, ">= 1 (pixels)"),
     "data.test_scale": (lambda v: v >= 1, ">= 1 (pixels)"),
     "data.color_jitter": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "data.repeat_threshold": (lambda v: 0.0 <= v <= 1.0, "in [0, 1] (0: off)"),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.max_steps": (lambda v: v >= 0, ">= 0 (0: no limit)"),
     "train.batch_size": (lambda v: v >= 1, ">= 1"),
@@ -567,6 +571,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={value!r} is out of range: it must be {allowed}")
     if not _DEVICE.match(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if cfg.data.repeat_threshold > 0 and cfg.data.synth_stream:
+        raise ConfigError(
+            "data.repeat_threshold repeats images of the fixed training split, but data.synth_stream=true "
+            "draws new ones every epoch: set one of them off"
+        )
     m = cfg.model
     if m.hidden_dim % m.nheads:
         raise ConfigError(

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from hqm.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from hqm.data import build_dataset, check_synthetic_preset, collate_fn, ensure_synthetic
 from hqm.data.dataset import collate_size_grouped, pair_class_counts
+from hqm.data.repeat_factors import repeat_factors
 from hqm.detectors import build_criterion, build_model
 from hqm.device import resolve_device
 from hqm.distributed import (
@@ -226,7 +227,17 @@ class Trainer:
             f"{len(self.eval_setup.dataset)} {cfg.eval.split} images, {self.meta.num_obj_classes} "
             f"objects, {self.meta.num_verb_classes} verbs"
         )
-        self.sampler = EpochSampler(len(self.train_set), cfg.train.seed, True, self.rank, self.world)
+        factors = None
+        if cfg.data.repeat_threshold > 0:
+            factors = repeat_factors(self.train_set.annotations, cfg.data.repeat_threshold)
+            LOGGER.info(
+                f"data.repeat_threshold={cfg.data.repeat_threshold}: {int((factors > 1).sum())} of "
+                f"{len(factors)} training images repeated (factor up to {factors.max():.2f}), "
+                f"{factors.sum() / len(factors):.3f}x the images per epoch before keeping {len(factors)}"
+            )
+        self.sampler = EpochSampler(
+            len(self.train_set), cfg.train.seed, True, self.rank, self.world, repeat_factors=factors
+        )
         per_step = cfg.train.batch_size * cfg.train.accumulate
         if self.sampler.num_local < per_step:  # not even one step per epoch: nothing would train
             raise ConfigError(
