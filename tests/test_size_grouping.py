@@ -31,6 +31,7 @@ def _trainer(root, out, *extra):
         "train.amp=off",
         "train.batch_size=2",
         "train.size_divisibility=16",
+        "data.repeat_threshold=0",  # every image once per epoch (repeat factors: test_repeat_factors.py)
         *extra,
     ]
     return Trainer(load_config("qpic_r18_synthetic", overrides))
