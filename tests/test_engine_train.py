@@ -77,6 +77,56 @@ def test_bf16_autocast_on_cpu(tiny_root, tmp_path):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_takes_bf16_only_where_the_device_runs_it_natively(native, monkeypatch, caplog):
+    """train.amp=auto: bf16 on an AVX-512 CPU / bf16 GPU, float32 on an AVX2-only CPU, where oneDNN's
+    bf16 fallback made the demo's step 9x slower (README, "Mixed precision, compile"); said once."""
+    import hqm.device as dev
+
+    monkeypatch.setattr(dev, "native_bf16", lambda device: native)
+    dev._announce.cache_clear()
+    cpu = torch.device("cpu")
+    with caplog.at_level("INFO", logger="hqm"):
+        assert dev.resolve_amp("auto", cpu) == ("bf16" if native else "off")
+        assert dev.resolve_amp("auto", cpu) == ("bf16" if native else "off")
+    said = [r.getMessage() for r in caplog.records if "train.amp=auto" in r.getMessage()]
+    assert said == [
+        f"train.amp=auto: {'bf16 autocast' if native else 'float32'} (this cpu "
+        f"{'has' if native else 'has no'} native bf16 kernels)"
+    ]
+    # explicit settings are kept; an explicit bf16 without native kernels is warned about, once
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hqm"):
+        assert [dev.resolve_amp(a, cpu) for a in ("off", "fp16", "bf16", "bf16")] == [
+            "off",
+            "fp16",
+            "bf16",
+            "bf16",
+        ]
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "train.amp=bf16" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)
+    dev._announce.cache_clear()
+
+
+def test_amp_auto_trains_with_the_resolved_autocast(tiny_root, tmp_path, monkeypatch):
+    """The trainer and its evaluation use the resolved setting: float32 activations when auto says off,
+    bf16 ones when it says bf16 (a forward hook on the verb head sees the dtype)."""
+    import hqm.device as dev
+
+    for native, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(dev, "native_bf16", lambda device, native=native: native)
+        cfg = exact_cfg(
+            tiny_root, tmp_path / f"auto{native}", "train.amp=auto", "train.max_steps=1", "train.batch_size=2"
+        )
+        trainer = Trainer(cfg)
+        assert trainer.amp == ("bf16" if native else "off")
+        seen = []
+        head = trainer.model.verb_class_embed
+        head.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        trainer.train_one_epoch()
+        assert trainer.step == 1 and seen and set(seen) == {dtype}
+
+
 def test_step_checkpoints_keep_last_and_resume_helpers(tiny_root, tmp_path):
     out = tmp_path / "run"
     Trainer(

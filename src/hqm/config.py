@@ -149,7 +149,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # cosine: final lr / lr
     clip_max_norm: float = 0.1
     accumulate: int = 1
-    amp: str = "off"  # off | bf16 | fp16
+    # off | bf16 | fp16 | auto (bf16 where the device runs it natively, else off: hqm.device.resolve_amp)
+    amp: str = "off"
     compile: bool = False
     deterministic: bool = False
     seed: int = 42
@@ -457,7 +458,7 @@ _CHOICES = {
     "model.train_backbone_from": ("conv1", "layer1", "layer2", "layer3", "layer4", "none"),
     "data.dataset": ("hico_det", "vcoco", "hoia", "synthetic"),
     "data.on_bad_record": ("error", "skip"),
-    "train.amp": ("off", "bf16", "fp16"),
+    "train.amp": ("off", "bf16", "fp16", "auto"),
     "train.lr_schedule": ("step", "cosine"),
     "train.on_nonfinite": ("skip", "stop"),
     "eval.mode": ("default", "ko"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
+from hqm.device import resolve_amp
 from hqm.engine.logging import LOGGER
 from hqm.engine.signals import ignore_stop_signals
 from hqm.progress import track
@@ -17,6 +18,8 @@ PRIMARY_METRIC = {"hico_det": "mAP_full", "synthetic": "mAP_full", "vcoco": "AP_
 
 
 def autocast_context(device: torch.device, amp: str):
+    """``train.amp`` (off | bf16 | fp16 | auto: ``hqm.device.resolve_amp``) -> the autocast context."""
+    amp = resolve_amp(amp, device)
     if amp == "off":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16

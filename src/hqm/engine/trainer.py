@@ -44,7 +44,7 @@ from hqm.data import build_dataset, check_synthetic_preset, collate_fn, ensure_s
 from hqm.data.dataset import collate_size_grouped, pair_class_counts
 from hqm.data.repeat_factors import repeat_factors
 from hqm.detectors import build_criterion, build_model
-from hqm.device import resolve_device
+from hqm.device import resolve_amp, resolve_device
 from hqm.distributed import (
     all_gather_object,
     all_reduce_sum,
@@ -289,7 +289,8 @@ class Trainer:
         self.lr_schedule = build_lr_schedule(cfg.train, self.steps_per_epoch)
         # the configured lrs, not the ones a resumed optimiser state carries: the schedule applies them
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.amp = resolve_amp(cfg.train.amp, self.device)  # train.amp=auto -> bf16 or off on this device
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.train_model = self.model
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         if self.distributed:
@@ -602,7 +603,7 @@ class Trainer:
             last = i == len(window) - 1
             sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
-                with autocast_context(self.device, cfg.train.amp):
+                with autocast_context(self.device, self.amp):
                     outputs = self.train_model(images, masks, targets, mining=active)
                 with torch.autocast(self.device.type, enabled=False):  # matcher and losses in fp32
                     loss, terms = self.criterion(
@@ -655,7 +656,7 @@ class Trainer:
             metrics, _ = ev.run(
                 self.model,
                 self.device,
-                self.cfg.train.amp,
+                self.amp,
                 self.cfg.eval.batching,
                 show_progress=self.main,
                 should_stop=lambda: self.stop.requested() is not None,
