@@ -126,13 +126,33 @@ def time_setting(spec: dict) -> list[dict]:
     return rows
 
 
+def default_precisions(device: str) -> list[str]:
+    """fp32 and bf16, or fp32 alone (said on stderr) where bf16 would run on a slow fallback path
+    (an AVX2-only CPU: about 100x slower matmuls; ``hqm.device.native_bf16``)."""
+    from hqm.device import native_bf16, resolve_device
+
+    if native_bf16(resolve_device(device)):
+        return ["fp32", "bf16"]
+    print(
+        f"bf16 left out: {device} has no native bf16 kernels (--precisions bf16 times it anyway)",
+        file=sys.stderr,
+    )
+    return ["fp32"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--detectors", nargs="+", default=list(detector_names()))
     ap.add_argument("--sizes", nargs="+", type=int, default=[512, 800], choices=sorted(SIZES))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="default: fp32 and bf16, fp32 only where the device has no native bf16 kernels",
+    )
     ap.add_argument("--warmup", type=int, default=0, help="untimed batches (default: 1 on CPU, 5 on CUDA)")
     ap.add_argument("--iters", type=int, default=0, help="timed batches (default: 3 on CPU, 20 on CUDA)")
     ap.add_argument("--quick", action="store_true", help="512 px, batch 1, fp32 only")
@@ -147,6 +167,8 @@ def main() -> None:
     iters = args.iters or (20 if cuda else 3)
     if args.quick:
         args.sizes, args.batches, args.precisions = [512], [1], ["fp32"]
+    if args.precisions is None:
+        args.precisions = default_precisions(args.device)
     settings = []
     for det in args.detectors:
         for mining in ("none", "ajl"):

@@ -149,7 +149,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
-        "--modes", default="fp32,bf16", help="comma list: fp32,bf16,fp16,compile,cl,bf16-cl,released"
+        "--modes",
+        default=None,
+        help="comma list: fp32,bf16,fp16,compile,cl,bf16-cl,released (default: fp32,bf16, or fp32 alone "
+        "where the device has no native bf16 kernels)",
     )
     p.add_argument("--qpic-root", help="checkout of hitachi-rd-cv/qpic, for mode 'released'")
     p.add_argument(
@@ -174,6 +177,14 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    if args.modes is None:
+        from hqm.device import native_bf16, resolve_device
+
+        args.modes = "fp32,bf16" if native_bf16(resolve_device(args.device)) else "fp32"
+        if args.modes == "fp32":
+            print(
+                f"bf16 left out: {args.device} has no native bf16 kernels (--modes fp32,bf16 times it anyway)"
+            )
     modes = args.modes.split(",")
     results: dict[str, dict] = {m: {"times": [], "cpu": [], "peak_mb": 0.0} for m in modes}
     for _ in range(args.repeat):  # interleaved, so a load change on the machine hits every mode alike

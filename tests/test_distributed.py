@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -81,7 +82,11 @@ def torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProce
     return proc
 
 
+@pytest.mark.slow
 def test_torchrun_cli_with_ajl_mining_and_distributed_eval(tiny_root, tmp_path, capsys):
+    """Two torchrun launches of two ranks each: 34 s of the default run on a 2-core AVX2 machine
+    (six interpreters importing torch); test_two_gloo_ranks_equal_one_process keeps DDP training and
+    test_eval_io's two-rank gather keeps distributed evaluation in the default run."""
     from hqm.cli import main
 
     out = tmp_path / "ajl"

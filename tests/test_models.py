@@ -233,7 +233,7 @@ def test_criterion_decreases_with_training(detector_cfg, batch):
     crit = build_detector_criterion(detector_cfg, NUM_OBJ)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     first = None
-    for _ in range(40):
+    for _ in range(30):  # loss ratio after 30 steps: qpic 0.41, cdn 0.44, hotr 0.65
         loss, _ = crit(model(images, masks), targets)
         first = first if first is not None else loss.item()
         opt.zero_grad()
