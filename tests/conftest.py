@@ -62,6 +62,13 @@ TINY_DATA_64 = [
 ]
 
 
+def tiny_demo_cfg(root, out, *extra: str) -> Config:
+    """The demo config (qpic_r18_synthetic) on the tiny benchmark at ``root``, writing to ``out``:
+    fp32, batch 2, plus ``extra`` overrides."""
+    overrides = [f"data.root={root}", f"train.output_dir={out}", "train.amp=off", "train.batch_size=2"]
+    return load_config("qpic_r18_synthetic", TINY_OVERRIDES + overrides + list(extra))
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
     """The tiny synthetic benchmark, generated once per test session (read-only for tests)."""

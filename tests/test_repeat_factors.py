@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from conftest import tiny_demo_cfg
 from hqm.config import ConfigError, load_config
 from hqm.data.repeat_factors import repeat_factors
 from hqm.engine.sampling import EpochSampler, SeededDataset
@@ -112,14 +112,7 @@ def test_each_copy_is_augmented_on_its_own_and_copy_zero_as_before():
 
 
 def _trainer(root, out, *extra):
-    overrides = TINY_OVERRIDES + [
-        f"data.root={root}",
-        f"train.output_dir={out}",
-        "train.amp=off",
-        "train.batch_size=2",
-        *extra,
-    ]
-    return Trainer(load_config("qpic_r18_synthetic", overrides))
+    return Trainer(tiny_demo_cfg(root, out, *extra))
 
 
 @pytest.mark.parametrize("grouping", [1, 4])

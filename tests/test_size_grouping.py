@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from conftest import tiny_demo_cfg
 from hqm.config import ConfigError, load_config
 from hqm.data.batching import size_grouped_batches
 from hqm.engine.trainer import Trainer
@@ -25,16 +25,8 @@ def test_pool_is_cut_by_padded_height_then_width_and_the_remainder_dropped():
 
 
 def _trainer(root, out, *extra):
-    overrides = TINY_OVERRIDES + [
-        f"data.root={root}",
-        f"train.output_dir={out}",
-        "train.amp=off",
-        "train.batch_size=2",
-        "train.size_divisibility=16",
-        "data.repeat_threshold=0",  # every image once per epoch (repeat factors: test_repeat_factors.py)
-        *extra,
-    ]
-    return Trainer(load_config("qpic_r18_synthetic", overrides))
+    # data.repeat_threshold=0: every image once per epoch (repeat factors: test_repeat_factors.py)
+    return Trainer(tiny_demo_cfg(root, out, "train.size_divisibility=16", "data.repeat_threshold=0", *extra))
 
 
 def _names(batch) -> list[str]:
