@@ -1,7 +1,8 @@
 """Inference speed of every registered detector: per-image latency, images/s and peak memory.
 
 For each detector (its paper config, ``<detector>_r50_hico.yaml``, CDN-S for CDN: R50, HICO-DET's 80
-objects and 117 verbs, random weights: speed does not depend on them), precision (fp32, bf16 autocast), input
+objects and 117 verbs, random weights: speed does not depend on them),
+precision (fp32, bf16 autocast; bf16 only when asked for on a CPU without native bf16), input
 size (short side 512 and 800 px of a 4:3 image: 512 x 683, 800 x 1067, unpadded) and batch size (1,
 8), a fresh process times what ``hqm predict`` / evaluation run per batch: ``model(images, masks)``
 then the detector's post-processor (top-100 triplets per image, boxes back to the original size),
@@ -134,7 +135,8 @@ def default_precisions(device: str) -> list[str]:
     if native_bf16(resolve_device(device)):
         return ["fp32", "bf16"]
     print(
-        f"bf16 left out: {device} has no native bf16 kernels (--precisions bf16 times it anyway)",
+        f"bf16 left out: {resolve_device(device)} has no native bf16 kernels "
+        "(--precisions bf16 times it anyway)",
         file=sys.stderr,
     )
     return ["fp32"]
@@ -153,8 +155,8 @@ def main() -> None:
         choices=["fp32", "bf16"],
         help="default: fp32 and bf16, fp32 only where the device has no native bf16 kernels",
     )
-    ap.add_argument("--warmup", type=int, default=0, help="untimed batches (default: 1 on CPU, 5 on CUDA)")
-    ap.add_argument("--iters", type=int, default=0, help="timed batches (default: 3 on CPU, 20 on CUDA)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed batches (default: 1 on CPU, 5 on CUDA)")
+    ap.add_argument("--iters", type=int, default=None, help="timed batches (default: 3 on CPU, 20 on CUDA)")
     ap.add_argument("--quick", action="store_true", help="512 px, batch 1, fp32 only")
     ap.add_argument("--json", default="", help="also write the rows to this JSON file")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -163,8 +165,10 @@ def main() -> None:
         print(json.dumps(time_setting(json.loads(args.worker))))
         return
     cuda = args.device.startswith("cuda")
-    warmup = args.warmup or (5 if cuda else 1)
-    iters = args.iters or (20 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    iters = args.iters if args.iters is not None else (20 if cuda else 3)
+    if iters < 1 or warmup < 0:
+        sys.exit(f"--iters must be >= 1 and --warmup >= 0 (got {iters}, {warmup})")
     if args.quick:
         args.sizes, args.batches, args.precisions = [512], [1], ["fp32"]
     if args.precisions is None:
@@ -192,7 +196,10 @@ def main() -> None:
     rows = []
     head = f"{'detector':<10}{'precision':<10}{'size':>6}{'batch':>6}{'median ms/img':>15}{'p90 ms/img':>12}"
     head += f"{'images/s':>10}{'peak MiB':>10}"
-    print(f"inference speed on {args.device} (torch {torch.__version__}), {warmup} + {iters} timed batches")
+    print(
+        f"inference speed on {args.device} (torch {torch.__version__}), "
+        f"{warmup} warm-up + {iters} timed batches"
+    )
     print(head)
     for spec in settings:
         res = subprocess.run(

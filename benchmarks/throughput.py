@@ -147,7 +147,11 @@ def worker(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda, cuda:N (default: cuda if available)",
+    )
     p.add_argument(
         "--modes",
         default=None,
@@ -183,7 +187,8 @@ def main() -> None:
         args.modes = "fp32,bf16" if native_bf16(resolve_device(args.device)) else "fp32"
         if args.modes == "fp32":
             print(
-                f"bf16 left out: {args.device} has no native bf16 kernels (--modes fp32,bf16 times it anyway)"
+                f"bf16 left out: {resolve_device(args.device)} has no native bf16 kernels "
+                "(--modes fp32,bf16 times it anyway)"
             )
     modes = args.modes.split(",")
     results: dict[str, dict] = {m: {"times": [], "cpu": [], "peak_mb": 0.0} for m in modes}

@@ -91,7 +91,7 @@ def test_amp_auto_takes_bf16_only_where_the_device_runs_it_natively(native, monk
         assert dev.resolve_amp("auto", cpu) == ("bf16" if native else "off")
     said = [r.getMessage() for r in caplog.records if "train.amp=auto" in r.getMessage()]
     assert said == [
-        f"train.amp=auto: {'bf16 autocast' if native else 'float32'} (this cpu "
+        f"train.amp=auto: {'bf16 autocast' if native else 'float32'} (this CPU "
         f"{'has' if native else 'has no'} native bf16 kernels)"
     ]
     # explicit settings are kept; an explicit bf16 without native kernels is warned about, once

@@ -137,7 +137,7 @@ def test_training_keeps_its_steps_and_a_resumed_epoch_its_batches(tiny_root, tmp
         (["data.repeat_threshold=1.5"], "data.repeat_threshold"),
         (
             ["data.repeat_threshold=0.01", "data.dataset=synthetic", "data.synth_stream=true"],
-            "data.synth_stream",
+            "add data.repeat_threshold=0 to train on the stream, or data.synth_stream=false",
         ),
     ],
 )

@@ -574,8 +574,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     if cfg.data.repeat_threshold > 0 and cfg.data.synth_stream:
         raise ConfigError(
-            "data.repeat_threshold repeats images of the fixed training split, but data.synth_stream=true "
-            "draws new ones every epoch: set one of them off"
+            f"data.repeat_threshold={cfg.data.repeat_threshold} repeats images of the fixed training split, "
+            "but data.synth_stream=true draws new ones every epoch: add data.repeat_threshold=0 to train on "
+            "the stream, or data.synth_stream=false"
         )
     m = cfg.model
     if m.hidden_dim % m.nheads:

@@ -66,6 +66,9 @@ def native_bf16(device: torch.device) -> bool:
         return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX", "AVX2")
 
 
+_KIND = {"cpu": "CPU", "cuda": "GPU", "mps": "MPS device"}
+
+
 @functools.cache
 def _announce(message: str, warn: bool) -> None:
     (LOGGER.warning if warn else LOGGER.info)(message)
@@ -84,15 +87,15 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         why = "has" if resolved == "bf16" else "has no"
         _announce(
             f"train.amp=auto: {'bf16 autocast' if resolved == 'bf16' else 'float32'} "
-            f"(this {device.type} {why} native bf16 kernels)",
+            f"(this {_KIND.get(device.type, device.type)} {why} native bf16 kernels)",
             warn=False,
         )
         return resolved
     if amp == "bf16" and device.type == "cpu" and not native_bf16(device):
         _announce(
-            "train.amp=bf16 on a CPU without native bf16 kernels "
-            f"({torch.backends.cpu.get_cpu_capability()}): "
-            "bf16 runs many times slower than float32 here; train.amp=auto or off trains in float32",
+            "warning: train.amp=bf16 on a CPU without native bf16 kernels "
+            f"({torch.backends.cpu.get_cpu_capability()}): bf16 runs many times slower than float32 "
+            "here; the override train.amp=auto or train.amp=off (also for hqm eval CKPT) runs in float32",
             warn=True,
         )
     return amp
