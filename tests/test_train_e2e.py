@@ -53,6 +53,8 @@ def test_two_step_run_writes_run_files(tiny_root, tmp_path, capsys):
     assert ckpt["step"] == 2 and {"model", "optimizer", "scheduler", "config", "meta", "rng"} <= set(ckpt)
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in events].count("train") == 2 and events[-1]["kind"] == "eval"
+    # stopped by train.max_steps inside the first epoch: evaluated in it, not "after epoch 0"
+    assert "evaluation in epoch 1 (step 2)" in (out / "log.txt").read_text()
 
     # hqm eval on the checkpoint reproduces the training run's final evaluation
     preds_file = tmp_path / "preds.json"

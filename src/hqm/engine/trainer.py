@@ -661,9 +661,11 @@ class Trainer:
                 show_progress=self.main,
                 should_stop=lambda: self.stop.requested() is not None,
             )
+        # a run stopped by train.max_steps inside an epoch is evaluated in that epoch, not after it
+        when = f"after epoch {self.epoch}" if self.step_in_epoch == 0 else f"in epoch {self.epoch + 1}"
         if metrics is None:  # stopped between batches: the epoch's last.pt is written, eval_due in it
-            self._interrupt(f"during the evaluation after epoch {self.epoch} (it runs again on resume)")
-        LOGGER.info(f"evaluation after epoch {self.epoch} (step {self.step}):\n{format_table(metrics)}")
+            self._interrupt(f"during the evaluation {when} (it runs again on resume)")
+        LOGGER.info(f"evaluation {when} (step {self.step}):\n{format_table(metrics)}")
         self.writer.log("eval", self.step, self.epoch, metrics)
         self.writer.result(self.epoch, self.step, metrics)
         if self.main:
