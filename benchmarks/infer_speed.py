@@ -132,11 +132,11 @@ def default_precisions(device: str) -> list[str]:
     (an AVX2-only CPU: about 100x slower matmuls; ``hqm.device.native_bf16``)."""
     from hqm.device import native_bf16, resolve_device
 
-    if native_bf16(resolve_device(device)):
+    dev = resolve_device(device)
+    if native_bf16(dev):
         return ["fp32", "bf16"]
     print(
-        f"bf16 left out: {resolve_device(device)} has no native bf16 kernels "
-        "(--precisions bf16 times it anyway)",
+        f"bf16 left out: {dev} has no native bf16 kernels (--precisions bf16 times it anyway)",
         file=sys.stderr,
     )
     return ["fp32"]

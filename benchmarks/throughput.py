@@ -184,12 +184,10 @@ def main() -> None:
     if args.modes is None:
         from hqm.device import native_bf16, resolve_device
 
-        args.modes = "fp32,bf16" if native_bf16(resolve_device(args.device)) else "fp32"
+        dev = resolve_device(args.device)
+        args.modes = "fp32,bf16" if native_bf16(dev) else "fp32"
         if args.modes == "fp32":
-            print(
-                f"bf16 left out: {resolve_device(args.device)} has no native bf16 kernels "
-                "(--modes fp32,bf16 times it anyway)"
-            )
+            print(f"bf16 left out: {dev} has no native bf16 kernels (--modes fp32,bf16 times it anyway)")
     modes = args.modes.split(",")
     results: dict[str, dict] = {m: {"times": [], "cpu": [], "peak_mb": 0.0} for m in modes}
     for _ in range(args.repeat):  # interleaved, so a load change on the machine hits every mode alike

@@ -105,6 +105,12 @@ def test_amp_auto_takes_bf16_only_where_the_device_runs_it_natively(native, monk
         ]
     warned = [r for r in caplog.records if r.levelname == "WARNING" and "train.amp=bf16" in r.getMessage()]
     assert len(warned) == (0 if native else 1)
+    # hqm eval and the API pass the checkpoint's setting as it is: autocast_context resolves it
+    from hqm.engine.evaluate import autocast_context
+
+    with autocast_context(cpu, "auto"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 or not native
+        assert torch.is_autocast_enabled("cpu") == native
     dev._announce.cache_clear()
 
 

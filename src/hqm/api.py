@@ -36,7 +36,7 @@ from PIL import Image
 from torch import Tensor
 
 from hqm.data.images import ImageDecodeError, as_image
-from hqm.device import resolve_amp, resolve_device
+from hqm.device import resolve_device
 from hqm.structures import ClassMismatchError, DatasetMeta, HOIPredictions
 
 
@@ -372,11 +372,7 @@ class HOIDetector:
             )
         ev = build_eval_setup(cfg, train_ann, self.device)
         metrics, _ = ev.run(
-            self.model,
-            self.device,
-            resolve_amp(cfg.train.amp, self.device),
-            cfg.eval.batching,
-            show_progress=show_progress,
+            self.model, self.device, cfg.train.amp, cfg.eval.batching, show_progress=show_progress
         )
         torch.set_grad_enabled(True)
         return metrics

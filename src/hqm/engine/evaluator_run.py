@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from hqm.device import resolve_amp, resolve_device
+from hqm.device import resolve_device
 from hqm.distributed import barrier, cleanup, get_rank, get_world_size, init_distributed
 from hqm.engine.evaluate import build_eval_setup
 from hqm.engine.logging import LOGGER, setup_logging
@@ -99,8 +99,7 @@ def _evaluate(cfg, resolved, config, weights, state, info, local_rank, save_pred
     if model is None:  # released weights: the dataset gives the classes
         model = build_and_load(meta)
     model.to(device)
-    amp = resolve_amp(cfg.train.amp, device)
-    metrics, preds = ev.run(model, device, amp, cfg.eval.batching, show_progress=get_rank() == 0)
+    metrics, preds = ev.run(model, device, cfg.train.amp, cfg.eval.batching, show_progress=get_rank() == 0)
     if save_predictions:
         preds = gather_predictions(preds, [a.file_name for a in ev.dataset.annotations])
         if get_rank() == 0:
