@@ -14,6 +14,7 @@ TINY_OVERRIDES = [
     "model.backbone_norm=batch",
     "model.train_backbone_from=conv1",
     "model.backbone_out=layer3",
+    "model.backbone_width=16",  # a quarter-width ResNet-18: the tests exercise the wiring, not its capacity
     "model.hidden_dim=32",
     "model.nheads=4",
     "model.enc_layers=1",

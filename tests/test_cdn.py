@@ -273,7 +273,9 @@ def cdn_released_state_dict(
 
 
 def test_released_cdn_weights_load_with_a_complete_report():
-    cfg = tiny_detector_cfg("cdn", ["model.backbone_norm=frozen", "model.backbone_out=layer4"])
+    cfg = tiny_detector_cfg(
+        "cdn", ["model.backbone_norm=frozen", "model.backbone_out=layer4", "model.backbone_width=64"]
+    )
     model = build_model(cfg, NUM_OBJ, NUM_VERB)
     state = cdn_released_state_dict()
     report = load_weights(model, _save(state), detector="cdn")

@@ -128,6 +128,59 @@ def test_folded_frozen_bn_equals_module_forward(name):
         torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-4 * r.abs().max().item())
 
 
+def test_backbone_width_64_is_torchvision_resnet():
+    """The default width builds torchvision's own network: every parameter name and shape as in
+    ``torchvision.models.resnet18`` / ``resnet50`` (released checkpoints load unchanged)."""
+    import torchvision
+
+    from hqm.models.backbone import resnet
+
+    for name in ("resnet18", "resnet50"):
+        got = {k: v.shape for k, v in resnet(name, 64, torch.nn.BatchNorm2d, False).state_dict().items()}
+        ref = {k: v.shape for k, v in getattr(torchvision.models, name)().state_dict().items()}
+        assert got == ref
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "dilation", "out", "channels", "stride"),
+    [
+        ("resnet18", 32, False, "layer3", 128, 16),
+        ("resnet18", 16, False, "layer2", 32, 8),
+        ("resnet50", 32, True, "layer4", 1024, 16),
+    ],
+)
+def test_backbone_width_scales_every_stage(name, width, dilation, out, channels, stride):
+    """``model.backbone_width`` = w: stem and layer1 with w channels, doubled per stage (x4 at the
+    Bottleneck outputs), the same layer names, He fan-out initialisation, the feature stride kept."""
+    from hqm.models.backbone import Backbone
+
+    torch.manual_seed(0)
+    backbone = Backbone(name, "batch", "conv1", dilation, out, width)
+    assert backbone.num_channels == channels
+    assert backbone.body.conv1.weight.shape == (width, 3, 7, 7)
+    assert backbone.body.layer1[0].conv1.weight.shape[0] == width
+    w = backbone.body.layer1[0].conv1.weight
+    fan_out = w.shape[0] * w.shape[2] * w.shape[3]
+    assert abs(w.std().item() - (2 / fan_out) ** 0.5) < 0.1 * (2 / fan_out) ** 0.5
+    feat, mask = backbone(torch.randn(2, 3, 64, 96), torch.zeros(2, 64, 96, dtype=torch.bool))
+    assert (
+        feat.shape == (2, channels, 64 // stride, 96 // stride)
+        and mask.shape == feat.shape[:1] + feat.shape[2:]
+    )
+
+
+def test_backbone_width_is_validated_and_reaches_the_detector(tiny_cfg):
+    from hqm.config import ConfigError, load_config
+    from conftest import TINY_OVERRIDES
+
+    with pytest.raises(ConfigError, match="model.backbone_width"):
+        load_config(None, [*TINY_OVERRIDES, "model.backbone_width=0"])
+    cfg = load_config(None, [*TINY_OVERRIDES, "model.backbone_width=16"])
+    model = build_model(cfg, NUM_OBJ, NUM_VERB)
+    assert model.input_proj.in_channels == 64  # layer3 of a width-16 ResNet-18
+    assert model.backbone[0].body.conv1.weight.shape[0] == 16
+
+
 def test_seam_extra_query_group_and_attention_hook(model, batch):
     """Extra groups are decoded apart from the learnable queries; the hook returns and masks attention."""
     images, masks, _ = batch

@@ -200,4 +200,7 @@ def test_predict_with_attention_maps_gives_the_plain_predictions(tmp_path):
     (with_maps,), (maps,) = detector.predict(array, top_k=10, return_attention=True)
     assert len(plain) == len(with_maps) == len(maps) == 10
     assert torch.allclose(torch.as_tensor(plain.scores), torch.as_tensor(with_maps.scores))
-    assert torch.allclose(torch.as_tensor(plain.sub_boxes), torch.as_tensor(with_maps.sub_boxes))
+    # pixels; the maps path computes attention explicitly (float rounding differs by ~1e-5 px)
+    torch.testing.assert_close(
+        torch.as_tensor(plain.sub_boxes), torch.as_tensor(with_maps.sub_boxes), rtol=1e-5, atol=1e-4
+    )

@@ -28,7 +28,7 @@ from hqm.zoo.classes import dataset_object_names
 # DETR's own layout, written from its published structure (not from our model): torchvision ResNet
 # under backbone.0.body with frozen-BN buffers (no num_batches_tracked), post-norm transformer with
 # nn.MultiheadAttention names, 92-way classifier (COCO ids + no-object 91), 3-layer box MLP.
-_DROP = ("model.backbone_norm", "model.backbone_out")
+_DROP = ("model.backbone_norm", "model.backbone_out", "model.backbone_width")  # standard-width ResNet
 DETR_OVERRIDES = [o for o in TINY_OVERRIDES if not o.startswith(_DROP)]
 DETR_OVERRIDES += ["model.backbone_norm=frozen", "model.backbone_out=layer4"]
 

@@ -61,6 +61,8 @@ class ModelConfig:
     train_backbone_from: str = "layer2"  # first trainable stage: conv1 | layer1 | layer2 | ... | none
     dilation: bool = False  # DC5: dilate layer4 (stride 16 instead of 32; ResNet-50/101)
     backbone_out: str = "layer4"  # layer4 = C5 (DETR) | layer3 = C4, stride 16 | layer2 = C3, stride 8
+    # channels of the stem and layer1, doubled per stage: 64 = the standard ResNet (released weights)
+    backbone_width: int = 64
     num_queries: int = 100
     # embed (DETR/QPIC) | conditional | gaussian: spatial queries, see hqm.models.spatial_queries
     query_type: str = "embed"
@@ -492,6 +494,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.num_queries": (lambda v: v >= 1, ">= 1"),
     "model.group_detr": (lambda v: v >= 1, ">= 1 (1: one query group, Group DETR off)"),
     "model.hidden_dim": (lambda v: v >= 1, ">= 1"),
+    "model.backbone_width": (lambda v: v >= 1, ">= 1"),
     "model.nheads": (lambda v: v >= 1, ">= 1"),
     "model.enc_layers": (lambda v: v >= 0, ">= 0"),
     "model.dec_layers": (lambda v: v >= 1, ">= 1"),

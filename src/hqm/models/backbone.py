@@ -12,11 +12,48 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.resnet import Bottleneck
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from hqm.models.position_encoding import PositionEmbeddingSine
 
 _STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+_DEPTHS = {
+    "resnet18": (2, 2, 2, 2),
+    "resnet34": (3, 4, 6, 3),
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
+}
+
+
+def resnet(name: str, width: int, norm_layer, dilation: bool) -> ResNet:
+    """torchvision's ResNet ``name`` whose stem and layer1 have ``width`` channels, doubled per stage
+    (64: the standard network, built by ``torchvision.models``; layer names and blocks unchanged).
+    A width multiplier as in slimmable / width-scaled ResNets (Yu et al., ICLR 2019: "ResNet-18 0.5x"
+    = width 32): the convolutions cost about (width / 64)^2 of the standard network's. Other widths
+    rebuild the stages with torchvision's ``ResNet._make_layer`` and its initialisation (He normal,
+    fan-out; BN weight 1, bias 0)."""
+    net = getattr(torchvision.models, name)(
+        weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=norm_layer
+    )
+    if width == 64:
+        return net
+    block = Bottleneck if name in ("resnet50", "resnet101") else BasicBlock
+    net.inplanes, net.dilation = width, 1
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = norm_layer(width)
+    for i, depth in enumerate(_DEPTHS[name]):
+        stride, dilate = (1, False) if i == 0 else (2, dilation and i == 3)
+        setattr(
+            net, f"layer{i + 1}", net._make_layer(block, width * 2**i, depth, stride=stride, dilate=dilate)
+        )
+    net.fc = nn.Linear(width * 8 * block.expansion, net.fc.out_features)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -86,23 +123,22 @@ class Backbone(nn.Module):
         train_from: str = "layer2",
         dilation: bool = False,
         out_layer: str = "layer4",
+        width: int = 64,
     ):
         super().__init__()
         if name not in ("resnet18", "resnet34", "resnet50", "resnet101"):
             raise ValueError(f"unsupported backbone {name!r}")
         norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
-        resnet = getattr(torchvision.models, name)(
-            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=norm_layer
-        )
+        net = resnet(name, width, norm_layer, dilation)
         trainable = set() if train_from == "none" else set(_STAGES[_STAGES.index(train_from) :])
-        for pname, p in resnet.named_parameters():
+        for pname, p in net.named_parameters():
             stage = pname.split(".")[0]
             stage = "conv1" if stage in ("conv1", "bn1") else stage
             p.requires_grad_(stage in trainable)
         # C5 (DETR) by default; C4 (stride 16, layer4 dropped) for small images trained from scratch
-        self.body = IntermediateLayerGetter(resnet, return_layers={out_layer: "0"})
-        width = {"layer2": 128, "layer3": 256, "layer4": 512}[out_layer]
-        self.num_channels = width if name in ("resnet18", "resnet34") else width * 4
+        self.body = IntermediateLayerGetter(net, return_layers={out_layer: "0"})
+        channels = width * {"layer2": 2, "layer3": 4, "layer4": 8}[out_layer]
+        self.num_channels = channels if name in ("resnet18", "resnet34") else channels * 4
         self.stride = {"layer2": 8, "layer3": 16, "layer4": 16 if dilation else 32}[out_layer]
 
     def trunk(self, x: Tensor) -> Tensor:
@@ -142,5 +178,6 @@ def build_backbone(cfg_model) -> Joiner:
         cfg_model.train_backbone_from,
         cfg_model.dilation,
         cfg_model.backbone_out,
+        cfg_model.backbone_width,
     )
     return Joiner(backbone, PositionEmbeddingSine(cfg_model.hidden_dim // 2))
