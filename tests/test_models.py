@@ -169,9 +169,9 @@ def test_backbone_width_scales_every_stage(name, width, dilation, out, channels,
     )
 
 
-def test_backbone_width_is_validated_and_reaches_the_detector(tiny_cfg):
-    from hqm.config import ConfigError, load_config
+def test_backbone_width_is_validated_and_reaches_the_detector():
     from conftest import TINY_OVERRIDES
+    from hqm.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="model.backbone_width"):
         load_config(None, [*TINY_OVERRIDES, "model.backbone_width=0"])
