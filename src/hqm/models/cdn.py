@@ -37,7 +37,7 @@ from hqm.models.detector import DetectorSpec, DetrHOIModel, EncodedImages, Query
 from hqm.models.heads import QPICHeadsMixin, pack_outputs
 from hqm.models.matcher import build_matcher
 from hqm.models.postprocess import build_postprocessor
-from hqm.models.transformer import Transformer, TransformerDecoder
+from hqm.models.transformer import Transformer, TransformerDecoder, build_transformer
 
 
 class CDN(QPICHeadsMixin, DetrHOIModel):
@@ -143,9 +143,7 @@ class CDN(QPICHeadsMixin, DetrHOIModel):
 def build_cdn(cfg, num_obj_classes: int, num_verb_classes: int) -> CDN:
     """``model.dec_layers`` pair-decoder layers, ``model.cdn.interaction_layers`` interaction layers."""
     m = cfg.model
-    transformer = Transformer(
-        m.hidden_dim, m.nheads, m.enc_layers, m.dec_layers, m.dim_feedforward, m.dropout
-    )
+    transformer = build_transformer(m)
     interaction = TransformerDecoder(
         m.hidden_dim, m.nheads, m.dim_feedforward, m.dropout, m.cdn.interaction_layers
     )

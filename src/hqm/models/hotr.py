@@ -53,7 +53,7 @@ from hqm.models.detector import DetectorSpec, DetrHOIModel, EncodedImages, Query
 from hqm.models.heads import MLP, gather_rows, pack_outputs
 from hqm.models.hotr_losses import build_hotr_criterion, build_hotr_matcher
 from hqm.models.postprocess import build_hotr_postprocessor
-from hqm.models.transformer import Transformer, TransformerDecoder
+from hqm.models.transformer import Transformer, TransformerDecoder, build_transformer
 
 INSTANCES = "instances"  # key of the shared instance set in EncodedImages.shared
 
@@ -202,9 +202,7 @@ def build_hotr(cfg, num_obj_classes: int, num_verb_classes: int) -> HOTR:
     """``model.num_queries`` instance queries and ``model.dec_layers`` instance-decoder layers (DETR);
     ``model.hotr.num_hoi_queries`` interaction queries, ``model.hotr.interaction_layers`` layers."""
     m, h = cfg.model, cfg.model.hotr
-    transformer = Transformer(
-        m.hidden_dim, m.nheads, m.enc_layers, m.dec_layers, m.dim_feedforward, m.dropout
-    )
+    transformer = build_transformer(m)
     interaction = TransformerDecoder(
         m.hidden_dim, m.nheads, m.dim_feedforward, m.dropout, h.interaction_layers
     )

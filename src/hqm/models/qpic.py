@@ -21,7 +21,7 @@ from hqm.models.heads import QPICHeadsMixin, pack_outputs
 from hqm.models.matcher import build_matcher
 from hqm.models.postprocess import build_postprocessor
 from hqm.models.spatial_queries import build_spatial_queries
-from hqm.models.transformer import Transformer
+from hqm.models.transformer import Transformer, build_transformer
 
 
 class QPIC(QPICHeadsMixin, DetrHOIModel):
@@ -133,9 +133,7 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
 
 def build_qpic(cfg, num_obj_classes: int, num_verb_classes: int) -> QPIC:
     m = cfg.model
-    transformer = Transformer(
-        m.hidden_dim, m.nheads, m.enc_layers, m.dec_layers, m.dim_feedforward, m.dropout
-    )
+    transformer = build_transformer(m)
     return QPIC(
         build_backbone(m),
         transformer,

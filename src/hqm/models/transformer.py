@@ -168,3 +168,10 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() > 1 and "in_proj_weight" not in name:
                 nn.init.xavier_uniform_(p)
+
+
+def build_transformer(cfg_model) -> Transformer:
+    """The DETR encoder-decoder of ``model.*`` (hidden_dim, nheads, enc_layers, dec_layers,
+    dim_feedforward, dropout), shared by every detector."""
+    m = cfg_model
+    return Transformer(m.hidden_dim, m.nheads, m.enc_layers, m.dec_layers, m.dim_feedforward, m.dropout)
