@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -173,12 +175,30 @@ def test_backbone_width_is_validated_and_reaches_the_detector():
     from conftest import TINY_OVERRIDES
     from hqm.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="model.backbone_width"):
-        load_config(None, [*TINY_OVERRIDES, "model.backbone_width=0"])
+    # below 8 channels torch's CPU channels_last backward of the 1x1 stride-2 downsample crashes
+    for bad in (0, 4, 7, 513):
+        with pytest.raises(ConfigError, match="model.backbone_width"):
+            load_config(None, [*TINY_OVERRIDES, f"model.backbone_width={bad}"])
     cfg = load_config(None, [*TINY_OVERRIDES, "model.backbone_width=16"])
     model = build_model(cfg, NUM_OBJ, NUM_VERB)
     assert model.input_proj.in_channels == 64  # layer3 of a width-16 ResNet-18
     assert model.backbone[0].body.conv1.weight.shape[0] == 16
+
+
+def test_model_too_large_for_memory_is_one_config_error(monkeypatch):
+    """The CPU allocator's failure while building the model becomes one line naming the sizes."""
+    from conftest import TINY_OVERRIDES
+    from hqm import detectors
+    from hqm.config import ConfigError, load_config
+
+    def fail(*args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    failing = dataclasses.replace(detectors.get_detector("qpic"), build_model=fail)
+    monkeypatch.setattr(detectors, "get_detector", lambda name: failing)
+    cfg = load_config(None, [*TINY_OVERRIDES, "model.backbone_width=512"])
+    with pytest.raises(ConfigError, match="do not fit in memory.*model.backbone_width=512"):
+        build_model(cfg, NUM_OBJ, NUM_VERB)
 
 
 def test_seam_extra_query_group_and_attention_hook(model, batch):

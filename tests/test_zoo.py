@@ -279,6 +279,20 @@ def test_convert_cli_and_pretrained(tmp_path, capsys):
         assert torch.equal(model.obj_class_embed.weight[0], detr["class_embed.weight"][1])  # person
 
 
+def test_pretrained_weights_of_another_backbone_width_are_refused():
+    """DETR weights (standard width) into a narrower backbone: the backbone would stay random, so
+    ``model.pretrained`` refuses in one line naming model.backbone_width."""
+    from hqm.structures import DatasetMeta
+    from hqm.zoo.safe_load import CheckpointError
+
+    src = _save(detr_state_dict(), "detr-r18-w64.pth")
+    cfg = load_config(None, [*DETR_OVERRIDES, "model.backbone_width=16"])
+    names = dataset_object_names("vcoco")
+    meta = DatasetMeta("vcoco", names, [f"v{i}" for i in range(5)], torch.ones(5, 81).bool().numpy(), 80)
+    with pytest.raises(CheckpointError, match=r"backbone tensors do not fit.*model.backbone_width"):
+        load_pretrained(build_model(cfg, 81, 5), src, cfg, meta)
+
+
 def test_convert_never_replaces_a_users_file_unasked(tmp_path, capsys):
     """An existing OUT (a user's file), OUT == IN and a folder as OUT are refused in one line with the
     file untouched; --overwrite replaces an earlier output."""

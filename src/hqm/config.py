@@ -61,7 +61,8 @@ class ModelConfig:
     train_backbone_from: str = "layer2"  # first trainable stage: conv1 | layer1 | layer2 | ... | none
     dilation: bool = False  # DC5: dilate layer4 (stride 16 instead of 32; ResNet-50/101)
     backbone_out: str = "layer4"  # layer4 = C5 (DETR) | layer3 = C4, stride 16 | layer2 = C3, stride 8
-    # channels of the stem and layer1, doubled per stage: 64 = the standard ResNet (released weights)
+    # channels of the stem and of layer1's blocks (the bottleneck width for ResNet-50/101), doubled
+    # per stage: 64 = the standard ResNet (released weights), 32 = "ResNet-18 0.5x"; 8 ... 512
     backbone_width: int = 64
     num_queries: int = 100
     # embed (DETR/QPIC) | conditional | gaussian: spatial queries, see hqm.models.spatial_queries
@@ -494,7 +495,9 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.num_queries": (lambda v: v >= 1, ">= 1"),
     "model.group_detr": (lambda v: v >= 1, ">= 1 (1: one query group, Group DETR off)"),
     "model.hidden_dim": (lambda v: v >= 1, ">= 1"),
-    "model.backbone_width": (lambda v: v >= 1, ">= 1"),
+    # below 8 channels PyTorch's CPU channels_last backward of the stride-2 1x1 downsample crashes
+    # the process (torch 2.14); the narrowest useful widths are 16-32 anyway
+    "model.backbone_width": (lambda v: 8 <= v <= 512, ">= 8 and <= 512 (64: the standard ResNet)"),
     "model.nheads": (lambda v: v >= 1, ">= 1"),
     "model.enc_layers": (lambda v: v >= 0, ">= 0"),
     "model.dec_layers": (lambda v: v >= 1, ">= 1"),

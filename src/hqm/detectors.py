@@ -35,9 +35,24 @@ def get_detector(name: str) -> DetectorSpec:
 
 
 def build_model(cfg, num_obj_classes: int, num_verb_classes: int) -> DetrHOIModel:
-    """The detector named by ``cfg.model.detector`` with the miners of ``cfg.mining`` attached."""
+    """The detector named by ``cfg.model.detector`` with the miners of ``cfg.mining`` attached.
+
+    Raises ``ConfigError`` when the parameters of these ``model.*`` sizes do not fit in memory."""
     spec = get_detector(cfg.model.detector)
-    model = spec.build_model(cfg, num_obj_classes, num_verb_classes)
+    try:
+        model = spec.build_model(cfg, num_obj_classes, num_verb_classes)
+    except (RuntimeError, MemoryError) as e:  # torch's CPU allocator raises RuntimeError
+        if not isinstance(e, MemoryError) and "can't allocate memory" not in str(e):
+            raise
+        from hqm.config import ConfigError
+
+        m = cfg.model
+        raise ConfigError(
+            f"the model's parameters do not fit in memory (model.hidden_dim={m.hidden_dim}, "
+            f"model.dim_feedforward={m.dim_feedforward}, model.backbone={m.backbone}, "
+            f"model.backbone_width={m.backbone_width}, model.num_queries={m.num_queries}): "
+            "choose smaller model.* sizes"
+        ) from None
     model.attach_miners(build_miners(cfg, model, matcher_factory=lambda: spec.build_matcher(cfg)))
     return model
 

@@ -319,7 +319,9 @@ class Trainer:
             self.resume(resume, ckpt)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         LOGGER.info(
-            f"model: {cfg.model.detector} {cfg.model.backbone}, {n_train / 1e6:.2f}M trainable "
+            f"model: {cfg.model.detector} {cfg.model.backbone}"
+            + (f" (width {cfg.model.backbone_width})" if cfg.model.backbone_width != 64 else "")
+            + f", {n_train / 1e6:.2f}M trainable "
             f"parameters, mining={cfg.mining.strategy}, device={self.device}, world={self.world}"
         )
 

@@ -90,8 +90,18 @@ def log_report(report: LoadReport, path: str | os.PathLike, level: int = logging
 
 def load_pretrained(model: nn.Module, path: str, cfg, meta) -> LoadReport:
     """``model.pretrained=PATH``: a raw DETR COCO checkpoint (converted on the fly for ``meta``'s
-    object classes), a file written by ``hqm convert``, or QPIC / HQM / hqm weights to fine-tune."""
+    object classes), a file written by ``hqm convert``, or QPIC / HQM / hqm weights to fine-tune.
+
+    Raises ``CheckpointError`` when backbone tensors have other shapes than the model's (another
+    ``model.backbone`` or ``model.backbone_width``): the backbone would silently stay random."""
     report = load_into_model(model, path, cfg.model.detector, list(meta.object_names))
+    misfit = [e for e in report.ignored if e.startswith("backbone.") and "does not fit the model" in e]
+    if misfit:  # the backbone would train from random weights while the user believes it initialised
+        raise CheckpointError(
+            f"model.pretrained={path}: {len(misfit)} backbone tensors do not fit this model (e.g. "
+            f"{misfit[0]}), so its backbone would stay random; build the backbone the weights were "
+            f"trained with (model.backbone, model.backbone_width: 64 for DETR / QPIC / HQM weights)"
+        )
     log_report(report, path)
     return report
 
