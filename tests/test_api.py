@@ -256,10 +256,14 @@ def test_eval_and_predict_build_the_model_from_the_checkpoint(trained, tmp_path,
     assert main(["eval", str(ckpt), "model.dec_layers=3", "--json"]) == 2
     captured = capsys.readouterr()
     assert "18 missing from the file (transformer.decoder.layers.2." in captured.err
+    # the action first: the override that does not fit the weights
+    assert (
+        "error: drop the override model.dec_layers 2 -> 3 (the checkpoint's value -> yours)" in captured.err
+    )
     assert (
         "model.dec_layers 2 -> 3" in captured.err and captured.out == "" and "Traceback" not in captured.err
     )
-    with pytest.raises(WeightsMismatchError, match="18 missing"):
+    with pytest.raises(WeightsMismatchError, match="^drop the override model.dec_layers 2 -> 3.*18 missing"):
         HOIDetector.from_checkpoint(ckpt, device="cpu", overrides=["model.dec_layers=3"])
 
     other = tmp_path / "three_layers.yaml"

@@ -141,7 +141,14 @@ class HOIDetector:
         cfg.mining.strategy = "none"  # inference never mines; the miners' parameters are not needed
         cfg.model.pretrained = ""
         model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
-        load_weights(model, path, list(meta.object_names), cfg.model.detector, checkpoint=(state, info))
+        load_weights(
+            model,
+            path,
+            list(meta.object_names),
+            cfg.model.detector,
+            checkpoint=(state, info),
+            overridden=resolved.overridden,
+        )
         return cls(model, cfg, meta, device, size, max_size, batch_size)
 
     @property

@@ -79,7 +79,14 @@ def _evaluate(cfg, resolved, config, weights, state, info, local_rank, save_pred
 
     def build_and_load(meta: DatasetMeta) -> torch.nn.Module:
         model = build_model(model_cfg, meta.num_obj_classes, meta.num_verb_classes)
-        load_weights(model, weights, list(meta.object_names), cfg.model.detector, checkpoint=(state, info))
+        load_weights(
+            model,
+            weights,
+            list(meta.object_names),
+            cfg.model.detector,
+            checkpoint=(state, info),
+            overridden=resolved.overridden,
+        )
         return model
 
     trained_on = DatasetMeta.from_dict(info["meta"]) if isinstance(info.get("meta"), dict) else None

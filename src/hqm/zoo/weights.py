@@ -64,6 +64,7 @@ def load_weights(
     object_names: list[str] | None = None,
     detector: str = "qpic",
     checkpoint: tuple[dict[str, Tensor], dict[str, Any]] | None = None,
+    overridden: list[str] | tuple[str, ...] = (),
 ) -> LoadReport:
     """Load the weights file ``path`` (or ``checkpoint``: its already read ``read_state_dict(path)``,
     state dict and rest) into ``model``, all or nothing. The detector's check of the file's training
@@ -72,7 +73,9 @@ def load_weights(
     ``object_names`` / ``detector`` drive the rename tables for foreign layouts. Returns the report
     (``loaded``; ``ignored``: mining parameters the model does not have). Raises
     :class:`WeightsMismatchError` (a ``ValueError``) naming the file and listing the keys when the
-    weights do not fit; the model is then unchanged.
+    weights do not fit; the model is then unchanged. ``overridden``: "key old -> new" for the
+    ``model.*`` overrides applied to the weights' own config (``ResolvedConfig.overridden``); a
+    mismatch then names them first, as the likely cause.
     """
     state, rest = checkpoint if checkpoint is not None else read_state_dict(path)
     check_args(rest, model, path, detector)
@@ -100,8 +103,11 @@ def load_weights(
             )
             if keys
         ]
+        cause = [o for o in overridden if o.startswith("model.")]
+        first = f"drop the override {', '.join(cause)} (the checkpoint's value -> yours): " if cause else ""
         raise WeightsMismatchError(
-            f"{path} does not fit the model (nothing was loaded: the rest would stay random): "
+            first
+            + f"{path} does not fit the model (nothing was loaded: the rest would stay random): "
             + "; ".join(parts)
             + ". Build the model from the checkpoint's own config (no model.* overrides), or name the "
             "config the weights were trained with"
