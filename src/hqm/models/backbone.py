@@ -12,17 +12,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.resnet import Bottleneck, ResNet
 
 from hqm.models.position_encoding import PositionEmbeddingSine
 
 _STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
-_DEPTHS = {
-    "resnet18": (2, 2, 2, 2),
-    "resnet34": (3, 4, 6, 3),
-    "resnet50": (3, 4, 6, 3),
-    "resnet101": (3, 4, 23, 3),
-}
 
 
 def resnet(name: str, width: int, norm_layer, dilation: bool) -> ResNet:
@@ -37,11 +31,13 @@ def resnet(name: str, width: int, norm_layer, dilation: bool) -> ResNet:
     )
     if width == 64:
         return net
-    block = Bottleneck if name in ("resnet50", "resnet101") else BasicBlock
+    # block type and depths as torchvision built them
+    block = type(net.layer1[0])
+    depths = [len(getattr(net, f"layer{i + 1}")) for i in range(4)]
     net.inplanes, net.dilation = width, 1
     net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
     net.bn1 = norm_layer(width)
-    for i, depth in enumerate(_DEPTHS[name]):
+    for i, depth in enumerate(depths):
         stride, dilate = (1, False) if i == 0 else (2, dilation and i == 3)
         setattr(
             net, f"layer{i + 1}", net._make_layer(block, width * 2**i, depth, stride=stride, dilate=dilate)
