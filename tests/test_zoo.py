@@ -255,9 +255,16 @@ def test_namespace_checkpoint_is_accepted(tmp_path):
     assert isinstance(ckpt["args"], argparse.Namespace) and ckpt["args"].epochs == 150
 
 
+def vcoco_meta():
+    """V-COCO's 80 object classes (+ no-object) with 5 verbs, every pair valid."""
+    from hqm.structures import DatasetMeta
+
+    names = dataset_object_names("vcoco")
+    return DatasetMeta("vcoco", names, [f"v{i}" for i in range(5)], torch.ones(5, 81).bool().numpy(), 80)
+
+
 def test_convert_cli_and_pretrained(tmp_path, capsys):
     from hqm.cli import main
-    from hqm.structures import DatasetMeta
 
     detr = detr_state_dict()
     detr["some.unknown.key"] = torch.zeros(3)
@@ -267,8 +274,7 @@ def test_convert_cli_and_pretrained(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "some.unknown.key: no rule" in text and "fresh rows 80 (none)" in text and "loaded (" in text
     cfg = load_config(None, DETR_OVERRIDES)
-    names = dataset_object_names("vcoco")
-    meta = DatasetMeta("vcoco", names, [f"v{i}" for i in range(5)], torch.ones(5, 81).bool().numpy(), 80)
+    meta = vcoco_meta()
     model = build_model(cfg, 81, 5)
     for path in (str(out), src):  # converted file, or the raw DETR file converted on the fly
         report = load_pretrained(model, path, cfg, meta)
@@ -282,13 +288,11 @@ def test_convert_cli_and_pretrained(tmp_path, capsys):
 def test_pretrained_weights_of_another_backbone_width_are_refused():
     """DETR weights (standard width) into a narrower backbone: the backbone would stay random, so
     ``model.pretrained`` refuses in one line naming model.backbone_width."""
-    from hqm.structures import DatasetMeta
     from hqm.zoo.safe_load import CheckpointError
 
     src = _save(detr_state_dict(), "detr-r18-w64.pth")
     cfg = load_config(None, [*DETR_OVERRIDES, "model.backbone_width=16"])
-    names = dataset_object_names("vcoco")
-    meta = DatasetMeta("vcoco", names, [f"v{i}" for i in range(5)], torch.ones(5, 81).bool().numpy(), 80)
+    meta = vcoco_meta()
     with pytest.raises(CheckpointError, match=r"backbone tensors do not fit.*model.backbone_width"):
         load_pretrained(build_model(cfg, 81, 5), src, cfg, meta)
 

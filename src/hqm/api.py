@@ -123,7 +123,7 @@ class HOIDetector:
         ``NotFoundError`` (a ``FileNotFoundError``), a device this machine lacks ``DeviceError``;
         all are ``hqm.errors.UserError``s."""
         from hqm.detectors import build_model
-        from hqm.zoo import load_weights, read_state_dict, resolve_model_config
+        from hqm.zoo import read_state_dict, resolve_model_config
 
         device = resolve_device(device)  # a device this machine lacks: an error before any loading
         state, info = read_state_dict(path)
@@ -141,14 +141,7 @@ class HOIDetector:
         cfg.mining.strategy = "none"  # inference never mines; the miners' parameters are not needed
         cfg.model.pretrained = ""
         model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
-        load_weights(
-            model,
-            path,
-            list(meta.object_names),
-            cfg.model.detector,
-            checkpoint=(state, info),
-            overridden=resolved.overridden,
-        )
+        resolved.load_weights(model, path, list(meta.object_names), checkpoint=(state, info))
         return cls(model, cfg, meta, device, size, max_size, batch_size)
 
     @property

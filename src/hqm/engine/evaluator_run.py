@@ -68,7 +68,6 @@ def _evaluate(cfg, resolved, config, weights, state, info, local_rank, save_pred
     from hqm.data import build_meta, load_annotations
     from hqm.detectors import build_model
     from hqm.structures import ClassMismatchError, DatasetMeta
-    from hqm.zoo import load_weights
 
     device = resolve_device(cfg.device, local_rank)
     setup_logging(None, get_rank() == 0)
@@ -79,14 +78,7 @@ def _evaluate(cfg, resolved, config, weights, state, info, local_rank, save_pred
 
     def build_and_load(meta: DatasetMeta) -> torch.nn.Module:
         model = build_model(model_cfg, meta.num_obj_classes, meta.num_verb_classes)
-        load_weights(
-            model,
-            weights,
-            list(meta.object_names),
-            cfg.model.detector,
-            checkpoint=(state, info),
-            overridden=resolved.overridden,
-        )
+        resolved.load_weights(model, weights, list(meta.object_names), checkpoint=(state, info))
         return model
 
     trained_on = DatasetMeta.from_dict(info["meta"]) if isinstance(info.get("meta"), dict) else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hqm.config import Config, ConfigError, config_differences, config_from_dict, load_config, merge_overrides
+from hqm.zoo.weights import load_weights
 
 #: config keys that shape the model or the evaluation (others, e.g. train.lr, do not matter here)
 RELEVANT = ("model.", "data.", "eval.", "train.amp", "device")
@@ -41,6 +42,18 @@ class ResolvedConfig:
         if self.overridden:
             lines.append(f"overriding the checkpoint's config: {', '.join(self.overridden)}")
         return lines
+
+    def load_weights(self, model, path, object_names, checkpoint=None):
+        """``hqm.zoo.load_weights`` of ``path`` into ``model`` built from ``cfg``: the detector's
+        rename tables, and a mismatch names the ``model.*`` overrides first (see there)."""
+        return load_weights(
+            model,
+            path,
+            object_names,
+            self.cfg.model.detector,
+            checkpoint=checkpoint,
+            overridden=self.overridden,
+        )
 
 
 def _show(diffs: list[tuple[str, Any, Any]]) -> list[str]:
