@@ -293,8 +293,26 @@ def test_pretrained_weights_of_another_backbone_width_are_refused():
     src = _save(detr_state_dict(), "detr-r18-w64.pth")
     cfg = load_config(None, [*DETR_OVERRIDES, "model.backbone_width=16"])
     meta = vcoco_meta()
-    with pytest.raises(CheckpointError, match=r"backbone tensors do not fit.*model.backbone_width"):
+    with pytest.raises(CheckpointError, match=r"backbone tensors do not fit.*model.backbone_width") as e:
         load_pretrained(build_model(cfg, 81, 5), src, cfg, meta)
+    assert "does not fit the model's (16," in str(e.value)  # the example names both shapes
+
+
+def test_load_partial_lists_misfitting_keys_by_name():
+    """``LoadReport.misfit``: the bare model keys whose tensors had another shape (reported under
+    ``ignored`` with both shapes); unknown keys are ignored but are not misfits."""
+    from torch import nn
+
+    from hqm.zoo.rename import LoadReport, load_partial
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    state = {"0.weight": torch.zeros(5, 3), "0.bias": torch.zeros(4), "9.weight": torch.zeros(1)}
+    report = load_partial(model, state)
+    assert report.misfit == ["0.weight"] and report.loaded == ["0.bias"]
+    assert "0.weight: shape (5, 3) does not fit the model's (4, 3)" in report.ignored
+    assert "9.weight: not in the model" in report.ignored
+    assert LoadReport().extend(report).misfit == ["0.weight"]
+    assert "misfit" not in report.to_dict()  # a subset of ignored, not a fifth list in written reports
 
 
 def test_convert_never_replaces_a_users_file_unasked(tmp_path, capsys):

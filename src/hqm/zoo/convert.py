@@ -60,6 +60,7 @@ def _merge(conversion: LoadReport, loading: LoadReport) -> LoadReport:
         + loading.reshaped,
         fresh=loading.fresh + [e for e in conversion.fresh if not e.split(":")[0].endswith("*")],
         ignored=conversion.ignored + loading.ignored,
+        misfit=list(loading.misfit),
     )
     return merged
 
@@ -95,11 +96,12 @@ def load_pretrained(model: nn.Module, path: str, cfg, meta) -> LoadReport:
     Raises ``CheckpointError`` when backbone tensors have other shapes than the model's (another
     ``model.backbone`` or ``model.backbone_width``): the backbone would silently stay random."""
     report = load_into_model(model, path, cfg.model.detector, list(meta.object_names))
-    misfit = [e for e in report.ignored if e.startswith("backbone.") and "does not fit the model" in e]
+    misfit = [k for k in report.misfit if k.startswith("backbone.")]
     if misfit:  # the backbone would train from random weights while the user believes it initialised
+        example = next((e for e in report.ignored if e.startswith(f"{misfit[0]}:")), misfit[0])
         raise CheckpointError(
             f"model.pretrained={path}: {len(misfit)} backbone tensors do not fit this model (e.g. "
-            f"{misfit[0]}), so its backbone would stay random; build the backbone the weights were "
+            f"{example}), so its backbone would stay random; build the backbone the weights were "
             f"trained with (model.backbone, model.backbone_width: 64 for DETR / QPIC / HQM weights)"
         )
     log_report(report, path)

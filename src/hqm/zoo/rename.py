@@ -59,15 +59,18 @@ class LoadReport:
     """What happened to every key: ``loaded`` by name, ``reshaped`` (rows selected / truncated),
     ``fresh`` (left at the model's random initialisation) and ``ignored`` (source keys not used).
     Entries start with the key (the target key, ``"target <- source"`` for renames), then an optional
-    ``": reason"``."""
+    ``": reason"``. ``misfit`` holds the bare model keys among ``ignored`` whose tensor had another
+    shape than the model's (for callers that must refuse such a load, e.g. ``model.pretrained``);
+    it is not part of ``to_dict`` / ``summary``, which show those keys under ``ignored``."""
 
     loaded: list[str] = field(default_factory=list)
     reshaped: list[str] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    misfit: list[str] = field(default_factory=list)
 
     def extend(self, other: LoadReport) -> LoadReport:
-        for name in ("loaded", "reshaped", "fresh", "ignored"):
+        for name in ("loaded", "reshaped", "fresh", "ignored", "misfit"):
             getattr(self, name).extend(getattr(other, name))
         return self
 
@@ -191,6 +194,7 @@ def load_partial(
             report.ignored.append(
                 f"{key}: shape {tuple(value.shape)} does not fit the model's {tuple(target.shape)}"
             )
+            report.misfit.append(key)
     for key in own:
         if key not in new and not key.endswith("num_batches_tracked"):
             report.fresh.append(key)
