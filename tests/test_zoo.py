@@ -298,6 +298,75 @@ def test_pretrained_weights_of_another_backbone_width_are_refused():
     assert "does not fit the model's (16," in str(e.value)  # the example names both shapes
 
 
+def _meta(names: list[str]):
+    from hqm.structures import DatasetMeta
+
+    return DatasetMeta(
+        "custom", names, [f"v{i}" for i in range(5)], torch.ones(5, len(names) + 1).bool().numpy()
+    )
+
+
+@pytest.mark.parametrize(
+    ("file_kw", "overrides", "match"),
+    [  # R34 weights into R18, R18 weights into R34, a transformer of another width
+        ({"backbone": "resnet34"}, [], r"has more blocks than this model's \(backbone\.0\.body\.layer1\.2\."),
+        ({}, ["model.backbone=resnet34"], r"has fewer blocks .*the model's backbone\.0\.body\.layer1\.2\."),
+        (
+            {"d": 16, "ff": 32},
+            [],
+            r"tensors outside the backbone do not fit .*shape \(16, 512.*model\.hidden_dim",
+        ),
+    ],
+)
+def test_pretrained_weights_of_another_architecture_are_refused(file_kw, overrides, match):
+    """``model.pretrained`` refuses weights that would leave part of the model random behind the
+    user's back (QPIC's own load_state_dict refuses them too), also with object classes COCO lacks
+    (the fresh classifier rows used to take the model's width and crash the conversion)."""
+    from hqm.zoo.safe_load import CheckpointError
+
+    src = _save(detr_state_dict(**file_kw), "detr.pth", args=False)
+    cfg = load_config(None, [*DETR_OVERRIDES, *overrides])
+    meta = _meta(["person", "umbrella", "phone_that_coco_lacks"])
+    with pytest.raises(CheckpointError, match=r"model\.pretrained=.*detr\.pth: .*" + match):
+        load_pretrained(build_model(cfg, 3, 5), src, cfg, meta)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.query_type=gaussian", "model.box_refine=true", "model.two_stage=true"],
+        ["model.group_detr=2"],
+        ["model.detector=cdn"],
+        ["model.detector=hotr"],  # its DETR queries sit under detr.: resized to num_queries like QPIC's
+    ],
+)
+def test_detr_weights_initialise_every_detector_and_query_option(overrides):
+    """The refusals of ``model.pretrained`` leave the supported DETR initialisations alone: every
+    DETR tensor fits (100 queries are cut to the model's num_queries), none is refused."""
+    cfg = load_config(None, [*DETR_OVERRIDES, *overrides])
+    report = load_pretrained(build_model(cfg, 81, 5), _save(detr_state_dict(), "d.pth"), cfg, vcoco_meta())
+    assert report.misfit == [] and report.unknown == []
+    assert any("query_embed.weight: (100, 32) -> first" in e for e in report.reshaped)
+
+
+def test_pretrained_weights_of_another_vocabulary_start_their_classifier_fresh(tmp_path, caplog):
+    """Weights for HICO-DET's 80 objects fine-tuned on a 3-object data set: the classifier rows
+    cannot be reused (one WARNING), everything else loads."""
+    from hqm.cli import main
+
+    out = tmp_path / "hico-init.pt"
+    assert main(["convert", "detr-to-hoi", _save(detr_state_dict(), "detr.pth"), str(out)]) == 0
+    cfg = load_config(None, DETR_OVERRIDES)
+    model = build_model(cfg, 3, 5)
+    with caplog.at_level("WARNING", logger="hqm.zoo"):
+        report = load_pretrained(model, str(out), cfg, _meta(["person", "umbrella", "cup"]))
+    assert report.misfit == ["obj_class_embed.weight", "obj_class_embed.bias"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "2 classifier tensors of another vocabulary start fresh" in warned[0]
+    assert "obj_class_embed.weight: shape (81, 32) does not fit the model's (4, 32)" in warned[0]
+    assert any(k.startswith("transformer.decoder") for k in report.loaded)
+
+
 def test_load_partial_lists_misfitting_keys_by_name():
     """``LoadReport.misfit``: the bare model keys whose tensors had another shape (reported under
     ``ignored`` with both shapes); unknown keys are ignored but are not misfits."""

@@ -89,7 +89,8 @@ def select_class_rows(t: Tensor, ctx: dict[str, Any]) -> tuple[Tensor, str, str]
         )
     rows = coco_rows(list(names))
     bias = t.dim() == 1
-    fan_in = int(ctx.get("hidden_dim") or (t.shape[1] if not bias else 256))
+    # the rows' shape is the file's (a model of another width then refuses or reports the tensor)
+    fan_in = int(t.shape[1]) if not bias else int(ctx.get("hidden_dim") or 256)
     out = torch.empty((len(rows),) + tuple(t.shape[1:]), dtype=t.dtype)
     missing = [i for i, r in enumerate(rows) if r is None]
     for i, r in enumerate(rows):

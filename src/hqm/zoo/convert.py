@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import torch
@@ -36,12 +37,14 @@ def convert_state_dict(
     """``state`` (any layout ``detector`` loads; detected when ``source`` is None) -> its names.
 
     ``object_names``: the dataset's object classes (needed for a DETR classifier, see
-    ``hqm.zoo.classes``); ``init``: which DETR initialisation of the detector (None: its default,
-    see ``hqm.zoo.cdn``). Returns the converted state dict and what happened to every source key.
+    ``hqm.zoo.classes``); ``hidden_dim``: the fan-in of fresh classifier bias rows when the file has
+    no ``query_embed.weight`` to read its own width from; ``init``: which DETR initialisation of the
+    detector (None: its default, see ``hqm.zoo.cdn``). Returns the converted state dict and what
+    happened to every source key.
     """
     source = source or detect_format(state, detector)
     spec = get_spec(source, detector, init)
-    if hidden_dim is None and "query_embed.weight" in state:  # fan-in of freshly initialised class rows
+    if "query_embed.weight" in state:  # the file's width: fan-in of freshly initialised class rows
         hidden_dim = int(state["query_embed.weight"].shape[1])
     out, report = apply_spec(state, spec, {"object_names": object_names, "hidden_dim": hidden_dim})
     if spec.fresh:
@@ -61,6 +64,7 @@ def _merge(conversion: LoadReport, loading: LoadReport) -> LoadReport:
         fresh=loading.fresh + [e for e in conversion.fresh if not e.split(":")[0].endswith("*")],
         ignored=conversion.ignored + loading.ignored,
         misfit=list(loading.misfit),
+        unknown=list(loading.unknown),
     )
     return merged
 
@@ -89,20 +93,71 @@ def log_report(report: LoadReport, path: str | os.PathLike, level: int = logging
             LOG.log(level, "  %s: %s", name, entry)
 
 
+#: classifier heads whose rows follow the dataset's vocabulary (objects, verbs, HOTR's actions):
+#: weights trained on another data set do not fit them, and fine-tuning starts them fresh
+VOCABULARY_HEAD = re.compile(r"(^|\.)(\w*class_embed|action_embed)(\.\d+)?\.(weight|bias)$")
+BACKBONE_BLOCK = re.compile(r"^(backbone\.\d+\.body\.layer\d+)\.\d+\.")
+
+
+def _entry(report: LoadReport, key: str) -> str:
+    """The ``ignored`` entry of bare ``key`` (it carries the shapes or the reason), else the key."""
+    return next((e for e in report.ignored if e.startswith(f"{key}:")), key)
+
+
+def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
+    """Why a ``model.pretrained`` load leaves part of the model random behind the user's back, or
+    None. Refused: backbone tensors of other shapes (``model.backbone`` / ``model.backbone_width``),
+    a backbone with fewer or more blocks per stage than the model's (ResNet-18 vs -34 weights), and
+    tensors outside the backbone of other shapes (``model.hidden_dim``, ``model.dim_feedforward``,
+    ...), as QPIC's own ``load_state_dict`` refuses them. Not refused: classifier rows of another
+    vocabulary (:data:`VOCABULARY_HEAD`, fine-tuning on another data set) and stages or modules the
+    model does not have (a C4 model takes a C5 backbone's first three stages)."""
+    misfit = [k for k in report.misfit if k.startswith("backbone.")]
+    if misfit:
+        return (
+            f"{len(misfit)} backbone tensors do not fit this model (e.g. {_entry(report, misfit[0])}), "
+            "so its backbone would stay random; build the backbone the weights were trained with "
+            "(model.backbone, model.backbone_width: 64 for DETR / QPIC / HQM weights)"
+        )
+    own_stages = {m.group(1) for k in model.state_dict() if (m := BACKBONE_BLOCK.match(k))}
+    deeper = [k for k in report.unknown if (m := BACKBONE_BLOCK.match(k)) and m.group(1) in own_stages]
+    loaded_backbone = any(e.split(" <- ")[0].startswith("backbone.") for e in report.loaded)
+    shallower = [k for k in report.fresh if k.startswith("backbone.")] if loaded_backbone else []
+    if deeper or shallower:
+        example = f"{deeper[0]} is not in the model" if deeper else f"the model's {shallower[0]} is not in it"
+        return (
+            f"its backbone has {'more' if deeper else 'fewer'} blocks than this model's ({example}; "
+            f"{len(deeper or shallower)} such tensors), so the backbone would be initialised from "
+            "another network; build the backbone the weights were trained with (model.backbone)"
+        )
+    other = [k for k in report.misfit if not k.startswith("backbone.") and not VOCABULARY_HEAD.search(k)]
+    if other:
+        return (
+            f"{len(other)} tensors outside the backbone do not fit this model (e.g. "
+            f"{_entry(report, other[0])}), so they would stay random; build the model the weights were "
+            "trained with (model.hidden_dim, model.dim_feedforward, model.enc_layers / dec_layers ...)"
+        )
+    return None
+
+
 def load_pretrained(model: nn.Module, path: str, cfg, meta) -> LoadReport:
     """``model.pretrained=PATH``: a raw DETR COCO checkpoint (converted on the fly for ``meta``'s
     object classes), a file written by ``hqm convert``, or QPIC / HQM / hqm weights to fine-tune.
 
-    Raises ``CheckpointError`` when backbone tensors have other shapes than the model's (another
-    ``model.backbone`` or ``model.backbone_width``): the backbone would silently stay random."""
+    Raises ``CheckpointError`` naming the file when the weights would leave part of the model at
+    random while the user believes it initialised (:func:`pretrained_problem`). Classifier rows of
+    another vocabulary start fresh with one WARNING line."""
     report = load_into_model(model, path, cfg.model.detector, list(meta.object_names))
-    misfit = [k for k in report.misfit if k.startswith("backbone.")]
-    if misfit:  # the backbone would train from random weights while the user believes it initialised
-        example = next((e for e in report.ignored if e.startswith(f"{misfit[0]}:")), misfit[0])
-        raise CheckpointError(
-            f"model.pretrained={path}: {len(misfit)} backbone tensors do not fit this model (e.g. "
-            f"{example}), so its backbone would stay random; build the backbone the weights were "
-            f"trained with (model.backbone, model.backbone_width: 64 for DETR / QPIC / HQM weights)"
+    problem = pretrained_problem(report, model)
+    if problem:
+        raise CheckpointError(f"model.pretrained={path}: {problem}")
+    heads = [k for k in report.misfit if VOCABULARY_HEAD.search(k)]
+    if heads:
+        LOG.warning(
+            "model.pretrained=%s: %d classifier tensors of another vocabulary start fresh (e.g. %s)",
+            path,
+            len(heads),
+            _entry(report, heads[0]),
         )
     log_report(report, path)
     return report

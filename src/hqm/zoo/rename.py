@@ -59,18 +59,20 @@ class LoadReport:
     """What happened to every key: ``loaded`` by name, ``reshaped`` (rows selected / truncated),
     ``fresh`` (left at the model's random initialisation) and ``ignored`` (source keys not used).
     Entries start with the key (the target key, ``"target <- source"`` for renames), then an optional
-    ``": reason"``. ``misfit`` holds the bare model keys among ``ignored`` whose tensor had another
-    shape than the model's (for callers that must refuse such a load, e.g. ``model.pretrained``);
-    it is not part of ``to_dict`` / ``summary``, which show those keys under ``ignored``."""
+    ``": reason"``. Two lists name bare keys among ``ignored``, for callers that must refuse such a
+    load (``model.pretrained``): ``misfit``, model keys whose tensor had another shape than the
+    model's, and ``unknown``, keys the model does not have. They are not part of ``to_dict`` /
+    ``summary``, which show those keys under ``ignored``."""
 
     loaded: list[str] = field(default_factory=list)
     reshaped: list[str] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     misfit: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
 
     def extend(self, other: LoadReport) -> LoadReport:
-        for name in ("loaded", "reshaped", "fresh", "ignored", "misfit"):
+        for name in ("loaded", "reshaped", "fresh", "ignored", "misfit", "unknown"):
             getattr(self, name).extend(getattr(other, name))
         return self
 
@@ -169,7 +171,8 @@ def load_partial(
 ) -> LoadReport:
     """Load every tensor of ``state`` whose name and shape match ``model``; report the rest.
 
-    A key in ``row_resizable`` with a different number of rows (DETR's 100 queries vs the model's
+    A key in ``row_resizable`` (or ending in ``.`` + one, HOTR's ``detr.query_embed.weight``) with a
+    different number of rows (DETR's 100 queries vs the model's
     ``num_queries``) gets its first rows copied (``reshaped``). Other shape mismatches and unknown
     keys are ``ignored`` with a reason; model keys not provided stay ``fresh``.
     """
@@ -179,12 +182,16 @@ def load_partial(
     for key, value in state.items():
         if key not in own:
             report.ignored.append(f"{key}: not in the model")
+            report.unknown.append(key)
             continue
         target = own[key]
         if value.shape == target.shape:
             new[key] = value.to(target.dtype)
             report.loaded.append(key)
-        elif key in row_resizable and value.shape[1:] == target.shape[1:]:
+        elif (
+            any(key == k or key.endswith(f".{k}") for k in row_resizable)
+            and value.shape[1:] == target.shape[1:]
+        ):
             n = min(value.shape[0], target.shape[0])
             t = target.clone()
             t[:n] = value[:n].to(target.dtype)
