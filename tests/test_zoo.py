@@ -336,8 +336,9 @@ def test_pretrained_weights_of_another_architecture_are_refused(file_kw, overrid
     [
         ["model.query_type=gaussian", "model.box_refine=true", "model.two_stage=true"],
         ["model.group_detr=2"],
-        ["model.detector=cdn"],
-        ["model.detector=hotr"],  # its DETR queries sit under detr.: resized to num_queries like QPIC's
+        ["model.detector=cdn", "model.cdn.interaction_layers=2"],  # both decoders from DETR's layers
+        # HOTR's DETR queries sit under detr.: resized to num_queries like QPIC's
+        ["model.detector=hotr", "model.hotr.interaction_layers=2"],
     ],
 )
 def test_detr_weights_initialise_every_detector_and_query_option(overrides):

@@ -97,6 +97,11 @@ def log_report(report: LoadReport, path: str | os.PathLike, level: int = logging
 #: weights trained on another data set do not fit them, and fine-tuning starts them fresh
 VOCABULARY_HEAD = re.compile(r"(^|\.)(\w*class_embed|action_embed)(\.\d+)?\.(weight|bias)$")
 BACKBONE_BLOCK = re.compile(r"^(backbone\.\d+\.body\.layer\d+)\.\d+\.")
+LAYER_STACK = re.compile(r"^((?!backbone\.).*(?:encoder|decoder)\.layers)\.\d+\.")  # transformer layers
+
+
+def _stacks(keys, pattern: re.Pattern) -> set[str]:
+    return {m.group(1) for k in keys if (m := pattern.match(k.split(" <- ")[0]))}
 
 
 def _entry(report: LoadReport, key: str) -> str:
@@ -108,10 +113,13 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
     """Why a ``model.pretrained`` load leaves part of the model random behind the user's back, or
     None. Refused: backbone tensors of other shapes (``model.backbone`` / ``model.backbone_width``),
     a backbone with fewer or more blocks per stage than the model's (ResNet-18 vs -34 weights), and
-    tensors outside the backbone of other shapes (``model.hidden_dim``, ``model.dim_feedforward``,
-    ...), as QPIC's own ``load_state_dict`` refuses them. Not refused: classifier rows of another
-    vocabulary (:data:`VOCABULARY_HEAD`, fine-tuning on another data set) and stages or modules the
-    model does not have (a C4 model takes a C5 backbone's first three stages)."""
+    transformer layer stacks with fewer layers than the model's, and tensors outside the backbone of
+    other shapes (``model.hidden_dim``, ``model.dim_feedforward``, ...), as QPIC's own
+    ``load_state_dict`` refuses them. Not refused: classifier rows of another vocabulary
+    (:data:`VOCABULARY_HEAD`, fine-tuning on another data set), stages or modules the model does
+    not have (a C4 model takes a C5 backbone's first three stages), and more transformer layers
+    than the model's (the first ones are used, as CDN-S starts from DETR's first 3 of 6 decoder
+    layers; the others are listed as ignored)."""
     misfit = [k for k in report.misfit if k.startswith("backbone.")]
     if misfit:
         return (
@@ -119,7 +127,7 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
             "so its backbone would stay random; build the backbone the weights were trained with "
             "(model.backbone, model.backbone_width: 64 for DETR / QPIC / HQM weights)"
         )
-    own_stages = {m.group(1) for k in model.state_dict() if (m := BACKBONE_BLOCK.match(k))}
+    own_stages = _stacks(model.state_dict(), BACKBONE_BLOCK)
     deeper = [k for k in report.unknown if (m := BACKBONE_BLOCK.match(k)) and m.group(1) in own_stages]
     loaded_backbone = any(e.split(" <- ")[0].startswith("backbone.") for e in report.loaded)
     shallower = [k for k in report.fresh if k.startswith("backbone.")] if loaded_backbone else []
@@ -129,6 +137,14 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
             f"its backbone has {'more' if deeper else 'fewer'} blocks than this model's ({example}; "
             f"{len(deeper or shallower)} such tensors), so the backbone would be initialised from "
             "another network; build the backbone the weights were trained with (model.backbone)"
+        )
+    loaded_stacks = _stacks(report.loaded, LAYER_STACK)
+    missing = [k for k in report.fresh if (m := LAYER_STACK.match(k)) and m.group(1) in loaded_stacks]
+    if missing:
+        return (
+            f"it has fewer layers than this model (the model's {missing[0]} is not in it; {len(missing)} "
+            "such tensors), so those layers would stay random; set model.enc_layers / model.dec_layers "
+            "(model.cdn / model.hotr interaction_layers) to the weights' own numbers"
         )
     other = [k for k in report.misfit if not k.startswith("backbone.") and not VOCABULARY_HEAD.search(k)]
     if other:
