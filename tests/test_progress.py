@@ -135,3 +135,25 @@ def test_tables_state_their_unit():
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
     assert table.splitlines()[0].split() == ["metric", "value", "unit"]
     assert rows == {"mAP_full": ["12.34", "%"], "mean_max_recall": ["50.00", "%"], "images": ["8"]}
+
+
+def test_console_and_log_name_the_level_of_warnings_only(tmp_path, capsys):
+    """``[HH:MM:SS] message`` for INFO; ``[HH:MM:SS] WARNING: message`` for warnings (and errors), in
+    the console and in log.txt, so that a warning stands out among the training's INFO lines."""
+    import logging
+
+    from hqm.engine.logging import LOGGER, setup_logging
+
+    setup_logging(tmp_path, main_process=True)
+    try:
+        logging.getLogger("hqm.zoo").info("plain line")
+        logging.getLogger("hqm.zoo").warning("loud line")
+    finally:
+        for h in LOGGER.handlers:
+            h.close()
+        LOGGER.handlers.clear()
+    err = capsys.readouterr().err
+    text = (tmp_path / "log.txt").read_text()
+    for out in (err, text):
+        assert re.search(r"^\[\d\d:\d\d:\d\d\] plain line$", out, re.M)
+        assert re.search(r"^\[\d\d:\d\d:\d\d\] WARNING: loud line$", out, re.M)

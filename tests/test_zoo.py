@@ -293,7 +293,7 @@ def test_pretrained_weights_of_another_backbone_width_are_refused():
     src = _save(detr_state_dict(), "detr-r18-w64.pth")
     cfg = load_config(None, [*DETR_OVERRIDES, "model.backbone_width=16"])
     meta = vcoco_meta()
-    with pytest.raises(CheckpointError, match=r"backbone tensors do not fit.*model.backbone_width") as e:
+    with pytest.raises(CheckpointError, match=r"backbone tensors of other shapes.*model.backbone_width") as e:
         load_pretrained(build_model(cfg, 81, 5), src, cfg, meta)
     assert "does not fit the model's (16," in str(e.value)  # the example names both shapes
 
@@ -308,13 +308,21 @@ def _meta(names: list[str]):
 
 @pytest.mark.parametrize(
     ("file_kw", "overrides", "match"),
-    [  # R34 weights into R18, R18 weights into R34, a transformer of another width
+    [  # R34 weights into R18, R18 weights into R34, a transformer of another width / depth, ...
         ({"backbone": "resnet34"}, [], r"has more blocks than this model's \(backbone\.0\.body\.layer1\.2\."),
         ({}, ["model.backbone=resnet34"], r"has fewer blocks .*the model's backbone\.0\.body\.layer1\.2\."),
+        ({"d": 16, "ff": 32}, [], r"outside the backbone of other shapes .*\(16, 512.*model\.hidden_dim"),
+        ({"ff": 48}, [], r"outside the backbone .*linear1\.weight: shape \(48, 32\).*model\.dim_feedforward"),
+        ({}, ["model.backbone_out=layer3"], r"1 tensor outside .*input_proj.*model\.backbone_out: layer4"),
         (
-            {"d": 16, "ff": 32},
-            [],
-            r"tensors outside the backbone do not fit .*shape \(16, 512.*model\.hidden_dim",
+            {},
+            ["model.dec_layers=3"],
+            r"fewer layers than this model \(the model's transformer\.decoder\.layers\.2\.",
+        ),
+        (
+            {},
+            ["model.num_queries=200"],
+            r"fewer query rows .*\(query_embed\.weight: \(100, 32\) -> first 100",
         ),
     ],
 )
@@ -366,6 +374,19 @@ def test_pretrained_weights_of_another_vocabulary_start_their_classifier_fresh(t
     assert len(warned) == 1 and "2 classifier tensors of another vocabulary start fresh" in warned[0]
     assert "obj_class_embed.weight: shape (81, 32) does not fit the model's (4, 32)" in warned[0]
     assert any(k.startswith("transformer.decoder") for k in report.loaded)
+
+
+def test_pretrained_weights_with_more_layers_give_their_first_layers(caplog):
+    """DETR's decoder into a shallower one (as CDN-S starts from DETR's first 3 of 6 decoder
+    layers): the first layers load, the others are listed as ignored; nothing refused or warned."""
+    cfg = load_config(None, [*DETR_OVERRIDES, "model.dec_layers=1"])
+    with caplog.at_level("WARNING", logger="hqm.zoo"):
+        report = load_pretrained(
+            build_model(cfg, 81, 5), _save(detr_state_dict(), "d.pth"), cfg, vcoco_meta()
+        )
+    assert "transformer.decoder.layers.0.linear1.weight" in report.loaded
+    assert "transformer.decoder.layers.1.linear1.weight" in report.unknown
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_load_partial_lists_misfitting_keys_by_name():

@@ -25,12 +25,26 @@ from hqm.progress import Progress
 LOGGER = logging.getLogger("hqm")
 
 
+class _Formatter(logging.Formatter):
+    """``[HH:MM:SS] message``; warnings and errors also name their level, so that they stand out
+    among the INFO lines."""
+
+    def __init__(self) -> None:
+        super().__init__("[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+        self._loud = logging.Formatter("[%(asctime)s] %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING:
+            return self._loud.format(record)
+        return super().format(record)
+
+
 def setup_logging(output_dir: Path | None, main_process: bool) -> None:
     """Console + ``log.txt`` handlers for the ``hqm`` logger (only rank 0 logs INFO)."""
     LOGGER.handlers.clear()
     LOGGER.setLevel(logging.INFO if main_process else logging.WARNING)
     LOGGER.propagate = False
-    fmt = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    fmt = _Formatter()
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
     LOGGER.addHandler(console)

@@ -65,6 +65,7 @@ def _merge(conversion: LoadReport, loading: LoadReport) -> LoadReport:
         ignored=conversion.ignored + loading.ignored,
         misfit=list(loading.misfit),
         unknown=list(loading.unknown),
+        partial=list(loading.partial),
     )
     return merged
 
@@ -104,28 +105,33 @@ def _stacks(keys, pattern: re.Pattern) -> set[str]:
     return {m.group(1) for k in keys if (m := pattern.match(k.split(" <- ")[0]))}
 
 
-def _entry(report: LoadReport, key: str) -> str:
-    """The ``ignored`` entry of bare ``key`` (it carries the shapes or the reason), else the key."""
-    return next((e for e in report.ignored if e.startswith(f"{key}:")), key)
+def _entry(entries: list[str], key: str) -> str:
+    """The report entry of bare ``key`` (it carries the shapes or the reason), else the key."""
+    return next((e for e in entries if e.startswith(f"{key}:")), key)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
     """Why a ``model.pretrained`` load leaves part of the model random behind the user's back, or
-    None. Refused: backbone tensors of other shapes (``model.backbone`` / ``model.backbone_width``),
-    a backbone with fewer or more blocks per stage than the model's (ResNet-18 vs -34 weights), and
-    transformer layer stacks with fewer layers than the model's, and tensors outside the backbone of
-    other shapes (``model.hidden_dim``, ``model.dim_feedforward``, ...), as QPIC's own
-    ``load_state_dict`` refuses them. Not refused: classifier rows of another vocabulary
-    (:data:`VOCABULARY_HEAD`, fine-tuning on another data set), stages or modules the model does
-    not have (a C4 model takes a C5 backbone's first three stages), and more transformer layers
-    than the model's (the first ones are used, as CDN-S starts from DETR's first 3 of 6 decoder
-    layers; the others are listed as ignored)."""
+    None. Refused, as QPIC's own ``load_state_dict`` refuses them: tensors of other shapes
+    (``model.backbone`` / ``model.backbone_width``; ``model.backbone_out`` for ``input_proj``;
+    ``model.hidden_dim``, ``model.dim_feedforward``, ...), a backbone with fewer or more blocks per
+    stage than the model's (ResNet-18 vs -34 weights), a transformer layer stack with fewer layers
+    than the model's, and fewer query rows than ``model.num_queries``. Not refused: classifier rows
+    of another vocabulary (:data:`VOCABULARY_HEAD`, fine-tuning on another data set), modules and
+    backbone stages the model does not have, more transformer layers than the model's (the first
+    ones are used, as CDN-S starts from DETR's first 3 of 6 decoder layers) and more query rows
+    (DETR's 100 queries cut to ``model.num_queries``); those are listed as ignored / reshaped."""
     misfit = [k for k in report.misfit if k.startswith("backbone.")]
     if misfit:
         return (
-            f"{len(misfit)} backbone tensors do not fit this model (e.g. {_entry(report, misfit[0])}), "
-            "so its backbone would stay random; build the backbone the weights were trained with "
-            "(model.backbone, model.backbone_width: 64 for DETR / QPIC / HQM weights)"
+            f"{_count(len(misfit), 'backbone tensor')} of other shapes than this model's (e.g. "
+            f"{_entry(report.ignored, misfit[0])}), so its backbone would stay random; build the "
+            "backbone the weights were trained with (model.backbone, model.backbone_width: 64 for "
+            "DETR / QPIC / HQM)"
         )
     own_stages = _stacks(model.state_dict(), BACKBONE_BLOCK)
     deeper = [k for k in report.unknown if (m := BACKBONE_BLOCK.match(k)) and m.group(1) in own_stages]
@@ -135,23 +141,34 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
         example = f"{deeper[0]} is not in the model" if deeper else f"the model's {shallower[0]} is not in it"
         return (
             f"its backbone has {'more' if deeper else 'fewer'} blocks than this model's ({example}; "
-            f"{len(deeper or shallower)} such tensors), so the backbone would be initialised from "
-            "another network; build the backbone the weights were trained with (model.backbone)"
+            f"{_count(len(deeper or shallower), 'such tensor')}), so the backbone would be initialised "
+            "from another network; build the backbone the weights were trained with (model.backbone: "
+            "resnet18 / 34 / 50 / 101)"
+        )
+    other = [k for k in report.misfit if not VOCABULARY_HEAD.search(k)]
+    if other:
+        if all(k.startswith("input_proj.") for k in other):  # the backbone's output: C5 weights, C4 model
+            cause = "the backbone output the weights were trained with (model.backbone_out: layer4 = C5)"
+        else:
+            cause = "the model the weights were trained with (model.hidden_dim, model.dim_feedforward, ...)"
+        return (
+            f"{_count(len(other), 'tensor')} outside the backbone of other shapes than this model's (e.g. "
+            f"{_entry(report.ignored, other[0])}), so {'it' if len(other) == 1 else 'they'} would stay "
+            f"random; build {cause}"
         )
     loaded_stacks = _stacks(report.loaded, LAYER_STACK)
     missing = [k for k in report.fresh if (m := LAYER_STACK.match(k)) and m.group(1) in loaded_stacks]
     if missing:
         return (
-            f"it has fewer layers than this model (the model's {missing[0]} is not in it; {len(missing)} "
-            "such tensors), so those layers would stay random; set model.enc_layers / model.dec_layers "
-            "(model.cdn / model.hotr interaction_layers) to the weights' own numbers"
+            f"it has fewer layers than this model (the model's {missing[0]} is not in it; "
+            f"{_count(len(missing), 'such tensor')}), so those layers would stay random; set "
+            "model.enc_layers / model.dec_layers (model.cdn / model.hotr interaction_layers) to the "
+            "weights' own numbers"
         )
-    other = [k for k in report.misfit if not k.startswith("backbone.") and not VOCABULARY_HEAD.search(k)]
-    if other:
+    if report.partial:
         return (
-            f"{len(other)} tensors outside the backbone do not fit this model (e.g. "
-            f"{_entry(report, other[0])}), so they would stay random; build the model the weights were "
-            "trained with (model.hidden_dim, model.dim_feedforward, model.enc_layers / dec_layers ...)"
+            f"it has fewer query rows than model.num_queries ({_entry(report.reshaped, report.partial[0])}), "
+            "so the other queries would stay random; set model.num_queries to at most the file's rows"
         )
     return None
 
@@ -173,7 +190,7 @@ def load_pretrained(model: nn.Module, path: str, cfg, meta) -> LoadReport:
             "model.pretrained=%s: %d classifier tensors of another vocabulary start fresh (e.g. %s)",
             path,
             len(heads),
-            _entry(report, heads[0]),
+            _entry(report.ignored, heads[0]),
         )
     log_report(report, path)
     return report

@@ -61,8 +61,9 @@ class LoadReport:
     Entries start with the key (the target key, ``"target <- source"`` for renames), then an optional
     ``": reason"``. Two lists name bare keys among ``ignored``, for callers that must refuse such a
     load (``model.pretrained``): ``misfit``, model keys whose tensor had another shape than the
-    model's, and ``unknown``, keys the model does not have. They are not part of ``to_dict`` /
-    ``summary``, which show those keys under ``ignored``."""
+    model's, and ``unknown``, keys the model does not have; ``partial`` names the ``reshaped`` keys
+    whose file tensor had fewer rows than the model's (the rest stayed random). They are not part of
+    ``to_dict`` / ``summary``, which show those keys under ``ignored`` / ``reshaped``."""
 
     loaded: list[str] = field(default_factory=list)
     reshaped: list[str] = field(default_factory=list)
@@ -70,9 +71,10 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)
     misfit: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)
 
     def extend(self, other: LoadReport) -> LoadReport:
-        for name in ("loaded", "reshaped", "fresh", "ignored", "misfit", "unknown"):
+        for name in ("loaded", "reshaped", "fresh", "ignored", "misfit", "unknown", "partial"):
             getattr(self, name).extend(getattr(other, name))
         return self
 
@@ -197,6 +199,8 @@ def load_partial(
             t[:n] = value[:n].to(target.dtype)
             new[key] = t
             report.reshaped.append(f"{key}: {tuple(value.shape)} -> first {n} rows of {tuple(target.shape)}")
+            if n < target.shape[0]:
+                report.partial.append(key)
         else:
             report.ignored.append(
                 f"{key}: shape {tuple(value.shape)} does not fit the model's {tuple(target.shape)}"
