@@ -317,7 +317,22 @@ def _meta(names: list[str]):
         (
             {},
             ["model.dec_layers=3"],
-            r"fewer layers than this model \(the model's transformer\.decoder\.layers\.2\.",
+            r"2 layers in transformer\.decoder\.layers, fewer .*model\.dec_layers=2$",
+        ),
+        (
+            {"enc": 2},
+            ["model.enc_layers=3"],
+            r"2 layers in transformer\.encoder\.layers, .*model\.enc_layers=2$",
+        ),
+        (
+            {},
+            ["model.detector=cdn", "model.cdn.interaction_layers=3"],
+            r"in transformer\.interaction_decoder\.layers, .*model\.cdn\.interaction_layers=2$",
+        ),
+        (
+            {},
+            ["model.detector=hotr", "model.hotr.interaction_layers=3"],
+            r"in interaction_transformer\.decoder\.layers, .*model\.hotr\.interaction_layers=2$",
         ),
         (
             {},

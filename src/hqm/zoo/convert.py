@@ -98,6 +98,13 @@ def log_report(report: LoadReport, path: str | os.PathLike, level: int = logging
 #: weights trained on another data set do not fit them, and fine-tuning starts them fresh
 VOCABULARY_HEAD = re.compile(r"(^|\.)(\w*class_embed|action_embed)(\.\d+)?\.(weight|bias)$")
 BACKBONE_BLOCK = re.compile(r"^(backbone\.\d+\.body\.layer\d+)\.\d+\.")
+#: the config key of each transformer layer stack (the longest suffix first)
+LAYER_KEYS = {
+    "interaction_transformer.decoder.layers": "model.hotr.interaction_layers",
+    "interaction_decoder.layers": "model.cdn.interaction_layers",
+    "encoder.layers": "model.enc_layers",
+    "decoder.layers": "model.dec_layers",
+}
 LAYER_STACK = re.compile(r"^((?!backbone\.).*(?:encoder|decoder)\.layers)\.\d+\.")  # transformer layers
 
 
@@ -159,11 +166,16 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
     loaded_stacks = _stacks(report.loaded, LAYER_STACK)
     missing = [k for k in report.fresh if (m := LAYER_STACK.match(k)) and m.group(1) in loaded_stacks]
     if missing:
+        stack = LAYER_STACK.match(missing[0]).group(1)
+        layers = {
+            int(e.split(" <- ")[0][len(stack) + 1 :].split(".")[0])
+            for e in report.loaded
+            if e.startswith(stack)
+        }
+        key = next((v for k, v in LAYER_KEYS.items() if stack.endswith(k)), "the layer count")
         return (
-            f"it has fewer layers than this model (the model's {missing[0]} is not in it; "
-            f"{_count(len(missing), 'such tensor')}), so those layers would stay random; set "
-            "model.enc_layers / model.dec_layers (model.cdn / model.hotr interaction_layers) to the "
-            "weights' own numbers"
+            f"it has {_count(len(layers), 'layer')} in {stack}, fewer than this model (the model's "
+            f"{missing[0]} is not in it), so those layers would stay random; set {key}={len(layers)}"
         )
     if report.partial:
         return (
