@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import re
 
 import pytest
 import torch
@@ -268,3 +269,14 @@ def test_full_disk_in_export_and_synth(tmp_path, capsys, monkeypatch):
     out = tmp_path / "synth"
     line = one_line(capsys, ["synth", "--out", str(out), "--preset", "tiny"], 1, str(out), "no space left")
     assert "marked incomplete" in line and '"complete": false' in (out / "synth_config.json").read_text()
+
+
+def test_a_failed_run_says_why_in_its_log(bad_checkpoints, tiny_root, tmp_path, capsys):
+    """A run that stops on a user error after its folder was set up (here: unreadable
+    ``model.pretrained`` weights) ends its log.txt with the console's one line, so the folder it
+    leaves says why."""
+    out = tmp_path / "run"
+    path = str(bad_checkpoints["notes"])
+    line = one_line(capsys, train_args(tiny_root, out, f"model.pretrained={path}"), 1, path)
+    last = (out / "log.txt").read_text().strip().splitlines()[-1]
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] ERROR: " + re.escape(line), last), last

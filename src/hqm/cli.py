@@ -506,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         print(known[0], file=sys.stderr)
+        run_logging = sys.modules.get("hqm.engine.logging")  # loaded only by commands that log
+        if run_logging is not None:  # a run folder's log.txt records why the run stopped
+            run_logging.record_failure(known[0])
         return known[1]
 
 

@@ -56,6 +56,16 @@ def setup_logging(output_dir: Path | None, main_process: bool) -> None:
         logging.getLogger(child).parent = LOGGER
 
 
+def record_failure(message: str) -> None:
+    """Append a command's one-line refusal to the run's ``log.txt`` (when a run set one up), so that
+    the folder a failed ``hqm train`` leaves says why; the console already printed it."""
+    record = logging.makeLogRecord({"name": LOGGER.name, "levelno": logging.ERROR, "levelname": "ERROR"})
+    record.msg = message
+    for handler in LOGGER.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated on CUDA, else the process's peak resident set size (MiB)."""
     if device.type == "cuda":
