@@ -255,12 +255,17 @@ def test_namespace_checkpoint_is_accepted(tmp_path):
     assert isinstance(ckpt["args"], argparse.Namespace) and ckpt["args"].epochs == 150
 
 
-def vcoco_meta():
-    """V-COCO's 80 object classes (+ no-object) with 5 verbs, every pair valid."""
+def _meta(names: list[str], name: str = "custom", no_object_class: int | None = None):
+    """A vocabulary of ``names`` with 5 verbs, every (verb, object) pair valid."""
     from hqm.structures import DatasetMeta
 
-    names = dataset_object_names("vcoco")
-    return DatasetMeta("vcoco", names, [f"v{i}" for i in range(5)], torch.ones(5, 81).bool().numpy(), 80)
+    valid = torch.ones(5, len(names)).bool().numpy()
+    return DatasetMeta(name, names, [f"v{i}" for i in range(5)], valid, no_object_class)
+
+
+def vcoco_meta():
+    """V-COCO's 80 object classes (+ no-object) with 5 verbs, every pair valid."""
+    return _meta(dataset_object_names("vcoco"), "vcoco", 80)
 
 
 def test_convert_cli_and_pretrained(tmp_path, capsys):
@@ -296,14 +301,6 @@ def test_pretrained_weights_of_another_backbone_width_are_refused():
     with pytest.raises(CheckpointError, match=r"backbone tensors of other shapes.*model.backbone_width") as e:
         load_pretrained(build_model(cfg, 81, 5), src, cfg, meta)
     assert "does not fit the model's (16," in str(e.value)  # the example names both shapes
-
-
-def _meta(names: list[str]):
-    from hqm.structures import DatasetMeta
-
-    return DatasetMeta(
-        "custom", names, [f"v{i}" for i in range(5)], torch.ones(5, len(names) + 1).bool().numpy()
-    )
 
 
 @pytest.mark.parametrize(

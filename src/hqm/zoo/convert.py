@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from hqm.zoo import classes as _classes  # noqa: F401  (registers the "class_rows" op)
 from hqm.zoo.layouts import check_args, detect_format, get_spec
-from hqm.zoo.rename import LoadReport, apply_spec, load_partial
+from hqm.zoo.rename import LoadReport, apply_spec, entry_key, load_partial
 from hqm.zoo.safe_load import CheckpointError, read_state_dict
 
 LOG = logging.getLogger("hqm.zoo")
@@ -55,13 +55,12 @@ def convert_state_dict(
 def _merge(conversion: LoadReport, loading: LoadReport) -> LoadReport:
     """One report for convert + load: conversion's reshaped/ignored/fresh-rows notes win over the
     loader's plain "loaded" for the same key; the loader's fresh list replaces the table's guess."""
-    reshaped = {e.split(" <- ")[0].split(":")[0] for e in conversion.reshaped}
-    renamed = {e.split(" <- ")[0]: e for e in conversion.loaded}
+    reshaped = {entry_key(e) for e in conversion.reshaped}
+    renamed = {entry_key(e): e for e in conversion.loaded}
     merged = LoadReport(
         loaded=[renamed.get(k, k) for k in loading.loaded if k not in reshaped],
-        reshaped=[e for e in conversion.reshaped if e.split(" <- ")[0].split(":")[0] in loading.loaded]
-        + loading.reshaped,
-        fresh=loading.fresh + [e for e in conversion.fresh if not e.split(":")[0].endswith("*")],
+        reshaped=[e for e in conversion.reshaped if entry_key(e) in loading.loaded] + loading.reshaped,
+        fresh=loading.fresh + [e for e in conversion.fresh if not entry_key(e).endswith("*")],
         ignored=conversion.ignored + loading.ignored,
         misfit=list(loading.misfit),
         unknown=list(loading.unknown),
@@ -105,16 +104,16 @@ LAYER_KEYS = {
     "encoder.layers": "model.enc_layers",
     "decoder.layers": "model.dec_layers",
 }
-LAYER_STACK = re.compile(r"^((?!backbone\.).*(?:encoder|decoder)\.layers)\.\d+\.")  # transformer layers
+LAYER_STACK = re.compile(r"^((?!backbone\.).*(?:encoder|decoder)\.layers)\.(\d+)\.")  # transformer layers
 
 
 def _stacks(keys, pattern: re.Pattern) -> set[str]:
-    return {m.group(1) for k in keys if (m := pattern.match(k.split(" <- ")[0]))}
+    return {m.group(1) for k in keys if (m := pattern.match(entry_key(k)))}
 
 
 def _entry(entries: list[str], key: str) -> str:
     """The report entry of bare ``key`` (it carries the shapes or the reason), else the key."""
-    return next((e for e in entries if e.startswith(f"{key}:")), key)
+    return next((e for e in entries if entry_key(e) == key), key)
 
 
 def _count(n: int, noun: str) -> str:
@@ -142,7 +141,7 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
         )
     own_stages = _stacks(model.state_dict(), BACKBONE_BLOCK)
     deeper = [k for k in report.unknown if (m := BACKBONE_BLOCK.match(k)) and m.group(1) in own_stages]
-    loaded_backbone = any(e.split(" <- ")[0].startswith("backbone.") for e in report.loaded)
+    loaded_backbone = any(entry_key(e).startswith("backbone.") for e in report.loaded)
     shallower = [k for k in report.fresh if k.startswith("backbone.")] if loaded_backbone else []
     if deeper or shallower:
         example = f"{deeper[0]} is not in the model" if deeper else f"the model's {shallower[0]} is not in it"
@@ -167,11 +166,8 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
     missing = [k for k in report.fresh if (m := LAYER_STACK.match(k)) and m.group(1) in loaded_stacks]
     if missing:
         stack = LAYER_STACK.match(missing[0]).group(1)
-        layers = {
-            int(e.split(" <- ")[0][len(stack) + 1 :].split(".")[0])
-            for e in report.loaded
-            if e.startswith(stack)
-        }
+        matches = (LAYER_STACK.match(entry_key(e)) for e in report.loaded)
+        layers = {int(m.group(2)) for m in matches if m and m.group(1) == stack}
         key = next((v for k, v in LAYER_KEYS.items() if stack.endswith(k)), "the layer count")
         return (
             f"it has {_count(len(layers), 'layer')} in {stack}, fewer than this model (the model's "

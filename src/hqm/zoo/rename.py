@@ -107,6 +107,11 @@ class LoadReport:
         return self.summary(verbose=False)
 
 
+def entry_key(entry: str) -> str:
+    """The model key a :class:`LoadReport` entry is about (``"target <- source: reason"`` -> target)."""
+    return entry.split(" <- ")[0].split(":")[0]
+
+
 #: op name -> fn(source tensor, context) -> (tensor, note or "", fresh rows description or "")
 OPS: dict[str, Callable[[Tensor, dict[str, Any]], tuple[Tensor, str, str]]] = {
     "copy": lambda t, ctx: (t, "", ""),
