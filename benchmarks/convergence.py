@@ -276,13 +276,20 @@ def launch(run: Run, config: str, threads: int) -> None:
     run.started = time.time()
 
 
-def progress_line(runs: list[Run], steps_per_epoch: int, t0: float) -> str:
+def steps_done(runs: list[Run]) -> int:
+    """Training steps the runs' folders hold, counted at their last evaluation (epoch end)."""
+    return sum(rows[-1]["step"] if (rows := read_rows(r, quiet=True)) else 0 for r in runs)
+
+
+def progress_line(runs: list[Run], steps_per_epoch: int, t0: float, done0: int = 0) -> str:
+    """One progress line; the eta extrapolates the steps trained since ``t0`` (``done0`` were
+    already in the folder then, from a study that is being resumed)."""
     total = sum(r.epochs for r in runs) * steps_per_epoch
-    done = sum(rows[-1]["step"] if (rows := read_rows(r, quiet=True)) else 0 for r in runs)
+    done = steps_done(runs)
     n_done = sum(finished(r) for r in runs)
     running = sum(r.proc is not None and r.proc.poll() is None for r in runs)
     el = time.time() - t0
-    eta = f"{el / done * (total - done) / 60:.0f} min" if done else "?"
+    eta = f"{el / (done - done0) * (total - done) / 60:.0f} min" if done > done0 else "?"
     return (
         f"[convergence] runs {n_done}/{len(runs)} done, {running} running; "
         f"{done}/{total} steps (at epoch ends); {el / 60:.1f} min elapsed, eta {eta}"
@@ -293,6 +300,7 @@ def execute(runs: list[Run], args, config: str, steps_per_epoch: int) -> None:
     todo = [r for r in runs if not finished(r)]
     print(f"[convergence] {len(runs)} runs, {len(runs) - len(todo)} already finished", flush=True)
     t0 = time.time()
+    done0 = steps_done(runs)
     deadline = t0 + args.deadline_min * 60 if args.deadline_min else math.inf
     active: list[Run] = []
     failed: list[Run] = []
@@ -323,10 +331,10 @@ def execute(runs: list[Run], args, config: str, steps_per_epoch: int) -> None:
             launch(r, config, args.threads)
             active.append(r)
         if time.time() - last > args.progress_every:
-            print(progress_line(runs, steps_per_epoch, t0), flush=True)
+            print(progress_line(runs, steps_per_epoch, t0, done0), flush=True)
             last = time.time()
         time.sleep(1.0)
-    print(progress_line(runs, steps_per_epoch, t0), flush=True)
+    print(progress_line(runs, steps_per_epoch, t0, done0), flush=True)
     if failed:
         print(f"[convergence] {len(failed)} runs failed: {', '.join(r.name for r in failed)}", flush=True)
 

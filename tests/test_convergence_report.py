@@ -84,3 +84,15 @@ def test_bad_run_folders_and_rows_are_left_out_with_one_line(tmp_path, capsys):
     assert sum("results.csv line" in o and "left out" in o for o in out) == 2
     results.write_text("\n".join(lines[:3]))  # the last epoch's line lost: no final row
     assert not any(row["final"] for row in conv.collect(found, tmp_path))
+
+
+def test_progress_eta_of_a_resumed_study_counts_only_the_steps_trained_since(tmp_path, monkeypatch):
+    conv = _script()
+    _run_folder(tmp_path, "none-s42", "none", 2, [0.1, 0.2], True)  # finished before the resume
+    _run_folder(tmp_path, "ajl-s42", "ajl", 2, [0.1], False)  # one epoch trained since
+    runs = conv.discover(tmp_path)
+    monkeypatch.setattr(conv.time, "time", lambda: 600.0)  # 10 min after t0 = 0
+    line = conv.progress_line(runs, 250, 0.0, done0=500)
+    # 250 steps in 10 min, 250 left: 10 min more (counting the finished run's 500 would say 3)
+    assert "750/1000 steps" in line and "eta 10 min" in line
+    assert "eta ?" in conv.progress_line(runs, 250, 0.0, done0=750)
