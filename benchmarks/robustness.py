@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def main() -> None:
     ap.add_argument("--magnitudes", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--jobs", type=int, default=1, help="checkpoints evaluated at once (processes)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: cores / jobs)")
     ap.add_argument("--out", default="")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument(
@@ -93,7 +95,11 @@ def main() -> None:
         variant, seed, ckpt = item
         cmd = [sys.executable, __file__, "--worker", ckpt, "--device", args.device, "--magnitudes"]
         cmd += [str(m) for m in args.magnitudes] + ["--", *args.overrides]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        threads = str(
+            args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+        )  # no oversubscription
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             print(f"[robustness] {ckpt} failed:\n{res.stderr[-2000:]}", flush=True)
             return []
