@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ def _script():
     return module
 
 
-def _run_folder(out: Path, name: str, strategy: str, epochs: int, full: list[float], done: bool) -> None:
+def _run_folder(
+    out: Path, name: str, strategy: str, epochs: int, full: list[float], done: bool, step: float = 0.0
+) -> None:
     d = out / "runs" / name
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(
@@ -34,13 +37,16 @@ def _run_folder(out: Path, name: str, strategy: str, epochs: int, full: list[flo
             w.writerow([e, 250 * e, v, 0.0, v, 0.5])
     if done:
         (d / "study_run_finished").write_text("")
+    if step:  # the trainer's metrics.jsonl: the logged step times, and a line of another kind
+        lines = [{"kind": "train", "step_time": step}, {"kind": "train", "step_time": step}, {"kind": "eval"}]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
 
 
 def test_report_gathers_every_run_folder(tmp_path, capsys):
     conv = _script()
-    _run_folder(tmp_path, "ajl-s42", "ajl", 2, [0.1, 0.25], True)
+    _run_folder(tmp_path, "ajl-s42", "ajl", 2, [0.1, 0.25], True, step=0.25)
     _run_folder(tmp_path, "none-s43", "none", 2, [0.1, 0.3], True)
-    _run_folder(tmp_path, "none-s42", "none", 2, [0.1, 0.2], True)
+    _run_folder(tmp_path, "none-s42", "none", 2, [0.1, 0.2], True, step=0.2)
     _run_folder(tmp_path, "ajl-1ep-s42", "ajl", 1, [0.05], False)  # still training
     (tmp_path / "runs" / "gbs-s42").mkdir()  # launched, no config yet: not a run
     (tmp_path / "runs" / "none-s42.log").write_text("")
@@ -58,7 +64,8 @@ def test_report_gathers_every_run_folder(tmp_path, capsys):
     assert "| none | 2 | 2 | 25.00 ± 7.07 |" in table
     assert "| ajl | 2 | 1 | 25.00 ± 0.00 |" in table
     assert "| ajl-1ep | 1 | 0 (+1 unfinished) | - |" in table
-    assert "| ajl | 1 | 5.00 ± 0.00 | 1/1 |" in table  # paired with none at seed 42: 25 - 20
+    # paired with none at seed 42: Full 25 - 20, non-rare (here = Full) too, step 0.25 / 0.2 s
+    assert "| ajl | 1 | 5.00 ± 0.00 | 1/1 | - | 5.00 ± 0.00 | 1.25x |" in table
     assert capsys.readouterr().out == ""
 
 
