@@ -12,8 +12,9 @@ reports what the paper's Figure 3 and Table 3 show:
   the finished seeds) of the final Full / Rare / Non-rare mAP, the paired
   comparison of each variant with ``none`` (Full mAP difference per seed, its mean +- std, the seeds
   it wins, the paired t-test's p; the non-rare difference's mean +- std, as the rare classes' few test
-  pairs swing Full; the ratio of the median step times), and the faster-convergence check (``--short``: HQM trained for a fraction
-  of the baseline's epochs, schedule included, against the baseline's full run).
+  pairs swing Full; the ratio of the median step times), and the faster-convergence check
+  (``--short``: HQM trained for a fraction of the baseline's epochs, schedule included, against the
+  baseline's full run).
 
 Variants: the strategies (``--strategies``, default none gbs amm ajl pjl cjl), with ``--ablations``
 also GBS without shifting / with Gaussian shifts, AMM with random selection / without the reference
