@@ -346,6 +346,11 @@ def collect(runs: list[Run], out: Path) -> list[dict]:
     for r in runs:
         st = step_time(r)
         results = read_rows(r)
+        if finished(r) and not results:
+            print(
+                f"[convergence] {r.dir / 'results.csv'}: finished run without evaluations; left out",
+                flush=True,
+            )
         for i, row in enumerate(results):
             # the final evaluation is the last epoch's: a finished run whose last line was left out
             # (read_rows) has no final row rather than an earlier epoch's passed off as final
@@ -535,6 +540,8 @@ def main() -> None:
     args.epochs = args.epochs or cfg.train.epochs
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     out = Path(args.out)
+    if args.report and not any((out / "runs").glob("*/config.yaml")):
+        raise SystemExit(f"[convergence] --report: no run folders in {out / 'runs'}; give the study's --out")
     out.mkdir(parents=True, exist_ok=True)
     recipe, synth = size_overrides(args.size, cfg.data)
     data = Path(args.data or out / f"data-{args.preset}-{args.size}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,3 +104,16 @@ def test_progress_eta_of_a_resumed_study_counts_only_the_steps_trained_since(tmp
     # 250 steps in 10 min, 250 left: 10 min more (counting the finished run's 500 would say 3)
     assert "750/1000 steps" in line and "eta 10 min" in line
     assert "eta ?" in conv.progress_line(runs, 250, 0.0, done0=750)
+
+
+def test_report_says_so_for_an_empty_study_and_a_finished_run_without_evaluations(tmp_path, capsys):
+    conv = _script()
+    _run_folder(tmp_path, "none-s42", "none", 2, [], True)  # finished, results.csv holds no rows
+    rows = conv.collect(conv.discover(tmp_path), tmp_path)
+    assert rows == []
+    assert "none-s42/results.csv: finished run without evaluations; left out" in capsys.readouterr().out
+    empty = tmp_path / "missing"
+    res = subprocess.run(
+        [sys.executable, str(SCRIPT), "--report", "--out", str(empty)], capture_output=True, text=True
+    )
+    assert res.returncode != 0 and "no run folders in" in res.stderr and not empty.exists()
