@@ -99,6 +99,21 @@ class Run:
         return "none"
 
 
+def count(minimum: int):
+    """An argparse type: an int of at least ``minimum`` (``--jobs``, ``--threads``), else one usage line."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def size_overrides(size: int, data_cfg) -> tuple[list[str], list[str]]:
     """(recipe overrides, synthetic-generator overrides) that scale every pixel size of the recipe's
     ``data_cfg`` (training scales, test scale, long-side cap, crops) and of the generated images by
@@ -523,8 +538,8 @@ def main() -> None:
         "cap) and of the generated images times SIZE / 128 (128: the demo as it is)",
     )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: cores / jobs)")
+    ap.add_argument("--jobs", type=count(1), default=1, help="runs trained at once")
+    ap.add_argument("--threads", type=count(0), default=0, help="CPU threads per run (0: cores / jobs)")
     ap.add_argument("--deadline-min", type=float, default=0.0, help="stop after this many minutes (0: never)")
     ap.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
     ap.add_argument("--report", action="store_true", help="only collect, tabulate and plot what OUT holds")

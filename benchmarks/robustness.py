@@ -32,7 +32,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from convergence import DONE, METRICS  # benchmarks/convergence.py: a finished run's marker, the columns
+from convergence import DONE, METRICS, count  # benchmarks/convergence.py: run marker, columns, int type
 
 
 def evaluate(ckpt: str, magnitudes: list[float], device: str, overrides: list[str]) -> list[dict]:
@@ -73,8 +73,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", action="append", default=[], help="VARIANT=PATH (repeatable)")
     ap.add_argument("--magnitudes", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--jobs", type=int, default=1, help="checkpoints evaluated at once (processes)")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: cores / jobs)")
+    ap.add_argument("--jobs", type=count(1), default=1, help="checkpoints evaluated at once (processes)")
+    ap.add_argument("--threads", type=count(0), default=0, help="CPU threads per process (0: cores / jobs)")
     ap.add_argument("--out", default="")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument(

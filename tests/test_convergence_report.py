@@ -117,3 +117,15 @@ def test_report_says_so_for_an_empty_study_and_a_finished_run_without_evaluation
         [sys.executable, str(SCRIPT), "--report", "--out", str(empty)], capture_output=True, text=True
     )
     assert res.returncode != 0 and "no run folders in" in res.stderr and not empty.exists()
+
+
+def test_jobs_and_threads_refuse_counts_below_their_minimum():
+    import argparse
+
+    import pytest
+
+    conv = _script()
+    assert conv.count(0)("0") == 0 and conv.count(1)("3") == 3
+    for parse, text in [(conv.count(0), "-1"), (conv.count(1), "0"), (conv.count(0), "two")]:
+        with pytest.raises(argparse.ArgumentTypeError, match="whole number"):
+            parse(text)
