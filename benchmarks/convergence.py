@@ -114,6 +114,16 @@ def count(minimum: int):
     return parse
 
 
+def threads_per_job(threads: int, jobs: int) -> int:
+    """``--threads``, or with 0 the cores shared out among ``jobs`` processes (no oversubscription)."""
+    return threads or max(1, (os.cpu_count() or 1) // jobs)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """This process's environment with the OpenMP / MKL thread count of a child process set."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def size_overrides(size: int, data_cfg) -> tuple[list[str], list[str]]:
     """(recipe overrides, synthetic-generator overrides) that scale every pixel size of the recipe's
     ``data_cfg`` (training scales, test scale, long-side cap, crops) and of the generated images by
@@ -286,7 +296,7 @@ def launch(run: Run, config: str, threads: int) -> None:
     has_ckpt = any((run.dir / "checkpoints").glob("*.pt")) if (run.dir / "checkpoints").is_dir() else False
     cmd = [sys.executable, "-m", "hqm", "train", config, *run.overrides]
     cmd += ["--resume", "auto"] if has_ckpt else ["--overwrite"]  # our own study folder
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = thread_env(threads)
     env.pop("PYTHONUNBUFFERED", None)
     run.log = open(run.dir.parent / f"{run.name}.log", "a")
     run.proc = subprocess.Popen(cmd, stdout=run.log, stderr=subprocess.STDOUT, env=env)
@@ -553,7 +563,7 @@ def main() -> None:
         config = str(Path(hqm.__file__).parent / "configs" / f"{config.removesuffix('.yaml')}.yaml")
     cfg = load_config(config, args.overrides)
     args.epochs = args.epochs or cfg.train.epochs
-    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    args.threads = threads_per_job(args.threads, args.jobs)
     out = Path(args.out)
     if args.report and not any((out / "runs").glob("*/config.yaml")):
         raise SystemExit(f"[convergence] --report: no run folders in {out / 'runs'}; give the study's --out")

@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from convergence import DONE, METRICS, count  # benchmarks/convergence.py: run marker, columns, int type
+from convergence import DONE, METRICS, count, thread_env, threads_per_job  # benchmarks/convergence.py
 
 
 def evaluate(ckpt: str, magnitudes: list[float], device: str, overrides: list[str]) -> list[dict]:
@@ -91,14 +90,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(f"[robustness] {len(checkpoints)} checkpoints x {len(args.magnitudes)} magnitudes", flush=True)
 
+    env = thread_env(threads_per_job(args.threads, args.jobs))
+
     def one(item: tuple[str, int, str]) -> list[dict]:
         variant, seed, ckpt = item
         cmd = [sys.executable, __file__, "--worker", ckpt, "--device", args.device, "--magnitudes"]
         cmd += [str(m) for m in args.magnitudes] + ["--", *args.overrides]
-        threads = str(
-            args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-        )  # no oversubscription
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             print(f"[robustness] {ckpt} failed:\n{res.stderr[-2000:]}", flush=True)
