@@ -7,7 +7,8 @@ reports what the paper's Figure 3 and Table 3 show:
 * ``convergence.csv``: one row per evaluation (variant, strategy, seed, epochs, final, epoch, step, Full /
   Rare / Non-rare mAP and mean max recall in %, median training step time in s);
 * ``convergence.png``: Full mAP against step, the mean over seeds with a band from the lowest to the
-  highest seed;
+  highest seed (the strategies; the ablations and ``--variant`` runs in a second panel, beside
+  ``none`` and the strategies they change);
 * ``convergence.md``: per variant its epochs, finished seeds (and unfinished runs), mean +- std (over
   the finished seeds) of the final Full / Rare / Non-rare mAP, the paired
   comparison of each variant with ``none`` (Full mAP difference per seed, its mean +- std, the seeds
@@ -476,9 +477,25 @@ def report(rows: list[dict], runs: list[Run], out: Path, header: str) -> str:
     return text
 
 
+def panels(rows: list[dict]) -> list[list[str]]:
+    """The variants of each panel of ``convergence.png``, in the order of ``rows``: the strategies and
+    their shorter schedules (the paper's Figure 3); when the study also has other variants (the
+    ablations, ``--variant``), a second panel with those, ``none`` and the strategies they change,
+    so that a dozen curves are not drawn over each other."""
+    strategy = {r["variant"]: r["strategy"] for r in rows}
+    short = re.compile(rf"({'|'.join(STRATEGIES)})-\d+ep")
+    main = [v for v in strategy if v in STRATEGIES or short.fullmatch(v)]
+    other = [v for v in strategy if v not in main]
+    if not other:
+        return [main]
+    reference = [v for v in main if v == "none" or v in {strategy[o] for o in other}]
+    return [p for p in (main, reference + other) if p]
+
+
 def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) -> Path | None:
-    """``convergence.png``: Full mAP against step per variant (``unfinished``: variants with runs
-    still to finish, so marked in the legend)."""
+    """``convergence.png``: Full mAP against step per variant, one panel per group of :func:`panels`
+    (``unfinished``: variants with runs still to finish, so marked in the legend); a variant has the
+    same colour in both panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -489,25 +506,38 @@ def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) 
         by.setdefault(r["variant"], {}).setdefault(r["step"], []).append(r["mAP_full"])
     if not by:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for v, steps in by.items():
-        xs = sorted(steps)
-        mean = [statistics.mean(steps[x]) for x in xs]
-        ax.plot(
-            xs,
-            mean,
-            marker="o",
-            ms=3,
-            label=f"{v} (n={max(len(steps[x]) for x in xs)}"
-            + (", unfinished)" if (unfinished or {}).get(v) else ")"),
-            ls="--" if v.endswith("ep") else "-",
-        )
-        ax.fill_between(xs, [min(steps[x]) for x in xs], [max(steps[x]) for x in xs], alpha=0.15)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("Full mAP (%)")
-    ax.set_title("Full mAP against training step (mean over seeds; band: min-max)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    groups = panels(rows)
+    palette = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("Dark2")(i) for i in range(8)]
+    colour = {v: palette[i % len(palette)] for i, v in enumerate(by)}
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), sharey=True, squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        for v in group:
+            steps = by[v]
+            xs = sorted(steps)
+            mean = [statistics.mean(steps[x]) for x in xs]
+            ax.plot(
+                xs,
+                mean,
+                marker="o",
+                ms=3,
+                color=colour[v],
+                label=f"{v} (n={max(len(steps[x]) for x in xs)}"
+                + (", unfinished)" if (unfinished or {}).get(v) else ")"),
+                ls="--" if v.endswith("ep") else "-",
+            )
+            lows, highs = [min(steps[x]) for x in xs], [max(steps[x]) for x in xs]
+            ax.fill_between(xs, lows, highs, color=colour[v], alpha=0.12)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("Full mAP (%)")
+    title = "Full mAP against training step (mean over seeds; band: min-max)"
+    if len(groups) > 1:
+        axes[0][0].set_title("strategies", fontsize=10)
+        axes[0][1].set_title("other variants, with the strategies they change", fontsize=10)
+        fig.suptitle(title, fontsize=10)
+    else:
+        axes[0][0].set_title(title, fontsize=10)
     fig.tight_layout()
     path = out / "convergence.png"
     fig.savefig(path, dpi=120)

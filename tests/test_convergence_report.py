@@ -129,3 +129,31 @@ def test_jobs_and_threads_refuse_counts_below_their_minimum():
     for parse, text in [(conv.count(0), "-1"), (conv.count(1), "0"), (conv.count(0), "two")]:
         with pytest.raises(argparse.ArgumentTypeError, match="whole number"):
             parse(text)
+
+
+def test_plot_puts_ablations_in_a_second_panel_with_the_strategies_they_change(tmp_path):
+    mod = _script()
+    names = [
+        ("none", "none"),
+        ("gbs", "gbs"),
+        ("amm", "amm"),
+        ("ajl", "ajl"),
+        ("ajl-6ep", "ajl"),
+        ("gbs-shift-none", "gbs"),
+        ("amm-select-random", "amm"),
+    ]
+    rows = [{"variant": v, "strategy": s, "step": 250, "mAP_full": 1.0} for v, s in names]
+    assert mod.panels(rows) == [
+        ["none", "gbs", "amm", "ajl", "ajl-6ep"],
+        ["none", "gbs", "amm", "gbs-shift-none", "amm-select-random"],
+    ]
+    strategies_only = [r for r in rows if "-s" not in r["variant"]]
+    assert mod.panels(strategies_only) == [["none", "gbs", "amm", "ajl", "ajl-6ep"]]
+    # a study of named variants alone has one panel, not an empty first one
+    assert mod.panels([{"variant": "ajl-k10", "strategy": "ajl"}]) == [["ajl-k10"]]
+
+    from PIL import Image
+
+    one = Image.open(mod.plot(strategies_only, tmp_path)).size
+    two = Image.open(mod.plot(rows, tmp_path)).size
+    assert two[0] > 1.8 * one[0] and two[1] == one[1]
