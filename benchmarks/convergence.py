@@ -20,7 +20,8 @@ reports what the paper's Figure 3 and Table 3 show:
 Variants: the strategies (``--strategies``, default none gbs amm ajl pjl cjl), with ``--ablations``
 also GBS without shifting / with Gaussian shifts, AMM with random selection / without the reference
 A^l / without the hard queries Q^m (the paper's Table 4) and GBS with reference points learnt from
-the query (``mining.gbs.reference_points=learned``), and ``--short STRATEGY`` (default ajl) at
+the query (``mining.gbs.reference_points=learned``; ``--ablation NAME``, repeatable, picks some of
+them), and ``--short STRATEGY`` (default ajl) at
 ``--short-fraction`` (0.6) of the epochs, and any named set of overrides with ``--variant
 NAME=KEY=VALUE[,KEY=VALUE...]`` (repeatable; e.g. a changed hyper-parameter of one strategy). Runs go
 seed by seed, so a stopped study has whole seeds.
@@ -159,7 +160,9 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
         raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=KEY=VALUE[,KEY=VALUE...]")
     if name in STRATEGIES or name in ABLATIONS:
         raise argparse.ArgumentTypeError(
-            f"--variant {text!r}: {name!r} is a built-in variant; pick another name"
+            f"--variant {text!r}: {name!r} is a built-in variant ("
+            + (f"--strategies {name}" if name in STRATEGIES else f"--ablation {name}")
+            + "); pick another name"
         )
     for o in overrides:
         key = o.split("=", 1)[0]
@@ -176,8 +179,8 @@ def plan(args, out: Path, base: list[str]) -> list[Run]:
     variants: list[tuple[str, list[str], int]] = [
         (s, [f"mining.strategy={s}"], args.epochs) for s in args.strategies
     ]
-    if args.ablations:
-        variants += [(name, ov, args.epochs) for name, ov in ABLATIONS.items()]
+    chosen = list(ABLATIONS) if args.ablations else list(dict.fromkeys(args.ablation))
+    variants += [(name, ABLATIONS[name], args.epochs) for name in chosen]
     for name, ov in args.variant:  # a variant's own train.epochs is its length (a longer schedule)
         own = [o.split("=", 1)[1] for o in ov if o.startswith("train.epochs=")]
         rest = [o for o in ov if not o.startswith("train.epochs=")]
@@ -551,7 +554,19 @@ def main() -> None:
     )
     ap.add_argument("--config", default="qpic_r18_synthetic", help="packaged config name or YAML path")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    ap.add_argument("--ablations", action="store_true", help="also the paper's Table 4 ablations")
+    ap.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also the paper's Table 4 ablations (and gbs-reference-learned)",
+    )
+    ap.add_argument(
+        "--ablation",
+        action="append",
+        default=[],
+        choices=list(ABLATIONS),
+        metavar="NAME",
+        help="also this one of them (repeatable): " + ", ".join(ABLATIONS),
+    )
     ap.add_argument(
         "--variant",
         action="append",

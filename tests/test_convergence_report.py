@@ -157,3 +157,39 @@ def test_plot_puts_ablations_in_a_second_panel_with_the_strategies_they_change(t
     one = Image.open(mod.plot(strategies_only, tmp_path)).size
     two = Image.open(mod.plot(rows, tmp_path)).size
     assert two[0] > 1.8 * one[0] and two[1] == one[1]
+
+
+def test_ablation_picks_some_of_the_ablations_and_a_built_in_name_is_refused_as_a_variant(tmp_path):
+    import argparse
+
+    mod = _script()
+    args = argparse.Namespace(
+        strategies=["none"],
+        ablations=False,
+        ablation=["amm-target-learnable", "gbs-shift-none", "amm-target-learnable"],
+        variant=[],
+        short="",
+        short_fraction=0.6,
+        epochs=2,
+        seeds=2,
+        first_seed=42,
+    )
+    runs = mod.plan(args, tmp_path, [])
+    assert [(r.variant, r.seed) for r in runs] == [
+        (v, s) for s in (42, 43) for v in ("none", "amm-target-learnable", "gbs-shift-none")
+    ]
+    target = next(r for r in runs if r.variant == "amm-target-learnable")
+    assert "mining.amm.target=learnable" in target.overrides and "mining.strategy=amm" in target.overrides
+    args.ablations = True
+    assert len(mod.plan(args, tmp_path, [])) == 2 * (1 + len(mod.ABLATIONS))
+
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--variant", "gbs-shift-none=mining.strategy=gbs", "--report"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "--ablation gbs-shift-none" in out.stderr
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--ablation", "amm-nothing", "--report"], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "invalid choice: 'amm-nothing'" in out.stderr
