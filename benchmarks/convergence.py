@@ -42,6 +42,7 @@ one line.
     .venv/bin/python benchmarks/convergence.py --strategies none ajl \
         --variant ajl-k10=mining.strategy=ajl,mining.amm.k=10         # a named extra variant
     .venv/bin/python benchmarks/convergence.py --report                     # tables from OUT only
+    .venv/bin/python benchmarks/convergence.py --strategies none gbs --ablation gbs-shift-none --short ''
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ ABLATIONS = {
     "amm-reference-self": ["mining.strategy=amm", "mining.amm.reference=self"],
     "amm-target-learnable": ["mining.strategy=amm", "mining.amm.target=learnable"],
 }
+SHORT = re.compile(rf"({'|'.join(STRATEGIES)})-\d+ep")  # a strategy's shorter schedule (--short)
 DONE = "study_run_finished"  # marker written into a run folder when its training ended successfully
 METRICS = ("mAP_full", "mAP_rare", "mAP_nonrare", "mean_max_recall")
 
@@ -157,10 +159,10 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     name, _, rest = text.partition("=")
     overrides = [o.strip() for o in re.split(r",(?![^\[]*\])", rest) if o.strip()]  # keeps [a,b] whole
     if not name or not overrides or not all("=" in o for o in overrides):
-        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=KEY=VALUE[,KEY=VALUE...]")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=KEY=VALUE[,KEY=VALUE...]")
     if name in STRATEGIES or name in ABLATIONS:
         raise argparse.ArgumentTypeError(
-            f"--variant {text!r}: {name!r} is a built-in variant ("
+            f"{text!r}: {name!r} is a built-in variant ("
             + (f"--strategies {name}" if name in STRATEGIES else f"--ablation {name}")
             + "); pick another name"
         )
@@ -168,16 +170,16 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
         key = o.split("=", 1)[0]
         if key in ("train.seed", "train.output_dir"):
             raise argparse.ArgumentTypeError(
-                f"--variant {text!r}: {key} is set by the study (--seeds / --first-seed, --out)"
+                f"{text!r}: {key} is set by the study (--seeds / --first-seed, --out)"
             )
         if key == "train.epochs" and not o.split("=", 1)[1].isdigit():
-            raise argparse.ArgumentTypeError(f"--variant {text!r}: train.epochs must be a whole number")
+            raise argparse.ArgumentTypeError(f"{text!r}: train.epochs must be a whole number")
     return name, overrides
 
 
 def plan(args, out: Path, base: list[str]) -> list[Run]:
     variants: list[tuple[str, list[str], int]] = [
-        (s, [f"mining.strategy={s}"], args.epochs) for s in args.strategies
+        (s, [f"mining.strategy={s}"], args.epochs) for s in dict.fromkeys(args.strategies)
     ]
     chosen = list(ABLATIONS) if args.ablations else list(dict.fromkeys(args.ablation))
     variants += [(name, ABLATIONS[name], args.epochs) for name in chosen]
@@ -188,6 +190,13 @@ def plan(args, out: Path, base: list[str]) -> list[Run]:
     if args.short:
         short = max(1, int(round(args.epochs * args.short_fraction)))
         variants.append((f"{args.short}-{short}ep", [f"mining.strategy={args.short}"], short))
+    names = [name for name, _, _ in variants]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:  # two runs would train into one folder
+        raise ValueError(
+            f"two variants are named {twice!r} (a repeated --variant, or a --variant named like the "
+            f"--short run {args.short!r} makes); give each --variant its own name"
+        )
     runs = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for variant, ov, epochs in variants:
@@ -413,10 +422,12 @@ def final_rows(rows: list[dict]) -> dict[str, dict[int, dict]]:
 
 
 def mean_std(values: list[float]) -> str:
+    """``mean ± std``; the value alone for one seed (a std of 0.00 would claim a spread never measured)."""
     if not values:
         return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def unfinished_counts(runs: list[Run]) -> dict[str, int]:
@@ -473,7 +484,15 @@ def report(rows: list[dict], runs: list[Run], out: Path, header: str) -> str:
         st_v = [finals[v][s]["step_time_s"] for s in seeds if finals[v][s]["step_time_s"] != ""]
         st_b = [base[s]["step_time_s"] for s in seeds if base[s]["step_time_s"] != ""]
         ratio = f"{statistics.median(st_v) / statistics.median(st_b):.2f}x" if st_v and st_b else "-"
-        cells = [v, len(seeds), mean_std(diffs), f"{won}/{len(seeds)}", p, mean_std(nonrare), ratio]
+        cells = [
+            v,
+            len(seeds),
+            mean_std(diffs),
+            f"{won}/{len(seeds)}" if seeds else "-",
+            p,
+            mean_std(nonrare),
+            ratio,
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     text = "\n".join(lines) + "\n"
     (out / "convergence.md").write_text(text)
@@ -486,19 +505,20 @@ def panels(rows: list[dict]) -> list[list[str]]:
     ablations, ``--variant``), a second panel with those, ``none`` and the strategies they change,
     so that a dozen curves are not drawn over each other."""
     strategy = {r["variant"]: r["strategy"] for r in rows}
-    short = re.compile(rf"({'|'.join(STRATEGIES)})-\d+ep")
-    main = [v for v in strategy if v in STRATEGIES or short.fullmatch(v)]
+    main = [v for v in strategy if v in STRATEGIES or SHORT.fullmatch(v)]
     other = [v for v in strategy if v not in main]
     if not other:
         return [main]
     reference = [v for v in main if v == "none" or v in {strategy[o] for o in other}]
-    return [p for p in (main, reference + other) if p]
+    if reference == main:  # a first panel would only repeat the second's reference curves
+        return [main + other]
+    return [main, reference + other]
 
 
 def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) -> Path | None:
     """``convergence.png``: Full mAP against step per variant, one panel per group of :func:`panels`
-    (``unfinished``: variants with runs still to finish, so marked in the legend); a variant has the
-    same colour in both panels."""
+    (``unfinished``: variants with runs still to finish, drawn with open markers and so marked in the
+    legend); a variant has the same colour in both panels, a shorter schedule (``--short``) is dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -510,23 +530,34 @@ def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) 
     if not by:
         return None
     groups = panels(rows)
-    palette = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("Dark2")(i) for i in range(8)]
-    colour = {v: palette[i % len(palette)] for i, v in enumerate(by)}
+    # a strategy has the same colour in every study (its shorter schedule too, dashed); the other
+    # variants take colours none of the strategies has, then markers tell them apart
+    tab10 = plt.get_cmap("tab10")
+    extra = [tab10(i) for i in (6, 7, 8, 9)] + ["black", "darkgoldenrod", "navy", "magenta"]
+    colour, marker, n_other = {}, {}, 0
+    for v in by:
+        base = SHORT.fullmatch(v)
+        if v in STRATEGIES or base:
+            colour[v], marker[v] = tab10(STRATEGIES.index(base.group(1) if base else v)), "o"
+        else:
+            colour[v], marker[v] = extra[n_other % len(extra)], "osD^v"[n_other // len(extra) % 5]
+            n_other += 1
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), sharey=True, squeeze=False)
     for ax, group in zip(axes[0], groups):
         for v in group:
             steps = by[v]
             xs = sorted(steps)
             mean = [statistics.mean(steps[x]) for x in xs]
+            still = bool((unfinished or {}).get(v))
             ax.plot(
                 xs,
                 mean,
-                marker="o",
-                ms=3,
+                marker=marker[v],
+                ms=3.5,
                 color=colour[v],
-                label=f"{v} (n={max(len(steps[x]) for x in xs)}"
-                + (", unfinished)" if (unfinished or {}).get(v) else ")"),
-                ls="--" if v.endswith("ep") else "-",
+                mfc="white" if still else colour[v],  # open markers: runs still to finish
+                label=f"{v} (n={max(len(steps[x]) for x in xs)}" + (", unfinished)" if still else ")"),
+                ls="--" if SHORT.fullmatch(v) else "-",
             )
             lows, highs = [min(steps[x]) for x in xs], [max(steps[x]) for x in xs]
             ax.fill_between(xs, lows, highs, color=colour[v], alpha=0.12)
@@ -537,7 +568,7 @@ def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) 
     title = "Full mAP against training step (mean over seeds; band: min-max)"
     if len(groups) > 1:
         axes[0][0].set_title("strategies", fontsize=10)
-        axes[0][1].set_title("other variants, with the strategies they change", fontsize=10)
+        axes[0][1].set_title("other variants, beside none and the strategies they change", fontsize=10)
         fig.suptitle(title, fontsize=10)
     else:
         axes[0][0].set_title(title, fontsize=10)
@@ -565,7 +596,8 @@ def main() -> None:
         default=[],
         choices=list(ABLATIONS),
         metavar="NAME",
-        help="also this one of them (repeatable): " + ", ".join(ABLATIONS),
+        help="also run this one of the ablations (repeatable; a name given twice runs once; --ablations "
+        "runs all six): " + ", ".join(ABLATIONS),
     )
     ap.add_argument(
         "--variant",
@@ -616,7 +648,10 @@ def main() -> None:
     recipe, synth = size_overrides(args.size, cfg.data)
     data = Path(args.data or out / f"data-{args.preset}-{args.size}")
     base = [f"data.root={data}", f"device={args.device}", *recipe, *args.overrides]
-    runs = plan(args, out, base)
+    try:
+        runs = plan(args, out, base)
+    except ValueError as e:
+        ap.error(str(e))
     if not args.report:
         from hqm.data.build import synthetic_ready
         from hqm.data.synthetic import generate

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "convergence.py"
@@ -63,10 +64,10 @@ def test_report_gathers_every_run_folder(tmp_path, capsys):
         assert len(list(csv.DictReader(f))) == len(rows) == 7
     table = conv.report(rows, found, tmp_path, "header")
     assert "| none | 2 | 2 | 25.00 ± 7.07 |" in table
-    assert "| ajl | 2 | 1 | 25.00 ± 0.00 |" in table
+    assert "| ajl | 2 | 1 | 25.00 |" in table
     assert "| ajl-1ep | 1 | 0 (+1 unfinished) | - |" in table
     # paired with none at seed 42: Full 25 - 20, non-rare (here = Full) too, step 0.25 / 0.2 s
-    assert "| ajl | 1 | 5.00 ± 0.00 | 1/1 | - | 5.00 ± 0.00 | 1.25x |" in table
+    assert "| ajl | 1 | 5.00 | 1/1 | - | 5.00 | 1.25x |" in table
     assert capsys.readouterr().out == ""
 
 
@@ -149,8 +150,10 @@ def test_plot_puts_ablations_in_a_second_panel_with_the_strategies_they_change(t
     ]
     strategies_only = [r for r in rows if "-s" not in r["variant"]]
     assert mod.panels(strategies_only) == [["none", "gbs", "amm", "ajl", "ajl-6ep"]]
-    # a study of named variants alone has one panel, not an empty first one
+    # a study of named variants alone has one panel, not an empty first one; nor has one whose
+    # strategies are only the second panel's reference curves
     assert mod.panels([{"variant": "ajl-k10", "strategy": "ajl"}]) == [["ajl-k10"]]
+    assert mod.panels([rows[0], rows[2], rows[6]]) == [["none", "amm", "amm-select-random"]]
 
     from PIL import Image
 
@@ -182,6 +185,15 @@ def test_ablation_picks_some_of_the_ablations_and_a_built_in_name_is_refused_as_
     assert "mining.amm.target=learnable" in target.overrides and "mining.strategy=amm" in target.overrides
     args.ablations = True
     assert len(mod.plan(args, tmp_path, [])) == 2 * (1 + len(mod.ABLATIONS))
+    args.strategies = ["none", "ajl", "none"]  # a strategy given twice runs once
+    assert [r.variant for r in mod.plan(args, tmp_path, [])][:2] == ["none", "ajl"]
+
+    # two runs in one folder: a --variant named like the --short run, or a repeated --variant
+    clash = mod.parse_variant("ajl-6ep=mining.strategy=ajl,mining.beta=0.8")
+    for extra in (dict(short="ajl", epochs=10, variant=[clash]), dict(variant=[clash, clash])):
+        bad = argparse.Namespace(**{**vars(args), **extra})
+        with pytest.raises(ValueError, match="two variants are named 'ajl-6ep'"):
+            mod.plan(bad, tmp_path, [])
 
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--variant", "gbs-shift-none=mining.strategy=gbs", "--report"],
