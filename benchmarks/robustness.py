@@ -31,7 +31,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from convergence import DONE, METRICS, count, thread_env, threads_per_job  # benchmarks/convergence.py
+from convergence import (
+    DONE,
+    METRICS,
+    count,
+    mean_std,
+    thread_env,
+    threads_per_job,
+)  # benchmarks/convergence.py
 
 
 def evaluate(ckpt: str, magnitudes: list[float], device: str, overrides: list[str]) -> list[dict]:
@@ -145,10 +152,8 @@ def table(rows: list[dict], magnitudes: list[float], out: Path) -> str:
             if not vals:
                 cells.append("-")
                 continue
-            mean = statistics.mean(vals)
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            rel = f" ({mean / base:.0%})" if base and m != magnitudes[0] else ""
-            cells.append(f"{mean:.2f} ± {sd:.2f}{rel}")
+            rel = f" ({statistics.mean(vals) / base:.0%})" if base and m != magnitudes[0] else ""
+            cells.append(mean_std(vals) + rel)
         n = max(len(x) for x in per.values())
         lines.append(f"| {v} | {n} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
