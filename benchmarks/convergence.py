@@ -304,11 +304,15 @@ def finished(run: Run) -> bool:
     return (run.dir / DONE).is_file()
 
 
+def resumable(run: Run) -> bool:
+    """The run's folder has a checkpoint to continue from (else a relaunch starts it over)."""
+    return (run.dir / "checkpoints").is_dir() and any((run.dir / "checkpoints").glob("*.pt"))
+
+
 def launch(run: Run, config: str, threads: int) -> None:
     run.dir.mkdir(parents=True, exist_ok=True)
-    has_ckpt = any((run.dir / "checkpoints").glob("*.pt")) if (run.dir / "checkpoints").is_dir() else False
     cmd = [sys.executable, "-m", "hqm", "train", config, *run.overrides]
-    cmd += ["--resume", "auto"] if has_ckpt else ["--overwrite"]  # our own study folder
+    cmd += ["--resume", "auto"] if resumable(run) else ["--overwrite"]  # our own study folder
     env = thread_env(threads)
     env.pop("PYTHONUNBUFFERED", None)
     run.log = open(run.dir.parent / f"{run.name}.log", "a")
@@ -317,8 +321,10 @@ def launch(run: Run, config: str, threads: int) -> None:
 
 
 def steps_done(runs: list[Run]) -> int:
-    """Training steps the runs' folders hold, counted at their last evaluation (epoch end)."""
-    return sum(rows[-1]["step"] if (rows := read_rows(r, quiet=True)) else 0 for r in runs)
+    """Training steps the runs' folders hold, counted at their last evaluation (epoch end); a run not
+    launched yet that will start over (evaluations but no checkpoint) counts none."""
+    counted = [r for r in runs if r.proc is not None or finished(r) or resumable(r)]
+    return sum(rows[-1]["step"] if (rows := read_rows(r, quiet=True)) else 0 for r in counted)
 
 
 def progress_line(runs: list[Run], steps_per_epoch: int, t0: float, done0: int = 0) -> str:

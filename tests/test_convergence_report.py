@@ -8,6 +8,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -100,11 +101,19 @@ def test_progress_eta_of_a_resumed_study_counts_only_the_steps_trained_since(tmp
     _run_folder(tmp_path, "none-s42", "none", 2, [0.1, 0.2], True)  # finished before the resume
     _run_folder(tmp_path, "ajl-s42", "ajl", 2, [0.1], False)  # one epoch trained since
     runs = conv.discover(tmp_path)
+    # not launched and without a checkpoint, ajl-s42 will start over: its epoch is not progress
+    assert conv.steps_done(runs) == 500
+    ajl = next(r for r in runs if r.variant == "ajl")
+    ajl.proc = types.SimpleNamespace(poll=lambda: None)  # launched (running)
     monkeypatch.setattr(conv.time, "time", lambda: 600.0)  # 10 min after t0 = 0
     line = conv.progress_line(runs, 250, 0.0, done0=500)
     # 250 steps in 10 min, 250 left: 10 min more (counting the finished run's 500 would say 3)
-    assert "750/1000 steps" in line and "eta 10 min" in line
+    assert "1 running; 750/1000 steps" in line and "eta 10 min" in line
     assert "eta ?" in conv.progress_line(runs, 250, 0.0, done0=750)
+    ajl.proc = None
+    (ajl.dir / "checkpoints").mkdir()
+    (ajl.dir / "checkpoints" / "last.pt").write_bytes(b"")  # resumable: its epoch counts
+    assert conv.steps_done(runs) == 750
 
 
 def test_report_says_so_for_an_empty_study_and_a_finished_run_without_evaluations(tmp_path, capsys):
