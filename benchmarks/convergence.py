@@ -648,16 +648,16 @@ def main() -> None:
     args.epochs = args.epochs or cfg.train.epochs
     args.threads = threads_per_job(args.threads, args.jobs)
     out = Path(args.out)
-    if args.report and not any((out / "runs").glob("*/config.yaml")):
-        raise SystemExit(f"[convergence] --report: no run folders in {out / 'runs'}; give the study's --out")
-    out.mkdir(parents=True, exist_ok=True)
     recipe, synth = size_overrides(args.size, cfg.data)
     data = Path(args.data or out / f"data-{args.preset}-{args.size}")
     base = [f"data.root={data}", f"device={args.device}", *recipe, *args.overrides]
-    try:
+    try:  # the command line's own faults first, whatever OUT holds
         runs = plan(args, out, base)
     except ValueError as e:
         ap.error(str(e))
+    if args.report and not any((out / "runs").glob("*/config.yaml")):
+        raise SystemExit(f"[convergence] --report: no run folders in {out / 'runs'}; give the study's --out")
+    out.mkdir(parents=True, exist_ok=True)
     if not args.report:
         from hqm.data.build import synthetic_ready
         from hqm.data.synthetic import generate

@@ -204,6 +204,9 @@ def test_ablation_picks_some_of_the_ablations_and_a_built_in_name_is_refused_as_
         with pytest.raises(ValueError, match="two variants are named 'ajl-6ep'"):
             mod.plan(bad, tmp_path, [])
 
+    clash = ["--variant", "ajl-6ep=mining.strategy=ajl", "--report", "--out", str(tmp_path / "empty")]
+    out = subprocess.run([sys.executable, str(SCRIPT), *clash], capture_output=True, text=True)
+    assert out.returncode == 2 and "two variants are named 'ajl-6ep'" in out.stderr  # even with no runs yet
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--variant", "gbs-shift-none=mining.strategy=gbs", "--report"],
         capture_output=True,
