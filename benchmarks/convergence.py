@@ -505,13 +505,19 @@ def report(rows: list[dict], runs: list[Run], out: Path, header: str) -> str:
     return text
 
 
+def curve_strategy(variant: str) -> str | None:
+    """The strategy a strategy curve shows (a strategy or its ``--short`` run), None for other variants."""
+    short = SHORT.fullmatch(variant)
+    return short.group(1) if short else variant if variant in STRATEGIES else None
+
+
 def panels(rows: list[dict]) -> list[list[str]]:
     """The variants of each panel of ``convergence.png``, in the order of ``rows``: the strategies and
     their shorter schedules (the paper's Figure 3); when the study also has other variants (the
     ablations, ``--variant``), a second panel with those, ``none`` and the strategies they change,
     so that a dozen curves are not drawn over each other."""
     strategy = {r["variant"]: r["strategy"] for r in rows}
-    main = [v for v in strategy if v in STRATEGIES or SHORT.fullmatch(v)]
+    main = [v for v in strategy if curve_strategy(v)]
     other = [v for v in strategy if v not in main]
     if not other:
         return [main]
@@ -542,9 +548,8 @@ def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) 
     extra = [tab10(i) for i in (6, 7, 8, 9)] + ["black", "darkgoldenrod", "navy", "magenta"]
     colour, marker, n_other = {}, {}, 0
     for v in by:
-        base = SHORT.fullmatch(v)
-        if v in STRATEGIES or base:
-            colour[v], marker[v] = tab10(STRATEGIES.index(base.group(1) if base else v)), "o"
+        if curve_strategy(v):
+            colour[v], marker[v] = tab10(STRATEGIES.index(curve_strategy(v))), "o"
         else:
             colour[v], marker[v] = extra[n_other % len(extra)], "osD^v"[n_other // len(extra) % 5]
             n_other += 1
