@@ -53,6 +53,29 @@ def test_exact_count_ranks_are_shared_by_every_row_of_a_call():
     assert not torch.equal(torch.gather(other, -1, order)[0, 0, 0], hidden_ranks[0, 0, 0])
 
 
+def test_exact_count_per_row_draws_each_rows_ranks_on_its_own():
+    """The variant keeps the count and the top-K but draws the masked ranks per (image, head, query)."""
+    torch.manual_seed(0)
+    ref = scores(b=2, t=3, q=20, s=40, pad=[0, 15])
+    hide = topk_mask(ref, 10, 0.4, "exact_count_per_row")
+    assert (hide.sum(-1) == 4).all()
+    top = torch.zeros_like(hide).scatter_(-1, topk_sets(ref, 10), True)
+    assert not (hide & ~top).any() and not hide[1][..., 25:].any()
+    hidden_ranks = torch.gather(hide, -1, ref.topk(40, dim=-1).indices)[..., :10]
+    rows = hidden_ranks.reshape(-1, 10)
+    assert len(torch.unique(rows, dim=0)) > rows.shape[0] // 2  # not one shared set of ranks
+    # every rank is hidden in about gamma of the rows, the best-attended key included
+    assert (hidden_ranks.float().mean((0, 1, 2)) - 0.4).abs().max() < 0.2
+    hook = AttentionMasking({0: ref.clone()}, k=10, gamma=0.4, mode="exact_count_per_row")
+    probs = hook.post_softmax(0, hook.pre_softmax(0, ref).softmax(-1))
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))  # renormalised
+
+
+def test_unknown_mask_mode_is_refused():
+    with pytest.raises(ValueError, match="unknown AMM mask mode 'per_entry'"):
+        topk_mask(scores(), 10, 0.4, "per_entry")
+
+
 def test_exact_count_masked_attention_renormalises():
     torch.manual_seed(0)
     logits = scores(s=50, pad=[0, 10])

@@ -38,6 +38,7 @@ RUNS = {
     "gbs-shift-none": ["mining.gbs.shift=none"],
     "gbs-gaussian": ["mining.gbs.shift=gaussian", "mining.gbs.iou_range=[0.5,0.7]"],
     "amm-bernoulli": ["mining.amm.mask=bernoulli"],
+    "amm-per-row": ["mining.amm.mask=exact_count_per_row"],
     "amm-random": ["mining.amm.select=random"],
     "amm-self": ["mining.amm.reference=self"],
     "amm-learnable-target": ["mining.amm.target=learnable"],

@@ -219,7 +219,7 @@ class GBSConfig:
 class AMMConfig:
     k: int = 100
     gamma: float = 0.4
-    mask: str = "exact_count"  # exact_count (released) | bernoulli (paper Alg. 1)
+    mask: str = "exact_count"  # exact_count (released) | exact_count_per_row | bernoulli (paper Alg. 1)
     select: str = "topk"  # topk | random (w/o top-K)
     reference: str = "learnable"  # learnable | self (w/o A^l)
     target: str = "hard_queries"  # hard_queries | learnable (w/o Q^m)
@@ -472,7 +472,7 @@ _CHOICES = {
     "mining.cjl_reference": ("self", "learnable"),
     "mining.gbs.sampler": ("per_box", "official"),
     "mining.gbs.shift": ("shift", "none", "gaussian"),
-    "mining.amm.mask": ("exact_count", "bernoulli"),
+    "mining.amm.mask": ("exact_count", "exact_count_per_row", "bernoulli"),
     "mining.amm.select": ("topk", "random"),
     "mining.amm.reference": ("learnable", "self"),
     "mining.amm.target": ("hard_queries", "learnable"),

@@ -8,6 +8,9 @@ reference score map and hide a fraction gamma of them in the hard pass's own att
   (``torch.rand(K).topk(int(gamma * K))`` once per attention call) the masked RANKS are drawn once
   per layer call and shared by every image, head and query row; each row masks the keys it ranks
   at those positions.
+* ``mask: exact_count_per_row``: the same count, -inf before the softmax, but the masked ranks are
+  drawn independently for every image, head and query row (not in the released code or the paper; a
+  variant for measuring whether sharing the ranks matters).
 * ``mask: bernoulli`` (paper Algorithm 1): every top-K entry is dropped independently with
   probability gamma (M ~ Bernoulli(1 - gamma)), by a Hadamard product after the softmax, without
   renormalisation.
@@ -31,6 +34,8 @@ from hqm.mining.base import LearnableAssignment, MinedGroup, MiningContext, Quer
 from hqm.models.attention import AttentionHook
 from hqm.models.detector import DetrHOIModel
 
+EXACT_COUNT = ("exact_count", "exact_count_per_row")  # masks set to -inf before the softmax
+
 
 def topk_mask(
     ref: Tensor, k: int, gamma: float, mode: str = "exact_count", valid: Tensor | None = None
@@ -38,8 +43,11 @@ def topk_mask(
     """Which keys to hide: ref (B, T, Q, S) scores -> (B, T, Q, S) bool.
 
     valid (B, S) bool: unpadded keys (default: the finite entries of ``ref``'s first row).
-    exact_count: round(gamma * K_b) ranks shared by all rows of the call; bernoulli: each top-K entry
-    with probability gamma. K_b = min(k, valid keys of image b).
+    exact_count: round(gamma * K_b) ranks shared by all rows of the call; exact_count_per_row: as
+    many ranks, drawn for each (image, head, query) row on its own; bernoulli: each top-K entry with
+    probability gamma. K_b = min(k, valid keys of image b).
+
+    Raises ValueError for an unknown mode.
     """
     b, _, _, s = ref.shape
     if valid is None:
@@ -51,11 +59,16 @@ def topk_mask(
     idx = ref.topk(kk, dim=-1).indices  # (B, T, Q, kk)
     rank = torch.arange(kk, device=ref.device)
     in_topk = rank[None] < k_b[:, None]  # (B, kk)
-    if mode == "exact_count":
+    if mode in EXACT_COUNT:
         m_b = torch.minimum(torch.floor(gamma * k_b.float() + 0.5).long(), (n_valid - 1).clamp(min=0))
-        u = torch.rand(kk, device=ref.device).expand(b, kk).masked_fill(~in_topk, float("inf"))
-        order = u.argsort(dim=1).argsort(dim=1)  # position of each rank in the shared random order
-        hide = (order < m_b[:, None])[:, None, None].expand(idx.shape)
+        # one random order of the ranks: shared by every image and row of the call, or one per row
+        if mode == "exact_count":
+            u = torch.rand(1, 1, 1, kk, device=ref.device).expand(b, 1, 1, kk)
+        else:
+            u = torch.rand(idx.shape, device=ref.device)
+        u = u.masked_fill(~in_topk[:, None, None], float("inf"))
+        order = u.argsort(dim=-1).argsort(dim=-1)  # position of each rank in its random order
+        hide = (order < m_b[:, None, None, None]).expand(idx.shape)
     elif mode == "bernoulli":
         hide = (torch.rand(idx.shape, device=ref.device) < gamma) & in_topk[:, None, None]
     else:
@@ -68,7 +81,8 @@ class AttentionMasking(AttentionHook):
 
     reference: layer -> (B, T, Q, S) detached scores to rank keys by, or None to rank by the pass's
     own incoming logits (``reference: self``). select "random": rank by random scores and use K = S.
-    mode: "exact_count" (-inf before the softmax) | "bernoulli" (x 0 after the softmax).
+    mode: "exact_count" or "exact_count_per_row" (-inf before the softmax) | "bernoulli" (x 0 after
+    the softmax).
     layers: the hook layers to mask (``detector.mining_layers``; CDN: the pair decoder only), None
     for every layer; the others pass through unchanged.
     """
@@ -107,7 +121,7 @@ class AttentionMasking(AttentionHook):
         if self.layers is not None and layer not in self.layers:
             return logits
         hide = self._mask(layer, logits)
-        if self.mode == "exact_count":
+        if self.mode in EXACT_COUNT:
             return logits.masked_fill(hide, float("-inf"))
         self._pending = hide
         return logits
