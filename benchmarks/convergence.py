@@ -7,8 +7,8 @@ reports what the paper's Figure 3 and Table 3 show:
 * ``convergence.csv``: one row per evaluation (variant, strategy, seed, epochs, final, epoch, step, Full /
   Rare / Non-rare mAP and mean max recall in %, median training step time in s);
 * ``convergence.png``: Full mAP against step, the mean over seeds with a band from the lowest to the
-  highest seed (the strategies; the ablations and ``--variant`` runs in a second panel, beside
-  ``none`` and the strategies they change);
+  highest seed (the strategies; the ablations and ``--variant`` runs in one more panel per strategy
+  they change, beside ``none`` and that strategy);
 * ``convergence.md``: per variant its epochs, finished seeds (and unfinished runs), mean +- std (over
   the finished seeds) of the final Full / Rare / Non-rare mAP, the paired
   comparison of each variant with ``none`` (Full mAP difference per seed, its mean +- std, the seeds
@@ -511,26 +511,36 @@ def curve_strategy(variant: str) -> str | None:
     return short.group(1) if short else variant if variant in STRATEGIES else None
 
 
-def panels(rows: list[dict]) -> list[list[str]]:
-    """The variants of each panel of ``convergence.png``, in the order of ``rows``: the strategies and
-    their shorter schedules (the paper's Figure 3); when the study also has other variants (the
-    ablations, ``--variant``), a second panel with those, ``none`` and the strategies they change,
-    so that a dozen curves are not drawn over each other."""
+def panels(rows: list[dict]) -> list[tuple[str, list[str]]]:
+    """The panels of ``convergence.png`` as (title, variants), variants in the order of ``rows``: the
+    strategies and their shorter schedules (the paper's Figure 3); when the study also has other
+    variants (the ablations, ``--variant``), one more panel per strategy they change (in the order of
+    ``STRATEGIES``), with ``none`` and that strategy beside them, so that a dozen curves are not
+    drawn over each other. The first panel is left out when every curve of it is in the others."""
     strategy = {r["variant"]: r["strategy"] for r in rows}
     main = [v for v in strategy if curve_strategy(v)]
     other = [v for v in strategy if v not in main]
     if not other:
-        return [main]
-    reference = [v for v in main if v == "none" or v in {strategy[o] for o in other}]
-    if reference == main:  # a first panel would only repeat the second's reference curves
-        return [main + other]
-    return [main, reference + other]
+        return [("strategies", main)]
+    groups = []
+    for parent in sorted({strategy[o] for o in other}, key=STRATEGIES.index):
+        reference = [v for v in main if v in ("none", parent)]
+        beside = " and ".join(dict.fromkeys(["none", parent]))
+        title = f"variants of {parent}, beside {beside}"
+        groups.append((title, reference + [o for o in other if strategy[o] == parent]))
+    shown = {v for _, group in groups for v in group}
+    if set(main) <= shown:  # a first panel would only repeat the others' reference curves
+        if len(groups) == 1:
+            return [("", main + other)]
+        return groups
+    return [("strategies", main)] + groups
 
 
 def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) -> Path | None:
-    """``convergence.png``: Full mAP against step per variant, one panel per group of :func:`panels`
-    (``unfinished``: variants with runs still to finish, drawn with open markers and so marked in the
-    legend); a variant has the same colour in both panels, a shorter schedule (``--short``) is dashed."""
+    """``convergence.png``: Full mAP against step per variant, one panel per group of :func:`panels`,
+    two panels a row (``unfinished``: variants with runs still to finish, drawn with open markers and
+    so marked in the legend); a variant has the same colour in every panel, a shorter schedule
+    (``--short``) is dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -553,8 +563,13 @@ def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) 
         else:
             colour[v], marker[v] = extra[n_other % len(extra)], "osD^v"[n_other // len(extra) % 5]
             n_other += 1
-    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), sharey=True, squeeze=False)
-    for ax, group in zip(axes[0], groups):
+    ncols = min(len(groups), 2)
+    nrows = -(-len(groups) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 4.5 * nrows), sharey=True, squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)  # an odd number of panels leaves one cell empty
+    for i, (ax, (name, group)) in enumerate(zip(axes, groups)):
         for v in group:
             steps = by[v]
             xs = sorted(steps)
@@ -573,16 +588,16 @@ def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) 
             lows, highs = [min(steps[x]) for x in xs], [max(steps[x]) for x in xs]
             ax.fill_between(xs, lows, highs, color=colour[v], alpha=0.12)
         ax.set_xlabel("training step")
+        if i % ncols == 0:
+            ax.set_ylabel("Full mAP (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("Full mAP (%)")
+        ax.set_title(name, fontsize=10)
     title = "Full mAP against training step (mean over seeds; band: min-max)"
     if len(groups) > 1:
-        axes[0][0].set_title("strategies", fontsize=10)
-        axes[0][1].set_title("other variants, beside none and the strategies they change", fontsize=10)
         fig.suptitle(title, fontsize=10)
     else:
-        axes[0][0].set_title(title, fontsize=10)
+        axes[0].set_title(title, fontsize=10)
     fig.tight_layout()
     path = out / "convergence.png"
     fig.savefig(path, dpi=120)

@@ -141,7 +141,7 @@ def test_jobs_and_threads_refuse_counts_below_their_minimum():
             parse(text)
 
 
-def test_plot_puts_ablations_in_a_second_panel_with_the_strategies_they_change(tmp_path):
+def test_plot_puts_the_variants_of_each_strategy_in_a_panel_beside_none_and_that_strategy(tmp_path):
     mod = _script()
     names = [
         ("none", "none"),
@@ -151,24 +151,32 @@ def test_plot_puts_ablations_in_a_second_panel_with_the_strategies_they_change(t
         ("ajl-6ep", "ajl"),
         ("gbs-shift-none", "gbs"),
         ("amm-select-random", "amm"),
+        ("gbs-shift-gaussian", "gbs"),
     ]
     rows = [{"variant": v, "strategy": s, "step": 250, "mAP_full": 1.0} for v, s in names]
     assert mod.panels(rows) == [
-        ["none", "gbs", "amm", "ajl", "ajl-6ep"],
-        ["none", "gbs", "amm", "gbs-shift-none", "amm-select-random"],
+        ("strategies", ["none", "gbs", "amm", "ajl", "ajl-6ep"]),
+        ("variants of gbs, beside none and gbs", ["none", "gbs", "gbs-shift-none", "gbs-shift-gaussian"]),
+        ("variants of amm, beside none and amm", ["none", "amm", "amm-select-random"]),
     ]
-    strategies_only = [r for r in rows if "-s" not in r["variant"]]
-    assert mod.panels(strategies_only) == [["none", "gbs", "amm", "ajl", "ajl-6ep"]]
+    strategies_only = rows[:5]
+    assert mod.panels(strategies_only) == [("strategies", ["none", "gbs", "amm", "ajl", "ajl-6ep"])]
     # a study of named variants alone has one panel, not an empty first one; nor has one whose
-    # strategies are only the second panel's reference curves
-    assert mod.panels([{"variant": "ajl-k10", "strategy": "ajl"}]) == [["ajl-k10"]]
-    assert mod.panels([rows[0], rows[2], rows[6]]) == [["none", "amm", "amm-select-random"]]
+    # strategies are only the other panels' reference curves
+    assert mod.panels([{"variant": "ajl-k10", "strategy": "ajl"}]) == [("", ["ajl-k10"])]
+    assert mod.panels([rows[0], rows[2], rows[6]]) == [("", ["none", "amm", "amm-select-random"])]
+    assert [t for t, _ in mod.panels([rows[0], rows[5], rows[6]])] == [
+        "variants of gbs, beside none and gbs",
+        "variants of amm, beside none and amm",
+    ]
 
     from PIL import Image
 
     one = Image.open(mod.plot(strategies_only, tmp_path)).size
-    two = Image.open(mod.plot(rows, tmp_path)).size
-    assert two[0] > 1.8 * one[0] and two[1] == one[1]
+    two = Image.open(mod.plot(rows[:6], tmp_path)).size
+    three = Image.open(mod.plot(rows, tmp_path)).size
+    assert two[0] > 1.8 * one[0] and two[1] == one[1]  # two panels side by side
+    assert three[0] == two[0] and three[1] > 1.8 * two[1]  # three: two rows of two
 
 
 def test_ablation_picks_some_of_the_ablations_and_a_built_in_name_is_refused_as_a_variant(tmp_path):
