@@ -515,8 +515,9 @@ def panels(rows: list[dict]) -> list[tuple[str, list[str]]]:
     """The panels of ``convergence.png`` as (title, variants), variants in the order of ``rows``: the
     strategies and their shorter schedules (the paper's Figure 3); when the study also has other
     variants (the ablations, ``--variant``), one more panel per strategy they change (in the order of
-    ``STRATEGIES``), with ``none`` and that strategy beside them, so that a dozen curves are not
-    drawn over each other. The first panel is left out when every curve of it is in the others."""
+    ``STRATEGIES``), with ``none`` and that strategy beside them (where the study has them), so that
+    a dozen curves are not drawn over each other. One panel when the strategies are only the
+    variants' reference curves; no strategies panel when it would hold ``none`` alone."""
     strategy = {r["variant"]: r["strategy"] for r in rows}
     main = [v for v in strategy if curve_strategy(v)]
     other = [v for v in strategy if v not in main]
@@ -525,13 +526,14 @@ def panels(rows: list[dict]) -> list[tuple[str, list[str]]]:
     groups = []
     for parent in sorted({strategy[o] for o in other}, key=STRATEGIES.index):
         reference = [v for v in main if v in ("none", parent)]
-        beside = " and ".join(dict.fromkeys(["none", parent]))
-        title = f"variants of {parent}, beside {beside}"
+        title = f"variants of {parent}"
+        if parent != "none" and reference:  # name only the reference curves the panel draws
+            title += f", beside {' and '.join(reference)}"
         groups.append((title, reference + [o for o in other if strategy[o] == parent]))
     shown = {v for _, group in groups for v in group}
-    if set(main) <= shown:  # a first panel would only repeat the others' reference curves
-        if len(groups) == 1:
-            return [("", main + other)]
+    if set(main) <= shown and len(groups) == 1:  # a first panel would only repeat the other's curves
+        return [("", main + other)]
+    if set(main) <= {"none"}:  # nor is a panel of none alone worth drawing
         return groups
     return [("strategies", main)] + groups
 

@@ -166,9 +166,21 @@ def test_plot_puts_the_variants_of_each_strategy_in_a_panel_beside_none_and_that
     assert mod.panels([{"variant": "ajl-k10", "strategy": "ajl"}]) == [("", ["ajl-k10"])]
     assert mod.panels([rows[0], rows[2], rows[6]]) == [("", ["none", "amm", "amm-select-random"])]
     assert [t for t, _ in mod.panels([rows[0], rows[5], rows[6]])] == [
+        "variants of gbs, beside none",  # gbs and amm themselves are not in this study
+        "variants of amm, beside none",
+    ]
+    # strategies beside variants of two of them keep their own panel
+    assert [t for t, _ in mod.panels(rows[:3] + rows[5:7])] == [
+        "strategies",
         "variants of gbs, beside none and gbs",
         "variants of amm, beside none and amm",
     ]
+    baseline = mod.panels([rows[0], {"variant": "none-lr2", "strategy": "none"}])
+    assert baseline == [("", ["none", "none-lr2"])]
+    assert mod.panels([rows[0], rows[1], {"variant": "none-lr2", "strategy": "none"}])[1] == (
+        "variants of none",
+        ["none", "none-lr2"],
+    )
 
     from PIL import Image
 
