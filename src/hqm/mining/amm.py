@@ -4,11 +4,11 @@ In every decoder layer and head (cross-attention only), for every query row, tak
 reference score map and hide a fraction gamma of them in the hard pass's own attention:
 
 * ``mask: exact_count`` (default, released code): exactly m = round(gamma * K) of the top-K ranks
-  (rounded half up, as the spec states; the released code's ``int(gamma * K)`` truncates, the same
-  count whenever gamma * K is whole, as for K = 100, gamma = 0.4) are set to -inf before the softmax,
-  so the remaining keys renormalise. As in the released code (``torch.rand(K).topk(...)`` once per
-  attention call) the masked RANKS are drawn once per layer call and shared by every image, head and
-  query row; each row masks the keys it ranks at those positions.
+  (rounded half up, as the spec states; the released code's ``int(gamma * K)`` truncates, one fewer
+  when gamma * K's fraction is .5 or more, the same for K = 100, gamma = 0.4) are set to -inf before
+  the softmax, so the remaining keys renormalise. As in the released code (``torch.rand(K).topk(...)``
+  once per attention call) the masked RANKS are drawn once per layer call and shared by every image,
+  head and query row; each row masks the keys it ranks at those positions.
 * ``mask: exact_count_per_row``: the same count, -inf before the softmax, but the masked ranks are
   drawn independently for every image, head and query row (not in the released code or the paper; a
   variant for measuring whether sharing the ranks matters).
