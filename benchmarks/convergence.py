@@ -560,8 +560,8 @@ def plot(rows: list[dict], out: Path, unfinished: dict[str, int] | None = None) 
     extra = [tab10(i) for i in (6, 7, 8, 9)] + ["black", "darkgoldenrod", "navy", "magenta"]
     colour, marker, n_other = {}, {}, 0
     for v in by:
-        if curve_strategy(v):
-            colour[v], marker[v] = tab10(STRATEGIES.index(curve_strategy(v))), "o"
+        if base := curve_strategy(v):
+            colour[v], marker[v] = tab10(STRATEGIES.index(base)), "o"
         else:
             colour[v], marker[v] = extra[n_other % len(extra)], "osD^v"[n_other // len(extra) % 5]
             n_other += 1
