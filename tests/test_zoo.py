@@ -331,6 +331,15 @@ def test_pretrained_weights_of_another_backbone_width_are_refused():
             ["model.detector=hotr", "model.hotr.interaction_layers=3"],
             r"in interaction_transformer\.decoder\.layers, .*model\.hotr\.interaction_layers=2$",
         ),
+        # a whole encoder / decoder stack missing while the other loads: a truncated file (the
+        # example of a session's user test: it used to train with that stack random)
+        ({"dec": 0}, [], r"no layers for transformer\.decoder\.layers but has transformer\.encoder\.layers"),
+        ({"enc": 0}, [], r"no layers for transformer\.encoder\.layers .*give the complete weights file$"),
+        (
+            {"enc": 0},
+            ["model.detector=hotr", "model.hotr.interaction_layers=2"],
+            r"no layers for detr\.transformer\.encoder\.layers",
+        ),
         (
             {},
             ["model.num_queries=200"],
@@ -368,6 +377,17 @@ def test_detr_weights_initialise_every_detector_and_query_option(overrides):
     report = load_pretrained(build_model(cfg, 81, 5), _save(detr_state_dict(), "d.pth"), cfg, vcoco_meta())
     assert report.misfit == [] and report.unknown == []
     assert any("query_embed.weight: (100, 32) -> first" in e for e in report.reshaped)
+
+
+def test_pretrained_weights_without_transformer_layers_start_the_transformer_fresh():
+    """A file with no transformer layer at all (a backbone with DETR's heads) is an initialisation
+    of the backbone, not a truncated detector: loaded, the encoder and decoder listed fresh."""
+    cfg = load_config(None, DETR_OVERRIDES)
+    src = _save(detr_state_dict(enc=0, dec=0), "backbone.pth")
+    report = load_pretrained(build_model(cfg, 81, 5), src, cfg, vcoco_meta())
+    assert any(k.startswith("backbone.0.body.layer4.") for k in report.loaded)
+    assert any(k.startswith("transformer.encoder.layers.0.") for k in report.fresh)
+    assert any(k.startswith("transformer.decoder.layers.0.") for k in report.fresh)
 
 
 def test_pretrained_weights_of_another_vocabulary_start_their_classifier_fresh(tmp_path, caplog):

@@ -126,11 +126,14 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
     (``model.backbone`` / ``model.backbone_width``; ``model.backbone_out`` for ``input_proj``;
     ``model.hidden_dim``, ``model.dim_feedforward``, ...), a backbone with fewer or more blocks per
     stage than the model's (ResNet-18 vs -34 weights), a transformer layer stack with fewer layers
-    than the model's, and fewer query rows than ``model.num_queries``. Not refused: classifier rows
+    than the model's, an encoder or decoder stack with no layers in a file that has other transformer
+    layers, and fewer query rows than ``model.num_queries``. Not refused: classifier rows
     of another vocabulary (:data:`VOCABULARY_HEAD`, fine-tuning on another data set), modules and
     backbone stages the model does not have, more transformer layers than the model's (the first
     ones are used, as CDN-S starts from DETR's first 3 of 6 decoder layers) and more query rows
-    (DETR's 100 queries cut to ``model.num_queries``); those are listed as ignored / reshaped."""
+    (DETR's 100 queries cut to ``model.num_queries``); those are listed as ignored / reshaped. Nor are
+    a CDN / HOTR interaction decoder absent from the file (DETR or QPIC weights) and a file without
+    transformer layers (a backbone only): they start fresh, listed as such."""
     misfit = [k for k in report.misfit if k.startswith("backbone.")]
     if misfit:
         return (
@@ -172,6 +175,16 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
         return (
             f"it has {_count(len(layers), 'layer')} in {stack}, fewer than this model (the model's "
             f"{missing[0]} is not in it), so those layers would stay random; set {key}={len(layers)}"
+        )
+    # a whole DETR stack absent while the other loads: a truncated or filtered file (every supported
+    # layout has both; the interaction stacks of CDN / HOTR may start fresh, see the conversion specs)
+    own_stacks = _stacks(model.state_dict(), LAYER_STACK)
+    empty = sorted(s for s in own_stacks - loaded_stacks if "interaction" not in s)
+    if loaded_stacks and empty:
+        return (
+            f"it has no layers for {empty[0]} but has {', '.join(sorted(loaded_stacks))}, so "
+            f"{empty[0]} would stay random (DETR, QPIC, HQM, CDN and HOTR weights have encoder and decoder "
+            "layers: is the file truncated or filtered?); give the complete weights file"
         )
     if report.partial:
         return (
