@@ -334,7 +334,11 @@ def test_pretrained_weights_of_another_backbone_width_are_refused():
         # a whole encoder / decoder stack missing while the other loads: a truncated file (the
         # example of a session's user test: it used to train with that stack random)
         ({"dec": 0}, [], r"no layers for transformer\.decoder\.layers but has transformer\.encoder\.layers"),
-        ({"enc": 0}, [], r"no layers for transformer\.encoder\.layers .*give the complete weights file$"),
+        (
+            {"enc": 0},
+            [],
+            r"no layers for transformer\.encoder\.layers .*weights file, or set model\.enc_layers=0 if",
+        ),
         (
             {"enc": 0},
             ["model.detector=hotr", "model.hotr.interaction_layers=2"],

@@ -181,10 +181,12 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
     own_stacks = _stacks(model.state_dict(), LAYER_STACK)
     empty = sorted(s for s in own_stacks - loaded_stacks if "interaction" not in s)
     if loaded_stacks and empty:
+        key = next(v for k, v in LAYER_KEYS.items() if empty[0].endswith(k))
         return (
             f"it has no layers for {empty[0]} but has {', '.join(sorted(loaded_stacks))}, so "
             f"{empty[0]} would stay random (DETR, QPIC, HQM, CDN and HOTR weights have encoder and decoder "
-            "layers: is the file truncated or filtered?); give the complete weights file"
+            "layers: is the file truncated or filtered?); give the complete weights file, or set "
+            f"{key}=0 if they were trained without it"
         )
     if report.partial:
         return (
