@@ -307,7 +307,11 @@ def add_api_commands(sub) -> None:
     )
     cv.add_argument("kind", choices=["detr-to-hoi"], help="conversion kind")
     cv.add_argument("input", metavar="IN.pth", help="DETR checkpoint, e.g. detr-r50-e632da11.pth")
-    cv.add_argument("output", metavar="OUT.pt", help="converted file (use as model.pretrained=OUT.pt)")
+    cv.add_argument(
+        "output",
+        metavar="OUT.pt",
+        help="converted file (use as model.pretrained=OUT.pt; missing folders are created)",
+    )
     cv.add_argument(
         "--detector",
         default="qpic",
@@ -394,7 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="weights=PATH (with a config) and section.key=value overrides"
     )
     e.add_argument("--json", action="store_true", help=JSON_HELP)
-    e.add_argument("--save-predictions", metavar="FILE", help="also write the predictions file (JSON)")
+    e.add_argument(
+        "--save-predictions",
+        metavar="FILE",
+        help="also write the predictions file (JSON; missing folders on its path are created)",
+    )
     e.add_argument(
         "--overwrite", action="store_true", help="replace the --save-predictions FILE when it exists"
     )

@@ -32,7 +32,8 @@ def check_new_output(
 
 
 def write_atomic(path: Path, data: bytes, what: str = "write") -> None:
-    """Write ``data`` to ``path`` via ``.<name>.tmp<pid>`` and ``os.replace``: a failed write leaves
+    """Write ``data`` to ``path`` via ``.<name>.tmp<pid>`` and ``os.replace`` (missing parent folders
+    are created, as ``mkdir -p``; nothing existing is touched but ``path``): a failed write leaves
     the old file (if any) intact and no partial file. Raises ``OutputError`` naming the path."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

@@ -1,0 +1,47 @@
+"""hqm.output: the files convert / export / eval --save-predictions write never harm the user's."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from hqm.errors import OutputError, UsageError
+from hqm.output import check_new_output, write_atomic
+
+
+def test_write_atomic_creates_missing_folders_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "a" / "b" / "predictions.json"
+    write_atomic(path, b"[]")
+    assert path.read_bytes() == b"[]"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["predictions.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_whole(tmp_path, monkeypatch):
+    """No space at the rename: the old file is intact, no partial or temporary file is left, and
+    the error is one line naming the path and what to do."""
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"old")
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OutputError, match=r"cannot write the weights to .*weights\.pt: .*free some space"):
+        write_atomic(path, b"new", "write the weights to")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.pt"]
+
+
+def test_check_new_output_refuses_an_existing_file_a_folder_and_the_input(tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+    with pytest.raises(UsageError, match=r"old\.json already exists: .*pass --overwrite"):
+        check_new_output(old, overwrite=False)
+    assert check_new_output(old, overwrite=True) == old
+    with pytest.raises(UsageError, match="is a folder"):
+        check_new_output(tmp_path, overwrite=True)
+    with pytest.raises(UsageError, match="is also the input"):
+        check_new_output(tmp_path / "." / "old.json", overwrite=True, inputs=(old,))
+    assert old.read_text() == "{}"
