@@ -284,3 +284,46 @@ def test_eval_and_predict_build_the_model_from_the_checkpoint(trained, tmp_path,
         (hico / "annotations" / name).write_text("[]")
     assert main(["eval", str(ckpt), "data.dataset=hico_det", f"data.root={hico}"]) == 2
     assert "trained on other classes" in capsys.readouterr().err
+
+
+def test_predicted_boxes_are_clipped_to_the_image(trained, monkeypatch):
+    """``predict`` returns boxes inside the image (torchvision's detectors do too). The box heads'
+    last bias is raised so that the raw boxes (width and height near the image's) cross the border:
+    the check is not vacuous."""
+    from hqm import HOIDetector
+
+    paths = trained["images"]
+    detector = HOIDetector.from_checkpoint(trained["ckpt"], device="cpu")
+    with torch.no_grad():
+        for head in (detector.model.sub_bbox_embed, detector.model.obj_bbox_embed):
+            head.layers[-1].bias[2:] += 3.0  # sigmoid: w, h ~ 0.95 of the image
+
+    def inside(p: HOIPredictions) -> bool:
+        h, w = p.image_size
+        boxes = np.concatenate([p.sub_boxes, p.obj_boxes])
+        return bool((boxes >= 0).all() and (boxes[:, 0::2] <= w).all() and (boxes[:, 1::2] <= h).all())
+
+    clipped = detector.predict(paths)
+    assert all(inside(p) for p in clipped)
+    monkeypatch.setattr(HOIPredictions, "clipped", lambda self: self)
+    raw = detector.predict(paths)
+    assert not all(inside(p) for p in raw)
+    for c, r in zip(clipped, raw):  # the same triplets, only the boxes moved onto the border
+        np.testing.assert_array_equal(c.scores, r.scores)
+        np.testing.assert_array_equal(
+            c.sub_boxes, np.clip(r.sub_boxes, 0, [c.image_size[1], c.image_size[0]] * 2)
+        )
+
+
+def test_clipped_keeps_no_object_boxes_and_unknown_sizes():
+    from hqm.evaluation.testing import make_predictions
+
+    p = make_predictions(
+        "a", [([-5, 2, 30, 50], [0, 0, 0, 0], 1, 2, 0.9), ([1, 1, 5, 5], [8, -1, 12, 9], 0, 0, 0.5)]
+    )
+    assert p.clipped() is p  # image_size (0, 0): nothing to clip to
+    p.image_size = (40, 20)  # height, width
+    c = p.clipped()
+    np.testing.assert_array_equal(c.sub_boxes, [[0, 2, 20, 40], [1, 1, 5, 5]])
+    np.testing.assert_array_equal(c.obj_boxes, [[0, 0, 0, 0], [8, 0, 12, 9]])
+    np.testing.assert_array_equal(p.sub_boxes[0], [-5, 2, 30, 50])  # the original is not modified

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -59,6 +60,20 @@ def test_plot_and_save_through_structures(tmp_path):
     p.save(tmp_path / "a.png", image=np.zeros((100, 120, 3), np.uint8))
     p.save(tmp_path / "a.json")
     assert Image.open(tmp_path / "a.png").size[0] > 0 and (tmp_path / "a.json").read_text().startswith("{")
+
+
+def test_save_refuses_to_draw_over_the_input_image(tmp_path):
+    """``p.save("photo.png", image="photo.png")`` would replace the user's photo with the drawing."""
+    from hqm.errors import UsageError
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((100, 120, 3), 7, np.uint8)).save(photo)
+    before = photo.read_bytes()
+    for out in (photo, tmp_path / "." / "photo.png"):
+        with pytest.raises(UsageError, match=r"photo\.png is the input image"):
+            _preds().save(out, image=str(photo))
+    assert photo.read_bytes() == before
+    _preds().save(tmp_path / "drawn.png", image=photo)  # another path is fine
 
 
 def test_query_attention_maps_stay_at_feature_resolution():

@@ -234,7 +234,7 @@ class HOIDetector:
             enc = self.model.encode(images, masks)
             outputs = self.model.decode(enc, self.model.learnable_queries(enc), hook=record)
         preds = self.postprocessor(outputs, orig.to(self.device), names)
-        preds = [p.filter(threshold, top_k) for p in preds]
+        preds = [p.filter(threshold, top_k).clipped() for p in preds]
         if record is None:
             return preds, None
         from hqm.viz.attention import query_attention_maps
@@ -306,7 +306,8 @@ class HOIDetector:
         size: int | None = None,
     ):
         """HOI triplets of every image (``list[HOIPredictions]`` in input order, best first, names from
-        the meta).
+        the meta; boxes absolute pixel xyxy in the image as given (after its EXIF orientation),
+        clipped to it: :meth:`HOIPredictions.clipped`).
 
         threshold: minimum triplet score; top_k: at most this many triplets per image;
         batch_size: images per forward pass (default: the detector's); with ``eval.batching=same_size``

@@ -114,7 +114,10 @@ class HOIPredictions:
     """Detected <human, verb, object> triplets of one image, sorted by descending score.
 
     sub_boxes, obj_boxes: (K, 4) float32 absolute pixel xyxy in the original image
-                          (an object box of all zeros means "no object", V-COCO roles only).
+                          (an object box of all zeros means "no object", V-COCO roles only);
+                          the model's boxes may cross the image border (QPIC does not clip them,
+                          nor does the evaluation); ``HOIDetector.predict`` returns them clipped
+                          (:meth:`clipped`).
     obj_labels:  (K,) int64 contiguous object class.
     verb_labels: (K,) int64 contiguous verb class.
     scores:      (K,) float32 triplet score = sigmoid(verb) * object probability.
@@ -148,6 +151,24 @@ class HOIPredictions:
             query_index=None if self.query_index is None else self.query_index[keep],
             meta=self.meta,
         )
+
+    def clipped(self) -> HOIPredictions:
+        """A copy with every box clipped to the image, ``[0, width] x [0, height]``
+        (``torchvision.ops.clip_boxes_to_image``, as torchvision's detectors return them); unchanged
+        when ``image_size`` is unknown ((0, 0)). An all-zero "no object" box stays all zeros."""
+        import torch
+        from torchvision.ops import clip_boxes_to_image
+
+        h, w = self.image_size
+        if h <= 0 or w <= 0:
+            return self
+
+        def clip(boxes: np.ndarray) -> np.ndarray:
+            return clip_boxes_to_image(torch.from_numpy(boxes), (h, w)).numpy()
+
+        out = self.select(np.arange(len(self)))
+        out.sub_boxes, out.obj_boxes = clip(self.sub_boxes), clip(self.obj_boxes)
+        return out
 
     def filter(self, threshold: float = 0.0, top_k: int | None = None) -> HOIPredictions:
         """Keep triplets with ``score >= threshold``, then at most ``top_k`` of them."""
@@ -187,8 +208,15 @@ class HOIPredictions:
         return draw_predictions(image, self, top_k=top_k, threshold=threshold)
 
     def save(self, path, image=None, top_k: int = 10, threshold: float = 0.0) -> None:
-        """Save the drawing (``.png``/``.jpg``) or the JSON (``.json``) to ``path``."""
+        """Save the drawing (``.png``/``.jpg``) or the JSON (``.json``) to ``path`` (an existing file
+        there is replaced). Raises ``hqm.errors.UsageError`` when ``path`` is the ``image``
+        file itself: the drawing would replace the photo."""
+        import os
+
         path = str(path)
+        if isinstance(image, (str, os.PathLike)) and os.path.exists(path) and os.path.exists(image):
+            if os.path.samefile(path, image):
+                raise UsageError(f"{path} is the input image: save the drawing to another path")
         if path.endswith(".json"):
             with open(path, "w") as f:
                 f.write(self.to_json())
