@@ -59,9 +59,10 @@ def find_checkpoints(args) -> list[tuple[str, int, str]]:
     found = []
     if args.study:
         for variant in args.variants:
+            # exactly <variant>-s<seed>: the glob alone would give `ajl` the runs of `ajl-select-random`
             for run in sorted(Path(args.study, "runs").glob(f"{variant}-s*")):
                 ckpt = run / "checkpoints" / "last.pt"
-                seed = run.name.rsplit("-s", 1)[1]
+                seed = run.name[len(variant) + 2 :]
                 if run.is_dir() and (run / DONE).is_file() and ckpt.is_file() and seed.isdigit():
                     found.append((variant, int(seed), str(ckpt)))
     for i, item in enumerate(args.checkpoint):
