@@ -45,3 +45,15 @@ def test_check_new_output_refuses_an_existing_file_a_folder_and_the_input(tmp_pa
     with pytest.raises(UsageError, match="is also the input"):
         check_new_output(tmp_path / "." / "old.json", overwrite=True, inputs=(old,))
     assert old.read_text() == "{}"
+
+
+def test_an_output_under_a_file_is_refused_before_anything_runs(tmp_path):
+    """``--save-predictions notes.txt/x.json`` used to fail with a traceback after the whole evaluation."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for out in (notes / "x.json", notes / "sub" / "x.json"):
+        with pytest.raises(UsageError, match=r"notes\.txt is a file, not a folder"):
+            check_new_output(out, overwrite=True)
+        with pytest.raises(OutputError, match=r"cannot write .*notes\.txt"):
+            write_atomic(out, b"{}")
+    assert notes.read_text() == "mine"

@@ -72,8 +72,11 @@ def test_save_refuses_to_draw_over_the_input_image(tmp_path):
     for out in (photo, tmp_path / "." / "photo.png"):
         with pytest.raises(UsageError, match=r"photo\.png is the input image"):
             _preds().save(out, image=str(photo))
+    with Image.open(photo) as opened, pytest.raises(UsageError, match="is the input image"):
+        _preds().save(photo, image=opened)  # a PIL image remembers the file it came from
     assert photo.read_bytes() == before
-    _preds().save(tmp_path / "drawn.png", image=photo)  # another path is fine
+    _preds().save(tmp_path / "new" / "drawn.png", image=photo)  # another path is fine (folders made)
+    assert (tmp_path / "new" / "drawn.png").is_file()
 
 
 def test_query_attention_maps_stay_at_feature_resolution():

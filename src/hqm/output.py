@@ -18,7 +18,8 @@ def check_new_output(
     overwrite_hint: str = "pass --overwrite",
 ) -> Path:
     """``path`` as a ``Path`` when a file may be written there. Raises ``UsageError`` (one line) when
-    it is one of ``inputs``, is a folder, or already exists and ``overwrite`` is False; the message
+    it is one of ``inputs``, is a folder, lies under a file (``notes.txt/x.json``), or already exists
+    and ``overwrite`` is False; the message
     ends with ``overwrite_hint`` (the command-line flag; Python callers name their argument)."""
     out = Path(path)
     for src in inputs:
@@ -26,6 +27,9 @@ def check_new_output(
             raise UsageError(f"{out} is also the input: choose another output path")
     if out.is_dir():
         raise UsageError(f"{out} is a folder: give the path of the file to write (in it or elsewhere)")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UsageError(f"{blocking} is a file, not a folder: {out} cannot be written there")
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists: choose another path, or {overwrite_hint} to replace it")
     return out
@@ -44,6 +48,6 @@ def write_atomic(path: Path, data: bytes, what: str = "write") -> None:
         finally:
             tmp.unlink(missing_ok=True)
     except OSError as e:
-        if not write_fault(e):
-            raise
+        if not write_fault(e) and not isinstance(e, (FileExistsError, NotADirectoryError)):
+            raise  # (those two: a file where a parent folder should be, created since the check)
         raise output_error(path, e, what) from None

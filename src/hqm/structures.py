@@ -209,14 +209,16 @@ class HOIPredictions:
 
     def save(self, path, image=None, top_k: int = 10, threshold: float = 0.0) -> None:
         """Save the drawing (``.png``/``.jpg``) or the JSON (``.json``) to ``path`` (an existing file
-        there is replaced). Raises ``hqm.errors.UsageError`` when ``path`` is the ``image``
-        file itself: the drawing would replace the photo."""
+        there is replaced; missing folders are created). Raises ``hqm.errors.UsageError`` when
+        ``path`` is the ``image`` file itself (a path, or a PIL image opened from it): the drawing
+        would replace the photo."""
         import os
 
         path = str(path)
-        if isinstance(image, (str, os.PathLike)) and os.path.exists(path) and os.path.exists(image):
-            if os.path.samefile(path, image):
-                raise UsageError(f"{path} is the input image: save the drawing to another path")
+        source = image if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "")
+        if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise UsageError(f"{path} is the input image: save the drawing to another path")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if path.endswith(".json"):
             with open(path, "w") as f:
                 f.write(self.to_json())

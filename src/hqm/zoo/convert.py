@@ -185,8 +185,8 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
         return (
             f"it has no layers for {empty[0]} but has {', '.join(sorted(loaded_stacks))}, so "
             f"{empty[0]} would stay random (DETR, QPIC, HQM, CDN and HOTR weights have encoder and decoder "
-            "layers: is the file truncated or filtered?); give the complete weights file, or set "
-            f"{key}=0 if they were trained without it"
+            "layers: is the file truncated or filtered?); give the complete weights file"
+            + (f", or set {key}=0 if they were trained without it" if key == "model.enc_layers" else "")
         )
     if report.partial:
         return (
