@@ -83,7 +83,12 @@ def load_into_model(
     hidden = getattr(model, "hidden_dim", None)
     source = source or detect_format(state, detector, path)
     converted, conv_report = convert_state_dict(state, detector, source, object_names, hidden)
-    return _merge(conv_report, load_partial(model, converted))
+    report = _merge(conv_report, load_partial(model, converted))
+    trained_as = (
+        (rest.get("config") or {}).get("model", {}).get("detector") if isinstance(rest, dict) else None
+    )
+    report.whole = source == "ours" and "converted" not in rest and trained_as == detector
+    return report
 
 
 def log_report(report: LoadReport, path: str | os.PathLike, level: int = logging.INFO) -> None:
@@ -177,15 +182,21 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
             f"{missing[0]} is not in it), so those layers would stay random; set {key}={len(layers)}"
         )
     # a whole DETR stack absent while the other loads: a truncated or filtered file (every supported
-    # layout has both; the interaction stacks of CDN / HOTR may start fresh, see the conversion specs)
+    # layout has both; the interaction stacks of CDN / HOTR may start fresh, see the conversion specs,
+    # unless the file is a checkpoint trained as this very detector)
     own_stacks = _stacks(model.state_dict(), LAYER_STACK)
-    empty = sorted(s for s in own_stacks - loaded_stacks if "interaction" not in s)
+    empty = sorted(s for s in own_stacks - loaded_stacks if report.whole or "interaction" not in s)
     if loaded_stacks and empty:
         key = next(v for k, v in LAYER_KEYS.items() if empty[0].endswith(k))
         return (
             f"it has no layers for {empty[0]} but has {', '.join(sorted(loaded_stacks))}, so "
-            f"{empty[0]} would stay random (DETR, QPIC, HQM, CDN and HOTR weights have encoder and decoder "
-            "layers: is the file truncated or filtered?); give the complete weights file"
+            f"{empty[0]} would stay random ("
+            + (
+                "the file is a checkpoint of this detector, which has that stack"
+                if "interaction" in empty[0]
+                else "DETR, QPIC, HQM, CDN and HOTR weights have encoder and decoder layers"
+            )
+            + ": is the file truncated or filtered?); give the complete weights file"
             + (f", or set {key}=0 if they were trained without it" if key == "model.enc_layers" else "")
         )
     if report.partial:

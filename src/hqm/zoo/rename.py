@@ -63,7 +63,8 @@ class LoadReport:
     load (``model.pretrained``): ``misfit``, model keys whose tensor had another shape than the
     model's, and ``unknown``, keys the model does not have; ``partial`` names the ``reshaped`` keys
     whose file tensor had fewer rows than the model's (the rest stayed random). They are not part of
-    ``to_dict`` / ``summary``, which show those keys under ``ignored`` / ``reshaped``."""
+    ``to_dict`` / ``summary``, which show those keys under ``ignored`` / ``reshaped``; nor is
+    ``whole``."""
 
     loaded: list[str] = field(default_factory=list)
     reshaped: list[str] = field(default_factory=list)
@@ -72,6 +73,9 @@ class LoadReport:
     misfit: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     partial: list[str] = field(default_factory=list)
+    #: the file is a trained model of the loading detector (an hqm checkpoint whose config names it,
+    #: not a conversion): every layer stack of the model must be in it (``pretrained_problem``)
+    whole: bool = False
 
     def extend(self, other: LoadReport) -> LoadReport:
         for name in ("loaded", "reshaped", "fresh", "ignored", "misfit", "unknown", "partial"):
