@@ -137,8 +137,9 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
     backbone stages the model does not have, more transformer layers than the model's (the first
     ones are used, as CDN-S starts from DETR's first 3 of 6 decoder layers) and more query rows
     (DETR's 100 queries cut to ``model.num_queries``); those are listed as ignored / reshaped. Nor are
-    a CDN / HOTR interaction decoder absent from the file (DETR or QPIC weights) and a file without
-    transformer layers (a backbone only): they start fresh, listed as such."""
+    a CDN / HOTR interaction decoder absent from DETR or QPIC weights or a conversion (refused when
+    the file is a checkpoint trained as this detector, ``LoadReport.whole``) and a file without
+    transformer layers (a backbone with heads): they start fresh, listed as such."""
     misfit = [k for k in report.misfit if k.startswith("backbone.")]
     if misfit:
         return (
