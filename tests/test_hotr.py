@@ -385,35 +385,3 @@ def test_a_bad_override_value_for_a_checkpoint_leads_with_the_key_not_the_detect
     msg = str(e.value)
     assert msg.startswith("data.test_scale=0 is out of range: it must be >= 1 (pixels)")
     assert msg.endswith(f"(overrides for {path}, trained as model.detector=qpic)") and "\n" not in msg
-
-
-def test_a_hotr_checkpoint_without_its_interaction_decoder_is_refused_as_pretrained(tmp_path):
-    """A trained HOTR checkpoint (its config names hotr) must hold the interaction decoder: without it
-    (a truncated / filtered file) ``model.pretrained`` refuses instead of training it from random.
-    DETR weights and ``hqm convert --init fresh`` files, which lack it by design, still load."""
-    from hqm.cli import main
-    from hqm.config import config_to_dict
-    from hqm.zoo.convert import load_pretrained
-    from test_zoo import _meta
-
-    cfg = load_config(None, DETR_OVERRIDES + DETECTOR_OVERRIDES["hotr"])
-    names = dataset_object_names("hico_det")
-    meta = _meta(names, "hico_det")
-    trained = build_model(cfg, 80, 5).state_dict()
-    whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
-    torch.save({"model": trained, "config": config_to_dict(cfg)}, whole)
-    kept = {k: v for k, v in trained.items() if not k.startswith("interaction_transformer.decoder.layers.")}
-    torch.save({"model": kept, "config": config_to_dict(cfg)}, cut)
-    assert not load_pretrained(build_model(cfg, 80, 5), str(whole), cfg, meta).fresh
-    with pytest.raises(
-        CheckpointError, match=r"no layers for interaction_transformer\.decoder\.layers .*checkpoint"
-    ):
-        load_pretrained(build_model(cfg, 80, 5), str(cut), cfg, meta)
-    converted = tmp_path / "fresh.pt"
-    detr = _save(detr_state_dict(queries=8), "detr-r18.pth")
-    assert (
-        main(["convert", "detr-to-hoi", detr, str(converted), "--detector", "hotr", "--init", "fresh"]) == 0
-    )
-    report = load_pretrained(build_model(cfg, 80, 5), str(converted), cfg, meta)
-    assert any(e.startswith("interaction_transformer.decoder.layers.0.") for e in report.fresh)
-    load_pretrained(build_model(cfg, 80, 5), detr, cfg, meta)  # (the default init copies DETR's decoder)

@@ -522,3 +522,48 @@ def test_own_checkpoints_with_spatial_queries_are_recognised():
     state = build_model(cfg, 6, 5).state_dict()
     assert detect_format(state) == "ours"
     assert detect_format(build_model(load_config(None, TINY_OVERRIDES), 6, 5).state_dict()) == "qpic"
+
+
+@pytest.mark.parametrize(
+    ("detector", "stack", "fresh_init"),
+    [
+        ("hotr", "interaction_transformer.decoder.layers.", "fresh"),
+        ("cdn", "transformer.interaction_decoder.", "released"),
+    ],
+)
+def test_a_checkpoint_without_its_interaction_decoder_is_refused_as_pretrained(
+    detector, stack, fresh_init, tmp_path
+):
+    """A trained HOTR / CDN checkpoint (its config names the detector) must hold the interaction
+    decoder: without it (a truncated / filtered file) ``model.pretrained`` refuses instead of training
+    it from random (a CDN file without one reads as QPIC layout: refused all the same). DETR weights
+    and ``hqm convert`` files of an init that leaves it random still load."""
+    from conftest import DETECTOR_OVERRIDES
+    from hqm.cli import main
+    from hqm.config import config_to_dict
+    from hqm.zoo.safe_load import CheckpointError
+
+    cfg = load_config(None, DETR_OVERRIDES + DETECTOR_OVERRIDES[detector])
+    meta = _meta(dataset_object_names("hico_det"), "hico_det")
+    trained = build_model(cfg, 80, 5).state_dict()
+    whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
+    torch.save({"model": trained, "config": config_to_dict(cfg)}, whole)
+    torch.save(
+        {
+            "model": {k: v for k, v in trained.items() if not k.startswith(stack)},
+            "config": config_to_dict(cfg),
+        },
+        cut,
+    )
+    assert not load_pretrained(build_model(cfg, 80, 5), str(whole), cfg, meta).fresh
+    with pytest.raises(CheckpointError, match=r"no layers for .*interaction.* checkpoint of this detector"):
+        load_pretrained(build_model(cfg, 80, 5), str(cut), cfg, meta)
+    converted = tmp_path / "init.pt"
+    detr = _save(detr_state_dict(queries=8), "detr-r18.pth")
+    assert (
+        main(["convert", "detr-to-hoi", detr, str(converted), "--detector", detector, "--init", fresh_init])
+        == 0
+    )
+    report = load_pretrained(build_model(cfg, 80, 5), str(converted), cfg, meta)
+    assert any(e.startswith(stack) for e in report.fresh)
+    load_pretrained(build_model(cfg, 80, 5), detr, cfg, meta)  # (the default init copies DETR's decoder)

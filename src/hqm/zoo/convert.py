@@ -87,7 +87,7 @@ def load_into_model(
     trained_as = (
         (rest.get("config") or {}).get("model", {}).get("detector") if isinstance(rest, dict) else None
     )
-    report.whole = source == "ours" and "converted" not in rest and trained_as == detector
+    report.whole = "converted" not in rest and trained_as == detector  # (any layout it is read as)
     return report
 
 
