@@ -383,3 +383,11 @@ def test_cdn_through_the_api_predict_attention_and_export(tmp_path):
         assert type(det.model).__name__ == "CDN" and det.postprocessor.nms
         preds, maps = det.predict(image, top_k=3, return_attention=True)
         assert len(preds[0].scores) == 3 and maps[0].shape[0] == 3
+
+
+@pytest.mark.parametrize("key", ["model.cdn.interaction_layers", "model.hotr.interaction_layers"])
+def test_an_interaction_decoder_without_layers_is_refused_by_the_config(key):
+    """``model.cdn.interaction_layers=0`` passed the config and crashed in the first forward pass
+    (``torch.stack`` of no layers' outputs); both interaction decoders need a layer."""
+    with pytest.raises(ConfigError, match=rf"{key}=0 is out of range: it must be >= 1"):
+        tiny_detector_cfg(key.split(".")[1], [f"{key}=0"])

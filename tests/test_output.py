@@ -57,3 +57,12 @@ def test_an_output_under_a_file_is_refused_before_anything_runs(tmp_path):
         with pytest.raises(OutputError, match=r"cannot write .*notes\.txt"):
             write_atomic(out, b"{}")
     assert notes.read_text() == "mine"
+
+
+def test_a_path_ending_with_a_slash_is_refused(tmp_path):
+    """``--save-predictions notes.txt/ --overwrite`` replaced the file notes.txt (Path drops the slash)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(UsageError, match="ends with a slash"):
+        check_new_output(f"{notes}/", overwrite=True)
+    assert notes.read_text() == "mine"

@@ -77,6 +77,10 @@ def test_save_refuses_to_draw_over_the_input_image(tmp_path):
     assert photo.read_bytes() == before
     _preds().save(tmp_path / "new" / "drawn.png", image=photo)  # another path is fine (folders made)
     assert (tmp_path / "new" / "drawn.png").is_file()
+    _preds().save(tmp_path / "upper.JSON")
+    assert (tmp_path / "upper.JSON").read_text().startswith("{")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        _preds().save(photo / "drawn.png")
 
 
 def test_query_attention_maps_stay_at_feature_resolution():

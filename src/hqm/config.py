@@ -505,6 +505,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "model.hotr.num_hoi_queries": (lambda v: v >= 1, ">= 1"),
     "model.hotr.interaction_layers": (lambda v: v >= 1, ">= 1"),
+    "model.cdn.interaction_layers": (lambda v: v >= 1, ">= 1"),
     "model.hotr.tau": (lambda v: _FINITE(v) and v > 0, "a finite number > 0 (0.05 V-COCO, 0.2 HICO-DET)"),
     "model.hotr.set_cost_idx": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
     "model.hotr.set_cost_act": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),

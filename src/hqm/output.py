@@ -18,9 +18,11 @@ def check_new_output(
     overwrite_hint: str = "pass --overwrite",
 ) -> Path:
     """``path`` as a ``Path`` when a file may be written there. Raises ``UsageError`` (one line) when
-    it is one of ``inputs``, is a folder, lies under a file (``notes.txt/x.json``), or already exists
-    and ``overwrite`` is False; the message
-    ends with ``overwrite_hint`` (the command-line flag; Python callers name their argument)."""
+    it is one of ``inputs``, is a folder or ends with a slash, lies under a file (``notes.txt/x.json``),
+    or already exists and ``overwrite`` is False; the message ends with ``overwrite_hint`` (the
+    command-line flag; Python callers name their argument)."""
+    if str(path).endswith(("/", os.sep)):  # Path() would drop the slash and write the file itself
+        raise UsageError(f"{path} ends with a slash: give the path of the file to write")
     out = Path(path)
     for src in inputs:
         if out.exists() and Path(src).exists() and out.resolve() == Path(src).resolve():

@@ -218,8 +218,11 @@ class HOIPredictions:
         source = image if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "")
         if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
             raise UsageError(f"{path} is the input image: save the drawing to another path")
+        from hqm.output import check_new_output
+
+        check_new_output(path, overwrite=True)  # not a folder, nor under a file (one-line UsageError)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if path.endswith(".json"):
+        if path.lower().endswith(".json"):
             with open(path, "w") as f:
                 f.write(self.to_json())
         else:
