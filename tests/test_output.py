@@ -44,6 +44,10 @@ def test_check_new_output_refuses_an_existing_file_a_folder_and_the_input(tmp_pa
         check_new_output(tmp_path, overwrite=True)
     with pytest.raises(UsageError, match="is also the input"):
         check_new_output(tmp_path / "." / "old.json", overwrite=True, inputs=(old,))
+    linked = tmp_path / "linked.json"
+    os.link(old, linked)  # a hard link: another name for the input file
+    with pytest.raises(UsageError, match="is also the input"):
+        check_new_output(linked, overwrite=True, inputs=(old,))
     assert old.read_text() == "{}"
 
 

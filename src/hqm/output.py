@@ -11,6 +11,12 @@ from pathlib import Path
 from hqm.errors import UsageError, output_error, write_fault
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` both exist and name one file (another spelling, a symlink or a hard
+    link)."""
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
 def check_new_output(
     path: str | os.PathLike,
     overwrite: bool,
@@ -25,7 +31,7 @@ def check_new_output(
         raise UsageError(f"{path} ends with a slash: give the path of the file to write")
     out = Path(path)
     for src in inputs:
-        if out.exists() and Path(src).exists() and out.resolve() == Path(src).resolve():
+        if same_file(out, src):
             raise UsageError(f"{out} is also the input: choose another output path")
     if out.is_dir():
         raise UsageError(f"{out} is a folder: give the path of the file to write (in it or elsewhere)")

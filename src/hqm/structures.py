@@ -11,6 +11,7 @@ Conventions used everywhere in the package:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,9 +167,7 @@ class HOIPredictions:
         def clip(boxes: np.ndarray) -> np.ndarray:
             return clip_boxes_to_image(torch.from_numpy(boxes), (h, w)).numpy()
 
-        out = self.select(np.arange(len(self)))
-        out.sub_boxes, out.obj_boxes = clip(self.sub_boxes), clip(self.obj_boxes)
-        return out
+        return dataclasses.replace(self, sub_boxes=clip(self.sub_boxes), obj_boxes=clip(self.obj_boxes))
 
     def filter(self, threshold: float = 0.0, top_k: int | None = None) -> HOIPredictions:
         """Keep triplets with ``score >= threshold``, then at most ``top_k`` of them."""
@@ -214,12 +213,12 @@ class HOIPredictions:
         would replace the photo."""
         import os
 
+        from hqm.output import check_new_output, same_file
+
         path = str(path)
         source = image if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "")
-        if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+        if source and same_file(path, source):
             raise UsageError(f"{path} is the input image: save the drawing to another path")
-        from hqm.output import check_new_output
-
         check_new_output(path, overwrite=True)  # not a folder, nor under a file (one-line UsageError)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if path.lower().endswith(".json"):

@@ -84,9 +84,7 @@ def load_into_model(
     source = source or detect_format(state, detector, path)
     converted, conv_report = convert_state_dict(state, detector, source, object_names, hidden)
     report = _merge(conv_report, load_partial(model, converted))
-    trained_as = (
-        (rest.get("config") or {}).get("model", {}).get("detector") if isinstance(rest, dict) else None
-    )
+    trained_as = (rest.get("config") or {}).get("model", {}).get("detector")
     report.whole = "converted" not in rest and trained_as == detector  # (any layout it is read as)
     return report
 
