@@ -11,7 +11,6 @@ Conventions used everywhere in the package:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,7 +166,9 @@ class HOIPredictions:
         def clip(boxes: np.ndarray) -> np.ndarray:
             return clip_boxes_to_image(torch.from_numpy(boxes), (h, w)).numpy()
 
-        return dataclasses.replace(self, sub_boxes=clip(self.sub_boxes), obj_boxes=clip(self.obj_boxes))
+        out = self.select(np.arange(len(self)))  # a copy: no array is shared with this object
+        out.sub_boxes, out.obj_boxes = clip(self.sub_boxes), clip(self.obj_boxes)
+        return out
 
     def filter(self, threshold: float = 0.0, top_k: int | None = None) -> HOIPredictions:
         """Keep triplets with ``score >= threshold``, then at most ``top_k`` of them."""
