@@ -39,7 +39,7 @@ def test_lock_refuses_a_second_process_and_never_outlives_its_owner(tmp_path):
 
 def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
     out = tmp_path / "run"
-    fake_run(out, "config.yaml", "log.txt")  # an attempt that never trained: reusable
+    fake_run(out, LOCK_NAME, "config.yaml", "log.txt")  # an attempt that never trained: reusable
     claim_run_dir(out).release()
     fake_run(out, "checkpoints/last.pt", "metrics.jsonl", "results.csv", "notes.md", "tensorboard/ev")
     assert holds_run(out) == ["checkpoints/last.pt", "metrics.jsonl", "results.csv"]
@@ -59,6 +59,44 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     fake_run(out, "results.csv")
     fake_run(tmp_path / "run-2", "metrics.jsonl")
     assert next_free_run_dir(out) == tmp_path / "run-3"
+
+
+def test_files_at_a_runs_names_that_hqm_did_not_write_are_refused(tmp_path):
+    """A user's own config.yaml (the config being trained, say) in train.output_dir was replaced by
+    the resolved config; log.txt / curves.png / tensorboard/ would be appended to or replaced."""
+    out = tmp_path / "exp"
+    fake_run(out, "config.yaml", "notes.md")
+    for overwrite in (False, True):
+        with pytest.raises(
+            RunDirError, match=r"exp holds config.yaml, which hqm train did not write.*move it"
+        ):
+            claim_run_dir(out, overwrite=overwrite)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.md"]  # no lock file left
+    assert (out / "config.yaml").read_text() == "config.yaml"
+    fake_run(out, "log.txt", "curves.png", "tensorboard/events")
+    with pytest.raises(RunDirError, match="config.yaml, log.txt, curves.png, tensorboard/, .*move them"):
+        claim_run_dir(out)
+    assert next_free_run_dir(out) == tmp_path / "exp-2"  # hqm demo's next folder skips it too
+    claim_run_dir(tmp_path / "fresh").release()  # a folder hqm claimed keeps its lock file: its own
+    fake_run(tmp_path / "fresh", "config.yaml", "log.txt")
+    claim_run_dir(tmp_path / "fresh").release()
+    fake_run(tmp_path / "old", "checkpoints/last.pt", "config.yaml")  # a run (of an hqm before the lock)
+    claim_run_dir(tmp_path / "old", resume=str(tmp_path / "old" / "checkpoints" / "last.pt")).release()
+
+
+def test_hqm_train_keeps_the_users_config_in_its_output_dir(tiny_root, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    text = "# my experiment\n_base_: qpic_r18_synthetic\n"
+    (exp / "config.yaml").write_text(text)
+    argv = _train(tiny_root, exp)
+    argv[1] = str(exp / "config.yaml")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds config.yaml, which hqm train did not write" in err and "Traceback" not in err
+    assert (exp / "config.yaml").read_text() == text and sorted(p.name for p in exp.iterdir()) == [
+        "config.yaml"
+    ]
 
 
 def _train(root, out, *extra: str) -> list[str]:

@@ -101,18 +101,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if cfg.data.dataset == "synthetic" and not any(o.startswith("data.generate=") for o in args.overrides):
         # the demo writes the synthetic benchmark (into an absent, empty or generator-made data.root)
         cfg.data.generate = True
-    from hqm.engine.rundir import holds_run, next_free_run_dir
+    from hqm.engine.rundir import foreign_files, holds_run, next_free_run_dir
     from hqm.engine.trainer import Trainer
     from hqm.evaluation import format_table
 
     chosen = any(o.startswith("train.output_dir=") for o in args.overrides)
-    if holds_run(cfg.train.output_dir) and not (chosen or args.overwrite):
+    earlier, foreign = holds_run(cfg.train.output_dir), foreign_files(cfg.train.output_dir)
+    if (earlier or foreign) and not (chosen or args.overwrite):
         # a re-run keeps the earlier demo: the next free folder (runs/demo-2, ...), said up front
         fresh = next_free_run_dir(cfg.train.output_dir)
         if _is_main():
+            what = "an earlier demo run" if earlier else f"files hqm did not write ({', '.join(foreign)})"
             print(
-                f"hqm demo: {cfg.train.output_dir} holds an earlier demo run; this one goes to {fresh} "
-                "(--overwrite replaces the earlier one)",
+                f"hqm demo: {cfg.train.output_dir} holds {what}; this one goes to {fresh}"
+                + (" (--overwrite replaces the earlier one)" if earlier else ""),
                 file=sys.stderr,
             )
         cfg.train.output_dir = str(fresh)

@@ -11,7 +11,11 @@
    (``checkpoints/*.pt``), ``metrics.jsonl`` or ``results.csv``. Such a folder is refused unless the
    run is resumed from its own checkpoint (``--resume``), or ``--overwrite`` is given, which deletes
    the run files listed in :data:`RUN_FILES` first (and nothing else). A folder whose earlier attempt
-   never trained (only ``config.yaml`` / ``log.txt``) or that holds unrelated files is used as is.
+   never trained (only ``config.yaml`` / ``log.txt`` beside the lock file) or that holds unrelated
+   files is used as is. A folder that holds files at the names a run writes (``config.yaml``,
+   ``log.txt``, ``curves.png``, ``tensorboard/``) but neither a run nor the lock file, so that hqm did
+   not write them (a user's own config, ``hqm train exp/config.yaml train.output_dir=exp``), is
+   refused, ``--overwrite`` or not: training would replace or append to them (:func:`foreign_files`).
 
 3. **Elastic restarts.** Under torchrun the lock file also records, once the claim succeeded, the
    launch it belongs to (:func:`elastic_identity`: torchrun's run id, host and agent pid). A worker
@@ -42,7 +46,17 @@ except ImportError:  # pragma: no cover - Windows
 
 LOCK_NAME = ".hqm-run.lock"
 #: what a training run writes into its folder (``--overwrite`` removes exactly these)
-RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "results.csv", "checkpoints", "tensorboard")
+RUN_FILES = (
+    "config.yaml",
+    "log.txt",
+    "metrics.jsonl",
+    "results.csv",
+    "curves.png",
+    "checkpoints",
+    "tensorboard",
+)
+#: run files written at a fixed name that do not by themselves show a run trained (see holds_run)
+SETUP_FILES = ("config.yaml", "log.txt", "curves.png", "tensorboard")
 
 
 class RunDirError(UsageError, ValueError):
@@ -96,6 +110,16 @@ def holds_run(out: str | os.PathLike) -> list[str]:
     return found
 
 
+def foreign_files(out: str | os.PathLike) -> list[str]:
+    """The files of ``out`` that a run would write over or append to although hqm did not write them
+    (empty when none): :data:`SETUP_FILES` present in a folder that holds no run
+    (:func:`holds_run`) and was never claimed by ``hqm train`` (no ``.hqm-run.lock``)."""
+    out = Path(out)
+    if not out.is_dir() or (out / LOCK_NAME).exists() or holds_run(out):
+        return []
+    return [name + ("/" if (out / name).is_dir() else "") for name in SETUP_FILES if (out / name).exists()]
+
+
 def elastic_identity() -> str | None:
     """This torchrun launch (run id, host, agent pid), the same for every restart of its worker group
     on this node; None when not launched by torchrun's elastic agent."""
@@ -128,14 +152,23 @@ def claim_run_dir(
     the folder holds this very run, with or without a checkpoint.
     Returns the lock (keep it until the run ends). Raises :class:`RunDirError` (a ``ValueError``)
     when another process holds the lock, when ``out`` holds a run that is neither resumed nor to be
-    overwritten, or for ``resume`` together with ``overwrite``; ``OutputError`` when ``out`` cannot
-    be written.
+    overwritten, when it holds files at a run's names that hqm did not write (:func:`foreign_files`),
+    or for ``resume`` together with ``overwrite``; ``OutputError`` when ``out`` cannot be written.
     """
     out = Path(out)
     if resume and overwrite:
         raise RunDirError("--resume continues the run in train.output_dir, --overwrite deletes it: pick one")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"train.output_dir={out} is a file")
+    foreign = foreign_files(out)
+    if foreign:  # checked before the lock file is made: that file marks a folder hqm train claimed
+        raise RunDirError(
+            f"train.output_dir={out} holds {', '.join(foreign)}, which hqm train did not write (the folder "
+            f"has no {LOCK_NAME} and no checkpoint); a run would replace or append to "
+            f"{'it' if len(foreign) == 1 else 'them'}. Train into a new or empty folder (a config can stay "
+            f"beside it: hqm train {out / 'config.yaml'} train.output_dir={out / 'run'}), or move "
+            f"{'it' if len(foreign) == 1 else 'them'} away"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out / LOCK_NAME)
@@ -172,11 +205,12 @@ def claim_run_dir(
 
 
 def next_free_run_dir(out: str | os.PathLike) -> Path:
-    """``out`` if it holds no run, else the first of ``out-2``, ``out-3``, ... that holds none."""
+    """``out`` if it holds no run (nor :func:`foreign_files`), else the first of ``out-2``, ``out-3``,
+    ... that holds neither."""
     out = Path(out)
     k = 1
     candidate = out
-    while holds_run(candidate):
+    while holds_run(candidate) or foreign_files(candidate):
         k += 1
         candidate = out.with_name(f"{out.name}-{k}")
     return candidate
