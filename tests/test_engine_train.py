@@ -152,7 +152,8 @@ def test_step_checkpoints_keep_last_and_resume_helpers(tiny_root, tmp_path):
     assert not list(folder.glob(".*tmp*"))  # atomic writes leave no temporary file
     path, ckpt = resolve_resume("auto", out)
     assert path == str(folder / "last.pt") and ckpt["step"] == 5
-    assert resolve_resume(str(out), "elsewhere")[0] == str(folder / "last.pt")
+    assert resolve_resume(str(out), out)[0] == str(folder / "last.pt")
+    assert resolve_resume(str(folder), out)[0] == str(folder / "last.pt")  # RUN/checkpoints
     assert resolve_resume("auto", tmp_path / "fresh") == (None, None)
     with pytest.raises(FileNotFoundError):
         resolve_resume(str(tmp_path / "missing.pt"), out)

@@ -10,14 +10,21 @@ import pytest
 
 from conftest import TINY_DATA_64, TINY_OVERRIDES
 from hqm.cli import main
-from hqm.engine.rundir import LOCK_NAME, RunDirError, claim_run_dir, holds_run, next_free_run_dir
+from hqm.engine.rundir import (
+    LOCK_NAME,
+    RUN_CONFIG_HEADER,
+    RunDirError,
+    claim_run_dir,
+    holds_run,
+    next_free_run_dir,
+)
 
 
 def fake_run(out, *names: str) -> None:
-    """A folder with the given run files (contents irrelevant)."""
+    """A folder with the given run files (contents: the name; a config.yaml starts as a run's does)."""
     for name in names:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text(name)
+        (out / name).write_text((RUN_CONFIG_HEADER + "\n" if name == "config.yaml" else "") + name)
 
 
 def test_lock_refuses_a_second_process_and_never_outlives_its_owner(tmp_path):
@@ -65,23 +72,43 @@ def test_files_at_a_runs_names_that_hqm_did_not_write_are_refused(tmp_path):
     """A user's own config.yaml (the config being trained, say) in train.output_dir was replaced by
     the resolved config; log.txt / curves.png / tensorboard/ would be appended to or replaced."""
     out = tmp_path / "exp"
-    fake_run(out, "config.yaml", "notes.md")
+    out.mkdir()
+    (out / "config.yaml").write_text("# mine\n_base_: qpic_r18_synthetic\n")
+    (out / "notes.md").write_text("notes")
     for overwrite in (False, True):
         with pytest.raises(
-            RunDirError, match=r"exp holds config.yaml, which hqm train did not write.*move it"
+            RunDirError, match=r"exp holds config.yaml, which hqm did not write.*exp/run\), or move it"
         ):
             claim_run_dir(out, overwrite=overwrite)
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.md"]  # no lock file left
-    assert (out / "config.yaml").read_text() == "config.yaml"
-    fake_run(out, "log.txt", "curves.png", "tensorboard/events")
-    with pytest.raises(RunDirError, match="config.yaml, log.txt, curves.png, tensorboard/, .*move them"):
-        claim_run_dir(out)
+    assert (out / "config.yaml").read_text().startswith("# mine")
     assert next_free_run_dir(out) == tmp_path / "exp-2"  # hqm demo's next folder skips it too
-    claim_run_dir(tmp_path / "fresh").release()  # a folder hqm claimed keeps its lock file: its own
-    fake_run(tmp_path / "fresh", "config.yaml", "log.txt")
-    claim_run_dir(tmp_path / "fresh").release()
-    fake_run(tmp_path / "old", "checkpoints/last.pt", "config.yaml")  # a run (of an hqm before the lock)
+    (out / "config.yaml").unlink()
+    fake_run(out, "log.txt", "curves.png", "tensorboard/events")
+    with pytest.raises(RunDirError, match="holds log.txt, curves.png, tensorboard/, .*move them"):
+        claim_run_dir(out)
+    # a folder hqm train claimed (its lock file) and whose config.yaml starts with the run's header
+    fake_run(out, LOCK_NAME, "config.yaml")
+    claim_run_dir(out).release()
+    # a lock file left over (rm -rf dir/* keeps dot files) does not make a user's config.yaml a run's
+    (out / "config.yaml").write_text("# mine\n")
+    with pytest.raises(RunDirError, match="holds config.yaml, which"):
+        claim_run_dir(out)
+    # a link is never a run's file: training would write through it, out of the folder
+    (out / "config.yaml").unlink()
+    (out / "config.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    with pytest.raises(RunDirError, match="holds config.yaml, which"):
+        claim_run_dir(out)
+    assert not (tmp_path / "elsewhere.yaml").exists()
+    # the run of an hqm before the header (a checkpoint and a config.yaml without it) is a run
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "old" / "checkpoints" / "last.pt").write_text("x")
+    (tmp_path / "old" / "config.yaml").write_text("model: {}\n")
     claim_run_dir(tmp_path / "old", resume=str(tmp_path / "old" / "checkpoints" / "last.pt")).release()
+    # a dangling link as train.output_dir: one line, not mkdir's FileExistsError
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(RunDirError, match="symbolic link to .*nowhere, which does not exist"):
+        claim_run_dir(tmp_path / "dangling")
 
 
 def test_hqm_train_keeps_the_users_config_in_its_output_dir(tiny_root, tmp_path, capsys):
@@ -93,10 +120,15 @@ def test_hqm_train_keeps_the_users_config_in_its_output_dir(tiny_root, tmp_path,
     argv[1] = str(exp / "config.yaml")
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "holds config.yaml, which hqm train did not write" in err and "Traceback" not in err
+    assert "holds config.yaml, which hqm did not write" in err and "Traceback" not in err
     assert (exp / "config.yaml").read_text() == text and sorted(p.name for p in exp.iterdir()) == [
         "config.yaml"
     ]
+    argv = _train(tiny_root, exp / "run")  # what the message suggests
+    argv[1] = str(exp / "config.yaml")
+    assert main(argv) == 0
+    assert (exp / "run" / "config.yaml").read_text().splitlines()[0] == RUN_CONFIG_HEADER
+    assert (exp / "config.yaml").read_text() == text
 
 
 def _train(root, out, *extra: str) -> list[str]:
@@ -119,7 +151,7 @@ def test_hqm_train_refuses_before_writing(tiny_root, tmp_path, capsys):
     assert main(_train(tiny_root, out)) == 2
     err = capsys.readouterr().err
     assert "already holds a training run" in err and "Traceback" not in err
-    assert (out / "config.yaml").read_text() == "config.yaml"  # not rewritten
+    assert (out / "config.yaml").read_text().endswith("\nconfig.yaml")  # not rewritten
     # a mistyped data.root is an error naming the missing file; nothing is generated there
     typo = tmp_path / "synthtic"
     assert main(_train(typo, tmp_path / "fresh")) == 2
@@ -146,3 +178,20 @@ def test_demo_reruns_into_a_fresh_folder_and_generates_only_when_asked(tmp_path,
     assert (tmp_path / "runs" / "demo" / "metrics.jsonl").read_text() == "metrics.jsonl"
     assert (tmp_path / "runs" / "demo-2" / "checkpoints" / "last.pt").is_file()
     assert (tmp_path / "data" / "synthetic" / "annotations" / "meta.json").is_file()
+
+
+def test_resume_of_a_run_folder_into_another_output_dir_is_refused(tiny_root, tmp_path, capsys, monkeypatch):
+    """The printed resume command (``hqm train run/config.yaml --resume run``, relative paths) run
+    from another folder resumed into a new ``<cwd>/run`` and left the run named untouched, silently."""
+    from hqm.engine.checkpoint import resolve_resume
+    from hqm.engine.resume_policy import ResumeError
+
+    fake_run(tmp_path / "a", "checkpoints/last.pt")
+    for named in (tmp_path / "a", tmp_path / "a" / "checkpoints"):
+        with pytest.raises(ResumeError, match=r"names a run folder, .*add train.output_dir=.*a; to start"):
+            resolve_resume(str(named), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    monkeypatch.chdir(tmp_path)
+    assert main([*_train(tiny_root, "b"), "--resume", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume a names a run folder" in err and "Traceback" not in err and not (tmp_path / "b").exists()

@@ -684,6 +684,10 @@ def config_differences(
     return [(k, a[k], b[k]) for k in a if k.startswith(prefixes) and a[k] != b[k]]
 
 
-def save_config(cfg: Config, path: str | os.PathLike) -> None:
+def save_config(cfg: Config, path: str | os.PathLike, header: str = "") -> None:
+    """Write ``cfg`` as YAML (every key, in declaration order) to ``path``, after ``header`` (a
+    comment line, e.g. the one that marks a run folder's config, ``rundir.RUN_CONFIG_HEADER``)."""
     with open(path, "w") as f:
+        if header:
+            f.write(header.rstrip("\n") + "\n")
         yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

@@ -235,7 +235,8 @@ def resolve_resume(
     * ``auto``: the newest valid checkpoint of ``<output_dir>/checkpoints/`` (see
       :func:`newest_valid_checkpoint`: ``last.pt``, else the newest readable ``step_*.pt``), or a
       fresh start when there is none;
-    * a run folder (``RUN`` or ``RUN/checkpoints``): its newest valid checkpoint, an error when none;
+    * a run folder (``RUN`` or ``RUN/checkpoints``): its newest valid checkpoint, an error when none
+      and when ``RUN`` is not ``output_dir`` (the run would continue in another folder);
     * a file: that file, an error when it is unreadable (no fallback: the user named it).
 
     Raises ``NotFoundError`` / ``ResumeError`` (usage errors) and ``CheckpointError``."""
@@ -252,6 +253,14 @@ def resolve_resume(
         return found if found is not None else (None, None)
     p = Path(resume)
     if p.is_dir():
+        run = p.parent if p.name == "checkpoints" else p
+        if run.resolve() != Path(output_dir).resolve():  # (relative train.output_dir, another cwd)
+            raise ResumeError(
+                f"--resume {resume} names a run folder, but this run writes to train.output_dir="
+                f"{output_dir} ({Path(output_dir).resolve()}), another folder: to continue that run, add "
+                f"train.output_dir={run}; to start a new run there from its state, pass the checkpoint "
+                "file (e.g. its checkpoints/last.pt)"
+            )
         for folder in (p / "checkpoints", p):
             if resume_candidates(folder):
                 found = newest_valid_checkpoint(folder)

@@ -12,10 +12,9 @@
    run is resumed from its own checkpoint (``--resume``), or ``--overwrite`` is given, which deletes
    the run files listed in :data:`RUN_FILES` first (and nothing else). A folder whose earlier attempt
    never trained (only ``config.yaml`` / ``log.txt`` beside the lock file) or that holds unrelated
-   files is used as is. A folder that holds files at the names a run writes (``config.yaml``,
-   ``log.txt``, ``curves.png``, ``tensorboard/``) but neither a run nor the lock file, so that hqm did
-   not write them (a user's own config, ``hqm train exp/config.yaml train.output_dir=exp``), is
-   refused, ``--overwrite`` or not: training would replace or append to them (:func:`foreign_files`).
+   files is used as is. A folder that holds files at the names a run writes that hqm did not write
+   (a user's own config, ``hqm train exp/config.yaml train.output_dir=exp``) is refused,
+   ``--overwrite`` or not: training would replace or append to them (:func:`foreign_files`).
 
 3. **Elastic restarts.** Under torchrun the lock file also records, once the claim succeeded, the
    launch it belongs to (:func:`elastic_identity`: torchrun's run id, host and agent pid). A worker
@@ -57,6 +56,8 @@ RUN_FILES = (
 )
 #: run files written at a fixed name that do not by themselves show a run trained (see holds_run)
 SETUP_FILES = ("config.yaml", "log.txt", "curves.png", "tensorboard")
+#: the first line of the config.yaml a run writes into its folder: what tells it from a user's config
+RUN_CONFIG_HEADER = "# hqm train: the resolved config of the run in this folder (edit a copy, not this file)"
 
 
 class RunDirError(UsageError, ValueError):
@@ -110,14 +111,32 @@ def holds_run(out: str | os.PathLike) -> list[str]:
     return found
 
 
+def _written_by_a_run(path: Path, claimed: bool) -> bool:
+    if path.is_symlink():  # a run writes plain files: a link (dangling too) would be written through
+        return False
+    if path.name != "config.yaml":
+        return claimed
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n") == RUN_CONFIG_HEADER
+    except OSError:
+        return False
+
+
 def foreign_files(out: str | os.PathLike) -> list[str]:
     """The files of ``out`` that a run would write over or append to although hqm did not write them
-    (empty when none): :data:`SETUP_FILES` present in a folder that holds no run
-    (:func:`holds_run`) and was never claimed by ``hqm train`` (no ``.hqm-run.lock``)."""
+    (empty when none), in a folder that holds no run (:func:`holds_run`): a ``config.yaml`` without
+    :data:`RUN_CONFIG_HEADER` as its first line, the other :data:`SETUP_FILES` when ``hqm train``
+    never claimed the folder (no ``.hqm-run.lock``), and any of them that is a symbolic link."""
     out = Path(out)
-    if not out.is_dir() or (out / LOCK_NAME).exists() or holds_run(out):
+    if not out.is_dir() or holds_run(out):
         return []
-    return [name + ("/" if (out / name).is_dir() else "") for name in SETUP_FILES if (out / name).exists()]
+    claimed = (out / LOCK_NAME).is_file()
+    return [
+        name + ("/" if (out / name).is_dir() else "")
+        for name in SETUP_FILES
+        if ((out / name).exists() or (out / name).is_symlink()) and not _written_by_a_run(out / name, claimed)
+    ]
 
 
 def elastic_identity() -> str | None:
@@ -160,14 +179,18 @@ def claim_run_dir(
         raise RunDirError("--resume continues the run in train.output_dir, --overwrite deletes it: pick one")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"train.output_dir={out} is a file")
+    if out.is_symlink() and not out.exists():
+        raise RunDirError(
+            f"train.output_dir={out} is a symbolic link to {os.readlink(out)}, which does not exist: "
+            "create that folder or choose another train.output_dir"
+        )
     foreign = foreign_files(out)
     if foreign:  # checked before the lock file is made: that file marks a folder hqm train claimed
+        it = "it" if len(foreign) == 1 else "them"
         raise RunDirError(
-            f"train.output_dir={out} holds {', '.join(foreign)}, which hqm train did not write (the folder "
-            f"has no {LOCK_NAME} and no checkpoint); a run would replace or append to "
-            f"{'it' if len(foreign) == 1 else 'them'}. Train into a new or empty folder (a config can stay "
-            f"beside it: hqm train {out / 'config.yaml'} train.output_dir={out / 'run'}), or move "
-            f"{'it' if len(foreign) == 1 else 'them'} away"
+            f"train.output_dir={out} holds {', '.join(foreign)}, which hqm did not write (no run of "
+            f"hqm train made {it}); a run would replace or append to {it}. Train into a new or empty "
+            f"folder (e.g. train.output_dir={out / 'run'}), or move {it} away"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)

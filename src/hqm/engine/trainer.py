@@ -72,7 +72,7 @@ from hqm.engine.logging import LOGGER, RunWriter, SmoothedMeter, TrainProgress, 
 from hqm.engine.lr_schedule import build_lr_schedule
 from hqm.engine.nonfinite import NonFiniteGuard
 from hqm.engine.resume_policy import ResumeError, check_compatible, describe
-from hqm.engine.rundir import RunDirError, claim_run_dir, is_elastic_restart
+from hqm.engine.rundir import RUN_CONFIG_HEADER, RunDirError, claim_run_dir, is_elastic_restart
 from hqm.engine.sampling import EpochSampler, SeededDataset
 from hqm.engine.signals import StopSignals, ignore_stop_signals, signal_name
 from hqm.errors import Interrupted, OutputError, UserError, output_error, write_fault
@@ -210,7 +210,7 @@ class Trainer:
                 + (f"resuming from {resume}" if resume else "no checkpoint yet, starting over")
             )
         if self.main:
-            save_config(cfg, self.out / "config.yaml")
+            save_config(cfg, self.out / "config.yaml", RUN_CONFIG_HEADER)
         for line in describe(changes) if changes else []:
             LOGGER.info(line)
         set_seed(cfg.train.seed, cfg.train.deterministic)
