@@ -12,11 +12,11 @@ from conftest import TINY_DATA_64, TINY_OVERRIDES
 from hqm.cli import main
 from hqm.engine.rundir import (
     LOCK_NAME,
-    RUN_CONFIG_HEADER,
     RunDirError,
     claim_run_dir,
     holds_run,
     next_free_run_dir,
+    run_config_header,
 )
 
 
@@ -24,7 +24,7 @@ def fake_run(out, *names: str) -> None:
     """A folder with the given run files (contents: the name; a config.yaml starts as a run's does)."""
     for name in names:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text((RUN_CONFIG_HEADER + "\n" if name == "config.yaml" else "") + name)
+        (out / name).write_text((run_config_header(out) + "\n" if name == "config.yaml" else "") + name)
 
 
 def test_lock_refuses_a_second_process_and_never_outlives_its_owner(tmp_path):
@@ -97,18 +97,42 @@ def test_files_at_a_runs_names_that_hqm_did_not_write_are_refused(tmp_path):
     # a link is never a run's file: training would write through it, out of the folder
     (out / "config.yaml").unlink()
     (out / "config.yaml").symlink_to(tmp_path / "elsewhere.yaml")
-    with pytest.raises(RunDirError, match="holds config.yaml, which"):
+    with pytest.raises(RunDirError, match=r"symbolic links to missing targets \(config.yaml -> .*elsewhere"):
         claim_run_dir(out)
     assert not (tmp_path / "elsewhere.yaml").exists()
+    (tmp_path / "elsewhere.yaml").write_text(
+        run_config_header(out) + "\n"
+    )  # even one that looks like a run's
+    with pytest.raises(RunDirError, match="holds config.yaml, which"):
+        claim_run_dir(out)
     # the run of an hqm before the header (a checkpoint and a config.yaml without it) is a run
     (tmp_path / "old" / "checkpoints").mkdir(parents=True)
     (tmp_path / "old" / "checkpoints" / "last.pt").write_text("x")
     (tmp_path / "old" / "config.yaml").write_text("model: {}\n")
     claim_run_dir(tmp_path / "old", resume=str(tmp_path / "old" / "checkpoints" / "last.pt")).release()
-    # a dangling link as train.output_dir: one line, not mkdir's FileExistsError
+    # a dangling link as train.output_dir, or above it: one line, not mkdir's FileExistsError
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(RunDirError, match="symbolic link to .*nowhere, which does not exist"):
         claim_run_dir(tmp_path / "dangling")
+    with pytest.raises(
+        RunDirError, match="cannot create train.output_dir=.*dangling/sub: .*dangling is not a folder"
+    ):
+        claim_run_dir(tmp_path / "dangling" / "sub")
+    # dangling links at any run file's name: the run would create its files at their targets
+    for name in ("metrics.jsonl", "checkpoints", LOCK_NAME):
+        folder = tmp_path / f"links-{name.strip('.')}"
+        folder.mkdir()
+        (folder / name).symlink_to(tmp_path / f"outside-{name}")
+        with pytest.raises(RunDirError, match=f"symbolic links to missing targets \\({name} -> "):
+            claim_run_dir(folder)
+        assert not (tmp_path / f"outside-{name}").exists()
+    # a run's config.yaml copied (and edited, as its header says) into another folder: the user's now
+    mine = tmp_path / "mine"
+    fake_run(tmp_path / "run", "config.yaml")
+    mine.mkdir()
+    (mine / "config.yaml").write_text((tmp_path / "run" / "config.yaml").read_text())
+    with pytest.raises(RunDirError, match="holds config.yaml, which"):
+        claim_run_dir(mine)
 
 
 def test_hqm_train_keeps_the_users_config_in_its_output_dir(tiny_root, tmp_path, capsys):
@@ -127,7 +151,7 @@ def test_hqm_train_keeps_the_users_config_in_its_output_dir(tiny_root, tmp_path,
     argv = _train(tiny_root, exp / "run")  # what the message suggests
     argv[1] = str(exp / "config.yaml")
     assert main(argv) == 0
-    assert (exp / "run" / "config.yaml").read_text().splitlines()[0] == RUN_CONFIG_HEADER
+    assert (exp / "run" / "config.yaml").read_text().splitlines()[0] == run_config_header(exp / "run")
     assert (exp / "config.yaml").read_text() == text
 
 
@@ -190,6 +214,10 @@ def test_resume_of_a_run_folder_into_another_output_dir_is_refused(tiny_root, tm
     for named in (tmp_path / "a", tmp_path / "a" / "checkpoints"):
         with pytest.raises(ResumeError, match=r"names a run folder, .*add train.output_dir=.*a; to start"):
             resolve_resume(str(named), tmp_path / "b")
+    # a run folder that is itself named checkpoints resumes as any other
+    (tmp_path / "c" / "checkpoints").mkdir(parents=True)  # (empty: looked into, not refused)
+    with pytest.raises(FileNotFoundError, match="checkpoints: no checkpoints/last.pt, last.pt or step_"):
+        resolve_resume(str(tmp_path / "c" / "checkpoints"), tmp_path / "c" / "checkpoints")
     assert not (tmp_path / "b").exists()
     monkeypatch.chdir(tmp_path)
     assert main([*_train(tiny_root, "b"), "--resume", "a"]) == 2

@@ -686,7 +686,7 @@ def config_differences(
 
 def save_config(cfg: Config, path: str | os.PathLike, header: str = "") -> None:
     """Write ``cfg`` as YAML (every key, in declaration order) to ``path``, after ``header`` (a
-    comment line, e.g. the one that marks a run folder's config, ``rundir.RUN_CONFIG_HEADER``)."""
+    comment line, e.g. the one that marks a run folder's config, ``rundir.run_config_header``)."""
     with open(path, "w") as f:
         if header:
             f.write(header.rstrip("\n") + "\n")

@@ -253,7 +253,7 @@ def resolve_resume(
         return found if found is not None else (None, None)
     p = Path(resume)
     if p.is_dir():
-        run = p.parent if p.name == "checkpoints" else p
+        run = p.parent if p.name == "checkpoints" and p.resolve() != Path(output_dir).resolve() else p
         if run.resolve() != Path(output_dir).resolve():  # (relative train.output_dir, another cwd)
             raise ResumeError(
                 f"--resume {resume} names a run folder, but this run writes to train.output_dir="

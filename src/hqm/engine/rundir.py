@@ -56,8 +56,14 @@ RUN_FILES = (
 )
 #: run files written at a fixed name that do not by themselves show a run trained (see holds_run)
 SETUP_FILES = ("config.yaml", "log.txt", "curves.png", "tensorboard")
-#: the first line of the config.yaml a run writes into its folder: what tells it from a user's config
-RUN_CONFIG_HEADER = "# hqm train: the resolved config of the run in this folder (edit a copy, not this file)"
+
+
+def run_config_header(out: str | os.PathLike) -> str:
+    """The first line of the ``config.yaml`` a run writes into its folder ``out``: what tells it from
+    a user's config (a copy of it in another folder, or one written by hand, does not carry it)."""
+    return (
+        f"# hqm train: the resolved config of the run in {Path(out).resolve()} (edit a copy, not this file)"
+    )
 
 
 class RunDirError(UsageError, ValueError):
@@ -118,7 +124,7 @@ def _written_by_a_run(path: Path, claimed: bool) -> bool:
         return claimed
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            return f.readline().rstrip("\n") == RUN_CONFIG_HEADER
+            return f.readline().rstrip("\n") == run_config_header(path.parent)
     except OSError:
         return False
 
@@ -126,8 +132,8 @@ def _written_by_a_run(path: Path, claimed: bool) -> bool:
 def foreign_files(out: str | os.PathLike) -> list[str]:
     """The files of ``out`` that a run would write over or append to although hqm did not write them
     (empty when none), in a folder that holds no run (:func:`holds_run`): a ``config.yaml`` without
-    :data:`RUN_CONFIG_HEADER` as its first line, the other :data:`SETUP_FILES` when ``hqm train``
-    never claimed the folder (no ``.hqm-run.lock``), and any of them that is a symbolic link."""
+    this folder's :func:`run_config_header` as its first line, the other :data:`SETUP_FILES` when
+    ``hqm train`` never claimed the folder (no ``.hqm-run.lock``), and any of them that is a link."""
     out = Path(out)
     if not out.is_dir() or holds_run(out):
         return []
@@ -181,8 +187,15 @@ def claim_run_dir(
         raise RunDirError(f"train.output_dir={out} is a file")
     if out.is_symlink() and not out.exists():
         raise RunDirError(
-            f"train.output_dir={out} is a symbolic link to {os.readlink(out)}, which does not exist: "
-            "create that folder or choose another train.output_dir"
+            f"train.output_dir={out} is a symbolic link to {os.readlink(out)}, which does not exist (or "
+            "is a link loop): create that folder or choose another train.output_dir"
+        )
+    dangling = [n for n in (*RUN_FILES, LOCK_NAME) if (out / n).is_symlink() and not (out / n).exists()]
+    if dangling:  # a run would create its files at the links' targets, outside the folder
+        links = ", ".join(f"{n} -> {os.readlink(out / n)}" for n in dangling)
+        raise RunDirError(
+            f"train.output_dir={out} holds symbolic links to missing targets ({links}); a run would "
+            "create its files there, outside the folder: remove the links or create their targets"
         )
     foreign = foreign_files(out)
     if foreign:  # checked before the lock file is made: that file marks a folder hqm train claimed
@@ -195,6 +208,11 @@ def claim_run_dir(
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out / LOCK_NAME)
+    except (FileExistsError, NotADirectoryError) as e:  # a part of the path: a file or a dangling link
+        raise RunDirError(
+            f"cannot create train.output_dir={out}: {e.filename} is not a folder (a file, or a symbolic "
+            "link to a missing one)"
+        ) from None
     except OSError as e:
         if write_fault(e):
             raise output_error(f"train.output_dir={out}", e, "write to") from None

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import math
 import os
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -72,7 +73,7 @@ from hqm.engine.logging import LOGGER, RunWriter, SmoothedMeter, TrainProgress, 
 from hqm.engine.lr_schedule import build_lr_schedule
 from hqm.engine.nonfinite import NonFiniteGuard
 from hqm.engine.resume_policy import ResumeError, check_compatible, describe
-from hqm.engine.rundir import RUN_CONFIG_HEADER, RunDirError, claim_run_dir, is_elastic_restart
+from hqm.engine.rundir import RunDirError, claim_run_dir, is_elastic_restart, run_config_header
 from hqm.engine.sampling import EpochSampler, SeededDataset
 from hqm.engine.signals import StopSignals, ignore_stop_signals, signal_name
 from hqm.errors import Interrupted, OutputError, UserError, output_error, write_fault
@@ -210,7 +211,7 @@ class Trainer:
                 + (f"resuming from {resume}" if resume else "no checkpoint yet, starting over")
             )
         if self.main:
-            save_config(cfg, self.out / "config.yaml", RUN_CONFIG_HEADER)
+            save_config(cfg, self.out / "config.yaml", run_config_header(self.out))
         for line in describe(changes) if changes else []:
             LOGGER.info(line)
         set_seed(cfg.train.seed, cfg.train.deterministic)
@@ -485,7 +486,8 @@ class Trainer:
 
     def resume_command(self) -> str:
         """The command that continues this run (under torchrun: the same launch options)."""
-        return f"{self._launch()} train {self.out / 'config.yaml'} --resume {self.out}"
+        config, out = shlex.quote(str(self.out / "config.yaml")), shlex.quote(str(self.out))
+        return f"{self._launch()} train {config} --resume {out}"
 
     def _launch(self) -> str:
         return "torchrun <the same options> -m hqm" if self.distributed else "hqm"
@@ -496,7 +498,7 @@ class Trainer:
         if self.saved_step is None and not last.is_file():
             return (
                 f"No checkpoint was written yet; start again with: {self._launch()} train "
-                f"{self.out / 'config.yaml'} --overwrite"
+                f"{shlex.quote(str(self.out / 'config.yaml'))} --overwrite"
             )
         at = f" (step {self.saved_step})" if self.saved_step is not None else ""
         return f"The last good checkpoint is {last}{at}; resume with: {self.resume_command()}"
