@@ -253,11 +253,12 @@ def resolve_resume(
         return found if found is not None else (None, None)
     p = Path(resume)
     if p.is_dir():
-        run = p.parent if p.name == "checkpoints" and p.resolve() != Path(output_dir).resolve() else p
-        if run.resolve() != Path(output_dir).resolve():  # (relative train.output_dir, another cwd)
+        target = Path(output_dir).resolve()
+        run = p.parent if p.name == "checkpoints" and p.resolve() != target else p
+        if run.resolve() != target:  # (relative train.output_dir, another cwd)
             raise ResumeError(
                 f"--resume {resume} names a run folder, but this run writes to train.output_dir="
-                f"{output_dir} ({Path(output_dir).resolve()}), another folder: to continue that run, add "
+                f"{output_dir} ({target}), another folder: to continue that run, add "
                 f"train.output_dir={run}; to start a new run there from its state, pass the checkpoint "
                 "file (e.g. its checkpoints/last.pt)"
             )
