@@ -16,6 +16,12 @@ state and activations included).
     .venv/bin/python benchmarks/train_step.py --quick         # small model, for a smoke run
     .venv/bin/python benchmarks/train_step.py --device cuda --size 800 --steps 20
     .venv/bin/python benchmarks/train_step.py --detector hotr --quick
+    .venv/bin/python benchmarks/train_step.py --config qpic_r18_synthetic --size 128 --batch 8 --amp bf16
+
+``--config`` takes the model from a config (the demo's above: the study recipe), ``--amp bf16`` runs
+the forward under bf16 autocast as the trainer does (``train.amp``), and ``--separate`` decodes every
+mined group in a decoder call of its own (``shares_decoder_calls`` off: the code before mined groups
+shared the learnable queries' call), to measure what sharing the call saves.
 """
 
 from __future__ import annotations
@@ -32,12 +38,15 @@ import torch
 
 from hqm.data.dataset import pair_instances
 from hqm.detectors import DETECTORS
+from hqm.engine.evaluate import autocast_context
 from hqm.engine.trainer import use_channels_last
 
 STRATEGIES = ("none", "gbs", "amm", "ajl", "pjl", "cjl")
 
 
 def model_overrides(args) -> list[str]:
+    if args.config:
+        return []
     detector = [f"model.detector={args.detector}"]
     if args.quick:
         return detector + [
@@ -103,7 +112,7 @@ def build(args, device: torch.device):
     from hqm.mining.schedule import build_schedule
 
     cfgs = {
-        s: load_config(None, model_overrides(args) + [f"mining.strategy={s}", f"device={args.device}"])
+        s: load_config(args.config, model_overrides(args) + [f"mining.strategy={s}", f"device={args.device}"])
         for s in STRATEGIES
     }
     torch.manual_seed(0)
@@ -114,6 +123,7 @@ def build(args, device: torch.device):
         **build_miners(cfgs["cjl"], model, lambda: build_matcher(cfgs["cjl"])),
     }
     model.attach_miners(miners)
+    model.shares_decoder_calls = model.shares_decoder_calls and not args.separate
     model.to(device).train()
     if use_channels_last(device, None):
         model.backbone.to(memory_format=torch.channels_last)
@@ -131,14 +141,25 @@ def build(args, device: torch.device):
 
 
 def train_step(
-    model, criterion, optimizer, params, schedule, batch, step: int, device, clock_wall: bool = True
+    model,
+    criterion,
+    optimizer,
+    params,
+    schedule,
+    batch,
+    step: int,
+    device,
+    clock_wall: bool = True,
+    amp="fp32",
 ) -> tuple[str, float]:
-    """One optimiser step; returns (step kind, seconds of wall clock or of process CPU time)."""
+    """One optimiser step (forward under ``amp`` autocast: fp32 | bf16); returns (step kind, seconds
+    of wall clock or of process CPU time)."""
     images, masks, targets = batch
     active = schedule.active(step)
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
-    outputs = model(images, masks, targets, mining=active)
+    with autocast_context(device, "off" if amp == "fp32" else amp):
+        outputs = model(images, masks, targets, mining=active)
     loss, _ = criterion(outputs, targets, 1.0, schedule.weights(active))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 0.1)
@@ -161,7 +182,16 @@ def time_interleaved(args, strategies: list[str]) -> dict[str, dict[str, list[fl
             schedule, owned = plans[s]
             model.miners = owned  # a strategy sees only its own miners (idle ones get the zero touch)
             kind, seconds = train_step(
-                model, criterion, optimizer, params, schedule, batch, step, device, args.clock == "wall"
+                model,
+                criterion,
+                optimizer,
+                params,
+                schedule,
+                batch,
+                step,
+                device,
+                args.clock == "wall",
+                args.amp,
             )
             if step >= args.warmup:
                 times[s].setdefault(kind, []).append(seconds)
@@ -180,7 +210,7 @@ def peak_memory(args, strategy: str) -> float:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(2):
-        train_step(model, criterion, optimizer, params, schedule, batch, step, device)
+        train_step(model, criterion, optimizer, params, schedule, batch, step, device, amp=args.amp)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -222,6 +252,13 @@ def main() -> None:
         help="cpu: process CPU time (all threads), robust when other jobs share the CPU",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the per-strategy peak-memory runs")
+    p.add_argument("--config", help="take the model from this config (name or path; model flags ignored)")
+    p.add_argument("--amp", choices=("fp32", "bf16"), default="fp32", help="forward under bf16 autocast")
+    p.add_argument(
+        "--separate",
+        action="store_true",
+        help="every mined group in a decoder call of its own (the code before)",
+    )
     p.add_argument("--only", help=argparse.SUPPRESS)  # internal: peak memory of one strategy, as JSON
     args = p.parse_args()
     if args.threads:
@@ -237,12 +274,16 @@ def main() -> None:
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()
             peaks[strategy] = json.loads(out[-1])["peak_mib"]
     base = summarise(times["none"])[0] if "none" in times else None
-    desc = (
-        f"{args.detector}, quick model"
-        if args.quick
-        else f"{args.detector}, {args.backbone}, {args.size} px, {args.queries} queries, "
-        f"{args.enc_layers}+{args.dec_layers} layers, D {args.hidden}"
-    )
+    if args.config:
+        desc = f"the model of {args.config}, {args.size} px"
+    elif args.quick:
+        desc = f"{args.detector}, quick model"
+    else:
+        desc = (
+            f"{args.detector}, {args.backbone}, {args.size} px, {args.queries} queries, "
+            f"{args.enc_layers}+{args.dec_layers} layers, D {args.hidden}"
+        )
+    desc += f", {args.amp}" + (", mined groups in calls of their own" if args.separate else "")
     print(
         f"training step, {desc}, batch {args.batch}, {args.pairs} pairs/image, {args.device}, "
         f"{torch.get_num_threads()} threads, {args.clock} clock; median of {args.steps} interleaved "

@@ -13,6 +13,10 @@ A miner touches the detector only through
    on the layers the detector opens to mining (``detector.mining_layers``: QPIC's decoder, CDN's
    pair decoder).
 
+Instead of decoding in ``forward``, a miner may hand its queries to the learnable queries' own
+decoder call (``copies_hook`` for copies of the learnable group, ``joined_queries`` for a group of its
+own; see ``hqm.models.detector.DetrHOIModel.decode_learnable``): the same function, one call.
+
 A miner returns ``{group_name: MinedGroup(outputs, assignment)}`` with a :class:`FixedAssignment`
 (hard query j <-> GT pair j) or a :class:`LearnableAssignment` (copies of the learnable queries;
 see ``hqm.models.group_criterion``). Miners are ``nn.Module`` children of the
@@ -22,7 +26,9 @@ they run only when the trainer names them in ``forward(..., mining=names)``.
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Callable
+
+from torch import Tensor, nn
 
 from hqm.models.attention import AttentionHook
 from hqm.models.detector import DetrHOIModel, MiningContext, QueryGroup
@@ -37,6 +43,35 @@ class QueryMiner(nn.Module):
 
     def learnable_hook(self, detector: DetrHOIModel) -> AttentionHook | None:
         """A hook applied to the learnable queries' own pass (AMM ``target: learnable``), or None."""
+        return None
+
+    def copies_hook(
+        self, detector: DetrHOIModel, reference: dict[int, Tensor] | None
+    ) -> AttentionHook | None:
+        """For a miner whose hard queries are copies of the learnable query group, decoded exactly
+        like it except for a hook on their cross-attention (AMM ``queries: all``): that hook. The
+        detector then decodes the learnable queries and the copies as one batch of 2B images (one
+        decoder call instead of two: the same function with less per-call overhead) and hands the
+        copies' outputs to ``copies_groups`` instead of calling ``forward``. ``reference``: the
+        learnable queries' recorded scores (``ctx.reference_attention``), each layer's entry written
+        before the hook sees that layer, when ``needs_reference_attention``. None (default): the
+        miner decodes its own groups in ``forward``."""
+        return None
+
+    def copies_groups(self, ctx: MiningContext, outputs: dict) -> dict[str, MinedGroup]:  # pragma: no cover
+        """The groups of the copies decoded beside the learnable queries (``outputs``, the ``decode``
+        contract; see ``copies_hook``)."""
+        raise NotImplementedError
+
+    def joined_queries(
+        self, detector: DetrHOIModel, targets: list[dict], with_reference: bool
+    ) -> tuple[QueryGroup, Callable[[MiningContext, dict], dict[str, MinedGroup]]] | None:
+        """For a miner whose hard queries depend on nothing the learnable pass computes and need no
+        attention hook (GBS): its query group and ``finish(ctx, outputs) -> groups``. The detector
+        then decodes the group in the learnable queries' call, joined along the query axis with a
+        block-diagonal self-attention mask (``hqm.models.detector.join_groups``). Offered only when
+        the group carries reference points exactly when ``with_reference`` (the learnable group's).
+        None (default): the miner decodes its own groups in ``forward``."""
         return None
 
     def forward(self, ctx: MiningContext) -> dict[str, MinedGroup]:  # pragma: no cover - interface

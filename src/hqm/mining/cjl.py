@@ -35,6 +35,10 @@ class CJLMiner(GBSMiner):
         self.matcher = matcher
         self.needs_reference_attention = reference == "learnable"
 
+    def joined_queries(self, detector, targets: list[dict], with_reference: bool):
+        """None: the masked pass needs a hook of its own, so it takes a decoder call of its own."""
+        return None
+
     def hook(self, ctx: MiningContext, group: QueryGroup, indices) -> AttentionMasking:
         layers = ctx.detector.mining_layers
         if self.reference == "self":

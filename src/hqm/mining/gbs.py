@@ -4,8 +4,12 @@ For every labelled pair of a training image the GT human and object boxes are sh
 shifted box overlaps its own GT box with an IoU inside a window ([0.4, 0.6]); the two boxes are
 encoded as the 12-d vector of :func:`pair_vector` and mapped to a positional query
 ``q = tanh(F_p(p))`` with ``F_p = Linear(12, D) - ReLU - Linear(D, D)``. The hard queries of an
-image are decoded in a separate decoder pass (zero content, shared layers, memory, final norm and
-heads; padding slots masked) and hard query j is supervised by GT pair j on every decoder layer.
+image are decoded apart from the learnable queries (zero content, shared layers, memory, final norm
+and heads; padding slots masked): behind a block-diagonal self-attention mask in the learnable
+queries' decoder call where the detector allows it (QPIC, CDN: ``joined_queries``), else in a call of
+their own (HOTR, or beside a learnable pass that a hook watches: PJL's AMM steps); the two are the
+same function (the spec allows either). Hard query j is supervised by GT pair j on every decoder
+layer.
 
 Box shifting works on normalised cxcywh boxes of the augmented image: a shift scales x and y by
 the image size, which leaves the IoU unchanged, and "clipped to the image" is a clip to [0, 1].
@@ -265,9 +269,28 @@ class GBSMiner(QueryMiner):
         """Cross-attention hook of the hard pass (None: the fused attention path)."""
         return None
 
-    def forward(self, ctx: MiningContext) -> dict[str, MinedGroup]:
-        group, indices = self.build_queries(ctx.targets)
-        if self.reference_points != "boxes" or not ctx.detector.decodes_reference_points:
+    def hard_queries(self, detector, targets: list[dict]) -> tuple[QueryGroup, list[tuple[Tensor, Tensor]]]:
+        """``build_queries``, keeping the reference points only for a detector that decodes them."""
+        group, indices = self.build_queries(targets)
+        if not self.gives_reference_points(detector):
             group = QueryGroup(group.pos, group.mask)
-        outputs = ctx.detector.decode(ctx.encoded, group, self.hook(ctx, group, indices))
+        return group, indices
+
+    def gives_reference_points(self, detector) -> bool:
+        return self.reference_points == "boxes" and detector.decodes_reference_points
+
+    def groups(self, ctx: MiningContext, outputs: dict, indices) -> dict[str, MinedGroup]:
         return {self.name: MinedGroup(outputs, FixedAssignment(indices), ctx.learnable_indices)}
+
+    def joined_queries(self, detector, targets: list[dict], with_reference: bool):
+        """The hard queries decoded in the learnable queries' call (block-diagonal self-attention,
+        ``QueryMiner.joined_queries``; the spec's alternative to a pass of their own)."""
+        if self.gives_reference_points(detector) != with_reference:
+            return None
+        group, indices = self.hard_queries(detector, targets)
+        return group, lambda ctx, outputs: self.groups(ctx, outputs, indices)
+
+    def forward(self, ctx: MiningContext) -> dict[str, MinedGroup]:
+        group, indices = self.hard_queries(ctx.detector, ctx.targets)
+        outputs = ctx.detector.decode(ctx.encoded, group, self.hook(ctx, group, indices))
+        return self.groups(ctx, outputs, indices)

@@ -72,6 +72,26 @@ class HookChain(AttentionHook):
         return probs
 
 
+class StackedHook(AttentionHook):
+    """The hooks of two query groups decoded as one batch of 2B images (``EncodedImages.repeat(2)``):
+    images 0 .. B-1 through ``first`` (None: unchanged), B .. 2B-1 through ``second``. In every layer
+    call the first half goes first, so ``second`` may read what ``first`` recorded from the same call
+    (AMM's copies ranking keys by the learnable queries' scores of that layer)."""
+
+    def __init__(self, b: int, first: AttentionHook | None, second: AttentionHook):
+        self.b = b
+        self.first = first or AttentionHook()
+        self.second = second
+
+    def pre_softmax(self, layer: int, logits: Tensor) -> Tensor:
+        a = self.first.pre_softmax(layer, logits[: self.b])
+        return torch.cat([a, self.second.pre_softmax(layer, logits[self.b :])])
+
+    def post_softmax(self, layer: int, probs: Tensor) -> Tensor:
+        a = self.first.post_softmax(layer, probs[: self.b])
+        return torch.cat([a, self.second.post_softmax(layer, probs[self.b :])])
+
+
 def chain_hooks(hooks: list[AttentionHook | None]) -> AttentionHook | None:
     real = [h for h in hooks if h is not None]
     return None if not real else real[0] if len(real) == 1 else HookChain(real)

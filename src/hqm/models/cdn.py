@@ -105,7 +105,10 @@ class CDN(QPICHeadsMixin, DetrHOIModel):
     ) -> dict:
         queries.require_positional_only("CDN")
         pair_decoder = self.transformer.decoder
-        pair = pair_decoder(queries.pos, enc.memory, enc.pos, enc.mask, queries.mask, hook, final_norm)
+        joined = {"query_bias": queries.self_attn_bias}
+        pair = pair_decoder(
+            queries.pos, enc.memory, enc.pos, enc.mask, queries.mask, hook, final_norm, **joined
+        )
         # the interaction queries are the pair decoder's last normalised output embeddings
         inter_pos = pair[-1] if final_norm else pair_decoder.norm(pair[-1])
         inter = self.transformer.interaction_decoder(
@@ -117,6 +120,7 @@ class CDN(QPICHeadsMixin, DetrHOIModel):
             hook,
             final_norm,
             layer_offset=self.pair_layers,
+            **joined,
         )
         return pack_outputs(self.predict_cascade(pair, inter), self.aux_loss)
 

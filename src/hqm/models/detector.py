@@ -16,6 +16,12 @@ its cross-attention layers hard queries may mask, ``mining_layers``); mining cod
 embeddings are the positional queries of an interaction decoder); the hook's ``layer`` argument then
 counts across all of them in call order. Nothing here depends on the epoch or on mutable flags: the
 trainer names the active miners in every call.
+
+A mined group never attends to another group, but it need not take a decoder call of its own: where
+the detector allows it (``shares_decoder_calls``), AMM's copies ride in the learnable queries' call as
+B more images of a stacked batch and GBS's queries as more queries behind a block-diagonal
+self-attention mask (``decode_learnable``). The function is the same; the per-call overhead, which
+dominates a small model's decoder, is paid once.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from hqm.models.attention import AttentionHook, RecordAttention, chain_hooks
+from hqm.models.attention import AttentionHook, RecordAttention, StackedHook, chain_hooks
 from hqm.models.group_criterion import HungarianAssignment, MinedGroup
 
 if TYPE_CHECKING:
@@ -74,6 +80,17 @@ class EncodedImages:
     shape: tuple[int, int]
     shared: dict[str, Any] = field(default_factory=dict)
 
+    def repeat(self, n: int) -> EncodedImages:
+        """The images n times over as one batch of n * B, copy-major (row ``c * B + i`` is image i), for
+        n query groups decoded in one call without attending to one another; ``shared`` is kept as is."""
+        return EncodedImages(
+            self.memory.repeat(n, 1, 1),
+            self.pos.repeat(n, 1, 1),
+            self.mask.repeat(n, 1),
+            self.shape,
+            self.shared,
+        )
+
 
 @dataclass
 class QueryGroup:
@@ -82,12 +99,24 @@ class QueryGroup:
     pos: (B, Q, D) positional queries (the decoder content starts at zeros);
     mask: (B, Q) bool, True on padding slots (not attended to, never supervised), or None;
     reference: (B, Q, 4) reference points / boxes in normalised image coordinates for detectors with
-    spatial queries, or None (the detector derives them from ``pos`` when it needs them).
+    spatial queries, or None (the detector derives them from ``pos`` when it needs them);
+    self_attn_bias: (B, 1, Q, Q) float added to the decoder's self-attention logits, -inf where query
+    i must not see query j, for several groups decoded as one (``join_groups``), or None.
     """
 
     pos: Tensor
     mask: Tensor | None = None
     reference: Tensor | None = None
+    self_attn_bias: Tensor | None = None
+
+    def repeat(self, n: int) -> QueryGroup:
+        """The group n times over, copy-major, matching ``EncodedImages.repeat(n)``."""
+        return QueryGroup(
+            self.pos.repeat(n, 1, 1),
+            None if self.mask is None else self.mask.repeat(n, 1),
+            None if self.reference is None else self.reference.repeat(n, 1, 1),
+            None if self.self_attn_bias is None else self.self_attn_bias.repeat(n, 1, 1, 1),
+        )
 
     @property
     def batch_size(self) -> int:
@@ -128,6 +157,58 @@ class MiningContext:
     learnable_indices: list[Indices] | None = None
 
 
+def join_groups(groups: Sequence[QueryGroup]) -> QueryGroup:
+    """Several query groups of the same images as one group decoded in one call, concatenated along
+    the queries in order, with a block-diagonal self-attention mask (``self_attn_bias``): a query sees
+    the unpadded queries of its own group only, as in a decoder pass of its own (the spec's
+    alternative to separate passes, DN-DETR's denoising groups); a padding slot also sees itself, so
+    that the slots of an image without pairs have something to attend to (their outputs are never
+    supervised). Every group must carry reference points or none may.
+
+    Raises ValueError for groups that mix reference points and none, or that already join groups."""
+    if len({g.reference is None for g in groups}) > 1:
+        raise ValueError("join_groups: some groups carry reference points and some do not")
+    if any(g.self_attn_bias is not None for g in groups):
+        raise ValueError("join_groups: a group is already a join of groups")
+    pos = torch.cat([g.pos for g in groups], dim=1)
+    b, q, dev = pos.shape[0], pos.shape[1], pos.device
+    pad = torch.cat(
+        [
+            torch.zeros(b, g.num_queries, dtype=torch.bool, device=dev) if g.mask is None else g.mask
+            for g in groups
+        ],
+        dim=1,
+    )
+    ids = torch.cat([torch.full((g.num_queries,), i, device=dev) for i, g in enumerate(groups)])
+    blocked = (ids[:, None] != ids[None, :])[None] | pad[:, None, :]  # (B, Q, Q): row i may not see key j
+    blocked &= ~(torch.eye(q, dtype=torch.bool, device=dev)[None] & pad[:, :, None])
+    bias = torch.zeros(b, 1, q, q, dtype=pos.dtype, device=dev).masked_fill(blocked[:, None], float("-inf"))
+    reference = None if groups[0].reference is None else torch.cat([g.reference for g in groups], dim=1)
+    return QueryGroup(pos, None, reference, bias)
+
+
+def split_outputs(outputs: Any, sizes: Sequence[int], dim: int) -> list[Any]:
+    """The outputs of one decode over several groups -> one outputs per group, split along ``dim``
+    into ``sizes`` (dim 0: a batch stacked by ``EncodedImages.repeat``; dim 1: groups joined by
+    ``join_groups``), through nested dicts, lists and tuples; other values go to every part.
+
+    Raises ValueError for a tensor whose size along ``dim`` is not ``sum(sizes)``."""
+    if isinstance(outputs, Tensor):
+        if outputs.shape[dim] != sum(sizes):
+            raise ValueError(
+                f"a decode over groups of sizes {list(sizes)} along dim {dim} returned a tensor of shape "
+                f"{tuple(outputs.shape)}"
+            )
+        return list(outputs.split(list(sizes), dim=dim))
+    if isinstance(outputs, dict):
+        parts = {k: split_outputs(v, sizes, dim) for k, v in outputs.items()}
+        return [{k: p[i] for k, p in parts.items()} for i in range(len(sizes))]
+    if isinstance(outputs, (list, tuple)):
+        parts = [split_outputs(v, sizes, dim) for v in outputs]
+        return [type(outputs)(p[i] for p in parts) for i in range(len(sizes))]
+    return [outputs] * len(sizes)
+
+
 class DetrHOIModel(nn.Module):
     """Base class: orchestrates the learnable pass and the mined query groups.
 
@@ -137,6 +218,11 @@ class DetrHOIModel(nn.Module):
     num_queries: int
     hidden_dim: int
     group_detr: int = 1
+    #: whether ``decode`` takes several query groups in one call: a batch of n * B images stacked by
+    #: ``EncodedImages.repeat`` (Group DETR's groups, AMM's copies) and groups joined by ``join_groups``
+    #: (GBS); False for a detector whose decode reads per-image state from ``EncodedImages.shared``
+    #: (HOTR's instance set): there every miner decodes its group in a call of its own
+    shares_decoder_calls: bool = True
 
     def __init__(self):
         super().__init__()
@@ -197,11 +283,8 @@ class DetrHOIModel(nn.Module):
         """Group DETR's K - 1 extra groups, decoded as one batch of (K - 1) * B images (copy-major:
         row ``g * B + i`` is group g + 1 on image i), so that no group attends to another."""
         g, b = self.group_detr - 1, enc.memory.shape[0]
-        stacked = EncodedImages(
-            enc.memory.repeat(g, 1, 1), enc.pos.repeat(g, 1, 1), enc.mask.repeat(g, 1), enc.shape, enc.shared
-        )
         pos = self.group_query_embed.weight.view(g, 1, self.num_queries, -1).expand(g, b, -1, -1)
-        outputs = self.decode(stacked, QueryGroup(pos.flatten(0, 1)))
+        outputs = self.decode(enc.repeat(g), QueryGroup(pos.flatten(0, 1)))
         return MinedGroup(outputs, HungarianAssignment(repeat=g))
 
     def attach_miners(self, miners: dict[str, QueryMiner]) -> None:
@@ -226,16 +309,16 @@ class DetrHOIModel(nn.Module):
         """
         enc = self.encode(images, masks)
         active = [self.miners[name] for name in mining]
+        if active and targets is None:
+            raise ValueError("mining needs the training targets")
         record = RecordAttention() if any(m.needs_reference_attention for m in active) else None
         hook = chain_hooks([record] + [m.learnable_hook(self) for m in active])
-        outputs = self.decode(enc, self.learnable_queries(enc), hook=hook)
+        outputs, finish = self.decode_learnable(enc, active, targets, record, hook)
         groups: dict[str, MinedGroup] = {}
         if active:
-            if targets is None:
-                raise ValueError("mining needs the training targets")
             ctx = MiningContext(self, enc, targets, outputs, record.scores if record else None)
             for miner in active:
-                groups.update(miner(ctx))
+                groups.update(finish[miner](ctx) if miner in finish else miner(ctx))
         if self.training and self.group_detr > 1:
             groups["group_detr"] = self.decode_query_groups(enc)
         if self.training and ENCODER_PROPOSALS in enc.shared:
@@ -244,6 +327,53 @@ class DetrHOIModel(nn.Module):
         if groups:
             outputs["groups"] = groups
         return outputs
+
+    def decode_learnable(
+        self,
+        enc: EncodedImages,
+        active: list[QueryMiner],
+        targets: list[dict] | None,
+        record: RecordAttention | None,
+        hook: AttentionHook | None,
+    ) -> tuple[dict, dict[QueryMiner, Callable[[MiningContext], dict[str, MinedGroup]]]]:
+        """The learnable queries' decode, which may carry active miners' queries in the same call
+        (``shares_decoder_calls``): one call instead of two computes the same function with less
+        per-call overhead (what it saves: ``benchmarks/train_step.py --separate``).
+
+        * a miner's masked copies of the learnable queries (``QueryMiner.copies_hook``, AMM
+          ``queries: all``; the first active miner that offers them) as B more images of a stacked
+          batch, their hook reading the learnable half's scores of the same layer call;
+        * otherwise, when nothing hooks the learnable pass, groups of their own
+          (``QueryMiner.joined_queries``, GBS) joined to the learnable queries along the query axis
+          with a block-diagonal self-attention mask (``join_groups``).
+
+        Returns the learnable outputs and, per miner served here, what turns the context into its
+        groups; the other active miners decode their groups in ``forward`` (``miner(ctx)``)."""
+        queries = self.learnable_queries(enc)
+        if not self.shares_decoder_calls or not active:
+            return self.decode(enc, queries, hook=hook), {}
+        for miner in active:
+            copies_hook = miner.copies_hook(self, record.scores if record else None)
+            if copies_hook is not None:
+                b = queries.batch_size
+                both = self.decode(enc.repeat(2), queries.repeat(2), hook=StackedHook(b, hook, copies_hook))
+                outputs, copies = split_outputs(both, [b, b], dim=0)
+                return outputs, {miner: lambda ctx, m=miner, o=copies: m.copies_groups(ctx, o)}
+        offers = {}
+        if hook is None:
+            for miner in active:
+                offer = miner.joined_queries(self, targets, queries.reference is not None)
+                if offer is not None:
+                    offers[miner] = offer
+        if not offers:
+            return self.decode(enc, queries, hook=hook), {}
+        parts = [queries] + [group for group, _ in offers.values()]
+        decoded = self.decode(enc, join_groups(parts))
+        outputs, *mined = split_outputs(decoded, [g.num_queries for g in parts], dim=1)
+        return outputs, {
+            miner: lambda ctx, f=finish, o=out: f(ctx, o)
+            for (miner, (_, finish)), out in zip(offers.items(), mined)
+        }
 
     @torch.no_grad()
     def inference(self, images: Tensor, masks: Tensor) -> dict:

@@ -79,6 +79,10 @@ class HOTR(DetrHOIModel):
     interaction decoder is registered as ``interaction_transformer.decoder``. ``num_queries``: the
     interaction queries Nh (16 published); ``tau``: the pointer temperature."""
 
+    #: decode points into the instance set of ``EncodedImages.shared`` (one per image): every mined
+    #: group takes a decoder call of its own
+    shares_decoder_calls = False
+
     def __init__(
         self,
         detr: DETRInstances,
@@ -160,6 +164,8 @@ class HOTR(DetrHOIModel):
         final_norm: bool = True,
     ) -> dict:
         queries.require_positional_only("HOTR")
+        if queries.self_attn_bias is not None:
+            raise ValueError("HOTR decodes one query group per call (QueryGroup.self_attn_bias must be None)")
         inst = self.instances(enc)
         decoder = self.interaction_transformer.decoder
         hs = decoder(queries.pos, enc.memory, enc.pos, enc.mask, queries.mask, hook, final_norm)

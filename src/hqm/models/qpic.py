@@ -108,8 +108,9 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
     ) -> dict:
         decoder = self.transformer.decoder
         args = (queries.pos, enc.memory, enc.pos, enc.mask, queries.mask, hook, final_norm)
+        joined = {"query_bias": queries.self_attn_bias}
         if self.spatial_queries is None:
-            return pack_outputs(self.predict(decoder(*args)), self.aux_loss)
+            return pack_outputs(self.predict(decoder(*args, **joined)), self.aux_loss)
         reference = queries.reference
         if reference is None:
             reference = self.spatial_queries.reference(queries.pos)
@@ -119,7 +120,7 @@ class QPIC(QPICHeadsMixin, DetrHOIModel):
             reference = reference + 0.0 * self.spatial_queries.reference(queries.pos)
         refine = self.refine_centres if self.box_refine else None
         prior = self.spatial_queries.cross_prior(reference, enc.mask, enc.shape, refine)
-        return pack_outputs(self.predict(decoder(*args, prior), prior.references()), self.aux_loss)
+        return pack_outputs(self.predict(decoder(*args, prior, **joined), prior.references()), self.aux_loss)
 
     def refine_centres(self, content: Tensor, reference: Tensor) -> Tensor:
         """``model.box_refine``: the subject and object centres (B, Q, 4) that the box heads predict

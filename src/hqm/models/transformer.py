@@ -67,12 +67,15 @@ class DecoderLayer(nn.Module):
         layer: int,
         cross_pos: Tensor | None = None,
         cross_bias: Tensor | None = None,
+        query_bias: Tensor | None = None,
     ) -> Tensor:
         """cross_pos: (B, Q, D) the cross-attention's positional query when it is not ``query_pos``
         (conditional spatial queries; the self-attention always uses ``query_pos``); cross_bias:
-        (B, T, Q, HW) added to the cross-attention logits (Gaussian co-attention)."""
+        (B, T, Q, HW) added to the cross-attention logits (Gaussian co-attention); query_bias:
+        (B, 1, Q, Q) added to the self-attention logits (-inf: query i does not see query j)."""
         q = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt, key_padding_mask=query_mask)))
+        self_attn = self.self_attn(q, q, tgt, key_padding_mask=query_mask, attn_bias=query_bias)
+        tgt = self.norm1(tgt + self.dropout1(self_attn))
         attn = self.multihead_attn(
             tgt + (query_pos if cross_pos is None else cross_pos),
             memory + pos,
@@ -116,12 +119,15 @@ class TransformerDecoder(nn.Module):
         final_norm: bool = True,
         cross_prior: CrossAttentionPrior | None = None,
         layer_offset: int = 0,
+        query_bias: Tensor | None = None,
     ) -> Tensor:
         """Decode one query group.
 
         query_pos: (B, Q, D) positional queries (the content starts at zeros);
         memory, pos: (B, HW, D); memory_mask: (B, HW) True on padding;
         query_mask: (B, Q) True on padding slots of the group (they are not attended to);
+        query_bias: (B, 1, Q, Q) float added to every layer's self-attention logits, -inf where query
+        i must not attend to query j (several groups decoded as one: ``QueryGroup.self_attn_bias``);
         hook: sees/edits the cross-attention of every layer (``layer`` = layer_offset + 0 .. L-1: a
         detector with several decoders numbers their layers consecutively);
         cross_prior: ``(layer, the previous layer's output (B, Q, D)) -> (pos, bias)``, the
@@ -145,6 +151,7 @@ class TransformerDecoder(nn.Module):
                 layer_offset + i,
                 cross_pos,
                 cross_bias,
+                query_bias,
             )
             per_layer.append(self.norm(out) if final_norm else out)
         return torch.stack(per_layer)
