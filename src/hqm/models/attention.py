@@ -84,12 +84,17 @@ class StackedHook(AttentionHook):
         self.second = second
 
     def pre_softmax(self, layer: int, logits: Tensor) -> Tensor:
-        a = self.first.pre_softmax(layer, logits[: self.b])
-        return torch.cat([a, self.second.pre_softmax(layer, logits[self.b :])])
+        return self._halves(logits, self.first.pre_softmax, self.second.pre_softmax, layer)
 
     def post_softmax(self, layer: int, probs: Tensor) -> Tensor:
-        a = self.first.post_softmax(layer, probs[: self.b])
-        return torch.cat([a, self.second.post_softmax(layer, probs[self.b :])])
+        return self._halves(probs, self.first.post_softmax, self.second.post_softmax, layer)
+
+    def _halves(self, x: Tensor, first, second, layer: int) -> Tensor:
+        top, bottom = x[: self.b], x[self.b :]
+        a = first(layer, top)
+        c = second(layer, bottom)
+        # hooks that hand their half back unchanged (recording, masking before the softmax only) cost no copy
+        return x if a is top and c is bottom else torch.cat([a, c])
 
 
 def chain_hooks(hooks: list[AttentionHook | None]) -> AttentionHook | None:
