@@ -32,6 +32,20 @@ def test_ajl_reset_each_epoch_restarts_from_start():
     assert [MiningSchedule("ajl").active(i, 3)[0] for i in range(3, 6)] == ["amm", "gbs", "amm"]
 
 
+def test_mining_epochs_stops_every_strategy_at_its_step(tiny_cfg):
+    s = MiningSchedule("ajl", stop_step=4)
+    assert [s.active(i) for i in range(6)] == [("gbs",), ("amm",), ("gbs",), ("amm",), (), ()]
+    assert MiningSchedule("pjl", stop_step=1).active(1) == () and MiningSchedule("gbs").active(10**6) == (
+        "gbs",
+    )
+    tiny_cfg.mining.strategy, tiny_cfg.mining.epochs = "amm", 3
+    assert build_schedule(tiny_cfg.mining, steps_per_epoch=5).stop_step == 15
+    with pytest.raises(ValueError, match="steps per epoch"):
+        build_schedule(tiny_cfg.mining)
+    tiny_cfg.mining.epochs = 0
+    assert build_schedule(tiny_cfg.mining).stop_step == 0
+
+
 def test_weights_pjl_half_beta_and_single_strategies():
     assert MiningSchedule("pjl", 0.8).weights(("gbs", "amm")) == {"gbs": 0.4, "amm": 0.4}
     assert MiningSchedule("pjl", 0.8).active(7) == ("gbs", "amm")

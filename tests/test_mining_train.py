@@ -90,3 +90,30 @@ def test_two_training_steps(detector, run, tiny_root, tmp_path):
         for group in filter(None, active.split(",")):
             if run != "amm-learnable-target":
                 assert any(k.startswith(f"{group}/loss_") for k in record), record
+
+
+def test_mining_epochs_stops_the_hard_queries_after_n_epochs(tiny_root, tmp_path):
+    """``mining.epochs=1``: AJL alternates through the first epoch, no miner runs from the second."""
+    cfg = load_config(
+        None,
+        TINY_OVERRIDES
+        + SMALL
+        + [
+            f"data.root={tiny_root}",
+            "mining.strategy=ajl",
+            "mining.epochs=1",
+            "train.epochs=2",
+            "train.max_steps=0",
+            "eval.every=0",
+            f"train.output_dir={tmp_path}",
+        ],
+    )
+    trainer = Trainer(cfg)
+    spe = trainer.steps_per_epoch
+    assert spe >= 2 and trainer.schedule.stop_step == spe
+    trainer.fit()
+    trainer.writer.close()
+    train = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    mined = [r["mining"] for r in train if r["kind"] == "train"]
+    assert mined == [("gbs", "amm")[i % 2] for i in range(spe)] + [""] * spe
+    assert f"mining.epochs=1: no hard queries from step {spe} on" in (tmp_path / "log.txt").read_text()

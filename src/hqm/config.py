@@ -238,6 +238,9 @@ class MiningConfig:
     strategy: str = "none"  # none | gbs | amm | ajl | pjl | cjl
     alpha: float = 1.0  # weight of the learnable queries' loss
     beta: float = 1.0  # weight of the hard queries' loss (released code: 0.8)
+    # > 0: hard queries in the first N epochs only, the learnable queries train alone after (as YOLOX
+    # turns its strong augmentation off for the last epochs); 0: every epoch (the paper)
+    epochs: int = 0
     cjl_reference: str = "self"  # cjl: self (GBS queries' own unmasked pass) | learnable
     gbs: GBSConfig = field(default_factory=GBSConfig)
     amm: AMMConfig = field(default_factory=AMMConfig)
@@ -545,6 +548,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.shift": (lambda v: 0.0 <= v <= 1.0, "in [0, 1] (0: no shift)"),
     "mining.alpha": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
     "mining.beta": (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0"),
+    "mining.epochs": (lambda v: v >= 0, ">= 0 (0: every epoch)"),
     "mining.gbs.num_candidates": (lambda v: v >= 1, ">= 1"),
     "mining.gbs.max_rounds": (lambda v: v >= 1, ">= 1"),
     "mining.amm.k": (lambda v: v >= 1, ">= 1"),

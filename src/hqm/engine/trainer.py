@@ -284,9 +284,9 @@ class Trainer:
         if cfg.loss.reweight.obj or cfg.loss.reweight.verb:
             counts = pair_class_counts(self.train_set.annotations, self.meta)
         self.criterion = build_criterion(cfg, self.meta.num_obj_classes, counts).to(self.device)
-        self.schedule = build_schedule(cfg.mining)
         self.optimizer = build_optimizer(self.model, cfg.train, self.device)
         self.steps_per_epoch = self.sampler.num_local // cfg.train.batch_size // cfg.train.accumulate
+        self.schedule = build_schedule(cfg.mining, self.steps_per_epoch)
         self.lr_schedule = build_lr_schedule(cfg.train, self.steps_per_epoch)
         # the configured lrs, not the ones a resumed optimiser state carries: the schedule applies them
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -538,6 +538,8 @@ class Trainer:
             window = [next(batches) for _ in range(acc)]
             data_time = time.time() - t0
             active = self.schedule.active(self.step, self.epoch_start_step)
+            if self.step == self.schedule.stop_step and self.schedule.miner_names:
+                LOGGER.info(f"mining.epochs={cfg.mining.epochs}: no hard queries from step {self.step} on")
             self.lr_schedule.apply(self.optimizer, self.base_lrs, self.step)
             loss, logs, applied = self.train_step(window, active)
             self.step += 1

@@ -15,7 +15,7 @@ from hqm.mining.amm import AMMMiner
 from hqm.mining.base import MiningContext, QueryMiner
 from hqm.mining.cjl import CJLMiner
 from hqm.mining.gbs import GBSMiner
-from hqm.mining.schedule import build_schedule
+from hqm.mining.schedule import MiningSchedule
 
 
 def build_miners(
@@ -31,7 +31,7 @@ def build_miners(
         return matcher_factory()
 
     mc = cfg.mining
-    names = build_schedule(mc).miner_names
+    names = MiningSchedule(mc.strategy).miner_names
     g, a = mc.gbs, mc.amm
     gbs_kwargs = dict(
         iou_range=tuple(g.iou_range),
