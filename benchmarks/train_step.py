@@ -140,20 +140,10 @@ def build(args, device: torch.device):
     return model, criterion, optimizer, params, plans
 
 
-def train_step(
-    model,
-    criterion,
-    optimizer,
-    params,
-    schedule,
-    batch,
-    step: int,
-    device,
-    clock_wall: bool = True,
-    amp="fp32",
-) -> tuple[str, float]:
-    """One optimiser step (forward under ``amp`` autocast: fp32 | bf16); returns (step kind, seconds
-    of wall clock or of process CPU time)."""
+def train_step(setup: tuple, schedule, batch, step: int, device, clock_wall: bool = True, amp="fp32"):
+    """One optimiser step of ``setup`` = (model, criterion, optimizer, params), the forward under
+    ``amp`` autocast (fp32 | bf16); returns (step kind, seconds of wall clock or process CPU time)."""
+    model, criterion, optimizer, params = setup
     images, masks, targets = batch
     active = schedule.active(step)
     sync(device)
@@ -174,6 +164,7 @@ def time_interleaved(args, strategies: list[str]) -> dict[str, dict[str, list[fl
     """strategy -> step kind -> timed seconds."""
     device = torch.device(args.device)
     model, criterion, optimizer, params, plans = build(args, device)
+    setup = (model, criterion, optimizer, params)
     all_miners = model.miners
     batch = make_batch(args, 80, 117, device)
     times: dict[str, dict[str, list[float]]] = {s: {} for s in strategies}
@@ -181,18 +172,7 @@ def time_interleaved(args, strategies: list[str]) -> dict[str, dict[str, list[fl
         for s in strategies:
             schedule, owned = plans[s]
             model.miners = owned  # a strategy sees only its own miners (idle ones get the zero touch)
-            kind, seconds = train_step(
-                model,
-                criterion,
-                optimizer,
-                params,
-                schedule,
-                batch,
-                step,
-                device,
-                args.clock == "wall",
-                args.amp,
-            )
+            kind, seconds = train_step(setup, schedule, batch, step, device, args.clock == "wall", args.amp)
             if step >= args.warmup:
                 times[s].setdefault(kind, []).append(seconds)
         print(f"  round {step + 1}/{args.warmup + args.steps}", file=sys.stderr)
@@ -210,7 +190,7 @@ def peak_memory(args, strategy: str) -> float:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(2):
-        train_step(model, criterion, optimizer, params, schedule, batch, step, device, amp=args.amp)
+        train_step((model, criterion, optimizer, params), schedule, batch, step, device, amp=args.amp)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
