@@ -223,3 +223,18 @@ def test_resume_of_a_run_folder_into_another_output_dir_is_refused(tiny_root, tm
     assert main([*_train(tiny_root, "b"), "--resume", "a"]) == 2
     err = capsys.readouterr().err
     assert "--resume a names a run folder" in err and "Traceback" not in err and not (tmp_path / "b").exists()
+
+
+def test_commands_a_refusal_suggests_are_quoted_for_the_shell(tmp_path):
+    """A folder name with a space: the suggested override / --resume value pastes into a shell."""
+    out = tmp_path / "my runs" / "exp"
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text("# mine\n")
+    with pytest.raises(RunDirError) as e:
+        claim_run_dir(out)
+    assert f"(e.g. 'train.output_dir={out / 'run'}')" in str(e.value)
+    run = tmp_path / "my runs" / "run"
+    fake_run(run, "checkpoints/last.pt")
+    with pytest.raises(RunDirError) as e:
+        claim_run_dir(run)
+    assert f"--resume '{run}', start over" in str(e.value)

@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import re
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -256,11 +257,11 @@ def resolve_resume(
         target = Path(output_dir).resolve()
         run = p.parent if p.name == "checkpoints" and p.resolve() != target else p
         if run.resolve() != target:  # (relative train.output_dir, another cwd)
+            add = shlex.quote(f"train.output_dir={run}")  # pasted into a shell
             raise ResumeError(
                 f"--resume {resume} names a run folder, but this run writes to train.output_dir="
-                f"{output_dir} ({target}), another folder: to continue that run, add "
-                f"train.output_dir={run}; to start a new run there from its state, pass the checkpoint "
-                "file (e.g. its checkpoints/last.pt)"
+                f"{output_dir} ({target}), another folder: to continue that run, add {add}; to start a "
+                "new run there from its state, pass the checkpoint file (e.g. its checkpoints/last.pt)"
             )
         for folder in (p / "checkpoints", p):
             if resume_candidates(folder):

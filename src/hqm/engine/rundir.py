@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -200,10 +201,11 @@ def claim_run_dir(
     foreign = foreign_files(out)
     if foreign:  # checked before the lock file is made: that file marks a folder hqm train claimed
         it = "it" if len(foreign) == 1 else "them"
+        suggestion = shlex.quote(f"train.output_dir={out / 'run'}")  # pasted into a shell
         raise RunDirError(
             f"train.output_dir={out} holds {', '.join(foreign)}, which hqm did not write (no run of "
             f"hqm train made {it}); a run would replace or append to {it}. Train into a new or empty "
-            f"folder (e.g. train.output_dir={out / 'run'}), or move {it} away"
+            f"folder (e.g. {suggestion}), or move {it} away"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -232,9 +234,9 @@ def claim_run_dir(
             shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
             what = f"resuming {resume} there would mix two runs" if resume else "a new run would mix with it"
             raise RunDirError(
-                f"{out} already holds a training run ({shown}); {what}. Continue that run with "
-                f"--resume {out}, start over with --overwrite (deletes its checkpoints and logs), or "
-                "choose another train.output_dir"
+                f"{out} already holds a training run ({shown}); {what}. Continue that run with --resume "
+                f"{shlex.quote(str(out))}, start over with --overwrite (deletes its checkpoints and logs), "
+                "or choose another train.output_dir"
             )
         identity = elastic_identity()
         if identity is not None:
