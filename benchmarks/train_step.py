@@ -72,7 +72,7 @@ def model_overrides(args) -> list[str]:
 def make_batch(args, num_obj: int, num_verb: int, device: torch.device):
     """Images (B, 3, S, S), no padding, and B targets of ``--pairs`` random pairs (normalised cxcywh)."""
     g = torch.Generator().manual_seed(0)
-    size = 256 if args.quick else args.size
+    size = args.size
     images = torch.randn(args.batch, 3, size, size, generator=g)
     masks = torch.zeros(args.batch, size, size, dtype=torch.bool)
     targets = []
@@ -213,7 +213,7 @@ def main() -> None:
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--detector", default="qpic", choices=sorted(DETECTORS))
     p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--size", type=int, default=512, help="square image side in pixels")
+    p.add_argument("--size", type=int, help="square image side in pixels (default 512; 256 with --quick)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--pairs", type=int, default=3, help="GT pairs per image")
     p.add_argument("--queries", type=int, default=100)
@@ -241,6 +241,19 @@ def main() -> None:
     )
     p.add_argument("--only", help=argparse.SUPPRESS)  # internal: peak memory of one strategy, as JSON
     args = p.parse_args()
+    if args.size is None:
+        args.size = 256 if args.quick else 512
+    for name, low in (("size", 32), ("batch", 1), ("pairs", 1), ("steps", 1), ("warmup", 0)):
+        if getattr(args, name) < low:
+            p.error(f"--{name} must be >= {low}")
+    if args.config:
+        from hqm.config import load_config
+        from hqm.errors import UsageError
+
+        try:
+            load_config(args.config)
+        except UsageError as e:
+            p.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.only:
@@ -257,7 +270,7 @@ def main() -> None:
     if args.config:
         desc = f"the model of {args.config}, {args.size} px"
     elif args.quick:
-        desc = f"{args.detector}, quick model"
+        desc = f"{args.detector}, quick model, {args.size} px"
     else:
         desc = (
             f"{args.detector}, {args.backbone}, {args.size} px, {args.queries} queries, "

@@ -99,3 +99,17 @@ def test_off_and_on_stay_strings_in_files_and_overrides(tmp_path):
     assert cfg.train.amp == "off" and cfg.model.aux_loss is False
     assert load_config(None, ["train.amp=off"]).train.amp == "off"
     assert load_config(None, ["model.aux_loss=true"]).model.aux_loss is True
+
+
+def test_a_bad_value_set_by_the_file_names_the_file(tmp_path):
+    """A choice or range error names the config file when the file set the value, not an override."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("_base_: qpic_r18_synthetic\nmining:\n  epochs: -3\n  strategy: sideways\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: mining\.strategy='sideways' is not one of") as e:
+        load_config(bad)
+    assert e.value.key == "mining.strategy"
+    with pytest.raises(ConfigError, match=r"bad\.yaml: mining\.epochs=-3 is out of range"):
+        load_config(bad, ["mining.strategy=ajl"])
+    assert load_config(bad, ["mining.strategy=ajl", "mining.epochs=2"]).mining.epochs == 2
+    with pytest.raises(ConfigError, match=r"^mining\.epochs=-1 is out of range"):  # the override's value
+        load_config(bad, ["mining.strategy=ajl", "mining.epochs=-1"])

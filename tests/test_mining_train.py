@@ -116,4 +116,21 @@ def test_mining_epochs_stops_the_hard_queries_after_n_epochs(tiny_root, tmp_path
     train = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     mined = [r["mining"] for r in train if r["kind"] == "train"]
     assert mined == [("gbs", "amm")[i % 2] for i in range(spe)] + [""] * spe
-    assert f"mining.epochs=1: no hard queries from step {spe} on" in (tmp_path / "log.txt").read_text()
+    # the first step without mining, counted from 1 as in metrics.jsonl; no hard-query loss after it
+    assert [r["step"] for r in train if r["kind"] == "train" and not r["mining"]][0] == spe + 1
+    assert f"mining.epochs=1: no hard queries from step {spe + 1} on" in (tmp_path / "log.txt").read_text()
+    after = [r for r in train if r["kind"] == "train" and r["step"] > spe]
+    assert after and not any(k.startswith(("gbs/", "amm/")) for r in after for k in r)
+
+
+def test_no_stop_line_without_mining_epochs(tiny_root, tmp_path):
+    cfg = load_config(
+        None,
+        TINY_OVERRIDES
+        + SMALL
+        + [f"data.root={tiny_root}", "mining.strategy=gbs", f"train.output_dir={tmp_path}"],
+    )
+    trainer = Trainer(cfg)
+    trainer.train_one_epoch()
+    trainer.writer.close()
+    assert "no hard queries" not in (tmp_path / "log.txt").read_text()

@@ -183,3 +183,15 @@ def test_split_outputs_splits_nested_outputs_and_refuses_a_wrong_size():
     assert left["aux"][0]["b"].shape == (4, 2) and right["aux"][0]["b"].shape == (4, 3)
     with pytest.raises(ValueError, match="sizes \\[2, 2\\] along dim 1"):
         split_outputs(out, [2, 2], dim=1)
+
+
+@pytest.mark.parametrize("detector", ["qpic", "cdn"])
+def test_pjl_draws_its_random_numbers_in_the_order_of_separate_passes(batch, detector):
+    """PJL: GBS's shifted boxes are drawn before AMM's masked ranks, as with separate passes (its
+    queries are built before the stacked call, then decoded in a call of their own)."""
+    cfg = tiny_detector_cfg(detector, ["mining.strategy=pjl", "mining.amm.k=6"])
+    shared, separate = _run(cfg, batch, ("gbs", "amm"), True), _run(cfg, batch, ("gbs", "amm"), False)
+    assert shared[0] == [(4, 8), (2, 3)] and separate[0] == [(2, 8), (2, 3), (2, 8)]
+    _assert_same(shared, separate, "amm")
+    gbs_s, gbs_p = _flat(shared[1]["groups"]["gbs"].outputs), _flat(separate[1]["groups"]["gbs"].outputs)
+    assert all(torch.allclose(gbs_s[k], gbs_p[k], atol=1e-5) for k in gbs_s)

@@ -260,7 +260,12 @@ class Config:
 
 class ConfigError(UsageError, ValueError):
     """A config file or override names an unknown key, a missing file or a value of the wrong type or
-    outside its range (the message names the file or key)."""
+    outside its range (the message names the file or key). ``key``: the dotted key whose value is
+    not one of its choices or out of its range, else None."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 def _suggest(key: str, options: list[str], prefix: str = "", listing: str = "Valid keys") -> str:
@@ -439,10 +444,30 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             _merge(cfg, data)
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from None
-    if overrides:
-        _merge(cfg, parse_overrides(overrides))
-    validate(cfg)
+    overridden = parse_overrides(overrides) if overrides else {}
+    if overridden:
+        _merge(cfg, overridden)
+    try:
+        validate(cfg)
+    except ConfigError as e:  # a bad value the file set (not an override): name the file
+        if (
+            path is not None
+            and e.key is not None
+            and _has_key(data, e.key)
+            and not _has_key(overridden, e.key)
+        ):
+            raise ConfigError(f"{p}: {e}", e.key) from None
+        raise
     return cfg
+
+
+def _has_key(data: dict[str, Any], dotted: str) -> bool:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -575,12 +600,12 @@ def validate(cfg: Config) -> None:
     for key, choices in _CHOICES.items():
         value = get_key(cfg, key)
         if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}", key)
     ranges = {**_RANGES, **{k: (lambda v: _FINITE(v) and v >= 0, "a finite number >= 0") for k in _LOSS_KEYS}}
     for key, (ok, allowed) in ranges.items():
         value = get_key(cfg, key)
         if not ok(value):
-            raise ConfigError(f"{key}={value!r} is out of range: it must be {allowed}")
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {allowed}", key)
     if not _DEVICE.match(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     if cfg.data.repeat_threshold > 0 and cfg.data.synth_stream:

@@ -90,6 +90,12 @@ class SmoothedMeter:
     def averages(self) -> dict[str, float]:
         return {k: self.avg(k) for k in self.values}
 
+    def forget(self, prefixes: tuple[str, ...]) -> None:
+        """Drops the keys starting with one of ``prefixes`` (terms that stop arriving, such as the hard
+        queries' losses after ``mining.epochs``, would otherwise be shown frozen)."""
+        for k in [k for k in self.values if k.startswith(prefixes)]:
+            del self.values[k]
+
 
 class RunWriter:
     """Writes ``metrics.jsonl`` (every event; strict JSON, a non-finite number written as ``null``) and

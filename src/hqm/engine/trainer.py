@@ -538,8 +538,12 @@ class Trainer:
             window = [next(batches) for _ in range(acc)]
             data_time = time.time() - t0
             active = self.schedule.active(self.step, self.epoch_start_step)
-            if self.step == self.schedule.stop_step and self.schedule.miner_names:
-                LOGGER.info(f"mining.epochs={cfg.mining.epochs}: no hard queries from step {self.step} on")
+            if self.schedule.stop_step and self.step == self.schedule.stop_step and self.schedule.miner_names:
+                # steps counted from 1 as on the console and in metrics.jsonl
+                LOGGER.info(
+                    f"mining.epochs={cfg.mining.epochs}: no hard queries from step {self.step + 1} on"
+                )
+                meter.forget(tuple(f"{name}/" for name in self.schedule.miner_names))
             self.lr_schedule.apply(self.optimizer, self.base_lrs, self.step)
             loss, logs, applied = self.train_step(window, active)
             self.step += 1

@@ -343,26 +343,40 @@ class DetrHOIModel(nn.Module):
         * a miner's masked copies of the learnable queries (``QueryMiner.copies_hook``, AMM
           ``queries: all``; the first active miner that offers them) as B more images of a stacked
           batch, their hook reading the learnable half's scores of the same layer call;
-        * otherwise, when nothing hooks the learnable pass, groups of their own
-          (``QueryMiner.joined_queries``, GBS) joined to the learnable queries along the query axis
-          with a block-diagonal self-attention mask (``join_groups``).
+        * groups of their own (``QueryMiner.joined_queries``, GBS) joined to the learnable queries
+          along the query axis with a block-diagonal self-attention mask (``join_groups``), when
+          nothing hooks the learnable pass. Beside stacked copies (PJL) the groups of the miners
+          named before the copier are built before the stacked call and decoded in calls of their
+          own after it: the miners draw their random numbers in the order of separate passes.
+
+        With dropout (``model.dropout`` > 0) the shared call draws its dropout masks over the
+        stacked / joined tensors: the same distribution as separate passes, other draws.
 
         Returns the learnable outputs and, per miner served here, what turns the context into its
         groups; the other active miners decode their groups in ``forward`` (``miner(ctx)``)."""
         queries = self.learnable_queries(enc)
         if not self.shares_decoder_calls or not active:
             return self.decode(enc, queries, hook=hook), {}
-        for miner in active:
-            copies_hook = miner.copies_hook(self, record.scores if record else None)
-            if copies_hook is not None:
-                b = queries.batch_size
-                both = self.decode(enc.repeat(2), queries.repeat(2), hook=StackedHook(b, hook, copies_hook))
-                outputs, copies = split_outputs(both, [b, b], dim=0)
-                return outputs, {miner: lambda ctx, m=miner, o=copies: m.copies_groups(ctx, o)}
+        with_reference = queries.reference is not None
+        finish: dict[QueryMiner, Callable[[MiningContext], dict[str, MinedGroup]]] = {}
+        for i, copier in enumerate(active):
+            copies_hook = copier.copies_hook(self, record.scores if record else None)
+            if copies_hook is None:
+                continue
+            earlier = {m: m.joined_queries(self, targets, with_reference) for m in active[:i]}
+            b = queries.batch_size
+            both = self.decode(enc.repeat(2), queries.repeat(2), hook=StackedHook(b, hook, copies_hook))
+            outputs, copies = split_outputs(both, [b, b], dim=0)
+            finish[copier] = lambda ctx, m=copier, o=copies: m.copies_groups(ctx, o)
+            for miner, offer in earlier.items():
+                if offer is not None:
+                    group, done = offer
+                    finish[miner] = lambda ctx, g=group, f=done: f(ctx, self.decode(enc, g))
+            return outputs, finish
         offers = {}
         if hook is None:
             for miner in active:
-                offer = miner.joined_queries(self, targets, queries.reference is not None)
+                offer = miner.joined_queries(self, targets, with_reference)
                 if offer is not None:
                     offers[miner] = offer
         if not offers:
@@ -370,10 +384,9 @@ class DetrHOIModel(nn.Module):
         parts = [queries] + [group for group, _ in offers.values()]
         decoded = self.decode(enc, join_groups(parts))
         outputs, *mined = split_outputs(decoded, [g.num_queries for g in parts], dim=1)
-        return outputs, {
-            miner: lambda ctx, f=finish, o=out: f(ctx, o)
-            for (miner, (_, finish)), out in zip(offers.items(), mined)
-        }
+        for (miner, (_, done)), out in zip(offers.items(), mined):
+            finish[miner] = lambda ctx, f=done, o=out: f(ctx, o)
+        return outputs, finish
 
     @torch.no_grad()
     def inference(self, images: Tensor, masks: Tensor) -> dict:
