@@ -243,17 +243,16 @@ def main() -> None:
     args = p.parse_args()
     if args.size is None:
         args.size = 256 if args.quick else 512
-    for name, low in (("size", 32), ("batch", 1), ("pairs", 1), ("steps", 1), ("warmup", 0)):
+    for name, low in (("size", 32), ("batch", 1), ("pairs", 1), ("steps", 1), ("warmup", 0), ("threads", 0)):
         if getattr(args, name) < low:
             p.error(f"--{name} must be >= {low}")
-    if args.config:
-        from hqm.config import load_config
-        from hqm.errors import UsageError
+    from hqm.config import load_config
+    from hqm.errors import UsageError
 
-        try:
-            load_config(args.config)
-        except UsageError as e:
-            p.error(str(e))
+    try:  # the model options and the device, checked as the package checks a config: one line
+        load_config(args.config, model_overrides(args) + [f"device={args.device}"])
+    except UsageError as e:
+        p.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.only:
