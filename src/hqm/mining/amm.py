@@ -178,7 +178,7 @@ class AMMMiner(QueryMiner):
     """AMM hard queries: copies of the learnable positional queries decoded with masked attention.
 
     With ``queries: all`` (and the final norm) the copies are decoded in the learnable queries' call,
-    as B more images of a stacked batch, where the detector allows it (``copies_hook``; QPIC, CDN);
+    as B more images of a stacked batch, where the detector allows it (``stacked_copies``; QPIC, CDN);
     each layer's masking then ranks keys by the learnable half's scores of the same layer call, which
     are the scores a separate learnable pass would record.
 
@@ -222,17 +222,15 @@ class AMMMiner(QueryMiner):
     def learnable_hook(self, detector: DetrHOIModel) -> AttentionHook | None:
         return self.masking(None, detector) if self.target == "learnable" else None
 
-    def copies_hook(
-        self, detector: DetrHOIModel, reference: dict[int, Tensor] | None
-    ) -> AttentionHook | None:
+    def stacked_copies(self, detector: DetrHOIModel, reference: dict[int, Tensor] | None):
         """``queries: all`` (the released code's and the paper's AMM): the masking of the copies,
-        decoded beside the learnable queries in one stacked batch (``QueryMiner.copies_hook``)."""
+        decoded beside the learnable queries in one stacked batch (``QueryMiner.stacked_copies``)."""
         if self.target != "hard_queries" or self.queries != "all" or self.skip_final_norm:
             return None
-        return self.masking(reference if self.needs_reference_attention else None, detector)
-
-    def copies_groups(self, ctx: MiningContext, outputs: dict) -> dict[str, MinedGroup]:
-        return {self.name: MinedGroup(outputs, LearnableAssignment(None), ctx.learnable_indices)}
+        hook = self.masking(reference if self.needs_reference_attention else None, detector)
+        return hook, lambda ctx, outputs: {
+            self.name: MinedGroup(outputs, LearnableAssignment(None), ctx.learnable_indices)
+        }
 
     def forward(self, ctx: MiningContext) -> dict[str, MinedGroup]:
         if self.target == "learnable":

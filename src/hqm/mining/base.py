@@ -14,7 +14,7 @@ A miner touches the detector only through
    pair decoder).
 
 Instead of decoding in ``forward``, a miner may hand its queries to the learnable queries' own
-decoder call (``copies_hook`` for copies of the learnable group, ``joined_queries`` for a group of its
+decoder call (``stacked_copies`` for copies of the learnable group, ``joined_queries`` for a group of its
 own; see ``hqm.models.detector.DetrHOIModel.decode_learnable``): the same function, one call.
 
 A miner returns ``{group_name: MinedGroup(outputs, assignment)}`` with a :class:`FixedAssignment`
@@ -45,23 +45,19 @@ class QueryMiner(nn.Module):
         """A hook applied to the learnable queries' own pass (AMM ``target: learnable``), or None."""
         return None
 
-    def copies_hook(
+    def stacked_copies(
         self, detector: DetrHOIModel, reference: dict[int, Tensor] | None
-    ) -> AttentionHook | None:
+    ) -> tuple[AttentionHook, Callable[[MiningContext, dict], dict[str, MinedGroup]]] | None:
         """For a miner whose hard queries are copies of the learnable query group, decoded exactly
-        like it except for a hook on their cross-attention (AMM ``queries: all``): that hook. The
-        detector then decodes the learnable queries and the copies as one batch of 2B images (one
-        decoder call instead of two: the same function with less per-call overhead) and hands the
-        copies' outputs to ``copies_groups`` instead of calling ``forward``. ``reference``: the
-        learnable queries' recorded scores (``ctx.reference_attention``), each layer's entry written
-        before the hook sees that layer, when ``needs_reference_attention``. None (default): the
-        miner decodes its own groups in ``forward``."""
+        like it except for a hook on their cross-attention (AMM ``queries: all``): that hook and
+        ``finish(ctx, outputs) -> groups``. The detector then decodes the learnable queries and the
+        copies as one batch of 2B images (one decoder call instead of two: the same function with
+        less per-call overhead) and hands the copies' outputs to ``finish`` instead of calling
+        ``forward``. ``reference``: the learnable queries' recorded scores
+        (``ctx.reference_attention``), each layer's entry written before the hook sees that layer,
+        when ``needs_reference_attention``. None (default): the miner decodes its own groups in
+        ``forward``."""
         return None
-
-    def copies_groups(self, ctx: MiningContext, outputs: dict) -> dict[str, MinedGroup]:  # pragma: no cover
-        """The groups of the copies decoded beside the learnable queries (``outputs``, the ``decode``
-        contract; see ``copies_hook``)."""
-        raise NotImplementedError
 
     def joined_queries(
         self, detector: DetrHOIModel, targets: list[dict], with_reference: bool

@@ -340,7 +340,7 @@ class DetrHOIModel(nn.Module):
         (``shares_decoder_calls``): one call instead of two computes the same function with less
         per-call overhead (what it saves: ``benchmarks/train_step.py --separate``).
 
-        * a miner's masked copies of the learnable queries (``QueryMiner.copies_hook``, AMM
+        * a miner's masked copies of the learnable queries (``QueryMiner.stacked_copies``, AMM
           ``queries: all``; the first active miner that offers them) as B more images of a stacked
           batch, their hook reading the learnable half's scores of the same layer call;
         * groups of their own (``QueryMiner.joined_queries``, GBS) joined to the learnable queries
@@ -360,14 +360,15 @@ class DetrHOIModel(nn.Module):
         with_reference = queries.reference is not None
         finish: dict[QueryMiner, Callable[[MiningContext], dict[str, MinedGroup]]] = {}
         for i, copier in enumerate(active):
-            copies_hook = copier.copies_hook(self, record.scores if record else None)
-            if copies_hook is None:
+            offer = copier.stacked_copies(self, record.scores if record else None)
+            if offer is None:
                 continue
+            copies_hook, done_copies = offer
             earlier = {m: m.joined_queries(self, targets, with_reference) for m in active[:i]}
             b = queries.batch_size
             both = self.decode(enc.repeat(2), queries.repeat(2), hook=StackedHook(b, hook, copies_hook))
             outputs, copies = split_outputs(both, [b, b], dim=0)
-            finish[copier] = lambda ctx, m=copier, o=copies: m.copies_groups(ctx, o)
+            finish[copier] = lambda ctx, f=done_copies, o=copies: f(ctx, o)
             for miner, offer in earlier.items():
                 if offer is not None:
                     group, done = offer
