@@ -15,6 +15,7 @@ import torch
 from conftest import TINY_DATA_64, TINY_OVERRIDES
 from hqm.cli import main
 from hqm.config import ConfigError, load_config
+from hqm.engine.rundir import LOCK_NAME
 from hqm.errors import UserError
 
 
@@ -273,10 +274,16 @@ def test_full_disk_in_export_and_synth(tmp_path, capsys, monkeypatch):
 
 def test_a_failed_run_says_why_in_its_log(bad_checkpoints, tiny_root, tmp_path, capsys):
     """A run that stops on a user error after its folder was set up (here: unreadable
-    ``model.pretrained`` weights) ends its log.txt with the console's one line, so the folder it
-    leaves says why."""
+    ``model.pretrained`` weights) leaves no folder it created; in a folder that already had a log
+    (an earlier attempt's), the log ends with the console's one line, so the folder says why."""
     out = tmp_path / "run"
     path = str(bad_checkpoints["notes"])
-    line = one_line(capsys, train_args(tiny_root, out, f"model.pretrained={path}"), 1, path)
+    args = train_args(tiny_root, out, f"model.pretrained={path}")
+    line = one_line(capsys, args, 1, path)
+    assert not out.exists()
+    out.mkdir()
+    (out / LOCK_NAME).write_text("pid 1 on elsewhere\n")  # an earlier attempt that never trained
+    (out / "log.txt").write_text("[10:00:00] an earlier attempt\n")
+    assert one_line(capsys, args, 1, path) == line
     last = (out / "log.txt").read_text().strip().splitlines()[-1]
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] ERROR: " + re.escape(line), last), last

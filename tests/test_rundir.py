@@ -3,6 +3,7 @@ holds a run, --resume / --overwrite, hqm demo re-runs, and hqm train never gener
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -178,8 +179,38 @@ def test_hqm_train_refuses_before_writing(tiny_root, tmp_path, capsys):
     assert (out / "config.yaml").read_text().endswith("\nconfig.yaml")  # not rewritten
     # a mistyped data.root is an error naming the missing file; nothing is generated there
     typo = tmp_path / "synthtic"
-    assert main(_train(typo, tmp_path / "fresh")) == 2
+    assert main(_train(typo, tmp_path / "fresh" / "run")) == 2
     assert "annotations/meta.json not found" in capsys.readouterr().err and not typo.exists()
+
+
+def test_a_run_whose_set_up_fails_leaves_its_folder_as_it_found_it(tiny_root, tmp_path, capsys):
+    """The refusal comes after the folder was claimed (lock, log.txt, checkpoints/): what the attempt
+    created goes, what was there stays; a refused resume keeps the run's config.yaml."""
+    typo = tmp_path / "synthtic"
+    assert main(_train(typo, tmp_path / "new" / "run")) == 2  # folders it created: gone
+    assert "meta.json not found" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("mine")
+    assert main(_train(typo, mine)) == 2  # a user's folder: only their file is left
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.md"]
+    data = tmp_path / "data"
+    shutil.copytree(tiny_root, data)
+    assert main(_train(data, tmp_path / "run")) == 0  # a real run, then a resume its data fails
+    run = tmp_path / "run"
+
+    def files():  # the lock file records its latest owner; log.txt is appended to
+        return {
+            p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name not in ("log.txt", LOCK_NAME)
+        }
+
+    before = files()
+    (data / "annotations" / "meta.json").unlink()
+    argv = _train(data, run, "train.max_steps=2")
+    argv[1] = str(run / "config.yaml")
+    assert main([*argv, "--resume", str(run)]) == 2
+    assert files() == before and (run / "config.yaml").read_bytes() == before[run / "config.yaml"]
+    assert "meta.json not found" in (run / "log.txt").read_text().splitlines()[-1]  # says why
 
 
 @pytest.mark.slow

@@ -56,6 +56,13 @@ def setup_logging(output_dir: Path | None, main_process: bool) -> None:
         logging.getLogger(child).parent = LOGGER
 
 
+def close_log_file() -> None:
+    """Detach and close the ``log.txt`` handler (before a refused run's folder is cleaned up)."""
+    for handler in [h for h in LOGGER.handlers if isinstance(h, logging.FileHandler)]:
+        LOGGER.removeHandler(handler)
+        handler.close()
+
+
 def record_failure(message: str) -> None:
     """Append a command's one-line refusal to the run's ``log.txt`` (when a run set one up), so that
     the folder a failed ``hqm train`` leaves says why; the console already printed it."""

@@ -24,6 +24,11 @@
    first attempt claimed. A restart of another launch, or a first attempt, is treated as any run.
 4. **Writable.** A folder that cannot be created or written (read-only file system, permissions)
    raises :class:`~hqm.errors.OutputError` naming it, before anything else.
+5. **No trace of a refused run.** When the run's set-up fails after the claim (a missing data set, a
+   bad value found while building), :func:`abandon_run_dir` deletes what the attempt created: the
+   lock file, ``config.yaml`` / ``log.txt`` / an empty ``checkpoints`` / ``tensorboard`` that were
+   not there before, and the folders the claim created (when empty). Files that were there before
+   the attempt are kept; the console has the refusal.
 
 ``next_free_run_dir`` gives ``hqm demo`` a fresh folder (``runs/demo``, then ``runs/demo-2``, ...).
 """
@@ -77,6 +82,10 @@ class RunLock:
 
     def __init__(self, path: Path):
         self.path = path
+        #: set by claim_run_dir: the folders it created (outermost first) and the names the run
+        #: folder held before (what abandon_run_dir keeps)
+        self.created_dirs: list[Path] = []
+        self.held_before: frozenset[str] = frozenset()
         self.previous_owner = path.read_text() if path.is_file() else ""
         self._file = open(path, "a+")  # noqa: SIM115 - held open for the lifetime of the run
         if fcntl is not None:
@@ -207,9 +216,12 @@ def claim_run_dir(
             f"hqm train made {it}); a run would replace or append to {it}. Train into a new or empty "
             f"folder (e.g. {suggestion}), or move {it} away"
         )
+    new_dirs = [p for p in (out, *out.parents) if not p.exists() and not p.is_symlink()][::-1]
     try:
+        held = frozenset(p.name for p in out.iterdir()) if out.is_dir() else frozenset()
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out / LOCK_NAME)
+        lock.created_dirs, lock.held_before = new_dirs, held
     except (FileExistsError, NotADirectoryError) as e:  # a part of the path: a file or a dangling link
         raise RunDirError(
             f"cannot create train.output_dir={out}: {e.filename} is not a folder (a file, or a symbolic "
@@ -245,6 +257,39 @@ def claim_run_dir(
         lock.release()
         raise
     return lock
+
+
+def abandon_run_dir(lock: RunLock) -> list[str]:
+    """Undo the claim of a run whose set-up failed before it trained: release ``lock`` and delete
+    what the attempt created in its folder (the lock file; ``config.yaml``, ``log.txt``, and
+    ``checkpoints`` / ``tensorboard`` when empty or holding only event files, none of which the
+    folder held before), then the folders :func:`claim_run_dir` created, innermost first, when empty.
+    Close the run's ``log.txt`` handler first. Returns the paths deleted; a file that cannot be
+    deleted is left (the refusal being reported matters more)."""
+    lock.release()
+    out = lock.path.parent
+    removed = []
+    for name in (LOCK_NAME, "config.yaml", "log.txt", "checkpoints", "tensorboard"):
+        path = out / name
+        if name in lock.held_before or not path.exists() or path.is_symlink():
+            continue
+        try:
+            if name == "checkpoints":
+                path.rmdir()  # only when empty: nothing was saved
+            elif name == "tensorboard":
+                shutil.rmtree(path)  # this attempt's event files only (absent before it)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(str(path))
+    for folder in reversed(lock.created_dirs):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or not ours to remove): keep it and its parents
+            break
+        removed.append(str(folder))
+    return removed
 
 
 def next_free_run_dir(out: str | os.PathLike) -> Path:

@@ -2,10 +2,10 @@
 
 Call order of one run (``Trainer.fit``)::
 
-    setup (device, process group, seeds, run dir, config.yaml) -> build data / model / optimiser
-    -> [resume] -> for each epoch: train_one_epoch (optimiser steps, see ``train_step``; periodic
-    step checkpoints) -> lr step -> last.pt -> evaluate every ``eval.every`` epochs (results.csv,
-    best.pt) -> final evaluation.
+    setup (device, process group, seeds, run dir) -> build data / model / optimiser -> [resume]
+    -> config.yaml (a set-up that fails leaves the run dir as it found it) -> for each epoch:
+    train_one_epoch (optimiser steps, see ``train_step``; periodic step checkpoints) -> lr step
+    -> last.pt -> evaluate every ``eval.every`` epochs (results.csv, best.pt) -> final evaluation.
 
 One optimiser step (``train_step``) takes ``train.accumulate`` micro-batches: mining schedule (a pure
 function of the global step, so identical on every rank and restored on resume) -> global loss
@@ -69,11 +69,24 @@ from hqm.engine.evaluate import (
     build_eval_setup,
     move_targets,
 )
-from hqm.engine.logging import LOGGER, RunWriter, SmoothedMeter, TrainProgress, setup_logging
+from hqm.engine.logging import (
+    LOGGER,
+    RunWriter,
+    SmoothedMeter,
+    TrainProgress,
+    close_log_file,
+    setup_logging,
+)
 from hqm.engine.lr_schedule import build_lr_schedule
 from hqm.engine.nonfinite import NonFiniteGuard
 from hqm.engine.resume_policy import ResumeError, check_compatible, describe
-from hqm.engine.rundir import RunDirError, claim_run_dir, is_elastic_restart, run_config_header
+from hqm.engine.rundir import (
+    RunDirError,
+    abandon_run_dir,
+    claim_run_dir,
+    is_elastic_restart,
+    run_config_header,
+)
 from hqm.engine.sampling import EpochSampler, SeededDataset
 from hqm.engine.signals import StopSignals, ignore_stop_signals, signal_name
 from hqm.errors import Interrupted, OutputError, UserError, output_error, write_fault
@@ -196,8 +209,10 @@ class Trainer:
         try:
             self._build(cfg, resume, ckpt, changes, channels_last, restart)
         except BaseException:
-            if self.run_lock is not None:
-                self.run_lock.release()
+            if self.run_lock is not None:  # rank 0: a refused run leaves the folder as it found it
+                if "log.txt" not in self.run_lock.held_before:  # else the refusal is appended to it
+                    close_log_file()
+                abandon_run_dir(self.run_lock)
             raise
 
     def _build(self, cfg: Config, resume, ckpt, changes, channels_last, restart: bool) -> None:
@@ -210,8 +225,6 @@ class Trainer:
                 f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')} of this launch: "
                 + (f"resuming from {resume}" if resume else "no checkpoint yet, starting over")
             )
-        if self.main:
-            save_config(cfg, self.out / "config.yaml", run_config_header(self.out))
         for line in describe(changes) if changes else []:
             LOGGER.info(line)
         set_seed(cfg.train.seed, cfg.train.deterministic)
@@ -318,6 +331,8 @@ class Trainer:
         self.eval_due = False  # an evaluation owed for the last finished epoch (a resume runs it)
         if ckpt is not None:
             self.resume(resume, ckpt)
+        if self.main:  # written once the set-up succeeded: a refused resume keeps the run's config
+            save_config(cfg, self.out / "config.yaml", run_config_header(self.out))
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         LOGGER.info(
             f"model: {cfg.model.detector} {cfg.model.backbone}"
