@@ -218,6 +218,8 @@ def test_demo_reruns_into_a_fresh_folder_and_generates_only_when_asked(tmp_path,
     """hqm demo on a fresh machine writes the benchmark; run twice, it keeps the first run."""
     monkeypatch.chdir(tmp_path)
     fake_run(tmp_path / "runs" / "demo", "checkpoints/last.pt", "metrics.jsonl")
+    (tmp_path / "runs" / "demo-2").mkdir()
+    (tmp_path / "runs" / "demo-2" / "log.txt").write_text("mine")  # not hqm's: skipped, and said why
     overrides = [o for o in TINY_OVERRIDES + TINY_DATA_64 if not o.startswith("data.dataset")]
     argv = [
         "demo",
@@ -229,9 +231,13 @@ def test_demo_reruns_into_a_fresh_folder_and_generates_only_when_asked(tmp_path,
     ]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "holds an earlier demo run; this one goes to runs/demo-2" in captured.err
+    assert (
+        "runs/demo holds an earlier demo run; runs/demo-2 holds files hqm did not write; this one goes "
+        "to runs/demo-3 (--overwrite replaces the earlier one)" in captured.err
+    )
     assert (tmp_path / "runs" / "demo" / "metrics.jsonl").read_text() == "metrics.jsonl"
-    assert (tmp_path / "runs" / "demo-2" / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "runs" / "demo-2" / "log.txt").read_text() == "mine"
+    assert (tmp_path / "runs" / "demo-3" / "checkpoints" / "last.pt").is_file()
     assert (tmp_path / "data" / "synthetic" / "annotations" / "meta.json").is_file()
 
 

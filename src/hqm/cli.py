@@ -9,6 +9,7 @@ traceback. ``--debug`` (or ``HQM_DEBUG=1``) shows the traceback of user errors t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -101,7 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if cfg.data.dataset == "synthetic" and not any(o.startswith("data.generate=") for o in args.overrides):
         # the demo writes the synthetic benchmark (into an absent, empty or generator-made data.root)
         cfg.data.generate = True
-    from hqm.engine.rundir import foreign_files, holds_run, next_free_run_dir
+    from hqm.engine.rundir import foreign_files, holds_run, next_free_run_dir, run_dir_candidates
     from hqm.engine.trainer import Trainer
     from hqm.evaluation import format_table
 
@@ -112,8 +113,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fresh = next_free_run_dir(cfg.train.output_dir)
         if _is_main():
             what = "an earlier demo run" if earlier else f"files hqm did not write ({', '.join(foreign)})"
+            taken = list(itertools.takewhile(lambda c: c != fresh, run_dir_candidates(cfg.train.output_dir)))
+            also = "".join(  # the folders skipped on the way, and why
+                f"; {c} holds " + ("an earlier run" if holds_run(c) else "files hqm did not write")
+                for c in taken[1:]
+            )
             print(
-                f"hqm demo: {cfg.train.output_dir} holds {what}; this one goes to {fresh}"
+                f"hqm demo: {cfg.train.output_dir} holds {what}{also}; this one goes to {fresh}"
                 + (" (--overwrite replaces the earlier one)" if earlier else ""),
                 file=sys.stderr,
             )

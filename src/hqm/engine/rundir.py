@@ -36,10 +36,12 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import shlex
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from hqm.errors import UsageError, output_error, write_fault
@@ -292,13 +294,15 @@ def abandon_run_dir(lock: RunLock) -> list[str]:
     return removed
 
 
-def next_free_run_dir(out: str | os.PathLike) -> Path:
-    """``out`` if it holds no run (nor :func:`foreign_files`), else the first of ``out-2``, ``out-3``,
-    ... that holds neither."""
+def run_dir_candidates(out: str | os.PathLike) -> Iterator[Path]:
+    """``out``, ``out-2``, ``out-3``, ... (endless): the folders ``hqm demo`` tries in turn."""
     out = Path(out)
-    k = 1
-    candidate = out
-    while holds_run(candidate) or foreign_files(candidate):
-        k += 1
-        candidate = out.with_name(f"{out.name}-{k}")
-    return candidate
+    yield out
+    for k in itertools.count(2):
+        yield out.with_name(f"{out.name}-{k}")
+
+
+def next_free_run_dir(out: str | os.PathLike) -> Path:
+    """The first of :func:`run_dir_candidates` that holds no run (:func:`holds_run`) nor
+    :func:`foreign_files`."""
+    return next(c for c in run_dir_candidates(out) if not (holds_run(c) or foreign_files(c)))
