@@ -144,6 +144,10 @@ def test_overrides_and_presets():
     assert {v for v, _ in interaction_classes(cfg)} <= set(R.VERBS[:4])
     with pytest.raises(ConfigError, match="Did you mean 'train_size'"):
         apply_overrides(PRESETS["tiny"], ["train_sise=3"])
+    with pytest.raises(
+        ConfigError, match="preset=tiny is not a generator key: write it as the option --preset tiny"
+    ):
+        apply_overrides(PRESETS["default"], ["preset=tiny"])  # hqm synth --out d preset=tiny
     with pytest.raises(ConfigError, match="expected int"):
         apply_overrides(PRESETS["tiny"], ["train_size=abc"])
     with pytest.raises(ConfigError, match="image_min"):

@@ -27,6 +27,7 @@ import dataclasses
 import difflib
 import json
 import re
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,10 @@ def apply_overrides(cfg: SynthConfig, overrides: list[str] | None) -> SynthConfi
         if "=" not in item:
             raise ConfigError(f"synthetic override {item!r} is not of the form key=value")
         key, raw = (s.strip() for s in item.split("=", 1))
+        if key in ("preset", "out"):  # options of `hqm synth`, not generator keys
+            raise ConfigError(
+                f"{item} is not a generator key: write it as the option --{key} {shlex.quote(raw)}"
+            )
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(names)}."
