@@ -113,3 +113,22 @@ def test_a_bad_value_set_by_the_file_names_the_file(tmp_path):
     assert load_config(bad, ["mining.strategy=ajl", "mining.epochs=2"]).mining.epochs == 2
     with pytest.raises(ConfigError, match=r"^mining\.epochs=-1 is out of range"):  # the override's value
         load_config(bad, ["mining.strategy=ajl", "mining.epochs=-1"])
+
+
+def test_a_bad_value_set_by_a_base_file_names_that_file(tmp_path):
+    """A value from a ``_base_`` file is reported under that file's name, not its child's; a key the
+    child sets again is the child's."""
+    (tmp_path / "base.yaml").write_text("mining:\n  strategy: sideways\ntrain:\n  epochs: 2.5\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: base.yaml\ntrain:\n  epochs: 4\nmodel:\n  hiden_dim: 8\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml: unknown config key 'model\.hiden_dim'"):
+        load_config(child)
+    child.write_text("_base_: base.yaml\ntrain:\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match=r"/base\.yaml: mining\.strategy='sideways' is not one of"):
+        load_config(child)
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 2.5\n")
+    child.write_text("_base_: base.yaml\nmodel:\n  hidden_dim: 8\n")
+    with pytest.raises(ConfigError, match=r"/base\.yaml: train\.epochs: expected an integer, got 2\.5"):
+        load_config(child)
+    child.write_text("_base_: base.yaml\ntrain:\n  epochs: 4\n")
+    assert load_config(child).train.epochs == 4

@@ -260,8 +260,8 @@ class Config:
 
 class ConfigError(UsageError, ValueError):
     """A config file or override names an unknown key, a missing file or a value of the wrong type or
-    outside its range (the message names the file or key). ``key``: the dotted key whose value is
-    not one of its choices or out of its range, else None."""
+    outside its range (the message names the file or key). ``key``: the dotted key the error is
+    about (unknown, of the wrong type, not one of its choices, out of its range), else None."""
 
     def __init__(self, message: str, key: str | None = None):
         super().__init__(message)
@@ -291,10 +291,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return value.lower() in ("true", "1", "yes")
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}", where)
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {value!r}", where)
         return int(value)
     if typ is float:
         if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
@@ -303,13 +303,13 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {value!r}", where)
         return float(value)
     if typ is str:
         if value is None:
             return ""
         if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {value!r}", where)
         return str(value)
     return value
 
@@ -320,11 +320,11 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     for key, value in data.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key '{where}'." + _suggest(key, names, prefix))
+            raise ConfigError(f"unknown config key '{where}'." + _suggest(key, names, prefix), where)
         current = getattr(obj, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: expected a mapping of sub-keys, got {value!r}")
+                raise ConfigError(f"{where}: expected a mapping of sub-keys, got {value!r}", where)
             _merge(current, value, prefix=f"{where}.")
         else:
             setattr(obj, key, _coerce(value, hints[key], where))
@@ -351,7 +351,11 @@ def load_yaml(stream: Any) -> Any:
     return yaml.load(stream, Loader=_Yaml12Loader)
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def _read_yaml(
+    path: Path, seen: tuple[Path, ...] = (), origin: dict[str, Path] | None = None
+) -> dict[str, Any]:
+    """The mapping of the YAML file ``path`` merged over its ``_base_`` chain. ``origin``, when
+    given, receives for every dotted key (sections too) the file that set it last."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: circular _base_ chain")
@@ -366,11 +370,18 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("_base_", None)
-    if base is None:
-        return data
-    merged = _read_yaml(_base_path(path, base), seen + (path,))
+    merged = {} if base is None else _read_yaml(_base_path(path, base), seen + (path,), origin)
+    if origin is not None:
+        _note_origin(data, path, origin)
     _deep_update(merged, data)
     return merged
+
+
+def _note_origin(data: dict[str, Any], path: Path, origin: dict[str, Path], prefix: str = "") -> None:
+    for key, value in data.items():
+        origin[f"{prefix}{key}"] = path
+        if isinstance(value, dict):
+            _note_origin(value, path, origin, f"{prefix}{key}.")
 
 
 def _base_path(path: Path, base: Any) -> Path:
@@ -437,26 +448,28 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file (with ``_base_``) <- ``key=value`` overrides."""
     cfg = Config()
+    origin: dict[str, Path] = {}  # dotted key -> the file (path or a _base_ of it) that set it
+
+    def setter(key: str | None) -> Path:
+        """The file that set ``key``: the config as given, or the _base_ file it comes from."""
+        where = origin.get(key) if key is not None else None
+        return p if where is None or where == p.resolve() else where
+
     if path is not None:
         p = resolve_config_path(path)
-        data = _read_yaml(p)  # its errors name the file (p or a _base_ of it)
+        data = _read_yaml(p, origin=origin)  # its errors name the file (p or a _base_ of it)
         try:
             _merge(cfg, data)
         except ConfigError as e:
-            raise ConfigError(f"{p}: {e}") from None
+            raise ConfigError(f"{setter(e.key)}: {e}", e.key) from None
     overridden = parse_overrides(overrides) if overrides else {}
     if overridden:
         _merge(cfg, overridden)
     try:
         validate(cfg)
-    except ConfigError as e:  # a bad value the file set (not an override): name the file
-        if (
-            path is not None
-            and e.key is not None
-            and _has_key(data, e.key)
-            and not _has_key(overridden, e.key)
-        ):
-            raise ConfigError(f"{p}: {e}", e.key) from None
+    except ConfigError as e:  # a bad value a file set (not an override): name that file
+        if e.key in origin and not _has_key(overridden, e.key):
+            raise ConfigError(f"{setter(e.key)}: {e}", e.key) from None
         raise
     return cfg
 
