@@ -15,17 +15,26 @@ from hqm.engine.rundir import (
     LOCK_NAME,
     RunDirError,
     claim_run_dir,
+    foreign_files,
     holds_run,
     next_free_run_dir,
     run_config_header,
 )
 
+#: the first line of a run's file of that name (RunWriter's formats, the run config's header)
+FIRST_LINE = {
+    "metrics.jsonl": '{"kind": "train", "step": 20, "epoch": 0}',
+    "results.csv": "epoch,step,mAP_full",
+}
+
 
 def fake_run(out, *names: str) -> None:
-    """A folder with the given run files (contents: the name; a config.yaml starts as a run's does)."""
+    """A folder with the given run files (contents: the name, after the first line a run writes into
+    config.yaml, metrics.jsonl and results.csv)."""
     for name in names:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text((run_config_header(out) + "\n" if name == "config.yaml" else "") + name)
+        first = run_config_header(out) if name == "config.yaml" else FIRST_LINE.get(name)
+        (out / name).write_text((first + "\n" if first else "") + name)
 
 
 def test_lock_refuses_a_second_process_and_never_outlives_its_owner(tmp_path):
@@ -49,8 +58,14 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     out = tmp_path / "run"
     fake_run(out, LOCK_NAME, "config.yaml", "log.txt")  # an attempt that never trained: reusable
     claim_run_dir(out).release()
-    fake_run(out, "checkpoints/last.pt", "metrics.jsonl", "results.csv", "notes.md", "tensorboard/ev")
-    assert holds_run(out) == ["checkpoints/last.pt", "metrics.jsonl", "results.csv"]
+    fake_run(out, "checkpoints/last.pt", "metrics.jsonl", "results.csv", "notes.md")
+    fake_run(out, "tensorboard/events.out.tfevents.1764744000.vm.1.0", "checkpoints/step_0000250.pt")
+    assert holds_run(out) == [
+        "checkpoints/last.pt",
+        "checkpoints/step_0000250.pt",
+        "metrics.jsonl",
+        "results.csv",
+    ]
     with pytest.raises(RunDirError, match="already holds a training run.*--resume .*--overwrite"):
         claim_run_dir(out)
     claim_run_dir(out, resume=str(out / "checkpoints" / "last.pt")).release()  # its own checkpoint
@@ -60,13 +75,50 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
         claim_run_dir(out, resume=str(other))
     with pytest.raises(RunDirError, match="pick one"):
         claim_run_dir(out, resume=str(other), overwrite=True)
-    assert (out / "metrics.jsonl").read_text() == "metrics.jsonl"  # nothing touched so far
+    assert (out / "metrics.jsonl").read_text().endswith("\nmetrics.jsonl")  # nothing touched so far
     claim_run_dir(out, overwrite=True).release()
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "notes.md"]  # only run files deleted
+    # a user's files in checkpoints/ (an export, DETR weights, notes) are not the run's: they stay
+    fake_run(out, "checkpoints/best.pt", "checkpoints/detr-r50.pth", "checkpoints/exported/model.safetensors")
+    fake_run(out, "tensorboard/events.out.tfevents.2", "tensorboard/mine.txt")
+    claim_run_dir(out, overwrite=True).release()
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        LOCK_NAME,
+        "checkpoints/detr-r50.pth",
+        "checkpoints/exported/model.safetensors",
+        "notes.md",
+        "tensorboard/mine.txt",
+    ]
+    shutil.rmtree(out / "checkpoints")
+    shutil.rmtree(out / "tensorboard")
     assert next_free_run_dir(out) == out
     fake_run(out, "results.csv")
     fake_run(tmp_path / "run-2", "metrics.jsonl")
     assert next_free_run_dir(out) == tmp_path / "run-3"
+
+
+def test_a_users_results_csv_or_metrics_jsonl_is_not_a_run(tmp_path):
+    """A results.csv / metrics.jsonl of the user's own was called "a training run", and --overwrite
+    deleted it; a run's .pt names only count in checkpoints/."""
+    out = tmp_path / "ures"
+    out.mkdir()
+    (out / "results.csv").write_text("name,score\nalice,3\n")
+    assert holds_run(out) == [] and foreign_files(out) == ["results.csv"]
+    for overwrite in (False, True):
+        with pytest.raises(RunDirError, match=r"ures holds results.csv, which hqm did not write"):
+            claim_run_dir(out, overwrite=overwrite)
+    assert (out / "results.csv").read_text() == "name,score\nalice,3\n"
+    (out / "results.csv").unlink()
+    (out / "metrics.jsonl").write_text('["not", "a run record"]\n')
+    assert foreign_files(out) == ["metrics.jsonl"]
+    (out / "metrics.jsonl").unlink()
+    fake_run(out, "checkpoints/model_final.pt")  # not a name a run writes
+    assert holds_run(out) == [] and foreign_files(out) == []
+    fake_run(out, "checkpoints/last.pt", "results.csv")  # beside a run, a user's metrics.jsonl too
+    (out / "metrics.jsonl").write_text("my notes\n")
+    with pytest.raises(RunDirError, match="holds metrics.jsonl, which hqm did not write"):
+        claim_run_dir(out, overwrite=True)
+    assert (out / "metrics.jsonl").read_text() == "my notes\n"
 
 
 def test_files_at_a_runs_names_that_hqm_did_not_write_are_refused(tmp_path):
@@ -235,7 +287,7 @@ def test_demo_reruns_into_a_fresh_folder_and_generates_only_when_asked(tmp_path,
         "runs/demo holds an earlier demo run; runs/demo-2 holds files hqm did not write; this one goes "
         "to runs/demo-3 (--overwrite replaces the earlier one)" in captured.err
     )
-    assert (tmp_path / "runs" / "demo" / "metrics.jsonl").read_text() == "metrics.jsonl"
+    assert (tmp_path / "runs" / "demo" / "metrics.jsonl").read_text().endswith("\nmetrics.jsonl")
     assert (tmp_path / "runs" / "demo-2" / "log.txt").read_text() == "mine"
     assert (tmp_path / "runs" / "demo-3" / "checkpoints" / "last.pt").is_file()
     assert (tmp_path / "data" / "synthetic" / "annotations" / "meta.json").is_file()

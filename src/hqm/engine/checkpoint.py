@@ -148,6 +148,12 @@ _STEP_FILE = re.compile(r"^step_(\d{7,})\.pt$")
 _STALE_TMP = re.compile(r"^\.(last|best|step_\d{7,})\.pt\.tmp\d+$")
 
 
+def is_run_checkpoint_name(name: str) -> bool:
+    """True for the names a run writes into its ``checkpoints/`` folder: ``last.pt``, ``best.pt``,
+    ``step_NNNNNNN.pt`` and the temporary files of a write that never finished."""
+    return name in ("last.pt", "best.pt") or bool(_STEP_FILE.match(name) or _STALE_TMP.match(name))
+
+
 class CheckpointManager:
     """Writes ``last.pt`` / ``best.pt`` / step-stamped copies into ``folder`` (only when ``enabled``,
     i.e. on rank 0) and prunes the step copies to the ``keep_last`` newest.

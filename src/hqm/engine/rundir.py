@@ -7,14 +7,16 @@
    one runs. The kernel drops the lock when its process ends, however it ends (SIGKILL, crash, power
    loss on a local disk), so a lock left by a dead process never blocks: the file may stay, the lock
    does not. The file records the owner's pid, host and start time for the message.
-2. **Ownership.** A folder *holds a run* once training wrote results into it: a checkpoint
-   (``checkpoints/*.pt``), ``metrics.jsonl`` or ``results.csv``. Such a folder is refused unless the
-   run is resumed from its own checkpoint (``--resume``), or ``--overwrite`` is given, which deletes
-   the run files listed in :data:`RUN_FILES` first (and nothing else). A folder whose earlier attempt
-   never trained (only ``config.yaml`` / ``log.txt`` beside the lock file) or that holds unrelated
-   files is used as is. A folder that holds files at the names a run writes that hqm did not write
-   (a user's own config, ``hqm train exp/config.yaml train.output_dir=exp``) is refused,
-   ``--overwrite`` or not: training would replace or append to them (:func:`foreign_files`).
+2. **Ownership.** A folder *holds a run* once training wrote results into it: a checkpoint of a
+   run's name (``checkpoints/last.pt``, ``best.pt``, ``step_*.pt``), or ``metrics.jsonl`` /
+   ``results.csv`` in a run's format. Such a folder is refused unless the run is resumed from its own
+   checkpoint (``--resume``), or ``--overwrite`` is given, which deletes the run's files first and
+   nothing else (:func:`delete_run_files`: a user's file in ``checkpoints/`` stays). A folder whose
+   earlier attempt never trained (only ``config.yaml`` / ``log.txt`` beside the lock file) or that
+   holds unrelated files is used as is. A folder that holds files at the names a run writes that hqm
+   did not write (a user's own config, ``hqm train exp/config.yaml train.output_dir=exp``, or a
+   ``results.csv`` of their own) is refused, ``--overwrite`` or not: training would replace or append
+   to them (:func:`foreign_files`).
 
 3. **Elastic restarts.** Under torchrun the lock file also records, once the claim succeeded, the
    launch it belongs to (:func:`elastic_identity`: torchrun's run id, host and agent pid). A worker
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import os
 import shlex
 import shutil
@@ -44,6 +47,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from hqm.engine.checkpoint import is_run_checkpoint_name
 from hqm.errors import UsageError, output_error, write_fault
 
 try:  # POSIX; elsewhere runs are not locked (the ownership check still applies)
@@ -120,12 +124,44 @@ class RunLock:
         self.release()
 
 
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n")
+    except OSError:
+        return ""
+
+
+def _written_by_the_logger(path: Path) -> bool:
+    """``results.csv`` / ``metrics.jsonl`` as a run writes them (``RunWriter``): a CSV whose header
+    starts ``epoch,step,``, JSON lines whose first record has ``kind`` and ``step``. An empty file
+    counts as a run's (a run killed before its first line)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    line = _first_line(path)
+    if not line:
+        return True
+    if path.name == "results.csv":
+        return line.startswith("epoch,step,")
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "kind" in record and "step" in record
+
+
 def holds_run(out: str | os.PathLike) -> list[str]:
-    """The files that show a run trained in ``out`` (empty when none): checkpoints, metrics.jsonl,
-    results.csv."""
+    """The files that show a run trained in ``out`` (empty when none): the checkpoints a run writes
+    (``checkpoints/last.pt``, ``best.pt``, ``step_*.pt``), and ``metrics.jsonl`` / ``results.csv``
+    in the format a run writes them (a user's file of that name is a :func:`foreign_files` one)."""
     out = Path(out)
-    found = sorted(str(p.relative_to(out)) for p in (out / "checkpoints").glob("*.pt"))
-    found += [name for name in ("metrics.jsonl", "results.csv") if (out / name).is_file()]
+    folder = out / "checkpoints"
+    try:
+        names = [p.name for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+    except OSError:  # unreadable: claiming the folder reports it
+        names = []
+    found = sorted(f"checkpoints/{n}" for n in names if is_run_checkpoint_name(n) and not n.startswith("."))
+    found += [name for name in ("metrics.jsonl", "results.csv") if _written_by_the_logger(out / name)]
     return found
 
 
@@ -134,27 +170,31 @@ def _written_by_a_run(path: Path, claimed: bool) -> bool:
         return False
     if path.name != "config.yaml":
         return claimed
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.readline().rstrip("\n") == run_config_header(path.parent)
-    except OSError:
-        return False
+    return _first_line(path) == run_config_header(path.parent)
 
 
 def foreign_files(out: str | os.PathLike) -> list[str]:
     """The files of ``out`` that a run would write over or append to although hqm did not write them
-    (empty when none), in a folder that holds no run (:func:`holds_run`): a ``config.yaml`` without
-    this folder's :func:`run_config_header` as its first line, the other :data:`SETUP_FILES` when
-    ``hqm train`` never claimed the folder (no ``.hqm-run.lock``), and any of them that is a link."""
+    (empty when none): ``metrics.jsonl`` / ``results.csv`` not in a run's format (or links), and, in
+    a folder that holds no run (:func:`holds_run`), a ``config.yaml`` without this folder's
+    :func:`run_config_header` as its first line, the other :data:`SETUP_FILES` when ``hqm train``
+    never claimed the folder (no ``.hqm-run.lock``), and any of them that is a link."""
     out = Path(out)
-    if not out.is_dir() or holds_run(out):
+    if not out.is_dir():
         return []
+    found = [
+        name
+        for name in ("metrics.jsonl", "results.csv")
+        if ((out / name).exists() or (out / name).is_symlink()) and not _written_by_the_logger(out / name)
+    ]
+    if holds_run(out):
+        return found
     claimed = (out / LOCK_NAME).is_file()
     return [
         name + ("/" if (out / name).is_dir() else "")
         for name in SETUP_FILES
         if ((out / name).exists() or (out / name).is_symlink()) and not _written_by_a_run(out / name, claimed)
-    ]
+    ] + found
 
 
 def elastic_identity() -> str | None:
@@ -238,12 +278,7 @@ def claim_run_dir(
         own_checkpoint = resume is not None and out.resolve() in Path(resume).resolve().parents
         own_checkpoint = own_checkpoint or restart
         if found and overwrite:
-            for name in RUN_FILES:
-                path = out / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+            delete_run_files(out)
         elif found and not own_checkpoint:
             shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
             what = f"resuming {resume} there would mix two runs" if resume else "a new run would mix with it"
@@ -259,6 +294,26 @@ def claim_run_dir(
         lock.release()
         raise
     return lock
+
+
+def delete_run_files(out: Path) -> None:
+    """``--overwrite``: delete the run files of ``out`` and nothing else: the :data:`RUN_FILES` at
+    the folder's top, in ``checkpoints/`` only the files a run writes (``last.pt``, ``best.pt``,
+    ``step_*.pt``, unfinished temporaries) and in ``tensorboard/`` only event files; each of those
+    two folders goes when it is left empty (a user's export or notes in it stay)."""
+    for name in RUN_FILES:
+        path = out / name
+        if name in ("checkpoints", "tensorboard") and path.is_dir() and not path.is_symlink():
+            for f in path.iterdir():
+                ours = (
+                    is_run_checkpoint_name(f.name) if name == "checkpoints" else f.name.startswith("events.")
+                )
+                if ours and (f.is_file() or f.is_symlink()):
+                    f.unlink()
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path.is_file() or path.is_symlink():
+            path.unlink()
 
 
 def abandon_run_dir(lock: RunLock) -> list[str]:
