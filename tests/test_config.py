@@ -132,3 +132,22 @@ def test_a_bad_value_set_by_a_base_file_names_that_file(tmp_path):
         load_config(child)
     child.write_text("_base_: base.yaml\ntrain:\n  epochs: 4\n")
     assert load_config(child).train.epochs == 4
+
+
+def test_a_binary_file_given_as_config_is_one_clear_error(tmp_path):
+    """A non-UTF-8 file (a checkpoint where a config goes) raised UnicodeDecodeError deep in YAML."""
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not a YAML config: not a text file$"):
+        load_config(tmp_path / "binary.yaml")
+    (tmp_path / "best.pt").write_bytes(b"PK\x03\x04\x80\x02garbage")
+    with pytest.raises(ConfigError, match=r"best\.pt: not a YAML config: .*`hqm eval CKPT`"):
+        load_config(tmp_path / "best.pt")
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "model.safetensors").write_bytes(b"")
+    (exported / "config.yaml").write_bytes(b"\xff\xfe")
+    from hqm.zoo.export import read_exported
+    from hqm.zoo.safe_load import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"config\.yaml: not a text file"):
+        read_exported(exported)

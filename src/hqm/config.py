@@ -367,6 +367,13 @@ def _read_yaml(
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:  # a binary file: most likely a checkpoint given where a config goes
+        hint = (
+            " (a checkpoint: `hqm eval CKPT`, `hqm train CONFIG --resume CKPT` or model.pretrained=CKPT)"
+            if path.suffix in (".pt", ".pth", ".safetensors")
+            else ""
+        )
+        raise ConfigError(f"{path}: not a YAML config: not a text file{hint}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("_base_", None)

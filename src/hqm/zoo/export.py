@@ -102,6 +102,8 @@ def read_exported(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str,
             info = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise CheckpointError(f"{p / CONFIG}: not valid YAML ({e})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{p / CONFIG}: not a text file (not UTF-8); re-export the model") from None
     if not isinstance(info, dict):
         raise CheckpointError(f"{p / CONFIG}: expected a mapping (config, meta), got {type(info).__name__}")
     state, _ = read_state_dict(p / WEIGHTS)
