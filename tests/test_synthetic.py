@@ -152,6 +152,11 @@ def test_overrides_and_presets():
         apply_overrides(PRESETS["tiny"], ["train_size=abc"])
     with pytest.raises(ConfigError, match="image_min"):
         apply_overrides(PRESETS["tiny"], ["image_min=200"])
+    # these reached NumPy's samplers (a traceback, a half-written folder) or passed unchecked
+    for bad, needle in [("noise=-1", "noise"), ("noise=.nan", "noise"), ("clutter=-1", "clutter"),
+                        ("seed=-3", "seed"), ("tail_ratio=.inf", "tail_ratio")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"synthetic config: {needle} .*must be"):
+            apply_overrides(PRESETS["tiny"], [bad])
     with pytest.raises(ConfigError, match="unknown synthetic preset"):
         generate("/nonexistent", "tiny_")
     assert set(PRESETS) == {"tiny", "default"}

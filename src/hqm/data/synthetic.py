@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import shlex
 from collections import Counter
@@ -80,9 +81,12 @@ class SynthConfig:
             ),
             (1 <= self.num_verbs <= len(R.VERBS), f"num_verbs must be 1..{len(R.VERBS)}"),
             (0.0 <= self.interact_prob <= 1.0, "interact_prob must be in [0, 1]"),
-            (self.tail_ratio >= 1.0, "tail_ratio must be >= 1"),
+            (math.isfinite(self.tail_ratio) and self.tail_ratio >= 1.0, "tail_ratio must be finite and >= 1"),
             (0.05 <= self.person_min <= self.person_max <= 1.0, "need 0.05 <= person_min <= person_max <= 1"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be 1..100"),
+            (math.isfinite(self.noise) and self.noise >= 0, "noise (the pixel noise's std) must be >= 0"),
+            (self.clutter >= 0, "clutter (the most background strokes) must be >= 0"),
+            (self.seed >= 0, "seed must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
