@@ -70,8 +70,19 @@ def test_roundtrip_vcoco_no_object():
     "record, field",
     [
         ({"predictions": []}, "file_name"),
-        ({"file_name": "a", "predictions": [{"bbox": [0, 0, 1], "category_id": 1}]}, "predictions[0].bbox"),
-        ({"file_name": "a", "predictions": [{"bbox": [0, 0, 1, 1], "category_id": 99}]}, "category_id"),
+        (
+            {"file_name": "a", "predictions": [{"bbox": [0, 0, 1], "category_id": 1}], "hoi_prediction": []},
+            "predictions[0].bbox",
+        ),
+        (
+            {
+                "file_name": "a",
+                "predictions": [{"bbox": [0, 0, 1, 1], "category_id": 99}],
+                "hoi_prediction": [],
+            },
+            "category_id",
+        ),
+        ({"file_name": "a", "predictions": []}, "'hoi_prediction': missing"),  # not "no detections"
         (
             {
                 "file_name": "a",

@@ -131,4 +131,26 @@ def test_two_step_run_writes_run_files(tiny_root, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(bad) in err and repr(records[r]["file_name"]) in err
     assert f"record {r}" in err and "hoi_prediction[1].score" in err
+
+    # a file that names none of the test images gave a confident 0% mAP; one that covers some of
+    # them, or names other images too, says so; a record without hoi_prediction is not "no detections"
+    good = json.loads(preds_file.read_text())
+    wrong = [{**rec, "file_name": rec["file_name"].replace("test", "train")} for rec in good]
+    for content in (wrong, []):
+        bad.write_text(json.dumps(content))
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"none of its {len(content)} records names a test image" in err
+    bad.write_text(json.dumps(good[:2] + wrong[:1]))
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"no record for {len(good) - 2} of the {len(good)} test images" in err
+    assert "1 records name images that are not in the test set; ignored" in err
+    bad.write_text(json.dumps([{"file_name": good[0]["file_name"], "hois": []}]))
+    assert main(argv) == 1
+    assert "record 0 (file_name" in capsys.readouterr().err
+    bad.write_text(json.dumps(good))
+    for n in ("0", "-1"):
+        assert main([*argv, "--max-dets", n]) == 2
+        assert f"--max-dets {n}: must be >= 1" in capsys.readouterr().err
     torch.set_grad_enabled(True)

@@ -142,7 +142,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_eval_file(args: argparse.Namespace) -> int:
     from hqm.engine.evaluator_run import evaluate_file
+    from hqm.engine.logging import setup_logging
     from hqm.evaluation import format_table
+
+    if args.max_dets < 1:
+        raise UsageError(f"--max-dets {args.max_dets}: must be >= 1 (triplets kept per image)")
+    setup_logging(None, True)  # warnings: test images without a record, records of other images
 
     metrics, _ = evaluate_file(
         args.dataset, args.root, args.predictions, args.mode, args.max_dets, ap_thresholds=args.ap_thresholds

@@ -127,10 +127,12 @@ def evaluate_file(
     ap_thresholds: HICO-DET 11-point recall thresholds (``matlab`` | ``numpy`` | ``exact``).
     Returns (metrics, evaluator); ``evaluator.per_class`` holds the per-class tables. A malformed
     file (non-finite scores included) raises ``PredictionsFormatError`` naming file, record, image
-    and field."""
+    and field; so does a file none of whose records names a test image (its mAP would be a
+    confident 0). Test images without a record count as images without detections, and records of
+    other images are ignored: each is logged as a warning with its count."""
     from hqm.data import file_ids, load_annotations, load_meta
     from hqm.evaluation import build_evaluator
-    from hqm.evaluation.predictions_io import load_predictions
+    from hqm.evaluation.predictions_io import PredictionsFormatError, load_predictions
 
     meta = load_meta(dataset, root)
     test_ann = load_annotations(dataset, root, "test", on_bad_record)
@@ -143,4 +145,27 @@ def evaluate_file(
         dataset, meta, test_ann, train_ann, mode=mode, max_dets=max_dets, ap_thresholds=ap_thresholds
     )
     evaluator.process(preds)
+    test_names = [a.file_name for a in test_ann]
+    if not evaluator.records:
+        example = ""
+        if preds and test_names:
+            example = (
+                f" (the first: {preds[0].file_name!r}; the test images are named like {test_names[0]!r})"
+            )
+        raise PredictionsFormatError(
+            f"{predictions}: none of its {len(preds)} records names a test image of {root}"
+            + example
+            + "; file_name must be the name of a test image in the annotation file"
+        )
+    missing = len(set(test_names) - set(evaluator.records))
+    if missing:
+        LOGGER.warning(
+            f"{predictions}: no record for {missing} of the {len(test_names)} test images; they count as "
+            "images without detections"
+        )
+    if evaluator.num_unknown_images:
+        LOGGER.warning(
+            f"{predictions}: {evaluator.num_unknown_images} records name images that are not in the test "
+            "set; ignored"
+        )
     return evaluator.evaluate(), evaluator

@@ -63,8 +63,10 @@ def records_to_predictions(
         name = rec.get("file_name")
         if not isinstance(name, str):
             raise _fail(source, r, "file_name", "missing or not a string")
+        if "hoi_prediction" not in rec:  # another layout (or a typo): not "an image with no detections"
+            raise _fail(source, r, "hoi_prediction", "missing (an image without detections has [])", name)
         boxes_in = rec.get("predictions", [])
-        hois_in = rec.get("hoi_prediction", [])
+        hois_in = rec["hoi_prediction"]
         if not isinstance(boxes_in, list) or not isinstance(hois_in, list):
             raise _fail(source, r, "predictions/hoi_prediction", "expected lists", name)
         boxes = np.zeros((len(boxes_in), 4), dtype=np.float32)
