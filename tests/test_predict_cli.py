@@ -114,6 +114,14 @@ def test_predict_errors_are_one_line(setup, capsys):
     )
     err = capsys.readouterr().err
     assert "no images found" in err and "Traceback" not in err
+    assert _predict(setup, setup["tmp"] / "nope", setup["tmp"] / "x") == 2
+    err = capsys.readouterr().err
+    assert "nope does not exist" in err and len(err.strip().splitlines()) == 1
+    for bad in ("2", "-1", "nan"):  # a triplet score is in [0, 1]
+        assert _predict(setup, setup["imgs"], setup["tmp"] / "x", f"threshold={bad}") == 2
+        err = capsys.readouterr().err
+        assert f"threshold={bad}: must be between 0 and 1" in err and len(err.strip().splitlines()) == 1
+    assert not (setup["tmp"] / "x").exists()
 
 
 def _predict(setup, source, out, *extra) -> int:
@@ -151,8 +159,8 @@ def test_distinct_outputs_skipped_files_and_upright_photos(setup, capsys):
     out = setup["tmp"] / "clash_out"
     assert _predict(setup, src, out, "batch=3", "--attn") == 0
     captured = capsys.readouterr()
-    assert "5 images, 2 unreadable skipped" in captured.out and "same name" in captured.err
-    warnings = [line for line in captured.err.splitlines() if "skipped an unreadable image" in line]
+    assert "5 images, 2 skipped" in captured.out and "same name" in captured.err
+    warnings = [line for line in captured.err.splitlines() if "skipped an image" in line]
     assert len(warnings) == 2 and "cut.jpg" in warnings[0] and "text.png" in warnings[1]
     written = {p.name for p in out.iterdir()}
     expected = ["a_jpg", "a_png", "x_attn_jpg", "x_jpg", "phone"]
@@ -173,7 +181,8 @@ def test_distinct_outputs_skipped_files_and_upright_photos(setup, capsys):
     bad_only.mkdir()
     (bad_only / "cut.jpg").write_bytes((src / "cut.jpg").read_bytes())
     assert _predict(setup, bad_only, setup["tmp"] / "bad_out") == 1
-    assert "0 images, 1 unreadable skipped" in capsys.readouterr().out
+    assert "0 images, 1 skipped" in capsys.readouterr().out
+    assert not (setup["tmp"] / "bad_out").exists()  # nothing predicted: no folder, no empty JSONL
 
 
 def test_predict_folder_equals_one_image_at_a_time(setup):
@@ -198,7 +207,7 @@ def test_predict_refuses_an_earlier_runs_outputs_unless_overwrite(setup, capsys)
     # refused before anything is written
     assert _predict(setup, setup["imgs"] / "im0.jpg", out) == 2
     err = capsys.readouterr().err
-    assert "already holds predictions.jsonl, im0.png from an earlier run" in err and "--overwrite" in err
+    assert "already holds predictions.jsonl, im0.png: this run would write" in err and "--overwrite" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # another input into the same folder still finds predictions.jsonl there
@@ -222,3 +231,127 @@ def test_predict_refuses_a_size_far_beyond_the_training_inputs(setup, capsys):
     assert "size=100000 is more than 4x the largest input" in err and "at most 512" in err
     assert "Traceback" not in err and not (out / "predictions.jsonl").exists()
     assert _predict(setup, setup["imgs"] / "im0.jpg", out, "size=512") == 0
+
+
+def test_predict_summary_counts_in_the_singular(setup, capsys):
+    assert _predict(setup, setup["imgs"] / "im0.jpg", setup["tmp"] / "one_image", "threshold=1") == 0
+    assert "hqm predict: 1 image, 0 triplets ->" in capsys.readouterr().out
+
+
+def _tree(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.is_symlink()}
+
+
+def test_predict_never_writes_through_a_link(setup, capsys):
+    """A symbolic link at an output name (to an input, to a file elsewhere, dangling) is refused, with
+    or without --overwrite, before anything is written; a hard link at an output name is replaced,
+    not written into: the input it also names keeps its content."""
+    src = setup["tmp"] / "linked_src"
+    src.mkdir()
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(src / "p0.png")
+    image = (src / "p0.png").read_bytes()
+    precious = setup["tmp"] / "precious.txt"
+    precious.write_text("precious")
+    elsewhere = setup["tmp"] / "elsewhere.jsonl"
+    links = {
+        "to_input": ("p0.png", "../linked_src/p0.png"),
+        "to_file": ("predictions.jsonl", "../precious.txt"),
+        "dangling": ("predictions.jsonl", str(elsewhere)),
+    }
+    for case, (name, target) in links.items():
+        out = setup["tmp"] / f"linked_{case}"
+        out.mkdir()
+        (out / name).symlink_to(target)
+        for flags in ([], ["--overwrite"]):
+            assert _predict(setup, src, out, *flags) == 2, (case, flags)
+            err = capsys.readouterr().err
+            assert f"{name} -> {target} is a symbolic link" in err and len(err.strip().splitlines()) == 1
+            assert [p.name for p in out.iterdir()] == [name] and (out / name).is_symlink()
+    assert (src / "p0.png").read_bytes() == image and precious.read_text() == "precious"
+    assert not elsewhere.exists()
+    # a hard link to the input at the output name: --overwrite replaces the name, the input is kept
+    out = setup["tmp"] / "hard_linked"
+    out.mkdir()
+    (out / "p0.png").hardlink_to(src / "p0.png")
+    assert _predict(setup, src, out) == 2 and "--overwrite" in capsys.readouterr().err
+    assert _predict(setup, src, out, "--overwrite") == 0
+    assert (src / "p0.png").read_bytes() == image and (src / "p0.png").stat().st_nlink == 1
+    assert (out / "p0.png").read_bytes() != image and sorted(_tree(out)) == ["p0.png", "predictions.jsonl"]
+    # a folder at an output name: refused, --overwrite or not
+    out = setup["tmp"] / "folder_at_name"
+    (out / "p0.png").mkdir(parents=True)
+    assert _predict(setup, src, out, "--overwrite") == 2
+    assert "p0.png is not a plain file" in capsys.readouterr().err
+
+
+def test_predict_names_a_users_file_without_calling_it_an_earlier_run(setup, capsys):
+    out = setup["tmp"] / "users"
+    out.mkdir()
+    (out / "im0.png").write_text("userdata")
+    assert _predict(setup, setup["imgs"], out) == 2
+    err = capsys.readouterr().err
+    assert "earlier run" not in err and len(err.strip().splitlines()) == 1
+    assert f"out={out} already holds im0.png: this run would write a file of that name" in err
+    assert f"new folder (e.g. out={out}_2)" in err and "--overwrite to replace it" in err
+    assert _tree(out) == {"im0.png": b"userdata"}
+
+
+def test_predict_skips_an_image_too_elongated_to_resize(setup, capsys):
+    """A 2000 x 10 image would be resized to a side of 0 pixels: skipped with a warning and counted,
+    like a file that cannot be decoded (it used to abort the run with a traceback); alone, the run
+    exits 1 and leaves no predictions.jsonl and no folder it created, so a re-run is not refused."""
+    from hqm.api import HOIDetector
+    from hqm.data.images import ImageDecodeError
+
+    src = setup["tmp"] / "wide"
+    src.mkdir()
+    Image.new("RGB", (2000, 10)).save(src / "wide.png")
+    out = setup["tmp"] / "wide_out"
+    assert _predict(setup, src, out) == 1
+    captured = capsys.readouterr()
+    assert "0 images, 1 skipped" in captured.out and "Traceback" not in captured.err
+    (warning,) = [line for line in captured.err.splitlines() if "skipped an image" in line]
+    assert "wide.png: a 2000 x 10 image would be resized to" in warning and "x 0 pixels" in warning
+    assert not out.exists()
+    out.mkdir()  # a folder the user made is kept, and holds no empty predictions.jsonl afterwards
+    assert _predict(setup, src, out) == 1 and list(out.iterdir()) == []
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(src / "ok.png")
+    assert _predict(setup, src, out) == 0
+    assert "1 image, 1 skipped" in capsys.readouterr().out
+    assert sorted(_tree(out)) == ["ok.png", "predictions.jsonl"]
+    # the Python API names the image (a ValueError), a padded batch too
+    det = HOIDetector.from_checkpoint(setup["ckpt"], device="cpu")
+    with pytest.raises(ImageDecodeError, match="wide.png: a 2000 x 10 image"):
+        det.predict([str(src / "ok.png"), str(src / "wide.png")])
+    det.cfg.eval.batching = "padded"
+    with pytest.raises(ValueError, match="too elongated"):
+        det.predict(np.zeros((10, 2000, 3), np.uint8))
+
+
+def test_predict_that_fails_or_predicts_nothing_keeps_the_folder_as_it_was(setup, monkeypatch):
+    """--overwrite with no image predicted keeps an earlier predictions.jsonl; a run that fails before
+    its first image is written leaves no file and no folder it created."""
+    import hqm.viz.draw
+    from hqm.api import HOIDetector
+    from hqm.viz.predict_files import predict_to_dir
+
+    out = setup["tmp"] / "kept"
+    assert _predict(setup, setup["imgs"] / "im0.jpg", out) == 0
+    before = _tree(out)
+    src = setup["tmp"] / "only_bad"
+    src.mkdir()
+    (src / "im0.png").write_text("not a picture")
+    assert _predict(setup, src, out, "--overwrite") == 1 and _tree(out) == before
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(hqm.viz.draw, "draw_predictions", broken)
+    det = HOIDetector.from_checkpoint(setup["ckpt"], device="cpu")
+    fresh = setup["tmp"] / "fails" / "deeper"
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        predict_to_dir(det, setup["imgs"], fresh, progress=False)
+    assert not (setup["tmp"] / "fails").exists()
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        predict_to_dir(det, setup["imgs"], out, progress=False, overwrite=True)
+    assert _tree(out) == before

@@ -75,6 +75,19 @@ def _original_size(image: Any) -> tuple[int, int]:
     return int(image.shape[-2]), int(image.shape[-1])  # (C, H, W) or (H, W) tensor
 
 
+def _check_resizable(image: Image.Image | Tensor, name: str, tf) -> None:
+    """Raise :class:`ImageDecodeError` naming ``name`` when the test resize ``tf`` would give the
+    decoded ``image`` a side of 0 pixels (a long, thin strip: its long side is capped, so its short
+    side shrinks below one pixel); such an image cannot be predicted."""
+    h, w = (image.height, image.width) if isinstance(image, Image.Image) else tuple(image.shape[-2:])
+    out_h, out_w = tf.output_size(h, w)
+    if min(out_h, out_w) < 1:
+        raise ImageDecodeError(
+            f"{name}: a {w} x {h} image would be resized to {out_w} x {out_h} pixels for the detector "
+            "(its long side is capped): too elongated to predict on; crop it to a less elongated part"
+        )
+
+
 class HOIDetector:
     """A detector ready for inference: model (eval mode), config, dataset vocabulary, transforms."""
 
@@ -259,15 +272,18 @@ class HOIDetector:
 
     def _run(self, items, threshold, top_k, return_attention, batch_size, size, skip_unreadable=False):
         """Yield (positions in ``items`` predicted, predictions, attention maps or None) per chunk."""
+        tf = self._test_transforms(size)
         for chunk in self._chunks(items, batch_size or self.batch_size, size):
             kept, decoded = [], []
             for i in chunk:
                 try:
-                    decoded.append((as_image(items[i][0]), items[i][1]))
+                    image = as_image(items[i][0])
+                    _check_resizable(image, items[i][1], tf)
+                    decoded.append((image, items[i][1]))
                 except ImageDecodeError as e:
                     if not skip_unreadable:
                         raise
-                    logging.getLogger("hqm").warning(f"skipped an unreadable image: {e}")
+                    logging.getLogger("hqm").warning(f"skipped an image: {e}")
                     continue
                 kept.append(i)
             if kept:
@@ -288,9 +304,10 @@ class HOIDetector:
 
         With ``eval.batching=same_size`` a chunk holds images of one size, chunks in order of each
         size's first appearance (not input order); ``predict`` returns input order.
-        ``skip_unreadable``: an image file that cannot be decoded is left out of its chunk with one
-        warning line naming it (logger ``hqm``) instead of raising ``ImageDecodeError``; the yielded
-        items are those predicted. Arrays and tensors are always checked strictly."""
+        ``skip_unreadable``: an image file that cannot be decoded, or an image too elongated to
+        resize (a side of 0 pixels), is left out of its chunk with one warning line naming it (logger
+        ``hqm``) instead of raising ``ImageDecodeError``; the yielded items are those predicted.
+        An array or tensor of a shape or dtype that cannot be read still raises ``ValueError``."""
         items = _as_items(images)
         run = self._run(items, threshold, top_k, return_attention, batch_size, size, skip_unreadable)
         for kept, preds, maps in run:
@@ -321,7 +338,9 @@ class HOIDetector:
         resizes one to the image.
 
         Raises ``ValueError`` naming the file, or the shape and dtype, for an input that cannot be
-        read unambiguously (see the module docstring).
+        read unambiguously (see the module docstring); ``ImageDecodeError`` (a ``ValueError``) for a
+        file that cannot be decoded or an image so elongated that the resize would leave a side of
+        0 pixels.
         """
         items = _as_items(images)
         preds: list = [None] * len(items)

@@ -168,9 +168,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _number(extra: dict, key: str, kind: type, default):
+def _number(extra: dict, key: str, kind: type, default, at_most: float | None = None):
     """``key=VALUE`` of ``hqm predict`` as ``kind`` (``default`` when absent); a usage error if not a
-    number of that kind, or negative."""
+    number of that kind, below 0 (an int: below 1) or above ``at_most``."""
     if key not in extra:
         return default
     try:
@@ -178,8 +178,10 @@ def _number(extra: dict, key: str, kind: type, default):
     except ValueError:
         expected = "an integer" if kind is int else "a number"
         raise UsageError(f"{key}={extra[key]}: expected {expected}") from None
-    if value < 0 or (kind is int and value == 0):
-        raise UsageError(f"{key}={extra[key]}: must be {'>= 1' if kind is int else '>= 0'}")
+    low, high = (1 if kind is int else 0), (float("inf") if at_most is None else at_most)
+    if not low <= value <= high:  # NaN fails too
+        bound = f">= {low}" if at_most is None else f"between {low} and {at_most:g}"
+        raise UsageError(f"{key}={extra[key]}: must be {bound}")
     return value
 
 
@@ -192,7 +194,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for key in ("source", "out"):
         if key not in extra:
             raise UsageError(f"{key}=... is required")
-    threshold = _number(extra, "threshold", float, 0.0)
+    threshold = _number(extra, "threshold", float, 0.0, at_most=1.0)  # a triplet score
     top_k, batch, size = (_number(extra, k, int, None) for k in ("top_k", "batch", "size"))
     from hqm.engine.logging import setup_logging
 
@@ -223,9 +225,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"hqm predict: {src} -> {name}.png (another input has the same name)", file=sys.stderr)
     if len(summary["renamed"]) > 5:
         print(f"hqm predict: ... {len(summary['renamed']) - 5} more renamed outputs", file=sys.stderr)
-    skipped = f", {summary['skipped']} unreadable skipped" if summary["skipped"] else ""
+    from hqm.progress import counted
+
+    skipped = f", {summary['skipped']} skipped (see the warnings)" if summary["skipped"] else ""
     n_img, n_trip = summary["images"], summary["triplets"]
-    print(f"hqm predict: {n_img} images{skipped}, {n_trip} triplets -> {summary['out']}")
+    where = summary["out"] if n_img else "nothing written"
+    print(f"hqm predict: {counted(n_img, 'image')}{skipped}, {counted(n_trip, 'triplet')} -> {where}")
     return 0 if n_img else 1
 
 
@@ -311,7 +316,8 @@ def add_api_commands(sub) -> None:
     pr.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace predictions.jsonl and pictures an earlier run left in out= (refused otherwise)",
+        help="replace files already in out= at the names this run writes (predictions.jsonl, "
+        "<name>.png, <name>_attn.png; refused otherwise); a link there is always refused",
     )
     pr.set_defaults(func=cmd_predict)
 

@@ -26,6 +26,11 @@ T = TypeVar("T")
 LOGGER = logging.getLogger("hqm")
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 image", "3 images", "0 triplets"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _seconds(s: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=int(s))
 

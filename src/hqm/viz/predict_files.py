@@ -9,29 +9,39 @@ Output folder::
 ``<name>`` is the image's stem; inputs whose output files would coincide (``a.jpg`` and ``a.png``,
 ``x.jpg`` and ``x_attn.jpg`` with --attn, ``d1/a.jpg`` and ``d2/a.jpg``) all get longer names
 (``a_jpg``, ``a_png``; then ``<folder>_<stem>_<ext>``; then an index), so no input's results
-overwrite another's. ``OUT`` must not be a folder holding input images (the source folder): an
-input is never overwritten. Output files left there by an earlier run (``predictions.jsonl`` or a
-picture this run would write) are refused unless ``overwrite`` (``hqm predict --overwrite``); other
-files in ``OUT`` are never touched. Images are decoded with EXIF orientation applied
-(``hqm.data.images``); a file that cannot be decoded is skipped with one warning line and counted.
+overwrite another's. ``OUT`` must not be a folder holding input images (the source folder). Files
+already at the names this run would write (``predictions.jsonl`` or a picture) are refused unless
+``overwrite`` (``hqm predict --overwrite``); a symbolic link or a folder at such a name is always
+refused. Every output is written to a new temporary file in ``OUT`` and moved onto its name
+(``os.replace``): nothing is written through a link, and a hard link's other names (an input
+image, a file elsewhere) keep their content. Other files in ``OUT`` are never touched. Images are
+decoded with EXIF orientation applied (``hqm.data.images``); a file that cannot be decoded, or an
+image too elongated for the resize, is skipped with one warning line and counted. A run that
+predicts no image writes no ``predictions.jsonl`` and removes the folders it created.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import os
+import uuid
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from hqm.config import ConfigError
-from hqm.errors import NotFoundError, UsageError
+from hqm.errors import NotFoundError, UsageError, output_error, write_fault
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def expand_sources(source: str | os.PathLike) -> list[Path]:
-    """A file, a folder (its images, sorted, not recursive) or a glob pattern -> image paths."""
+    """A file, a folder (its images, sorted, not recursive) or a glob pattern -> image paths.
+    Raises ``NotFoundError`` when ``source`` does not exist (and is no pattern) or holds no image."""
     p = Path(source)
+    if not p.exists() and not glob.has_magic(str(source)):
+        raise NotFoundError(f"source={source} does not exist: give an image file, a folder or a glob pattern")
     if p.is_file():
         return [p]
     if p.is_dir():
@@ -86,23 +96,90 @@ def check_output_dir(out: Path, paths: list[Path]) -> None:
         )
 
 
-def check_existing_outputs(out: Path, stems: list[str], attention: bool, overwrite: bool) -> None:
-    """Refuse (``UsageError``) when ``out`` already holds a file this run would write, unless
-    ``overwrite``: ``predictions.jsonl``, ``<name>.png`` and, with ``attention``, ``<name>_attn.png``."""
-    if overwrite or not out.is_dir():
-        return
-    files = (
+def output_files(stems: list[str], attention: bool) -> list[str]:
+    """The file names a run writes into ``out``: ``predictions.jsonl``, ``<name>.png`` and, with
+    ``attention``, ``<name>_attn.png``."""
+    return (
         ["predictions.jsonl"]
         + [f"{s}.png" for s in stems]
         + ([f"{s}_attn.png" for s in stems] if attention else [])
     )
-    found = [f for f in files if (out / f).exists()]
-    if found:
-        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def check_existing_outputs(out: Path, stems: list[str], attention: bool, overwrite: bool) -> None:
+    """Raise ``UsageError`` (one line) when a name this run would write in ``out``
+    (:func:`output_files`) is a symbolic link (dangling or not: it leads outside ``out``) or not a
+    plain file (a folder), and, unless ``overwrite``, when a file is already there."""
+    if not out.is_dir():
+        return
+    found = [f for f in output_files(stems, attention) if os.path.lexists(out / f)]
+    links = [f for f in found if (out / f).is_symlink()]
+    if links:
         raise UsageError(
-            f"out={out} already holds {shown} from an earlier run: choose another folder, or pass "
-            "--overwrite to replace them"
+            f"out={out}: {_listed([f'{f} -> {os.readlink(out / f)}' for f in links])} "
+            f"{'is a symbolic link' if len(links) == 1 else 'are symbolic links'}, where this run would "
+            f"write its own file (never through a link): remove {'it' if len(links) == 1 else 'them'} or "
+            "choose another folder"
         )
+    odd = [f for f in found if not (out / f).is_file()]
+    if odd:
+        raise UsageError(
+            f"out={out}: {_listed(odd)} {'is' if len(odd) == 1 else 'are'} not a plain file (a folder?), "
+            "where this run would write a file: move it away or choose another folder"
+        )
+    if found and not overwrite:
+        new = next(f"{out}_{k}" for k in itertools.count(2) if not os.path.lexists(f"{out}_{k}"))
+        raise UsageError(
+            f"out={out} already holds {_listed(found)}: this run would write "
+            f"{'a file of that name' if len(found) == 1 else 'files of those names'}. Predict into a new "
+            "folder (e.g. "
+            f"out={new}), or pass --overwrite to replace {'it' if len(found) == 1 else 'them'}"
+        )
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _open_new(path: Path, mode: str):
+    """``path`` opened for writing as a new file (``O_EXCL``: never an existing file, nor a link's
+    target)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), mode)
+
+
+@contextmanager
+def _replacing(path: Path):
+    """A new temporary binary file next to ``path``, moved onto ``path`` (``os.replace``) when the
+    block succeeds, deleted when it fails."""
+    tmp = _temp_name(path)
+    try:
+        with _open_new(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _make_dir(out: Path) -> list[Path]:
+    """Create ``out`` (as ``mkdir -p``); -> the folders created, deepest first. Raises ``UsageError``
+    when a part of the path is a file (or a link to nothing), ``OutputError`` when the disk refuses."""
+    created = [p for p in (out, *out.parents) if not os.path.lexists(p)]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise UsageError(
+            f"cannot create out={out}: {e.filename} is not a folder (a file, or a symbolic link to a "
+            "missing one): choose another folder"
+        ) from None
+    except OSError as e:
+        if write_fault(e):
+            raise output_error(f"out={out}", e, "create") from None
+        raise
+    return created
 
 
 def predict_to_dir(
@@ -120,10 +197,15 @@ def predict_to_dir(
     """Predict every image of ``source``; write PNGs and ``predictions.jsonl`` into ``out``.
 
     ``top_k`` bounds the pairs drawn per image (the JSONL keeps every triplet with score >=
-    ``threshold``, at most ``eval.max_dets``). Files that cannot be decoded are skipped with a
-    warning. Returns {"images" (predicted), "skipped", "triplets", "out", "renamed": {input: name}}.
-    Raises ``ValueError`` for an ``out`` that holds input images or is a file, ``UsageError`` when it
-    holds output files of an earlier run and ``overwrite`` is False.
+    ``threshold``, at most ``eval.max_dets``). Files that cannot be decoded, and images too elongated
+    for the resize, are skipped with a warning. When no image is predicted, no ``predictions.jsonl``
+    is written (an earlier one is kept) and the folders this call created are removed. Returns
+    {"images" (predicted), "skipped", "triplets", "out", "renamed": {input: name}}.
+    Raises ``NotFoundError`` when ``source`` does not exist or holds no image; ``ConfigError`` (a
+    ``ValueError``) for an ``out`` that holds input images or is a file, or a refused ``size``;
+    ``UsageError`` when a name it would write in ``out`` is a link or a folder, or already a file and
+    ``overwrite`` is False, or ``out`` cannot be created there; ``OutputError`` when the disk refuses
+    a write (permission, space).
     """
     from hqm.progress import Progress
     from hqm.viz.attention import attention_grid
@@ -135,32 +217,50 @@ def predict_to_dir(
     stems = output_names(paths, attention)
     check_existing_outputs(out, stems, attention, overwrite)
     detector.input_size(size)  # a refused size (too large) before anything is written
-    out.mkdir(parents=True, exist_ok=True)
+    created = _make_dir(out)
     names = dict(zip(map(str, paths), stems))
     bar = Progress(len(paths), "predict", "images", enabled=progress)
+    jsonl_path = out / "predictions.jsonl"
+    jsonl_tmp = _temp_name(jsonl_path)
     n_img = n_trip = 0
-    with open(out / "predictions.jsonl", "w") as jsonl:
-        for items, preds, maps in detector.iter_predict(
-            [str(p) for p in paths],
-            threshold=threshold,
-            return_attention=attention,
-            batch_size=batch_size,
-            size=size,
-            skip_unreadable=True,
-        ):
-            for k, ((path, _), pred) in enumerate(zip(items, preds)):
-                jsonl.write(pred.to_json() + "\n")
-                n_trip += len(pred)
-                image = to_pil(path, copy=False)
-                stem = names[str(path)]
-                draw_predictions(image, pred, top_k=top_k, threshold=threshold).save(out / f"{stem}.png")
-                if attention:
-                    attention_grid(image, pred, maps[k], top_k=top_k, threshold=threshold).save(
-                        out / f"{stem}_attn.png"
-                    )
-            n_img += len(items)
-            bar.update(n_img)
-    bar.close()
+    try:
+        with _open_new(jsonl_tmp, "w") as jsonl:
+            for items, preds, maps in detector.iter_predict(
+                [str(p) for p in paths],
+                threshold=threshold,
+                return_attention=attention,
+                batch_size=batch_size,
+                size=size,
+                skip_unreadable=True,
+            ):
+                for k, ((path, _), pred) in enumerate(zip(items, preds)):
+                    image = to_pil(path, copy=False)
+                    stem = names[str(path)]
+                    with _replacing(out / f"{stem}.png") as f:
+                        draw_predictions(image, pred, top_k=top_k, threshold=threshold).save(f, format="PNG")
+                    if attention:
+                        with _replacing(out / f"{stem}_attn.png") as f:
+                            grid = attention_grid(image, pred, maps[k], top_k=top_k, threshold=threshold)
+                            grid.save(f, format="PNG")
+                    jsonl.write(pred.to_json() + "\n")  # listed once its pictures are written
+                    n_img += 1
+                    n_trip += len(pred)
+                bar.update(n_img)
+    except OSError as e:
+        if write_fault(e):
+            raise output_error(f"out={out}", e, "write to") from None
+        raise
+    finally:
+        bar.close()
+        if n_img:  # also after a failure: the file lists the images whose pictures were written
+            os.replace(jsonl_tmp, jsonl_path)
+        else:
+            jsonl_tmp.unlink(missing_ok=True)
+            for folder in created:
+                try:
+                    folder.rmdir()  # only when empty
+                except OSError:
+                    break
     renamed = {str(p): n for p, n in zip(paths, stems) if n != p.stem}
     return {
         "images": n_img,

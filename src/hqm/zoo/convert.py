@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hqm.progress import counted
 from hqm.zoo import classes as _classes  # noqa: F401  (registers the "class_rows" op)
 from hqm.zoo.layouts import check_args, detect_format, get_spec
 from hqm.zoo.rename import LoadReport, apply_spec, entry_key, load_partial
@@ -119,10 +120,6 @@ def _entry(entries: list[str], key: str) -> str:
     return next((e for e in entries if entry_key(e) == key), key)
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
     """Why a ``model.pretrained`` load leaves part of the model random behind the user's back, or
     None. Refused, as QPIC's own ``load_state_dict`` refuses them: tensors of other shapes
@@ -141,7 +138,7 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
     misfit = [k for k in report.misfit if k.startswith("backbone.")]
     if misfit:
         return (
-            f"{_count(len(misfit), 'backbone tensor')} of other shapes than this model's (e.g. "
+            f"{counted(len(misfit), 'backbone tensor')} of other shapes than this model's (e.g. "
             f"{_entry(report.ignored, misfit[0])}), so its backbone would stay random; build the "
             "backbone the weights were trained with (model.backbone, model.backbone_width: 64 for "
             "DETR / QPIC / HQM)"
@@ -154,7 +151,7 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
         example = f"{deeper[0]} is not in the model" if deeper else f"the model's {shallower[0]} is not in it"
         return (
             f"its backbone has {'more' if deeper else 'fewer'} blocks than this model's ({example}; "
-            f"{_count(len(deeper or shallower), 'such tensor')}), so the backbone would be initialised "
+            f"{counted(len(deeper or shallower), 'such tensor')}), so the backbone would be initialised "
             "from another network; build the backbone the weights were trained with (model.backbone: "
             "resnet18 / 34 / 50 / 101)"
         )
@@ -165,7 +162,7 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
         else:
             cause = "the model the weights were trained with (model.hidden_dim, model.dim_feedforward, ...)"
         return (
-            f"{_count(len(other), 'tensor')} outside the backbone of other shapes than this model's (e.g. "
+            f"{counted(len(other), 'tensor')} outside the backbone of other shapes than this model's (e.g. "
             f"{_entry(report.ignored, other[0])}), so {'it' if len(other) == 1 else 'they'} would stay "
             f"random; build {cause}"
         )
@@ -177,7 +174,7 @@ def pretrained_problem(report: LoadReport, model: nn.Module) -> str | None:
         layers = {int(m.group(2)) for m in matches if m and m.group(1) == stack}
         key = next((v for k, v in LAYER_KEYS.items() if stack.endswith(k)), "the layer count")
         return (
-            f"it has {_count(len(layers), 'layer')} in {stack}, fewer than this model (the model's "
+            f"it has {counted(len(layers), 'layer')} in {stack}, fewer than this model (the model's "
             f"{missing[0]} is not in it), so those layers would stay random; set {key}={len(layers)}"
         )
     # a whole DETR stack absent while the other loads: a truncated or filtered file (every supported
