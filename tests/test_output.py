@@ -49,6 +49,14 @@ def test_check_new_output_refuses_an_existing_file_a_folder_and_the_input(tmp_pa
     with pytest.raises(UsageError, match="is also the input"):
         check_new_output(linked, overwrite=True, inputs=(old,))
     assert old.read_text() == "{}"
+    # a dangling symbolic link was silently replaced by the file (the user's link gone)
+    dangling = tmp_path / "preds.json"
+    dangling.symlink_to(tmp_path / "gone" / "preds.json")
+    with pytest.raises(
+        UsageError, match=r"preds\.json already exists \(a symbolic link to .*gone.*missing\)"
+    ):
+        check_new_output(dangling, overwrite=False)
+    assert check_new_output(dangling, overwrite=True) == dangling
 
 
 def test_an_output_under_a_file_is_refused_before_anything_runs(tmp_path):

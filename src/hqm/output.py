@@ -25,8 +25,8 @@ def check_new_output(
 ) -> Path:
     """``path`` as a ``Path`` when a file may be written there. Raises ``UsageError`` (one line) when
     it is one of ``inputs``, is a folder or ends with a slash, lies under a file (``notes.txt/x.json``),
-    or already exists and ``overwrite`` is False; the message ends with ``overwrite_hint`` (the
-    command-line flag; Python callers name their argument)."""
+    or already exists (a dangling symbolic link too) and ``overwrite`` is False; the message ends
+    with ``overwrite_hint`` (the command-line flag; Python callers name their argument)."""
     if str(path).endswith(("/", os.sep)):  # Path() would drop the slash and write the file itself
         raise UsageError(f"{path} ends with a slash: give the path of the file to write")
     out = Path(path)
@@ -38,8 +38,11 @@ def check_new_output(
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise UsageError(f"{blocking} is a file, not a folder: {out} cannot be written there")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists: choose another path, or {overwrite_hint} to replace it")
+    if os.path.lexists(out) and not overwrite:  # a dangling link too: replacing it is replacing a file
+        what = f" (a symbolic link to {os.readlink(out)}, which is missing)" if not out.exists() else ""
+        raise UsageError(
+            f"{out} already exists{what}: choose another path, or {overwrite_hint} to replace it"
+        )
     return out
 
 
