@@ -207,6 +207,13 @@ def test_export_roundtrip(detector, trained, tmp_path):
     again = HOIDetector.from_checkpoint(out, device="cpu")
     a, b = detector.predict(trained["images"][0], top_k=5), again.predict(trained["images"][0], top_k=5)
     np.testing.assert_array_equal(a[0].scores, b[0].scores)
+    # a hand-edited export's config with a typo: the error names the export, not only the key
+    info["config"]["train"]["lrr"] = 1.0
+    (out / "config.yaml").write_text(yaml.safe_dump(info))
+    from hqm.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"exported: its config: unknown config key 'train\.lrr'"):
+        HOIDetector.from_checkpoint(out, device="cpu")
 
 
 def test_evaluate_needs_no_training_images(detector, trained, tmp_path):

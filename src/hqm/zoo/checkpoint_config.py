@@ -76,7 +76,10 @@ def resolve_model_config(
                 f"{path} carries no hqm config (released weights?): name one, e.g. qpic_r50_hico"
             )
         return ResolvedConfig(load_config(config, overrides))
-    base = config_from_dict(own)
+    try:
+        base = config_from_dict(own)
+    except ConfigError as e:  # an edited export's config.yaml, or weights of another hqm version
+        raise ConfigError(f"{path}: its config: {e}", e.key) from None
     try:
         cfg = config_from_dict(merge_overrides(own, overrides))
     except ConfigError as e:
