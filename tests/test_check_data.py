@@ -51,6 +51,7 @@ def damaged_root(tiny_root, tmp_path):
     records[with_hoi[2]]["annotations"][-1]["bbox"] = [1, 2, "x", 4]
     missing, truncated = records[-2]["file_name"], records[-3]["file_name"]
     del records[-4]["file_name"]
+    (root / "images" / "train2015" / records[-5]["file_name"]).write_text("not an image")
     ann.write_text(json.dumps(records))
     (root / "images" / "train2015" / missing).unlink()
     image = root / "images" / "train2015" / truncated
@@ -68,6 +69,7 @@ def test_every_kind_of_damage_is_found_in_one_pass(damaged_root, capsys):
         "malformed_box": "'x'",
         "malformed_record": "field 'file_name'",
         "missing_image": "not found",
+        "unreadable_image": "synth_train",  # a file that is not an image: not "missing"
         "duplicate_file_name": "listed 2 times",
         "undecodable_image": truncated,
     }

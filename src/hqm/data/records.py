@@ -329,8 +329,9 @@ def parse_records(
             log.report("malformed_record", idx, fn, *problem)
             continue
         size = sizes.get(idx) if check_images else None
-        if isinstance(size, str):
-            log.report("missing_image", idx, fn, "file_name", size)
+        if isinstance(size, str):  # no file, or one whose header is not an image's
+            kind = "unreadable_image" if (image_dir / fn).exists() else "missing_image"
+            log.report(kind, idx, fn, "file_name", size)
             continue
         boxes, labels, remap = _parse_boxes(rec, idx, fn, size, rules, log)
         hois = _parse_hois(rec, idx, fn, remap, rules, log)

@@ -111,8 +111,9 @@ def _check_split(
         log.counts["unreadable_annotation_file"] += 1
         log.examples["unreadable_annotation_file"] = [str(e)]
         anns = []
-    else:  # parse_records drops a whole record for exactly these two kinds (others drop boxes / HOIs)
-        summary.records = len(anns) + log.counts["malformed_record"] + log.counts["missing_image"]
+    else:  # parse_records drops a whole record for exactly these kinds (others drop boxes / HOIs)
+        dropped = ("malformed_record", "missing_image", "unreadable_image")
+        summary.records = len(anns) + sum(log.counts[kind] for kind in dropped)
     names = Counter(a.file_name for a in anns)
     for name, n in names.items():
         if n > 1:
