@@ -287,3 +287,14 @@ def test_a_failed_run_says_why_in_its_log(bad_checkpoints, tiny_root, tmp_path, 
     assert one_line(capsys, args, 1, path) == line
     last = (out / "log.txt").read_text().strip().splitlines()[-1]
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] ERROR: " + re.escape(line), last), last
+
+
+def test_a_folder_where_a_file_goes_is_named_as_a_folder(tmp_path, capsys):
+    """`hqm export FOLDER x` said "checkpoint not found", `hqm train FOLDER` "config not found"."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    one_line(
+        capsys, ["export", str(folder), str(tmp_path / "x")], 2, "imgs is a folder, not a checkpoint file"
+    )
+    one_line(capsys, ["train", str(folder)], 2, "imgs' is a folder: give a YAML file")
+    assert not (tmp_path / "x").exists()

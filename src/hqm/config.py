@@ -423,6 +423,8 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
     p = Path(name)
     if p.is_file():
         return p
+    if p.is_dir():
+        raise ConfigError(f"config '{name}' is a folder: give a YAML file or the name of a packaged config")
     for cand in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
         if cand.is_file():
             return cand

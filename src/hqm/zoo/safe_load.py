@@ -124,6 +124,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     checkpoint (see :func:`diagnose_checkpoint_file`).
     """
     path = Path(path)
+    if path.is_dir():
+        raise NotFoundError(f"{path} is a folder, not a checkpoint file (e.g. a run's checkpoints/last.pt)")
     if not path.is_file():
         raise NotFoundError(f"checkpoint not found: {path}")
     reason = diagnose_checkpoint_file(path)
