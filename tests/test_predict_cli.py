@@ -100,6 +100,10 @@ def test_predict_glob_single_file_and_size(setup):
 def test_predict_errors_are_one_line(setup, capsys):
     assert main(["predict", str(setup["ckpt"]), f"out={setup['tmp']}"]) == 2
     assert "source=" in capsys.readouterr().err
+    # a mistyped option was taken for a config key ("unknown config key 'thresold'. Valid keys: data, ...")
+    argv = ["predict", str(setup["ckpt"]), f"source={setup['imgs']}", f"out={setup['tmp'] / 'x'}"]
+    assert main([*argv, "thresold=0.3"]) == 2
+    assert "unknown option thresold= (did you mean threshold=?)" in capsys.readouterr().err
     assert (
         main(
             [

@@ -191,6 +191,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     keys = ("source", "out", "threshold", "top_k", "size", "batch", "weights", "device")
     overrides, extra = _split_overrides(args.overrides, keys)
+    for item in overrides:  # a config override is section.key=value: a bare word is a mistyped option
+        key = item.split("=", 1)[0]
+        if "." not in key:
+            import difflib
+
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}=?" if close else f"the options are {'=, '.join(keys)}="
+            raise UsageError(f"unknown option {key}= ({hint}); config overrides are section.key=value")
     for key in ("source", "out"):
         if key not in extra:
             raise UsageError(f"{key}=... is required")
