@@ -66,3 +66,12 @@ def test_eval_file_passes_the_threshold_variant(monkeypatch, capsys, flag, varia
     assert "50.00" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         build_parser().parse_args([*argv[:7], "--ap-thresholds", "matlab2"])
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "check-data", "synth"])
+def test_a_missing_argument_does_not_call_the_optional_overrides_required(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "the following arguments are required" in err and "overrides" not in err.splitlines()[-1]

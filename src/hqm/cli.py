@@ -312,6 +312,7 @@ def add_api_commands(sub) -> None:
     pr.add_argument(
         "overrides",
         nargs="*",
+        default=[],
         help="source=FILE|DIR|GLOB out=DIR (required); threshold=, top_k= (pairs drawn), "
         "size= (input short side), batch=, device=, weights=; section.key=value",
     )
@@ -391,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("config", help="YAML config file or packaged config name")
-    t.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    t.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides")
     t.add_argument(
         "--resume",
         help="resume from a checkpoint file, a run folder or 'auto' (train.output_dir; a folder gives its "
@@ -422,7 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint (.pt) / exported folder, or a config (YAML or name)",
     )
     e.add_argument(
-        "overrides", nargs="*", help="weights=PATH (with a config) and section.key=value overrides"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="weights=PATH (with a config) and section.key=value overrides",
     )
     e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.add_argument(
@@ -437,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = _subcommand(sub, "demo", help="generate the synthetic benchmark if missing, train, evaluate")
     d.add_argument("--config", default="qpic_r18_synthetic", help="config (default: qpic_r18_synthetic)")
-    d.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    d.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides")
     d.add_argument(
         "--overwrite",
         action="store_true",
@@ -479,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = _subcommand(sub, "synth", help="write the synthetic HOI benchmark (HICO-DET format)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--preset", default="default", choices=["tiny", "default"])
-    s.add_argument("overrides", nargs="*", help="generator key=value overrides")
+    s.add_argument("overrides", nargs="*", default=[], help="generator key=value overrides")
     s.set_defaults(func=cmd_synth)
 
     c = _subcommand(
@@ -492,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
         "found; 2: no such dataset.",
     )
     c.add_argument("config", help="YAML config file or packaged config name")
-    c.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=PATH")
+    c.add_argument(
+        "overrides", nargs="*", default=[], help="section.key=value overrides, e.g. data.root=PATH"
+    )
     c.add_argument("--no-decode", action="store_true", help="check image headers only (faster)")
     c.add_argument("--json", action="store_true", help="also print the report as one JSON object")
     c.set_defaults(func=cmd_check_data)
