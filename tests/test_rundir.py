@@ -327,3 +327,17 @@ def test_commands_a_refusal_suggests_are_quoted_for_the_shell(tmp_path):
     with pytest.raises(RunDirError) as e:
         claim_run_dir(run)
     assert f"--resume '{run}', start over" in str(e.value)
+
+
+def test_a_run_folder_in_the_data_set_is_refused(tiny_root, capsys):
+    """train.output_dir=data.root (or its image / annotation folders) wrote a run among the data."""
+    before = sorted(p.relative_to(tiny_root) for p in tiny_root.rglob("*"))
+    for out, needle in (
+        (tiny_root, "is data.root"),
+        (tiny_root / "images" / "train2015" / "run", "is inside the data set's folder"),
+        (tiny_root / "annotations", "is the data set's folder"),
+    ):
+        assert main(_train(tiny_root, out)) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "choose a folder outside it" in err and "Traceback" not in err
+    assert sorted(p.relative_to(tiny_root) for p in tiny_root.rglob("*")) == before

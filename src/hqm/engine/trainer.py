@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from hqm.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from hqm.data import build_dataset, check_synthetic_preset, collate_fn, ensure_synthetic
+from hqm.data.build import split_paths
 from hqm.data.dataset import collate_size_grouped, pair_class_counts
 from hqm.data.repeat_factors import repeat_factors
 from hqm.detectors import build_criterion, build_model
@@ -175,6 +176,25 @@ def evaluation_layout(model: torch.nn.Module, channels_last: bool):
         model.backbone.to(memory_format=torch.channels_last)
 
 
+def check_outside_dataset(out: Path, cfg_data) -> None:
+    """Refuse (``ConfigError``) a ``train.output_dir`` that is ``data.root`` itself or lies in the
+    data set's image or annotation folders: a run would write its lock, logs and checkpoints among
+    the user's data (``hqm predict`` refuses its output in the input folder likewise)."""
+    root = Path(cfg_data.root).resolve()
+    folders = {root}
+    for split in ("train", "test"):
+        images, annotations = split_paths(cfg_data.dataset, cfg_data.root, split)
+        folders |= {images.resolve(), annotations.parent.resolve()}
+    out = out.resolve()
+    inside = next((f for f in sorted(folders) if out == f or (f != root and f in out.parents)), None)
+    if inside is not None:
+        what = "data.root" if inside == root else f"the data set's folder {inside}"
+        raise ConfigError(
+            f"train.output_dir={out} is {'' if out == inside else 'inside '}{what}: a run would write "
+            "its files among the data; choose a folder outside it (e.g. runs/NAME)"
+        )
+
+
 class Trainer:
     """Builds everything from a ``Config`` and trains.
 
@@ -205,6 +225,7 @@ class Trainer:
         changes = check_compatible(config_from_dict(ckpt["config"]), cfg, resume) if ckpt else None
         if cfg.data.generate:  # a benchmark of another preset is refused before the folder is claimed
             check_synthetic_preset(cfg.data.root, cfg.data.synth_preset)
+        check_outside_dataset(self.out, cfg.data)
         self.run_lock = self._claim_run_dir(resume, overwrite, restart)
         try:
             self._build(cfg, resume, ckpt, changes, channels_last, restart)
