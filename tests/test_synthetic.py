@@ -24,6 +24,7 @@ from hqm.data.synthetic import (
 )
 from hqm.data.synthetic_rules import point_box_distance
 from hqm.data.synthetic_scene import sample_scene
+from hqm.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,15 @@ def test_generator_rewrites_only_its_own_folder(tmp_path):
     (root / "notes.txt").write_text("kept")
     mark = read_marker(root)
     assert mark["complete"] and mark["preset"] == "tiny" and mark["train_size"] == 6
-    generate(root, "tiny", ["train_size=4", "test_size=3"])  # a marked folder: regenerated in place
+    before = (root / "annotations" / "trainval_hico.json").read_bytes()
+    with pytest.raises(
+        UsageError, match=r"own holds a synthetic benchmark of another config \(train_size 6 -> 4\)"
+    ):
+        generate(root, "tiny", ["train_size=4", "test_size=3"])  # silently swapped the data set
+    assert (root / "annotations" / "trainval_hico.json").read_bytes() == before
+    generate(root, "tiny", ["train_size=6", "test_size=3"])  # the same config: the same bytes
+    assert (root / "annotations" / "trainval_hico.json").read_bytes() == before
+    generate(root, "tiny", ["train_size=4", "test_size=3"], overwrite=True)  # asked for: regenerated in place
     assert len(list((root / "images" / "train2015").iterdir())) == 4  # no stale images left behind
     assert (root / "notes.txt").read_text() == "kept" and read_marker(root)["train_size"] == 4
     # an interrupted generation (mark not complete) is not ready, and ensure_synthetic finishes it

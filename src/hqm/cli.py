@@ -163,7 +163,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from hqm.engine.logging import setup_logging
 
     setup_logging(None, True)  # generation progress (a bar on a terminal, log lines otherwise)
-    root = generate(args.out, preset=args.preset, overrides=args.overrides)
+    root = generate(args.out, preset=args.preset, overrides=args.overrides, overwrite=args.overwrite)
     print(f"synthetic HOI benchmark ({args.preset}) written to {root}")
     return 0
 
@@ -481,8 +481,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_eval_file)
 
     s = _subcommand(sub, "synth", help="write the synthetic HOI benchmark (HICO-DET format)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--preset", default="default", choices=["tiny", "default"])
+    s.add_argument(
+        "--out",
+        required=True,
+        help="output folder: absent, empty, or written by hqm synth (the same preset and config are "
+        "rewritten byte for byte; another one needs --overwrite)",
+    )
+    s.add_argument(
+        "--preset",
+        default="default",
+        choices=["tiny", "default"],
+        help="default: the demo's benchmark (2,000 train / 400 test images); tiny: 16 / 8, for tests",
+    )
+    s.add_argument(
+        "--overwrite", action="store_true", help="replace a benchmark of another preset or config in --out"
+    )
     s.add_argument("overrides", nargs="*", default=[], help="generator key=value overrides")
     s.set_defaults(func=cmd_synth)
 

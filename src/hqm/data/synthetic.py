@@ -42,7 +42,7 @@ from hqm.data.records import DatasetError
 from hqm.data.synthetic_draw import render
 from hqm.data.synthetic_rules import cfg_objects, cfg_verbs
 from hqm.data.synthetic_scene import Scene, sample_scene
-from hqm.errors import output_error, write_fault
+from hqm.errors import UsageError, output_error, write_fault
 from hqm.progress import track
 
 
@@ -297,6 +297,23 @@ def check_output_dir(out: Path) -> None:
         )
 
 
+def check_replaces_nothing_else(out: Path, preset: str, cfg: SynthConfig, overwrite: bool) -> None:
+    """Raise ``UsageError`` when ``out`` holds a complete benchmark of another preset or config and
+    ``overwrite`` is False: regenerating would silently swap the data set (its annotations and
+    images) under the runs that use it. The same preset and config rewrite the same bytes."""
+    mark = read_marker(out)
+    if mark is None or not mark["complete"] or overwrite:
+        return
+    new = {"preset": preset, **dataclasses.asdict(cfg)}
+    changed = [f"{k} {mark.get(k)!r} -> {v!r}" for k, v in new.items() if mark.get(k) != v]
+    if changed:
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise UsageError(
+            f"{out} holds a synthetic benchmark of another config ({shown}); writing this one replaces its "
+            "annotations and images: give another --out, or pass --overwrite"
+        )
+
+
 def _write_marker(out: Path, preset: str, cfg: SynthConfig, complete: bool) -> None:
     mark = {"generator": "hqm synth", "complete": complete, "preset": preset, **dataclasses.asdict(cfg)}
     with open(out / MARKER, "w") as f:
@@ -312,11 +329,14 @@ def _remove_stale_images(out: Path, cfg: SynthConfig) -> None:
                 p.unlink()
 
 
-def generate(out_dir: str | Path, preset: str = "default", overrides: list[str] | None = None) -> Path:
+def generate(
+    out_dir: str | Path, preset: str = "default", overrides: list[str] | None = None, overwrite: bool = False
+) -> Path:
     """Write the synthetic benchmark of ``preset`` (+ ``key=value`` SynthConfig overrides) to ``out_dir``.
 
     ``out_dir`` must be absent, empty or written by this generator (see the module docstring); any
-    other folder raises ``DatasetError`` before anything is written. Deterministic: the same preset
+    other folder raises ``DatasetError`` before anything is written, and a complete benchmark of
+    another preset or config ``UsageError`` unless ``overwrite``. Deterministic: the same preset
     and overrides give byte-identical files. Returns the root path.
     """
     if preset not in PRESETS:
@@ -326,6 +346,7 @@ def generate(out_dir: str | Path, preset: str = "default", overrides: list[str] 
     cfg = apply_overrides(PRESETS[preset], overrides)
     out = Path(out_dir)
     check_output_dir(out)
+    check_replaces_nothing_else(out, preset, cfg, overwrite)
     try:
         out.mkdir(parents=True, exist_ok=True)
         _write_marker(out, preset, cfg, complete=False)
