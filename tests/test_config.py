@@ -151,3 +151,16 @@ def test_a_binary_file_given_as_config_is_one_clear_error(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"config\.yaml: not a text file"):
         read_exported(exported)
+
+
+def test_a_key_given_twice_in_a_file_is_an_error(tmp_path):
+    """PyYAML keeps the last of two `lr:` lines in silence; the first value would be lost unseen."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  lr: 1.0e-4\n  epochs: 3\n  lr: 2.0e-4\n")
+    with pytest.raises(
+        ConfigError, match=r"dup\.yaml: not valid YAML \(line 4, column 3\): the key 'lr' is given twice"
+    ):
+        load_config(path)
+    path.write_text("train:\n  lr: 1.0e-4\nmodel:\n  lr: 2\n")  # the same name in two sections: fine
+    with pytest.raises(ConfigError, match="unknown config key 'model.lr'"):
+        load_config(path)

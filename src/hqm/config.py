@@ -333,7 +333,19 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
 class _Yaml12Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 booleans: only true / false (any case) are booleans, so
     ``train.amp: off`` or ``train.amp=off`` stays the string "off" (YAML 1.1 reads off / on / yes /
-    no as booleans)."""
+    no as booleans); and a key given twice in one mapping is an error (YAML 1.2 forbids it; PyYAML
+    keeps the last value in silence)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
