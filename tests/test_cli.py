@@ -45,6 +45,9 @@ def test_overrides_may_follow_an_option(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "qpic_r18_synthetic", "--overwrite", "--no-such-flag"])
     assert e.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the stray word alone is named, not the override beside it
+        main(["train", "qpic_r18_synthetic", "--overwrite", "train.epochs=3", "foo"])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().endswith("unrecognized arguments: foo")
 
 
 def test_eval_needs_weights(capsys):

@@ -542,8 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     # filling a positional list at the first option, so the key=value words it left are added back
     args, rest = parser.parse_known_args(argv)
     if rest:
-        if not hasattr(args, "overrides") or any(r.startswith("-") or "=" not in r for r in rest):
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        bad = [r for r in rest if r.startswith("-") or "=" not in r] if hasattr(args, "overrides") else rest
+        if bad:  # only those: the key=value words beside them are fine
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = list(args.overrides or []) + rest
     if not getattr(args, "func", None):
         parser.print_help()
