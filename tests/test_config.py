@@ -151,6 +151,9 @@ def test_a_binary_file_given_as_config_is_one_clear_error(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"config\.yaml: not a text file"):
         read_exported(exported)
+    save_config(load_config("qpic_r18_synthetic"), exported / "config.yaml")  # a run's, not an export's
+    with pytest.raises(CheckpointError, match=r"config\.yaml: a run's config, not an export's"):
+        read_exported(exported)
 
 
 def test_a_key_given_twice_in_a_file_is_an_error(tmp_path):

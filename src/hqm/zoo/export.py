@@ -106,5 +106,10 @@ def read_exported(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str,
         raise CheckpointError(f"{p / CONFIG}: not a text file (not UTF-8); re-export the model") from None
     if not isinstance(info, dict):
         raise CheckpointError(f"{p / CONFIG}: expected a mapping (config, meta), got {type(info).__name__}")
+    if "config" not in info and {"model", "train"} & set(info):  # a run's config.yaml put in its place
+        raise CheckpointError(
+            f"{p / CONFIG}: a run's config, not an export's (config:, meta:, hqm_export:): export the "
+            "checkpoint again with `hqm export`"
+        )
     state, _ = read_state_dict(p / WEIGHTS)
     return state, info
