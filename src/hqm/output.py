@@ -1,7 +1,9 @@
 """Writing the files ``hqm convert``, ``hqm export`` and ``hqm eval --save-predictions`` produce
 without harming the user's files: an
 existing output is refused unless the user asks to replace it, an input is never an output, and a
-write lands whole or not at all (temporary file in the same folder, then an atomic rename)."""
+write lands whole or not at all (temporary file in the same folder, then an atomic rename). Output
+folders (``hqm train``'s run folder, ``hqm predict``'s ``out=``) are made with :func:`make_dirs`,
+and a command that ends up writing nothing removes them again (:func:`remove_empty_dirs`)."""
 
 from __future__ import annotations
 
@@ -62,3 +64,36 @@ def write_atomic(path: Path, data: bytes, what: str = "write") -> None:
         if not write_fault(e) and not isinstance(e, (FileExistsError, NotADirectoryError)):
             raise  # (those two: a file where a parent folder should be, created since the check)
         raise output_error(path, e, what) from None
+
+
+def make_dirs(folder: Path, name: str, error: type[UsageError] = UsageError) -> list[Path]:
+    """Create ``folder`` as ``mkdir -p`` does; -> the folders created, outermost first (what
+    :func:`remove_empty_dirs` takes). ``name`` is how the message names it (``out``,
+    ``train.output_dir``). Raises ``error`` (a ``UsageError``, one line) when a part of the path is a
+    file or a link to nothing, ``OutputError`` when the disk refuses."""
+    created = [p for p in (folder, *folder.parents) if not os.path.lexists(p)][::-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise error(
+            f"cannot create {name}={folder}: {e.filename} is not a folder (a file, or a symbolic link to "
+            "a missing one): choose another folder"
+        ) from None
+    except OSError as e:
+        if write_fault(e):
+            raise output_error(f"{name}={folder}", e, "create") from None
+        raise
+    return created
+
+
+def remove_empty_dirs(created: list[Path]) -> list[Path]:
+    """Remove the folders :func:`make_dirs` created, innermost first, as long as each is empty;
+    -> those removed. A folder that holds anything (and its parents) is kept."""
+    removed = []
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+        removed.append(folder)
+    return removed

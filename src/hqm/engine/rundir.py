@@ -49,6 +49,7 @@ from pathlib import Path
 
 from hqm.engine.checkpoint import is_run_checkpoint_name
 from hqm.errors import UsageError, output_error, write_fault
+from hqm.output import make_dirs, remove_empty_dirs
 
 try:  # POSIX; elsewhere runs are not locked (the ownership check still applies)
     import fcntl
@@ -258,17 +259,11 @@ def claim_run_dir(
             f"hqm train made {it}); a run would replace or append to {it}. Train into a new or empty "
             f"folder (e.g. {suggestion}), or move {it} away"
         )
-    new_dirs = [p for p in (out, *out.parents) if not p.exists() and not p.is_symlink()][::-1]
     try:
         held = frozenset(p.name for p in out.iterdir()) if out.is_dir() else frozenset()
-        out.mkdir(parents=True, exist_ok=True)
+        new_dirs = make_dirs(out, "train.output_dir", RunDirError)
         lock = RunLock(out / LOCK_NAME)
         lock.created_dirs, lock.held_before = new_dirs, held
-    except (FileExistsError, NotADirectoryError) as e:  # a part of the path: a file or a dangling link
-        raise RunDirError(
-            f"cannot create train.output_dir={out}: {e.filename} is not a folder (a file, or a symbolic "
-            "link to a missing one)"
-        ) from None
     except OSError as e:
         if write_fault(e):
             raise output_error(f"train.output_dir={out}", e, "write to") from None
@@ -340,12 +335,7 @@ def abandon_run_dir(lock: RunLock) -> list[str]:
         except OSError:
             continue
         removed.append(str(path))
-    for folder in reversed(lock.created_dirs):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (or not ours to remove): keep it and its parents
-            break
-        removed.append(str(folder))
+    removed += map(str, remove_empty_dirs(lock.created_dirs))
     return removed
 
 

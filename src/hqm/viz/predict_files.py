@@ -32,6 +32,7 @@ from pathlib import Path
 
 from hqm.config import ConfigError
 from hqm.errors import NotFoundError, UsageError, output_error, write_fault
+from hqm.output import make_dirs, remove_empty_dirs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -164,24 +165,6 @@ def _replacing(path: Path):
         tmp.unlink(missing_ok=True)
 
 
-def _make_dir(out: Path) -> list[Path]:
-    """Create ``out`` (as ``mkdir -p``); -> the folders created, deepest first. Raises ``UsageError``
-    when a part of the path is a file (or a link to nothing), ``OutputError`` when the disk refuses."""
-    created = [p for p in (out, *out.parents) if not os.path.lexists(p)]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as e:
-        raise UsageError(
-            f"cannot create out={out}: {e.filename} is not a folder (a file, or a symbolic link to a "
-            "missing one): choose another folder"
-        ) from None
-    except OSError as e:
-        if write_fault(e):
-            raise output_error(f"out={out}", e, "create") from None
-        raise
-    return created
-
-
 def predict_to_dir(
     detector,
     source: str | os.PathLike,
@@ -217,7 +200,7 @@ def predict_to_dir(
     stems = output_names(paths, attention)
     check_existing_outputs(out, stems, attention, overwrite)
     detector.input_size(size)  # a refused size (too large) before anything is written
-    created = _make_dir(out)
+    created = make_dirs(out, "out")
     names = dict(zip(map(str, paths), stems))
     bar = Progress(len(paths), "predict", "images", enabled=progress)
     jsonl_path = out / "predictions.jsonl"
@@ -256,11 +239,7 @@ def predict_to_dir(
             os.replace(jsonl_tmp, jsonl_path)
         else:
             jsonl_tmp.unlink(missing_ok=True)
-            for folder in created:
-                try:
-                    folder.rmdir()  # only when empty
-                except OSError:
-                    break
+            remove_empty_dirs(created)
     renamed = {str(p): n for p, n in zip(paths, stems) if n != p.stem}
     return {
         "images": n_img,
