@@ -30,9 +30,12 @@ FIRST_LINE = {
 
 def fake_run(out, *names: str) -> None:
     """A folder with the given run files (contents: the name, after the first line a run writes into
-    config.yaml, metrics.jsonl and results.csv)."""
+    config.yaml, metrics.jsonl and results.csv, or a zip archive's first bytes for a .pt)."""
     for name in names:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".pt"):  # torch.save writes zip archives
+            (out / name).write_bytes(b"PK\x03\x04" + name.encode())
+            continue
         first = run_config_header(out) if name == "config.yaml" else FIRST_LINE.get(name)
         (out / name).write_text((first + "\n" if first else "") + name)
 
@@ -159,10 +162,24 @@ def test_files_at_a_runs_names_that_hqm_did_not_write_are_refused(tmp_path):
     with pytest.raises(RunDirError, match="holds config.yaml, which"):
         claim_run_dir(out)
     # the run of an hqm before the header (a checkpoint and a config.yaml without it) is a run
-    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "old" / "checkpoints" / "last.pt").write_text("x")
+    fake_run(tmp_path / "old", "checkpoints/last.pt")
     (tmp_path / "old" / "config.yaml").write_text("model: {}\n")
     claim_run_dir(tmp_path / "old", resume=str(tmp_path / "old" / "checkpoints" / "last.pt")).release()
+    # a file at a checkpoint's name that is no checkpoint is not a run, and a run would replace it:
+    # refused, and the refused claim leaves no lock file behind
+    user = tmp_path / "u"
+    (user / "checkpoints").mkdir(parents=True)
+    (user / "checkpoints" / "last.pt").write_text("x")
+    assert holds_run(user) == []
+    for overwrite in (False, True):
+        with pytest.raises(RunDirError, match="holds checkpoints/last.pt, which hqm did not write"):
+            claim_run_dir(user, overwrite=overwrite)
+    assert sorted(str(p.relative_to(user)) for p in user.rglob("*")) == ["checkpoints", "checkpoints/last.pt"]
+    fake_run(user, "metrics.jsonl", "checkpoints/best.pt")  # refused as a run: no lock file left either
+    (user / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(RunDirError, match="already holds a training run"):
+        claim_run_dir(user)
+    assert not (user / LOCK_NAME).exists()
     # a dangling link as train.output_dir, or above it: one line, not mkdir's FileExistsError
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(RunDirError, match="symbolic link to .*nowhere, which does not exist"):

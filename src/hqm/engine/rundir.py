@@ -161,9 +161,23 @@ def holds_run(out: str | os.PathLike) -> list[str]:
         names = [p.name for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
     except OSError:  # unreadable: claiming the folder reports it
         names = []
-    found = sorted(f"checkpoints/{n}" for n in names if is_run_checkpoint_name(n) and not n.startswith("."))
+    found = sorted(
+        f"checkpoints/{n}" for n in names if is_run_checkpoint_name(n) and _is_checkpoint(folder / n)
+    )
     found += [name for name in ("metrics.jsonl", "results.csv") if _written_by_the_logger(out / name)]
     return found
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A file ``torch.save`` wrote (a zip archive, which is what hqm's checkpoints are), not a
+    temporary one (``.last.pt.tmp<pid>``)."""
+    if path.name.startswith(".") or path.is_symlink():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def _written_by_a_run(path: Path, claimed: bool) -> bool:
@@ -187,6 +201,18 @@ def foreign_files(out: str | os.PathLike) -> list[str]:
         name
         for name in ("metrics.jsonl", "results.csv")
         if ((out / name).exists() or (out / name).is_symlink()) and not _written_by_the_logger(out / name)
+    ]
+    folder = out / "checkpoints"
+    try:  # a file at a checkpoint's name that is no checkpoint: a run would replace it
+        names = (
+            sorted(p.name for p in folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
+        )
+    except OSError:
+        names = []
+    found += [
+        f"checkpoints/{n}"
+        for n in names
+        if is_run_checkpoint_name(n) and not n.startswith(".") and not _is_checkpoint(folder / n)
     ]
     if holds_run(out):
         return found
@@ -285,8 +311,8 @@ def claim_run_dir(
         identity = elastic_identity()
         if identity is not None:
             lock.mark_owner(identity)
-    except BaseException:
-        lock.release()
+    except BaseException:  # refused: the lock file and folders this claim made go again
+        abandon_run_dir(lock)
         raise
     return lock
 
