@@ -50,9 +50,13 @@ def test_overrides_may_follow_an_option(capsys):
     assert e.value.code == 2 and capsys.readouterr().err.strip().endswith("unrecognized arguments: foo")
 
 
-def test_eval_needs_weights(capsys):
+def test_eval_needs_weights(capsys, tmp_path):
     assert main(["eval", "qpic_r18_synthetic"]) == 2
     assert "weights=PATH" in capsys.readouterr().err
+    ckpt = tmp_path / "best.pt"  # a checkpoint and weights=: one of the two would be ignored
+    ckpt.write_bytes(b"")
+    assert main(["eval", str(ckpt), "weights=other.pt"]) == 2
+    assert "weights=other.pt goes with a config" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag, variant", [([], "matlab"), (["--ap-thresholds", "numpy"], "numpy")])

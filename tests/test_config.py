@@ -167,3 +167,9 @@ def test_a_key_given_twice_in_a_file_is_an_error(tmp_path):
     path.write_text("train:\n  lr: 1.0e-4\nmodel:\n  lr: 2\n")  # the same name in two sections: fine
     with pytest.raises(ConfigError, match="unknown config key 'model.lr'"):
         load_config(path)
+
+
+def test_an_empty_output_dir_is_refused():
+    """train.output_dir= (empty) trained into the current folder."""
+    with pytest.raises(ConfigError, match="train.output_dir is empty"):
+        load_config("qpic_r18_synthetic", ["train.output_dir="])

@@ -104,6 +104,14 @@ def test_predict_errors_are_one_line(setup, capsys):
     argv = ["predict", str(setup["ckpt"]), f"source={setup['imgs']}", f"out={setup['tmp'] / 'x'}"]
     assert main([*argv, "thresold=0.3"]) == 2
     assert "unknown option thresold= (did you mean threshold=?)" in capsys.readouterr().err
+    assert main([*argv, "foo"]) == 2
+    assert "unrecognized argument 'foo'" in capsys.readouterr().err
+    # weights= beside a checkpoint was ignored in silence (the predictions came from the checkpoint)
+    assert main([*argv, f"weights={setup['ckpt']}"]) == 2
+    assert "goes with a config" in capsys.readouterr().err
+    # an empty out= wrote into the current folder
+    assert main([*argv[:-1], "out="]) == 2
+    assert "out=... is required (it is empty)" in capsys.readouterr().err
     assert (
         main(
             [

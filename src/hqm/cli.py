@@ -77,7 +77,12 @@ def _is_weights(target: str) -> bool:
 def cmd_eval(args: argparse.Namespace) -> int:
     overrides, extra = _split_overrides(args.overrides, ("weights",))
     config, weights = (None, args.config) if _is_weights(args.config) else (args.config, extra.get("weights"))
-    if weights is None or (config is None and "weights" in extra):
+    if config is None and "weights" in extra:
+        raise UsageError(
+            f"weights={extra['weights']} goes with a config (hqm eval CONFIG weights=PATH); {args.config} is "
+            "already the weights: drop one of them"
+        )
+    if weights is None:
         raise UsageError("give a checkpoint (hqm eval CKPT), or a config with weights=PATH")
     if args.overwrite and not args.save_predictions:
         raise UsageError("--overwrite replaces the --save-predictions file; without one it has nothing to do")
@@ -193,6 +198,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     overrides, extra = _split_overrides(args.overrides, keys)
     for item in overrides:  # a config override is section.key=value: a bare word is a mistyped option
         key = item.split("=", 1)[0]
+        if "=" not in item:
+            raise UsageError(f"unrecognized argument {item!r}: options are key=value")
         if "." not in key:
             import difflib
 
@@ -200,8 +207,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             hint = f"did you mean {close[0]}=?" if close else f"the options are {'=, '.join(keys)}="
             raise UsageError(f"unknown option {key}= ({hint}); config overrides are section.key=value")
     for key in ("source", "out"):
-        if key not in extra:
-            raise UsageError(f"{key}=... is required")
+        if not extra.get(key, "").strip():  # out= (empty) would write into the current folder
+            raise UsageError(f"{key}=... is required" + (" (it is empty)" if key in extra else ""))
     threshold = _number(extra, "threshold", float, 0.0, at_most=1.0)  # a triplet score
     top_k, batch, size = (_number(extra, k, int, None) for k in ("top_k", "batch", "size"))
     from hqm.engine.logging import setup_logging
@@ -210,6 +217,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     target = Path(args.model)
     device = extra.get("device", "auto")
     if _is_weights(args.model):
+        if "weights" in extra:  # the checkpoint is the weights: another file would be ignored
+            raise UsageError(
+                f"weights={extra['weights']} goes with a config (hqm predict CONFIG weights=PATH); "
+                f"{args.model} is already the weights: drop one of them"
+            )
         det = HOIDetector.from_checkpoint(target, device=device, overrides=overrides or None)
     elif "weights" in extra:  # a config + released / converted weights
         det = HOIDetector.from_checkpoint(

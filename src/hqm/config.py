@@ -640,6 +640,10 @@ def validate(cfg: Config) -> None:
         value = get_key(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range: it must be {allowed}", key)
+    if not cfg.train.output_dir.strip():  # "" is the current folder: a run would write among its files
+        raise ConfigError(
+            "train.output_dir is empty: give the run's folder (e.g. runs/NAME)", "train.output_dir"
+        )
     if not _DEVICE.match(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     if cfg.data.repeat_threshold > 0 and cfg.data.synth_stream:
