@@ -83,6 +83,7 @@ def test_roundtrip_vcoco_no_object():
             "category_id",
         ),
         ({"file_name": "a", "predictions": []}, "'hoi_prediction': missing"),  # not "no detections"
+        ({"file_name": "ok", "predictions": [], "hoi_prediction": []}, "the image of record 0 too"),
         (
             {
                 "file_name": "a",

@@ -52,17 +52,25 @@ def records_to_predictions(
     num_verbs: int | None = None,
     source: str = "<records>",
 ) -> list[HOIPredictions]:
-    """Parse file records into ``HOIPredictions`` (triplets sorted by descending score, stable)."""
+    """Parse file records into ``HOIPredictions`` (triplets sorted by descending score, stable).
+    Raises ``PredictionsFormatError`` naming the record and field for a malformed record or a
+    second record of one image."""
     to_contig = {int(cid): c for c, cid in enumerate(object_ids)}
     out = []
     if not isinstance(records, list):
         raise PredictionsFormatError(f"{source}: expected a JSON list of per-image records")
+    first: dict[str, int] = {}  # file_name -> its record
     for r, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise _fail(source, r, "<record>", "expected an object")
         name = rec.get("file_name")
         if not isinstance(name, str):
             raise _fail(source, r, "file_name", "missing or not a string")
+        if name in first:  # which of the two counts would depend on their order
+            raise _fail(
+                source, r, "file_name", f"the image of record {first[name]} too: one record per image", name
+            )
+        first[name] = r
         if "hoi_prediction" not in rec:  # another layout (or a typo): not "an image with no detections"
             raise _fail(source, r, "hoi_prediction", "missing (an image without detections has [])", name)
         boxes_in = rec.get("predictions", [])
