@@ -353,6 +353,7 @@ def test_a_run_folder_in_the_data_set_is_refused(tiny_root, capsys):
         (tiny_root, "is data.root"),
         (tiny_root / "images" / "train2015" / "run", "is inside the data set's folder"),
         (tiny_root / "annotations", "is the data set's folder"),
+        (tiny_root / "images", "is the data set's folder"),  # beside train2015/ and test2015/
     ):
         assert main(_train(tiny_root, out)) == 2
         err = capsys.readouterr().err

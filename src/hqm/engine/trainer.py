@@ -184,7 +184,7 @@ def check_outside_dataset(out: Path, cfg_data) -> None:
     folders = {root}
     for split in ("train", "test"):
         images, annotations = split_paths(cfg_data.dataset, cfg_data.root, split)
-        folders |= {images.resolve(), annotations.parent.resolve()}
+        folders |= {images.resolve(), images.parent.resolve(), annotations.parent.resolve()}
     out = out.resolve()
     inside = next((f for f in sorted(folders) if out == f or (f != root and f in out.parents)), None)
     if inside is not None:
