@@ -168,16 +168,18 @@ def holds_run(out: str | os.PathLike) -> list[str]:
     return found
 
 
-def _is_checkpoint(path: Path) -> bool:
-    """A file ``torch.save`` wrote (a zip archive, which is what hqm's checkpoints are), not a
-    temporary one (``.last.pt.tmp<pid>``)."""
+def _is_checkpoint(path: Path, or_empty: bool = False) -> bool:
+    """A file ``torch.save`` wrote (a zip archive, which is what hqm's checkpoints are; truncated
+    too), not a temporary one (``.last.pt.tmp<pid>``); with ``or_empty`` an empty file too (a
+    run's write that the disk lost)."""
     if path.name.startswith(".") or path.is_symlink():
         return False
     try:
         with open(path, "rb") as f:
-            return f.read(4) == b"PK\x03\x04"
+            head = f.read(4)
     except OSError:
         return False
+    return head == b"PK\x03\x04" or (or_empty and head == b"")
 
 
 def _written_by_a_run(path: Path, claimed: bool) -> bool:
@@ -212,7 +214,9 @@ def foreign_files(out: str | os.PathLike) -> list[str]:
     found += [
         f"checkpoints/{n}"
         for n in names
-        if is_run_checkpoint_name(n) and not n.startswith(".") and not _is_checkpoint(folder / n)
+        if is_run_checkpoint_name(n)
+        and not n.startswith(".")
+        and not _is_checkpoint(folder / n, or_empty=True)
     ]
     if holds_run(out):
         return found
