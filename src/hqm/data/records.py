@@ -330,7 +330,7 @@ def parse_records(
             continue
         size = sizes.get(idx) if check_images else None
         if isinstance(size, str):  # no file, or one whose header is not an image's
-            kind = "unreadable_image" if (image_dir / fn).exists() else "missing_image"
+            kind = "unreadable_image" if (image_dir / fn).is_file() else "missing_image"
             log.report(kind, idx, fn, "file_name", size)
             continue
         boxes, labels, remap = _parse_boxes(rec, idx, fn, size, rules, log)
