@@ -57,6 +57,10 @@ def test_check_new_output_refuses_an_existing_file_a_folder_and_the_input(tmp_pa
     ):
         check_new_output(dangling, overwrite=False)
     assert check_new_output(dangling, overwrite=True) == dangling
+    # a dangling link as a folder above the output (hqm export CK dangdir): one line, not mkdir's errno
+    (tmp_path / "dangdir").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match=r"dangdir is a symbolic link to .*nowhere, which is missing"):
+        check_new_output(tmp_path / "dangdir" / "model.safetensors", overwrite=True)
 
 
 def test_an_output_under_a_file_is_refused_before_anything_runs(tmp_path):

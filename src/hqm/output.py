@@ -37,6 +37,12 @@ def check_new_output(
             raise UsageError(f"{out} is also the input: choose another output path")
     if out.is_dir():
         raise UsageError(f"{out} is a folder: give the path of the file to write (in it or elsewhere)")
+    dangling = next((p for p in out.parents if p.is_symlink() and not p.exists()), None)
+    if dangling is not None:
+        raise UsageError(
+            f"{dangling} is a symbolic link to {os.readlink(dangling)}, which is missing: {out} cannot be "
+            "written there (create the target or choose another path)"
+        )
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise UsageError(f"{blocking} is a file, not a folder: {out} cannot be written there")
