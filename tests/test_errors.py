@@ -254,15 +254,30 @@ def test_full_disk_in_export_and_synth(tmp_path, capsys, monkeypatch):
     """The disk fills up while `hqm export` / `hqm synth` write (simulated: ENOSPC from the write)."""
     from PIL import Image
 
-    from hqm.zoo import export as export_module
-
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     ckpt = tmp_path / "last.pt"
     torch.save({"model": {"w": torch.zeros(3)}, "config": {}, "meta": {}}, ckpt)
+    import hqm.output
+
+    opened = hqm.output.open_new
+
+    class FullDisk:  # the temporary file opens; every write to it fails
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            full()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
     with monkeypatch.context() as m:
-        m.setattr(export_module.Path, "write_bytes", full)
+        m.setattr(hqm.output, "open_new", lambda path, mode="wb": FullDisk(opened(path, mode)))
         out = tmp_path / "exported"
         one_line(capsys, ["export", str(ckpt), str(out)], 1, f"cannot export to {out}", "no space left")
         assert list(out.iterdir()) == []  # no partial file

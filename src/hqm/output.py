@@ -8,6 +8,7 @@ and a command that ends up writing nothing removes them again (:func:`remove_emp
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from hqm.errors import UsageError, output_error, write_fault
@@ -54,18 +55,40 @@ def check_new_output(
     return out
 
 
+def temp_path(path: Path) -> Path:
+    """The temporary name a write of ``path`` goes through: ``.<name>.tmp<pid>`` beside it."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def open_new(path: Path, mode: str = "wb"):
+    """``path`` opened for writing as a new file (``O_EXCL``: never an existing file, nor a link's
+    target); a leftover of this process's name (a link too) is removed first."""
+    path.unlink(missing_ok=True)
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), mode)
+
+
+@contextmanager
+def replacing(path: Path, mode: str = "wb"):
+    """A new temporary file beside ``path`` (:func:`temp_path`, :func:`open_new`), moved onto
+    ``path`` (``os.replace``) when the block succeeds and deleted when it fails: nothing is written
+    through a link at ``path``, and a hard link's other names keep their content."""
+    tmp = temp_path(path)
+    try:
+        with open_new(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, data: bytes, what: str = "write") -> None:
-    """Write ``data`` to ``path`` via ``.<name>.tmp<pid>`` and ``os.replace`` (missing parent folders
-    are created, as ``mkdir -p``; nothing existing is touched but ``path``): a failed write leaves
-    the old file (if any) intact and no partial file. Raises ``OutputError`` naming the path."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Write ``data`` to ``path`` through :func:`replacing` (missing parent folders are created, as
+    ``mkdir -p``; nothing existing is touched but ``path``): a failed write leaves the old file (if
+    any) intact and no partial file. Raises ``OutputError`` naming the path."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(path) as f:
+            f.write(data)
     except OSError as e:
         if not write_fault(e) and not isinstance(e, (FileExistsError, NotADirectoryError)):
             raise  # (those two: a file where a parent folder should be, created since the check)

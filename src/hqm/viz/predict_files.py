@@ -25,14 +25,12 @@ from __future__ import annotations
 import glob
 import itertools
 import os
-import uuid
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 from hqm.config import ConfigError
 from hqm.errors import NotFoundError, UsageError, output_error, write_fault
-from hqm.output import make_dirs, remove_empty_dirs
+from hqm.output import make_dirs, open_new, remove_empty_dirs, replacing, temp_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -142,29 +140,6 @@ def check_existing_outputs(out: Path, stems: list[str], attention: bool, overwri
         )
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _open_new(path: Path, mode: str):
-    """``path`` opened for writing as a new file (``O_EXCL``: never an existing file, nor a link's
-    target)."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), mode)
-
-
-@contextmanager
-def _replacing(path: Path):
-    """A new temporary binary file next to ``path``, moved onto ``path`` (``os.replace``) when the
-    block succeeds, deleted when it fails."""
-    tmp = _temp_name(path)
-    try:
-        with _open_new(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def predict_to_dir(
     detector,
     source: str | os.PathLike,
@@ -204,10 +179,10 @@ def predict_to_dir(
     names = dict(zip(map(str, paths), stems))
     bar = Progress(len(paths), "predict", "images", enabled=progress)
     jsonl_path = out / "predictions.jsonl"
-    jsonl_tmp = _temp_name(jsonl_path)
+    jsonl_tmp = temp_path(jsonl_path)
     n_img = n_trip = 0
     try:
-        with _open_new(jsonl_tmp, "w") as jsonl:
+        with open_new(jsonl_tmp, "w") as jsonl:
             for items, preds, maps in detector.iter_predict(
                 [str(p) for p in paths],
                 threshold=threshold,
@@ -219,10 +194,10 @@ def predict_to_dir(
                 for k, ((path, _), pred) in enumerate(zip(items, preds)):
                     image = to_pil(path, copy=False)
                     stem = names[str(path)]
-                    with _replacing(out / f"{stem}.png") as f:
+                    with replacing(out / f"{stem}.png") as f:
                         draw_predictions(image, pred, top_k=top_k, threshold=threshold).save(f, format="PNG")
                     if attention:
-                        with _replacing(out / f"{stem}_attn.png") as f:
+                        with replacing(out / f"{stem}_attn.png") as f:
                             grid = attention_grid(image, pred, maps[k], top_k=top_k, threshold=threshold)
                             grid.save(f, format="PNG")
                     jsonl.write(pred.to_json() + "\n")  # listed once its pictures are written
