@@ -87,12 +87,12 @@ class RunLock:
     """An exclusive ``flock`` on ``<run dir>/.hqm-run.lock``, held until :meth:`release` or the
     process ends."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, created_dirs: list[Path] = (), held_before: frozenset[str] = frozenset()):
         self.path = path
-        #: set by claim_run_dir: the folders it created (outermost first) and the names the run
-        #: folder held before (what abandon_run_dir keeps)
-        self.created_dirs: list[Path] = []
-        self.held_before: frozenset[str] = frozenset()
+        #: the folders claim_run_dir created (outermost first) and the names the run folder held
+        #: before (what abandon_run_dir keeps)
+        self.created_dirs = list(created_dirs)
+        self.held_before = held_before
         self.previous_owner = path.read_text() if path.is_file() else ""
         self._file = open(path, "a+")  # noqa: SIM115 - held open for the lifetime of the run
         if fcntl is not None:
@@ -156,23 +156,27 @@ def holds_run(out: str | os.PathLike) -> list[str]:
     (``checkpoints/last.pt``, ``best.pt``, ``step_*.pt``), and ``metrics.jsonl`` / ``results.csv``
     in the format a run writes them (a user's file of that name is a :func:`foreign_files` one)."""
     out = Path(out)
-    folder = out / "checkpoints"
-    try:
-        names = [p.name for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
-    except OSError:  # unreadable: claiming the folder reports it
-        names = []
-    found = sorted(
-        f"checkpoints/{n}" for n in names if is_run_checkpoint_name(n) and _is_checkpoint(folder / n)
-    )
+    found = [f"checkpoints/{p.name}" for p in _at_checkpoint_names(out) if _is_checkpoint(p)]
     found += [name for name in ("metrics.jsonl", "results.csv") if _written_by_the_logger(out / name)]
     return found
 
 
+def _at_checkpoint_names(out: Path) -> list[Path]:
+    """The entries of ``out/checkpoints`` at the names a run gives its checkpoints (``last.pt``,
+    ``best.pt``, ``step_*.pt``; not its temporaries), sorted; none when it cannot be read (claiming
+    the folder reports that)."""
+    folder = out / "checkpoints"
+    try:
+        entries = list(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return []
+    return sorted(p for p in entries if is_run_checkpoint_name(p.name) and not p.name.startswith("."))
+
+
 def _is_checkpoint(path: Path, or_empty: bool = False) -> bool:
     """A file ``torch.save`` wrote (a zip archive, which is what hqm's checkpoints are; truncated
-    too), not a temporary one (``.last.pt.tmp<pid>``); with ``or_empty`` an empty file too (a
-    run's write that the disk lost)."""
-    if path.name.startswith(".") or path.is_symlink():
+    too); with ``or_empty`` an empty file too (a run's write that the disk lost)."""
+    if path.is_symlink():
         return False
     try:
         with open(path, "rb") as f:
@@ -204,20 +208,10 @@ def foreign_files(out: str | os.PathLike) -> list[str]:
         for name in ("metrics.jsonl", "results.csv")
         if ((out / name).exists() or (out / name).is_symlink()) and not _written_by_the_logger(out / name)
     ]
-    folder = out / "checkpoints"
-    try:  # a file at a checkpoint's name that is no checkpoint: a run would replace it
-        names = (
-            sorted(p.name for p in folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
-        )
-    except OSError:
-        names = []
-    found += [
-        f"checkpoints/{n}"
-        for n in names
-        if is_run_checkpoint_name(n)
-        and not n.startswith(".")
-        and not _is_checkpoint(folder / n, or_empty=True)
-    ]
+    if not (out / "checkpoints").is_symlink():  # a file at a checkpoint's name that is no checkpoint
+        found += [
+            f"checkpoints/{p.name}" for p in _at_checkpoint_names(out) if not _is_checkpoint(p, or_empty=True)
+        ]
     if holds_run(out):
         return found
     claimed = (out / LOCK_NAME).is_file()
@@ -291,9 +285,7 @@ def claim_run_dir(
         )
     try:
         held = frozenset(p.name for p in out.iterdir()) if out.is_dir() else frozenset()
-        new_dirs = make_dirs(out, "train.output_dir", RunDirError)
-        lock = RunLock(out / LOCK_NAME)
-        lock.created_dirs, lock.held_before = new_dirs, held
+        lock = RunLock(out / LOCK_NAME, make_dirs(out, "train.output_dir", RunDirError), held)
     except OSError as e:
         if write_fault(e):
             raise output_error(f"train.output_dir={out}", e, "write to") from None
