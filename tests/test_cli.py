@@ -50,6 +50,21 @@ def test_overrides_may_follow_an_option(capsys):
     assert e.value.code == 2 and capsys.readouterr().err.strip().endswith("unrecognized arguments: foo")
 
 
+@pytest.mark.parametrize(
+    "command", [["check-data", "qpic_r18_synthetic"], ["predict", "ckpt.pt"], ["export", "ckpt.pt", "out"]]
+)
+def test_unrecognised_option_shows_the_commands_usage(capsys, command):
+    # `hqm check-data CONFIG --bogus` printed hqm's top-level usage and "hqm: error", not the command's
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert (
+        f"usage: hqm {command[0]}" in err
+        and f"hqm {command[0]}: error: unrecognized arguments: --bogus" in err
+    )
+
+
 def test_eval_needs_weights(capsys, tmp_path):
     assert main(["eval", "qpic_r18_synthetic"]) == 2
     assert "weights=PATH" in capsys.readouterr().err

@@ -199,6 +199,19 @@ def test_missing_inputs_are_usage_errors(tiny_root, tmp_path, capsys):
     one_line(capsys, ["check-data", "qpic_r18_synthetic", f"data.root={tmp_path}"], 2, "meta.json not found")
 
 
+def test_eval_file_missing_root_names_the_option_it_was_given_with(tmp_path, capsys):
+    # eval-file's --root was reported as "data.root=..." with a training hint (data.generate=true)
+    for dataset, missing_file in (("synthetic", "meta.json"), ("hico_det", "test_hico.json")):
+        args = ["eval-file", "--dataset", dataset, "--root", str(tmp_path), "--predictions", "p.json"]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"at --root {tmp_path}:" in err and missing_file in err
+        assert "data.root" not in err and "data.generate" not in err
+    assert main(["check-data", "qpic_r18_synthetic", f"data.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"at data.root={tmp_path}:" in err and "data.generate=true" in err
+
+
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(capsys, monkeypatch):
     assert main(["--debug", "train", "qpic_r18_synthetic", "train.epochs=0"]) == 2
     err = capsys.readouterr().err

@@ -529,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_check_data)
 
     add_api_commands(sub)
+    for command_parser in sub.choices.values():  # usage errors found after parsing name their command
+        command_parser.set_defaults(command_parser=command_parser)
     return p
 
 
@@ -555,8 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest:
         bad = [r for r in rest if r.startswith("-") or "=" not in r] if hasattr(args, "overrides") else rest
-        if bad:  # only those: the key=value words beside them are fine
-            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        if bad:  # only those: the key=value words beside them are fine (the command's usage, not hqm's)
+            getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = list(args.overrides or []) + rest
     if not getattr(args, "func", None):
         parser.print_help()

@@ -33,15 +33,27 @@ def _loader(dataset: str) -> ModuleType:
     return LOADERS[dataset]
 
 
-def load_meta(dataset: str, root: str | os.PathLike) -> DatasetMeta:
-    """Class vocabulary and validity matrix of ``dataset`` stored under ``root``."""
+def load_meta(dataset: str, root: str | os.PathLike, root_option: str = "data.root") -> DatasetMeta:
+    """Class vocabulary and validity matrix of ``dataset`` stored under ``root``.
+
+    Raises ``DatasetNotFoundError`` when a synthetic benchmark's vocabulary file is missing; its
+    message names the root as ``root_option`` (the option the user set it with: ``data.root`` in a
+    config, ``--root`` for ``hqm eval-file``)."""
     if dataset == "synthetic" and not (Path(root) / hico_det.CUSTOM_VOCABULARY).is_file():
+        train_hint = (
+            ", or train with data.generate=true (what `hqm demo` does)" if root_option == "data.root" else ""
+        )
         raise DatasetNotFoundError(
-            f"no synthetic benchmark at data.root={root}: {Path(root) / hico_det.CUSTOM_VOCABULARY} not "
-            f"found; write one with `hqm synth --out {root}`, or train with data.generate=true (what "
-            "`hqm demo` does)"
+            f"no synthetic benchmark at {_root_words(root_option, root)}: "
+            f"{Path(root) / hico_det.CUSTOM_VOCABULARY} not found; write one with `hqm synth --out {root}`"
+            + train_hint
         )
     return _loader(dataset).load_meta(Path(root), name=dataset)
+
+
+def _root_words(root_option: str, root: str | os.PathLike) -> str:
+    """``data.root=R`` / ``--root R``: the root as the user wrote it."""
+    return f"{root_option}={root}" if not root_option.startswith("-") else f"{root_option} {root}"
 
 
 def load_annotations(
@@ -51,6 +63,7 @@ def load_annotations(
     on_bad_record: str = "error",
     check_images: bool = True,
     log: IssueLog | None = None,
+    root_option: str = "data.root",
 ) -> list[ImageAnnotation]:
     """Parsed and validated records of ``split`` ("train" | "test").
 
@@ -58,14 +71,15 @@ def load_annotations(
     contiguous object indices, HOI rows ``[subject, object (-1: no object), verb]`` in file order.
     ``on_bad_record``: "error" raises ``DatasetError`` naming file, record and field; "skip" drops the
     bad part and logs one summary warning (logger ``hqm.data``); ``log``: collect the problems in
-    this ``IssueLog`` instead (see ``parse_records``).
+    this ``IssueLog`` instead (see ``parse_records``). A missing annotation file raises
+    ``DatasetNotFoundError`` naming the root as ``root_option`` (see ``load_meta``).
     """
     image_folder, ann_file = split_paths(dataset, root, split)
     if not ann_file.is_file():
         img, ann = _loader(dataset).SPLITS[split]
         raise DatasetNotFoundError(
-            f"no {dataset} dataset at data.root={root}: {ann} not found there (layout: {img}/ and {ann}; "
-            "see the README's Datasets section)"
+            f"no {dataset} dataset at {_root_words(root_option, root)}: {ann} not found there "
+            f"(layout: {img}/ and {ann}; see the README's Datasets section)"
         )
     rules = _loader(dataset).record_rules(Path(root), split)
     return parse_records(ann_file, image_folder, rules, on_bad_record, check_images, log)

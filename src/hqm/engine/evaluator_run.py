@@ -134,9 +134,11 @@ def evaluate_file(
     from hqm.evaluation import build_evaluator
     from hqm.evaluation.predictions_io import PredictionsFormatError, load_predictions
 
-    meta = load_meta(dataset, root)
-    test_ann = load_annotations(dataset, root, "test", on_bad_record)
-    train_ann = load_annotations(dataset, root, "train", on_bad_record, check_images=False)
+    meta = load_meta(dataset, root, root_option="--root")
+    test_ann = load_annotations(dataset, root, "test", on_bad_record, root_option="--root")
+    train_ann = load_annotations(
+        dataset, root, "train", on_bad_record, check_images=False, root_option="--root"
+    )
     object_ids, verb_offset = file_ids(dataset, root)
     preds = load_predictions(
         predictions, object_ids, verb_offset, meta.no_object_class, meta.num_verb_classes
