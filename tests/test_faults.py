@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import hqm.output
 from conftest import TINY_DATA_64, TINY_OVERRIDES
 from hqm.cli import main
-from hqm.engine import checkpoint as ckpt_module
 from hqm.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from hqm.engine.trainer import Trainer
 from hqm.errors import OutputError
@@ -233,7 +233,7 @@ class FullDisk(io.FileIO):
 def test_full_disk_during_a_checkpoint_write(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"step": 1, "w": torch.zeros(10)})
-    monkeypatch.setattr(ckpt_module, "open", lambda p, mode: FullDisk(p, mode), raising=False)
+    monkeypatch.setattr(hqm.output, "open_new", lambda p, mode="wb": FullDisk(p, "w"))
     with pytest.raises(OutputError, match="no space left on the device; the previous last.pt is intact"):
         save_checkpoint(path, {"step": 2, "w": torch.zeros(100_000)})
     assert load_checkpoint(path)["step"] == 1
@@ -258,17 +258,17 @@ def test_file_size_limit_of_the_kernel_during_a_checkpoint_write(tmp_path):
 
 def test_full_disk_during_training_stops_with_the_resume_command(tiny_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    real_open = open
+    real_open_new = hqm.output.open_new
     writes = []
 
-    def disk_fills_on_the_second_checkpoint(p, mode="r", *args, **kwargs):
-        if "w" in mode and Path(p).name.startswith(".last.pt.tmp"):
+    def disk_fills_on_the_second_checkpoint(p, mode="wb"):
+        if Path(p).name.startswith(".last.pt.tmp"):
             writes.append(p)
             if len(writes) >= 2:
-                return FullDisk(p, mode)
-        return real_open(p, mode, *args, **kwargs)
+                return FullDisk(p, "w")
+        return real_open_new(p, mode)
 
-    monkeypatch.setattr(ckpt_module, "open", disk_fills_on_the_second_checkpoint, raising=False)
+    monkeypatch.setattr(hqm.output, "open_new", disk_fills_on_the_second_checkpoint)
     assert main(hqm_train(tiny_root, out)) == 1
     line = last_line(capsys)
     assert (

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from hqm.errors import OutputError, UsageError
-from hqm.output import check_new_output, write_atomic
+from hqm.output import check_new_output, replacing, write_atomic
 
 
 def test_write_atomic_creates_missing_folders_and_leaves_no_temporary_file(tmp_path):
@@ -32,6 +32,24 @@ def test_a_failed_write_keeps_the_old_file_whole(tmp_path, monkeypatch):
         write_atomic(path, b"new", "write the weights to")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["weights.pt"]
+
+
+def test_a_durable_write_reaches_the_disk_before_the_rename_and_the_folder_after_it(tmp_path, monkeypatch):
+    """replacing(durable=True) (checkpoints): fsync of the data before os.replace, of the folder after."""
+    events = []
+    real_replace = os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")))
+    )
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b)))
+    path = tmp_path / "last.pt"
+    with replacing(path, durable=True) as f:
+        f.write(b"state")
+    assert events == [("fsync", False), ("replace", None), ("fsync", True)] and path.read_bytes() == b"state"
+    events.clear()
+    with replacing(path) as f:  # the default: no fsync
+        f.write(b"other")
+    assert events == [("replace", None)]
 
 
 def test_check_new_output_refuses_an_existing_file_a_folder_and_the_input(tmp_path):

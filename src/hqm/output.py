@@ -68,17 +68,38 @@ def open_new(path: Path, mode: str = "wb"):
 
 
 @contextmanager
-def replacing(path: Path, mode: str = "wb"):
+def replacing(path: Path, mode: str = "wb", durable: bool = False):
     """A new temporary file beside ``path`` (:func:`temp_path`, :func:`open_new`), moved onto
-    ``path`` (``os.replace``) when the block succeeds and deleted when it fails: nothing is written
-    through a link at ``path``, and a hard link's other names keep their content."""
+    ``path`` (``os.replace``) when the block succeeds and deleted when it fails (an interrupt too):
+    nothing is written through a link at ``path``, and a hard link's other names keep their content.
+    ``durable``: the data is flushed to the disk (``fsync``) before the rename and the folder after
+    it, so that a power loss leaves the old file or the new one (checkpoints)."""
     tmp = temp_path(path)
     try:
         with open_new(tmp, mode) as f:
             yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    if durable:
+        sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """``fsync`` ``folder`` so that a rename in it survives a power loss (POSIX; best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, what: str = "write") -> None:

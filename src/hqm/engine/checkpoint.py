@@ -39,6 +39,7 @@ import torch
 from hqm import __version__
 from hqm.engine.resume_policy import ResumeError
 from hqm.errors import NotFoundError, output_error, write_fault
+from hqm.output import replacing, temp_path
 from hqm.zoo.safe_load import CheckpointError, safe_torch_load
 
 
@@ -83,35 +84,16 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     Raises :class:`~hqm.errors.OutputError` naming the file when the disk refuses the write (full,
     read-only, quota, permission); the temporary file is removed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:  # a Python file: the disk's errno survives torch's zip writer
+        # a Python file: the disk's errno survives torch's zip writer
+        with replacing(path, durable=True) as f:
             torch.save({**state, "version": __version__}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, Exception) and write_fault(e):
+    except Exception as e:
+        if write_fault(e):
             intact = f"the previous {path.name} is intact" if path.is_file() else ""
             raise output_error(path, e, "write the checkpoint", intact) from None
         raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """``fsync`` the folder so that the rename itself survives a power loss (POSIX; best effort)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -185,7 +167,7 @@ class CheckpointManager:
         save_checkpoint(last, state)
         if self.keep_last >= 2:
             stamped = self.folder / f"step_{step:07d}.pt"
-            tmp = stamped.with_name(f".{stamped.name}.tmp{os.getpid()}")
+            tmp = temp_path(stamped)
             try:
                 try:
                     os.link(last, tmp)
