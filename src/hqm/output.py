@@ -1,7 +1,8 @@
-"""Writing the files ``hqm convert``, ``hqm export`` and ``hqm eval --save-predictions`` produce
-without harming the user's files: an
-existing output is refused unless the user asks to replace it, an input is never an output, and a
-write lands whole or not at all (temporary file in the same folder, then an atomic rename). Output
+"""Writing the files ``hqm convert``, ``hqm export``, ``hqm eval --save-predictions`` and
+``hqm predict`` produce without harming the user's files: an existing output is refused unless the
+user asks to replace it, an input is never an output, and a write lands whole or not at all
+(:func:`replacing`: temporary file in the same folder, then an atomic rename; training checkpoints
+go through it too, durably). Output
 folders (``hqm train``'s run folder, ``hqm predict``'s ``out=``) are made with :func:`make_dirs`,
 and a command that ends up writing nothing removes them again (:func:`remove_empty_dirs`)."""
 
