@@ -326,3 +326,15 @@ def test_a_folder_where_a_file_goes_is_named_as_a_folder(tmp_path, capsys):
     )
     one_line(capsys, ["train", str(folder)], 2, "imgs' is a folder: give a YAML file")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_torchrun_worker_other_than_rank_0_tags_its_error_line(capsys, monkeypatch):
+    # every rank printed the same untagged line: N copies read as N different failures
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "qpic_r18_synthetic", "train.epohcs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hqm train [rank 1]: error: unknown config key 'train.epohcs'"), err
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "qpic_r18_synthetic", "train.epohcs=3"]) == 2
+    assert capsys.readouterr().err.startswith("hqm train: error: unknown config key")

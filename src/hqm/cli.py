@@ -550,6 +550,16 @@ def _user_error(command: str, e: BaseException) -> tuple[str, int] | None:
     return None
 
 
+def _command_words(command: str) -> str:
+    """``train``, or ``train [rank 3]`` in a torchrun worker other than rank 0: each worker prints its
+    own error (one rank may fail alone, e.g. a data folder missing on one node), tagged so that the
+    same line from every rank reads as one error seen N times."""
+    from hqm.distributed import launch_rank
+
+    rank = launch_rank()
+    return f"{command} [rank {rank}]" if rank > 0 else command
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # overrides may also follow an option (`hqm train CONFIG --overwrite key=value`): argparse stops
@@ -567,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (Exception, KeyboardInterrupt) as e:
-        known = _user_error(args.command, e)
+        known = _user_error(_command_words(args.command), e)
         if known is None:
             raise  # a bug: the traceback is what a bug report needs
         if debug:
