@@ -130,6 +130,27 @@ def test_folded_frozen_bn_equals_module_forward(name):
         torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-4 * r.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stem_max_pool_in_channels_last_gives_the_same_values_in_nchw(dtype):
+    """Without a gradient the CPU stem max-pool runs in channels_last (about 10x faster) and gives
+    the NCHW result back: equal values (ties, negatives, odd sizes, padding) and the NCHW layout."""
+    from hqm.models.backbone import max_pool
+
+    pool = torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    torch.manual_seed(0)
+    x = torch.randint(-3, 3, (2, 8, 33, 47)).to(dtype)  # many ties
+    with torch.no_grad():
+        got = max_pool(pool, x)
+    assert (
+        torch.equal(got, pool(x))
+        and got.is_contiguous()
+        and not x.is_contiguous(memory_format=torch.channels_last)
+    )
+    xg = torch.randn(2, 8, 16, 16, dtype=dtype, requires_grad=True)  # a trainable stem: plain path
+    max_pool(pool, xg).sum().backward()
+    assert xg.grad is not None and torch.equal(max_pool(pool, xg.detach()), pool(xg.detach()))
+
+
 def test_backbone_width_64_is_torchvision_resnet():
     """The default width builds torchvision's own network: every parameter name and shape as in
     ``torchvision.models.resnet18`` / ``resnet50`` (released checkpoints load unchanged)."""
