@@ -185,6 +185,32 @@ def test_grey_arrays_exif_photos_and_ambiguous_inputs(detector, tmp_path):
             detector.predict(bad)
 
 
+def test_prediction_options_and_inputs_are_checked_as_the_cli_checks_them(detector, trained):
+    """top_k=-1 silently returned all but the last triplet (a slice), threshold=1.5 / nan and size=0
+    passed in silence, size=-5 blamed the image, predict(5) was a TypeError from deep inside."""
+    from hqm import HOIDetector
+    from hqm.api import PredictOptionError
+
+    image = np.zeros((40, 50, 3), np.uint8)
+    bad = [
+        {"top_k": -1}, {"top_k": 0}, {"top_k": 2.5}, {"top_k": True},
+        {"threshold": -0.1}, {"threshold": 1.5}, {"threshold": float("nan")}, {"threshold": "0.3"},
+        {"threshold": None}, {"size": 0}, {"size": -5}, {"size": 64.5}, {"batch_size": 0},
+    ]  # fmt: skip
+    for options in bad:
+        ((key, value),) = options.items()
+        with pytest.raises(PredictOptionError, match=f"^{key}={value!r}: must be"):
+            detector.predict(image, **options)
+    with pytest.raises(PredictOptionError, match="top_k=0"):
+        next(detector.iter_predict([image], top_k=0))
+    for nothing in (5, None):
+        with pytest.raises(PredictOptionError, match="give a path, a PIL image, an array, a tensor"):
+            detector.predict(nothing)
+    with pytest.raises(PredictOptionError, match="size=0"):
+        HOIDetector.from_checkpoint(trained["ckpt"], size=0)
+    assert len(detector.predict(image, threshold=1, top_k=1)[0]) <= 1  # the bounds themselves pass
+
+
 def test_export_roundtrip(detector, trained, tmp_path):
     from hqm import HOIDetector
     from hqm.cli import main

@@ -210,6 +210,14 @@ def test_eval_file_missing_root_names_the_option_it_was_given_with(tmp_path, cap
     assert main(["check-data", "qpic_r18_synthetic", f"data.root={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert f"at data.root={tmp_path}:" in err and "data.generate=true" in err
+    notes = tmp_path / "notes.txt"  # a file as the root was told to `hqm synth --out notes.txt`
+    notes.write_text("mine")
+    args = ["eval-file", "--dataset", "synthetic", "--root", str(notes), "--predictions", "p.json"]
+    one_line(capsys, args, 2, f"--root {notes} is a file, not a dataset folder")
+    one_line(
+        capsys, ["check-data", "qpic_r18_synthetic", f"data.root={notes}"], 2, "is a file, not a dataset"
+    )
+    assert notes.read_text() == "mine"
 
 
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(capsys, monkeypatch):

@@ -132,7 +132,9 @@ def test_predict_errors_are_one_line(setup, capsys):
     for bad in ("2", "-1", "nan"):  # a triplet score is in [0, 1]
         assert _predict(setup, setup["imgs"], setup["tmp"] / "x", f"threshold={bad}") == 2
         err = capsys.readouterr().err
-        assert f"threshold={bad}: must be between 0 and 1" in err and len(err.strip().splitlines()) == 1
+        assert (
+            f"threshold={bad}: must be a number between 0 and 1" in err and len(err.strip().splitlines()) == 1
+        )
     assert not (setup["tmp"] / "x").exists()
 
 

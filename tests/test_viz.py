@@ -83,6 +83,51 @@ def test_save_refuses_to_draw_over_the_input_image(tmp_path):
         _preds().save(photo / "drawn.png")
 
 
+def test_save_without_image_refuses_the_predicted_file_and_unknown_types(tmp_path):
+    """``p.save(p.file_name)`` (no image=: the drawing is made on the predicted file) replaced the
+    user's photo; ``save("x")`` / ``save("new/x.txt")`` failed inside PIL after creating ``new/``."""
+    import dataclasses
+
+    from hqm.errors import UsageError
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.full((100, 120, 3), 7, np.uint8)).save(photo)
+    before = photo.read_bytes()
+    p = dataclasses.replace(_preds(), file_name=str(photo))
+    with pytest.raises(UsageError, match=r"photo\.jpg is the input image"):
+        p.save(photo)
+    assert photo.read_bytes() == before
+    with pytest.raises(UsageError, match="no file extension; end the name with .png or .jpg"):
+        p.save(tmp_path / "x")
+    with pytest.raises(UsageError, match=r"unknown file type \.txt"):
+        p.save(tmp_path / "new" / "x.txt")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["photo.jpg"]  # no folder, no file made
+    p.save(tmp_path / "drawn.jpg")  # drawn on the predicted file, saved elsewhere
+    assert Image.open(tmp_path / "drawn.jpg").format == "JPEG"
+
+
+def test_save_replaces_a_link_instead_of_writing_through_it(tmp_path):
+    target = tmp_path / "mine.json"
+    target.write_text("my notes")
+    link = tmp_path / "out.json"
+    link.symlink_to(target)
+    _preds().save(link)
+    assert target.read_text() == "my notes" and not link.is_symlink()
+    assert link.read_text().startswith('{"file_name": "x.jpg"')
+
+
+def test_drawing_on_an_image_of_another_shape_is_refused():
+    """Predictions for a 120 x 100 image drawn on a 500 x 500 one put every box elsewhere."""
+    from hqm.viz.draw import ImageMismatchError
+
+    with pytest.raises(
+        ImageMismatchError, match="500 x 500 pixels but the predictions of x.jpg are for a 120"
+    ):
+        _preds().plot(np.zeros((500, 500, 3), np.uint8))
+    assert _preds().plot(np.zeros((50, 60, 3), np.uint8)).size == (576, 480)  # a resized copy is fine
+    assert _preds().plot(np.zeros((51, 60, 3), np.uint8)).size[1] == 480  # rounding of a resize
+
+
 def test_query_attention_maps_stay_at_feature_resolution():
     # one image, 2 heads, 4 queries, a 2x4 feature map whose last column is batch padding
     scores = torch.full((1, 2, 4, 8), -10.0)

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import numbers
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,33 @@ from torch import Tensor
 
 from hqm.data.images import ImageDecodeError, as_image
 from hqm.device import resolve_device
+from hqm.errors import UsageError
 from hqm.structures import ClassMismatchError, DatasetMeta, HOIPredictions
+
+
+class PredictOptionError(UsageError, ValueError):
+    """A prediction option out of its range or of the wrong type (``threshold``, ``top_k``,
+    ``batch_size``, ``size``, ``max_size``), or an input that is no image nor list of images."""
+
+
+def check_predict_options(typed: dict[str, str] | None = None, **options: Any) -> None:
+    """Raise :class:`PredictOptionError` naming ``key=value`` unless ``threshold`` is a number in
+    [0, 1] (a triplet score) and every other option given (``top_k``, ``batch_size`` / ``batch``,
+    ``size``, ``max_size``) is an integer >= 1 or ``None`` (the default). ``hqm predict``
+    checks its options here too, before loading the model; ``typed``: the values as the user typed
+    them (``{"threshold": "2"}``), shown in the message instead of the parsed ones."""
+    for key, value in options.items():
+        if value is None and key != "threshold":
+            continue
+        if key == "threshold":
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= 1
+            rule = "a number between 0 and 1 (a triplet score)"
+        else:
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+            rule = "an integer >= 1"
+        if not ok:  # NaN fails the comparison too
+            shown = (typed or {}).get(key, repr(value))
+            raise PredictOptionError(f"{key}={shown}: must be {rule}")
 
 
 def _as_items(images: Any) -> list[tuple[Any, str]]:
@@ -46,6 +73,11 @@ def _as_items(images: Any) -> list[tuple[Any, str]]:
         images = [images]
     elif torch.is_tensor(images):
         images = list(images) if images.dim() == 4 else [images]
+    elif not isinstance(images, Iterable) or isinstance(images, (bytes, dict)):
+        raise PredictOptionError(
+            f"cannot predict on {type(images).__name__} {images!r:.40}: give a path, a PIL image, an "
+            "array, a tensor, or a list of those"
+        )
     items = []
     for i, im in enumerate(images):
         if isinstance(im, (str, os.PathLike)):
@@ -103,6 +135,7 @@ class HOIDetector:
     ):
         from hqm.detectors import build_postprocessor
 
+        check_predict_options(size=size, max_size=max_size, batch_size=batch_size)
         self.cfg = cfg
         self.meta = meta
         self.device = resolve_device(device)
@@ -138,6 +171,7 @@ class HOIDetector:
         from hqm.detectors import build_model
         from hqm.zoo import read_state_dict, resolve_model_config
 
+        check_predict_options(size=size, max_size=max_size, batch_size=batch_size)  # before any loading
         device = resolve_device(device)  # a device this machine lacks: an error before any loading
         state, info = read_state_dict(path)
         resolved = resolve_model_config(info, path, config, overrides)
@@ -308,6 +342,7 @@ class HOIDetector:
         resize (a side of 0 pixels), is left out of its chunk with one warning line naming it (logger
         ``hqm``) instead of raising ``ImageDecodeError``; the yielded items are those predicted.
         An array or tensor of a shape or dtype that cannot be read still raises ``ValueError``."""
+        check_predict_options(threshold=threshold, top_k=top_k, batch_size=batch_size, size=size)
         items = _as_items(images)
         run = self._run(items, threshold, top_k, return_attention, batch_size, size, skip_unreadable)
         for kept, preds, maps in run:
@@ -337,11 +372,14 @@ class HOIDetector:
         input at stride 32), whatever the photo's size; ``hqm.viz.attention.upsample_map(m, (H, W))``
         resizes one to the image.
 
-        Raises ``ValueError`` naming the file, or the shape and dtype, for an input that cannot be
+        Raises ``PredictOptionError`` (a ``ValueError``) for an option out of range (``threshold``
+        not in [0, 1]; ``top_k``, ``batch_size``, ``size`` not an integer >= 1) or an input that is no
+        image; ``ValueError`` naming the file, or the shape and dtype, for an input that cannot be
         read unambiguously (see the module docstring); ``ImageDecodeError`` (a ``ValueError``) for a
         file that cannot be decoded or an image so elongated that the resize would leave a side of
         0 pixels.
         """
+        check_predict_options(threshold=threshold, top_k=top_k, batch_size=batch_size, size=size)
         items = _as_items(images)
         preds: list = [None] * len(items)
         maps: list = [None] * len(items)
@@ -370,6 +408,7 @@ class HOIDetector:
         from hqm.data import build_meta, load_annotations
         from hqm.engine.evaluate import build_eval_setup
 
+        check_predict_options(batch_size=batch_size)
         cfg = copy.deepcopy(self.cfg)
         if root is not None:
             cfg.data.root = str(root)

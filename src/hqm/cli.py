@@ -173,25 +173,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _number(extra: dict, key: str, kind: type, default, at_most: float | None = None):
+def _number(extra: dict, key: str, kind: type, default):
     """``key=VALUE`` of ``hqm predict`` as ``kind`` (``default`` when absent); a usage error if not a
-    number of that kind, below 0 (an int: below 1) or above ``at_most``."""
+    number of that kind (the range is checked by ``hqm.api.check_predict_options``)."""
     if key not in extra:
         return default
     try:
-        value = kind(extra[key])
+        return kind(extra[key])
     except ValueError:
         expected = "an integer" if kind is int else "a number"
         raise UsageError(f"{key}={extra[key]}: expected {expected}") from None
-    low, high = (1 if kind is int else 0), (float("inf") if at_most is None else at_most)
-    if not low <= value <= high:  # NaN fails too
-        bound = f">= {low}" if at_most is None else f"between {low} and {at_most:g}"
-        raise UsageError(f"{key}={extra[key]}: must be {bound}")
-    return value
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hqm.api import HOIDetector
+    from hqm.api import HOIDetector, check_predict_options
     from hqm.viz.predict_files import predict_to_dir
 
     keys = ("source", "out", "threshold", "top_k", "size", "batch", "weights", "device")
@@ -209,8 +204,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for key in ("source", "out"):
         if not extra.get(key, "").strip():  # out= (empty) would write into the current folder
             raise UsageError(f"{key}=... is required" + (" (it is empty)" if key in extra else ""))
-    threshold = _number(extra, "threshold", float, 0.0, at_most=1.0)  # a triplet score
+    threshold = _number(extra, "threshold", float, 0.0)
     top_k, batch, size = (_number(extra, k, int, None) for k in ("top_k", "batch", "size"))
+    check_predict_options(extra, threshold=threshold, top_k=top_k, batch=batch, size=size)  # before loading
     from hqm.engine.logging import setup_logging
 
     setup_logging(None, True)  # one line per skipped file, model-loading notes

@@ -208,22 +208,40 @@ class HOIPredictions:
         return draw_predictions(image, self, top_k=top_k, threshold=threshold)
 
     def save(self, path, image=None, top_k: int = 10, threshold: float = 0.0) -> None:
-        """Save the drawing (``.png``/``.jpg``) or the JSON (``.json``) to ``path`` (an existing file
-        there is replaced; missing folders are created). Raises ``hqm.errors.UsageError`` when
-        ``path`` is the ``image`` file itself (a path, or a PIL image opened from it): the drawing
-        would replace the photo."""
+        """Save the drawing (any image type PIL writes: ``.png``, ``.jpg``, ...) or the JSON
+        (``.json``) to ``path`` (an existing file there is replaced, through a temporary file and a
+        rename: a link at ``path`` is replaced, not written through; missing folders are created,
+        and removed again when the write fails). ``image``: what to draw on (see :meth:`plot`;
+        default: the predicted file). Raises ``hqm.errors.UsageError`` when ``path`` is the image
+        drawn on (given, a PIL image opened from it, or the predicted file itself): the drawing would
+        replace the photo; or when its extension names no known file type."""
         import os
 
-        from hqm.output import check_new_output, same_file
+        from PIL import Image
+
+        from hqm.output import check_new_output, make_dirs, remove_empty_dirs, replacing, same_file
 
         path = str(path)
         source = image if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "")
+        if image is None:  # plot() then draws on the predicted file: the same photo
+            source = self.file_name
         if source and same_file(path, source):
             raise UsageError(f"{path} is the input image: save the drawing to another path")
-        check_new_output(path, overwrite=True)  # not a folder, nor under a file (one-line UsageError)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if path.lower().endswith(".json"):
-            with open(path, "w") as f:
-                f.write(self.to_json())
-        else:
-            self.plot(image, top_k=top_k, threshold=threshold).save(path)
+        out = check_new_output(path, overwrite=True)  # not a folder, nor under a file (one-line error)
+        ext = out.suffix.lower()
+        image_format = None if ext == ".json" else Image.registered_extensions().get(ext)
+        if ext != ".json" and image_format is None:
+            what = f"unknown file type {ext}" if ext else "no file extension"
+            raise UsageError(
+                f"{path}: {what}; end the name with .png or .jpg (a drawing) or .json (the triplets)"
+            )
+        created = make_dirs(out.parent, "path")
+        try:
+            with replacing(out) as f:
+                if image_format is None:
+                    f.write(self.to_json().encode())
+                else:
+                    self.plot(image, top_k=top_k, threshold=threshold).save(f, format=image_format)
+        except BaseException:
+            remove_empty_dirs(created)
+            raise

@@ -39,6 +39,7 @@ def load_meta(dataset: str, root: str | os.PathLike, root_option: str = "data.ro
     Raises ``DatasetNotFoundError`` when a synthetic benchmark's vocabulary file is missing; its
     message names the root as ``root_option`` (the option the user set it with: ``data.root`` in a
     config, ``--root`` for ``hqm eval-file``)."""
+    _check_root_folder(root, root_option)
     if dataset == "synthetic" and not (Path(root) / hico_det.CUSTOM_VOCABULARY).is_file():
         train_hint = (
             ", or train with data.generate=true (what `hqm demo` does)" if root_option == "data.root" else ""
@@ -49,6 +50,15 @@ def load_meta(dataset: str, root: str | os.PathLike, root_option: str = "data.ro
             + train_hint
         )
     return _loader(dataset).load_meta(Path(root), name=dataset)
+
+
+def _check_root_folder(root: str | os.PathLike, root_option: str) -> None:
+    """Raise ``DatasetNotFoundError`` when ``root`` exists but is no folder (a file given as root)."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DatasetNotFoundError(
+            f"{_root_words(root_option, root)} is a file, not a dataset folder: give the folder that "
+            "holds annotations/ and images/"
+        )
 
 
 def _root_words(root_option: str, root: str | os.PathLike) -> str:
@@ -74,6 +84,7 @@ def load_annotations(
     this ``IssueLog`` instead (see ``parse_records``). A missing annotation file raises
     ``DatasetNotFoundError`` naming the root as ``root_option`` (see ``load_meta``).
     """
+    _check_root_folder(root, root_option)
     image_folder, ann_file = split_paths(dataset, root, split)
     if not ann_file.is_file():
         img, ann = _loader(dataset).SPLITS[split]

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from hqm.data.images import as_image, pil_from
+from hqm.errors import UsageError
 from hqm.structures import HOIPredictions
 
 HUMAN_COLOR = (255, 255, 255)  # white with a black rim: never confused with a class colour
@@ -120,9 +121,22 @@ def draw_pairs(
     return canvas
 
 
+class ImageMismatchError(UsageError, ValueError):
+    """The image given to draw on has another shape than the image the predictions were made on."""
+
+
 def scaled_canvas(image: Any, preds: HOIPredictions, min_side: int) -> tuple[Image.Image, float]:
     """The image as RGB, upscaled so that its short side is at least ``min_side``; and the scale."""
     canvas = to_pil(image if image is not None else _default_image(preds), preds.image_size)
+    h, w = preds.image_size
+    if image is not None and h > 0 and w > 0:  # a resized copy is fine; another shape moves every box
+        expected_width = canvas.height * w / h
+        if abs(canvas.width - expected_width) > max(2.0, 0.02 * expected_width):  # 2 px: rounding
+            raise ImageMismatchError(
+                f"the image to draw on is {canvas.width} x {canvas.height} pixels but the predictions of "
+                f"{preds.file_name or 'this image'} are for a {w} x {h} image (another shape): draw on "
+                "the image they were predicted on (or a resized copy of it)"
+            )
     scale = max(1.0, min_side / max(1, min(canvas.size)))
     if scale > 1.0:
         canvas = canvas.resize((round(canvas.width * scale), round(canvas.height * scale)), Image.BILINEAR)
@@ -140,6 +154,8 @@ def draw_predictions(
 ) -> Image.Image:
     """The ``top_k`` best pairs with score >= ``threshold`` drawn on ``image`` (path, PIL image,
     HxWx3 uint8 array, (3, H, W) tensor in [0, 1], or None: the predictions' file, else a grey
-    canvas). Returns a new RGB PIL image (short side >= ``min_side``)."""
+    canvas). Returns a new RGB PIL image (short side >= ``min_side``). Raises
+    ``ImageMismatchError`` (a ``ValueError``) for an image of another shape than the one predicted
+    on (aspect ratios more than 2% apart)."""
     canvas, scale = scaled_canvas(image, preds, min_side)
     return draw_pairs(canvas, preds, group_pairs(preds, top_k, threshold), scale)
