@@ -78,6 +78,31 @@ def tiny_root(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("synth") / "tiny", preset="tiny")
 
 
+def tiny_checkpoint(root, path, detector: str = "qpic"):
+    """An untrained checkpoint of the tiny ``detector`` for the tiny benchmark at ``root``, as
+    ``hqm train`` writes one (weights, config, meta), saved at ``path`` (returned): for commands'
+    checks of their inputs, not their numbers."""
+    from hqm.config import config_to_dict
+    from hqm.data import build_meta
+    from hqm.detectors import build_model
+    from hqm.engine.checkpoint import save_checkpoint
+
+    cfg = tiny_detector_cfg(detector, TINY_DATA_64 + [f"data.root={root}"])
+    meta = build_meta(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg, meta.num_obj_classes, meta.num_verb_classes)
+    save_checkpoint(
+        path, {"model": model.state_dict(), "config": config_to_dict(cfg), "meta": meta.to_dict()}
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_root, tmp_path_factory):
+    """:func:`tiny_checkpoint` of QPIC on ``tiny_root`` (read-only for tests)."""
+    return tiny_checkpoint(tiny_root, tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
 @pytest.fixture
 def tiny_cfg() -> Config:
     return load_config(None, TINY_OVERRIDES)

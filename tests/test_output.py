@@ -100,3 +100,34 @@ def test_a_path_ending_with_a_slash_is_refused(tmp_path):
     with pytest.raises(UsageError, match="ends with a slash"):
         check_new_output(f"{notes}/", overwrite=True)
     assert notes.read_text() == "mine"
+
+
+def test_eval_refuses_to_save_predictions_in_the_data_set(tiny_root, tiny_ckpt, tmp_path, capsys):
+    """``hqm eval CKPT data.root=copy --save-predictions copy/annotations/test_hico.json --overwrite``
+    replaced the test annotation file the evaluation reads; any path in data.root itself or in its
+    image / annotation folders is refused now, --overwrite or not, before the evaluation."""
+    import shutil
+
+    from hqm.cli import main
+
+    data = tmp_path / "datacopy"
+    shutil.copytree(tiny_root, data)
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    for out, where in (
+        (data / "annotations" / "test_hico.json", f"the data set's folder {data.resolve() / 'annotations'}"),
+        (data / "preds.json", "data.root"),
+        (data / "images" / "test2015" / "preds.json", "the data set's folder"),
+        (tmp_path / "elsewhere" / ".." / "datacopy" / "annotations" / "p.json", "the data set's folder"),
+    ):
+        for extra in ([], ["--overwrite"]):
+            argv = ["eval", str(tiny_ckpt), f"data.root={data}", "--save-predictions", str(out), *extra]
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            line = err.strip().splitlines()[-1]
+            assert "Traceback" not in err and line.startswith("hqm eval: error: --save-predictions")
+            assert f"is inside {where}" in line and "choose a path outside the data set" in line
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+    # a folder of the user's own under data.root is not the data set's: written there
+    out = data / "mine" / "preds.json"
+    assert main(["eval", str(tiny_ckpt), f"data.root={data}", "--save-predictions", str(out)]) == 0
+    assert out.is_file()

@@ -106,6 +106,27 @@ def split_paths(dataset: str, root: str | os.PathLike, split: str) -> tuple[Path
     return Path(root) / img, Path(root) / ann
 
 
+def dataset_folder_holding(
+    folder: str | os.PathLike, dataset: str, root: str | os.PathLike
+) -> tuple[Path, str] | None:
+    """The data set folder that ``folder`` (where an output would be written) is or lies in, and how
+    to name it; None when it is outside them. The data set's folders: ``root`` itself (only when
+    ``folder`` is ``root``: other folders under it, e.g. ``root/runs``, are not the data set's) and,
+    with everything under them, the image and annotation folders of both splits and the image
+    folders' parents (``images/``). Keeps ``hqm train``'s run folder and ``hqm eval
+    --save-predictions`` away from the user's data (resolved paths: links and ``..`` too)."""
+    top = Path(root).resolve()
+    folders = {top}
+    for split in SPLITS:
+        images, annotations = split_paths(dataset, root, split)
+        folders |= {images.resolve(), images.parent.resolve(), annotations.parent.resolve()}
+    where = Path(folder).resolve()
+    inside = next((f for f in sorted(folders) if where == f or (f != top and f in where.parents)), None)
+    if inside is None:
+        return None
+    return inside, "data.root" if inside == top else f"the data set's folder {inside}"
+
+
 def file_ids(dataset: str, root: str | os.PathLike) -> tuple[list[int], int]:
     """How annotation / prediction files spell classes: (category id of every contiguous object
     class, verb id offset: file verb id = contiguous verb + offset)."""

@@ -11,6 +11,7 @@ from hqm.device import resolve_device
 from hqm.distributed import barrier, cleanup, get_rank, get_world_size, init_distributed
 from hqm.engine.evaluate import build_eval_setup
 from hqm.engine.logging import LOGGER, setup_logging
+from hqm.errors import UsageError
 from hqm.evaluation.base import gather_records
 
 
@@ -38,18 +39,18 @@ def evaluate_checkpoint(
     weights carry no config: ``config`` is required. Raises ``WeightsMismatchError`` (listing the
     keys) when the weights do not fit the model, ``ValueError`` when the checkpoint's classes differ
     from the dataset's and ``DatasetError`` naming the missing file when ``data.root`` holds no such
-    dataset, before any evaluation runs; an existing ``save_predictions`` file (or the weights file
-    itself) is refused with ``UsageError`` before anything is read, unless ``overwrite``.
+    dataset, before any evaluation runs. ``save_predictions`` is refused with ``UsageError`` once the
+    config is known, before the evaluation: a path in the data set's folders (``data.root``, its
+    image and annotation folders: the annotations the evaluation reads are there; ``overwrite`` or
+    not), the weights file itself, and an existing file unless ``overwrite``.
     """
     from hqm.zoo import read_state_dict, resolve_model_config
 
-    if save_predictions:
-        from hqm.output import check_new_output
-
-        check_new_output(save_predictions, overwrite, (weights,))
     state, info = read_state_dict(weights)
     resolved = resolve_model_config(info, weights, config, overrides)
     cfg = resolved.cfg
+    if save_predictions:
+        _check_predictions_path(save_predictions, overwrite, weights, cfg)
     resolve_device(cfg.device)  # a device this machine lacks: one clear error, before anything starts
     distributed, local_rank = init_distributed(cfg.device)
     try:
@@ -61,6 +62,24 @@ def evaluate_checkpoint(
         if distributed:
             cleanup()
     return metrics
+
+
+def _check_predictions_path(save_predictions: str, overwrite: bool, weights: str, cfg) -> None:
+    """Refuse (``UsageError``) a predictions file in the data set's folders (see
+    ``hqm.data.build.dataset_folder_holding``; ``--overwrite`` would replace e.g. the test annotation
+    file the evaluation reads, and any file there sits among the user's data), then what
+    ``hqm.output.check_new_output`` refuses (an existing file without ``overwrite``, the weights)."""
+    from hqm.data.build import dataset_folder_holding
+    from hqm.output import check_new_output
+
+    held = dataset_folder_holding(Path(save_predictions).parent, cfg.data.dataset, cfg.data.root)
+    if held is not None:
+        raise UsageError(
+            f"--save-predictions {save_predictions} is inside {held[1]}: it would be written among the "
+            "data set's files (--overwrite could replace an annotation file); choose a path outside the "
+            "data set"
+        )
+    check_new_output(save_predictions, overwrite, (weights,))
 
 
 def _evaluate(cfg, resolved, config, weights, state, info, local_rank, save_predictions):

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from hqm.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from hqm.data import build_dataset, check_synthetic_preset, collate_fn, ensure_synthetic
-from hqm.data.build import split_paths
+from hqm.data.build import dataset_folder_holding
 from hqm.data.dataset import collate_size_grouped, pair_class_counts
 from hqm.data.repeat_factors import repeat_factors
 from hqm.detectors import build_criterion, build_model
@@ -180,15 +180,10 @@ def check_outside_dataset(out: Path, cfg_data) -> None:
     """Refuse (``ConfigError``) a ``train.output_dir`` that is ``data.root`` itself or lies in the
     data set's image or annotation folders: a run would write its lock, logs and checkpoints among
     the user's data (``hqm predict`` refuses its output in the input folder likewise)."""
-    root = Path(cfg_data.root).resolve()
-    folders = {root}
-    for split in ("train", "test"):
-        images, annotations = split_paths(cfg_data.dataset, cfg_data.root, split)
-        folders |= {images.resolve(), images.parent.resolve(), annotations.parent.resolve()}
-    out = out.resolve()
-    inside = next((f for f in sorted(folders) if out == f or (f != root and f in out.parents)), None)
-    if inside is not None:
-        what = "data.root" if inside == root else f"the data set's folder {inside}"
+    held = dataset_folder_holding(out, cfg_data.dataset, cfg_data.root)
+    if held is not None:
+        inside, what = held
+        out = out.resolve()
         raise ConfigError(
             f"train.output_dir={out} is {'' if out == inside else 'inside '}{what}: a run would write "
             "its files among the data; choose a folder outside it (e.g. runs/NAME)"
