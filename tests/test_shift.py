@@ -96,3 +96,27 @@ def test_shifted_test_set_evaluates_and_config_is_checked(tiny_root):
     assert img.shape == img0.shape and not torch.equal(img, img0)
     with pytest.raises(ConfigError, match="eval.shift"):
         load_config(None, TINY_OVERRIDES + ["eval.shift=1.5"])
+
+
+def test_predictions_of_shifted_images_are_not_saved(tiny_ckpt, tiny_root, tmp_path, capsys):
+    """``hqm eval CKPT eval.shift=0.5 --save-predictions s5.json`` wrote boxes in the moved images'
+    coordinates, unmarked, which ``hqm eval-file`` then scored against the unmoved ground truth;
+    refused now (the command line and ``evaluate_checkpoint``), before anything is written."""
+    from hqm.cli import main
+    from hqm.engine.evaluator_run import evaluate_checkpoint
+    from hqm.errors import UsageError
+
+    out = tmp_path / "s5.json"
+    assert main(["eval", str(tiny_ckpt), "eval.shift=0.5", "--save-predictions", str(out)]) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and line.startswith(
+        "hqm eval: error: --save-predictions with eval.shift=0.5"
+    )
+    assert "no ground-truth file holds" in line and "eval.shift=0" in line
+    with pytest.raises(UsageError, match="eval.shift=0.25: the boxes would be in the coordinates"):
+        evaluate_checkpoint(None, str(tiny_ckpt), ["eval.shift=0.25"], save_predictions=str(out))
+    assert not out.exists()
+    # without a shift they are saved (the shifted metrics alone stay available without the file)
+    assert main(["eval", str(tiny_ckpt), "eval.shift=0", "--save-predictions", str(out)]) == 0
+    assert out.is_file()

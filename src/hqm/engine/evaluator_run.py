@@ -40,15 +40,22 @@ def evaluate_checkpoint(
     keys) when the weights do not fit the model, ``ValueError`` when the checkpoint's classes differ
     from the dataset's and ``DatasetError`` naming the missing file when ``data.root`` holds no such
     dataset, before any evaluation runs. ``save_predictions`` is refused with ``UsageError`` once the
-    config is known, before the evaluation: a path in the data set's folders (``data.root``, its
-    image and annotation folders: the annotations the evaluation reads are there; ``overwrite`` or
-    not), the weights file itself, and an existing file unless ``overwrite``.
+    config is known, before the evaluation: with ``eval.shift > 0`` (the boxes would be in the moved
+    images' coordinates, which no ground-truth file holds), a path in the data set's folders
+    (``data.root``, its image and annotation folders: the annotations the evaluation reads are there;
+    ``overwrite`` or not), the weights file itself, and an existing file unless ``overwrite``.
     """
     from hqm.zoo import read_state_dict, resolve_model_config
 
     state, info = read_state_dict(weights)
     resolved = resolve_model_config(info, weights, config, overrides)
     cfg = resolved.cfg
+    if save_predictions and cfg.eval.shift > 0:  # (the checkpoint's own config may set it too)
+        raise UsageError(
+            f"--save-predictions with eval.shift={cfg.eval.shift:g}: the boxes would be in the coordinates "
+            "of the moved test images, which no ground-truth file holds (hqm eval-file would score them "
+            "against the unmoved ones); save the predictions without a shift (eval.shift=0)"
+        )
     if save_predictions:
         _check_predictions_path(save_predictions, overwrite, weights, cfg)
     resolve_device(cfg.device)  # a device this machine lacks: one clear error, before anything starts
