@@ -567,3 +567,49 @@ def test_a_checkpoint_without_its_interaction_decoder_is_refused_as_pretrained(
     report = load_pretrained(build_model(cfg, 80, 5), str(converted), cfg, meta)
     assert any(e.startswith(stack) for e in report.fresh)
     load_pretrained(build_model(cfg, 80, 5), detr, cfg, meta)  # (the default init copies DETR's decoder)
+
+
+def test_convert_says_what_hoi_weights_are_and_how_to_use_them(tiny_root, tmp_path, capsys):
+    """``hqm convert detr-to-hoi`` of a trained CDN checkpoint said "set model.detector=cdn" (convert has
+    no such option) and with ``--detector cdn`` "expected a DETR checkpoint ..., found cdn weights"; a
+    HOTR checkpoint got "unrecognised checkpoint layout". Now one line (exit 2) says what the file is and
+    how to use it as it is; model.pretrained= keeps its model.detector advice."""
+    from conftest import tiny_checkpoint
+    from hqm.cli import main
+    from hqm.zoo.safe_load import CheckpointError
+
+    out = tmp_path / "out.pt"
+
+    def refused(src, *needles, options=()):
+        assert main(["convert", "detr-to-hoi", *options, str(src), str(out)]) == 2
+        err = capsys.readouterr().err
+        line = err.strip().splitlines()[-1]
+        assert "Traceback" not in err and line.startswith(f"hqm convert: error: {src} "), line
+        assert "not DETR weights" in line and "set model.detector" not in line, line
+        for needle in needles:
+            assert needle in line, (needle, line)
+
+    for det in ("qpic", "cdn", "hotr"):
+        ckpt = tiny_checkpoint(tiny_root, tmp_path / f"{det}.pt", det)
+        pretrained = f"model.pretrained={ckpt}" + ("" if det == "qpic" else f" with model.detector={det}")
+        for options in ((), ("--detector", "cdn"), ("--detector", "hotr")):
+            refused(
+                ckpt,
+                f"is already a trained {det} checkpoint",
+                f"hqm eval {ckpt},",
+                pretrained,
+                options=options,
+            )
+    # weights without a config (released-style): the config goes with them
+    bare = tmp_path / "bare.pth"
+    torch.save({"model": safe_torch_load(tmp_path / "cdn.pt")["model"]}, bare)
+    refused(bare, "already holds trained cdn weights (CDN layout, no hqm config)", f"CONFIG weights={bare}")
+    # an earlier conversion
+    init = tmp_path / "init.pt"
+    assert main(["convert", "detr-to-hoi", _save(detr_state_dict()), str(init), "--detector", "cdn"]) == 0
+    capsys.readouterr()
+    refused(init, "initialisation written by hqm convert (DETR -> cdn)", f"model.pretrained={init} with")
+    assert not out.exists()
+    # the loaders' advice is unchanged: there model.detector is the option to set
+    with pytest.raises(CheckpointError, match="these look like cdn weights: set model.detector=cdn"):
+        detect_format(safe_torch_load(bare)["model"], "qpic", bare)

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hqm.errors import UsageError
 from hqm.progress import counted
 from hqm.zoo import classes as _classes  # noqa: F401  (registers the "class_rows" op)
-from hqm.zoo.layouts import check_args, detect_format, get_spec
+from hqm.zoo.layouts import check_args, detect_format, get_spec, read_as_weights
 from hqm.zoo.rename import LoadReport, apply_spec, entry_key, load_partial
 from hqm.zoo.safe_load import CheckpointError, read_state_dict
 
@@ -226,6 +227,56 @@ def load_pretrained(model: nn.Module, path: str, cfg, meta) -> LoadReport:
     return report
 
 
+class NotDetrWeightsError(UsageError, CheckpointError):
+    """``hqm convert detr-to-hoi`` was given HOI weights (a usage error: exit code 2); the message
+    says what the file is and how to use it (:func:`not_detr_weights`)."""
+
+
+#: how a message names each layout the checkpoint tables detect (see their ``detect_layout``)
+LAYOUT_NAMES = {
+    "ours": "hqm",
+    "qpic": "QPIC",
+    "hqm": "HQM's released",
+    "cdn": "CDN",
+    "hotr": "HOTR's released",
+}
+
+
+def not_detr_weights(path: str | os.PathLike, state: dict, rest: dict) -> str | None:
+    """What ``hqm convert detr-to-hoi`` says of a file that already holds HOI weights (a run's
+    checkpoint, released QPIC / HQM / CDN / HOTR weights, an earlier conversion): what it is and how
+    to use it as it is; None for anything else (DETR weights; an unknown layout is named by
+    :func:`detect_format`). Their detector is the one the file's config names, else the first whose
+    tables read it (:func:`read_as_weights`)."""
+    converted, config = rest.get("converted"), rest.get("config")
+    if isinstance(converted, dict):
+        det = converted.get("detector", "qpic")
+        return (
+            f"{path} is already an initialisation written by hqm convert (DETR -> {det}), not DETR "
+            f"weights: use it as it is (model.pretrained={path}{_with_detector(det)})"
+        )
+    detector = (config.get("model") or {}).get("detector") if isinstance(config, dict) else None
+    if detector is not None:
+        return (
+            f"{path} is already a trained {detector} checkpoint (hqm, with its config), not DETR weights: "
+            f"use it directly (hqm eval {path}, or model.pretrained={path}{_with_detector(detector)} to "
+            "start a run from it)"
+        )
+    found = read_as_weights(state)
+    if found is None:
+        return None
+    det, layout = found
+    return (
+        f"{path} already holds trained {det} weights ({LAYOUT_NAMES.get(layout, layout)} layout, no hqm "
+        f"config), not DETR weights: use them directly (hqm eval CONFIG weights={path}, or "
+        f"model.pretrained={path}{_with_detector(det)} to start a run from them)"
+    )
+
+
+def _with_detector(detector: str) -> str:
+    return "" if detector == "qpic" else f" with model.detector={detector}"
+
+
 def convert_detr_file(
     in_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -237,8 +288,9 @@ def convert_detr_file(
     """``hqm convert detr-to-hoi``: write an initialisation file (plain data, ``weights_only``-safe)
     with the converted state dict under ``model`` and the conversion report. ``init``: the
     detector's DETR initialisation (CDN: ``paper`` (default) or ``released``, see ``hqm.zoo.cdn``).
-    An existing ``out_path`` is refused (``UsageError``) unless ``overwrite``; the input never is
-    one; the file is written atomically (``hqm.output``)."""
+    A file of HOI weights (any detector's, or an earlier conversion) raises ``NotDetrWeightsError``
+    saying how to use it as it is. An existing ``out_path`` is refused (``UsageError``) unless
+    ``overwrite``; the input never is one; the file is written atomically (``hqm.output``)."""
     import io
 
     from hqm import __version__
@@ -247,7 +299,10 @@ def convert_detr_file(
 
     spec = get_spec("detr", detector, init)  # an unknown detector or init fails before reading
     out_path = check_new_output(out_path, overwrite, (in_path,))
-    state, _ = read_state_dict(in_path)
+    state, rest = read_state_dict(in_path)
+    trained = not_detr_weights(in_path, state, rest)
+    if trained:
+        raise NotDetrWeightsError(trained)
     source = detect_format(state, detector, in_path)
     if source != "detr":
         raise CheckpointError(

@@ -7,6 +7,8 @@ and detects the file's layout with that detector's tables.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from hqm.config import ConfigError
 from hqm.zoo.cdn import CDN_LAYOUTS
 from hqm.zoo.hotr import HOTR_LAYOUTS
@@ -56,18 +58,25 @@ def detect_format(state: dict, detector: str = "qpic", path: object = None) -> s
     try:
         return get_layouts(detector).detect(state)
     except CheckpointError as e:
-        hint = ""
-        for other, layouts in LAYOUTS.items():
-            if other == detector:
-                continue
-            try:
-                found = layouts.detect(state)
-            except CheckpointError:
-                continue
-            if found != "detr":
-                hint = f"; these look like {other} weights: set model.detector={other}"
-                break
+        other = read_as_weights(state, [d for d in LAYOUTS if d != detector])
+        hint = f"; these look like {other[0]} weights: set model.detector={other[0]}" if other else ""
         raise CheckpointError(f"{str(path) + ': ' if path is not None else ''}{e}{hint}") from None
+
+
+def read_as_weights(state: dict, detectors: Iterable[str] = tuple(LAYOUTS)) -> tuple[str, str] | None:
+    """(detector, layout): the first of ``detectors`` whose tables read ``state`` as HOI weights (a
+    layout other than ``detr``), or None when none does (DETR weights, or an unknown layout). In the
+    default order (QPIC first) a QPIC file is QPIC's, not an initialisation of CDN's."""
+    from hqm.zoo.safe_load import CheckpointError
+
+    for detector in detectors:
+        try:
+            found = get_layouts(detector).detect(state)
+        except CheckpointError:
+            continue
+        if found != "detr":
+            return detector, found
+    return None
 
 
 def check_args(rest: dict, model, path, detector: str) -> None:
