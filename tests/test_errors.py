@@ -93,6 +93,51 @@ def test_resume_on_weights_without_a_config(bad_checkpoints, tiny_root, tmp_path
     one_line(capsys, ["eval", weights], 2, weights, "carries no hqm config")
 
 
+def test_eval_of_what_is_not_a_checkpoint_says_what_it_is_and_the_syntax(
+    bad_checkpoints, tiny_ckpt, tmp_path, capsys
+):
+    """``hqm eval notes.txt`` said "give a checkpoint (hqm eval CKPT), or a config ..." and ``hqm eval
+    detr.pth`` (weights without a config) "name one, e.g. qpic_r50_hico", without the syntax."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    one_line(
+        capsys,
+        ["eval", str(notes)],
+        2,
+        f"{notes} is neither a readable checkpoint (it is not a PyTorch checkpoint",
+        "nor a config (the top level must be a mapping)",
+        "hqm eval CKPT",
+        "hqm eval CONFIG weights=PATH",
+    )
+    one_line(
+        capsys,
+        ["eval", "qpic_r18_synthetic"],
+        2,
+        "qpic_r18_synthetic is a config",
+        "hqm eval qpic_r18_synthetic weights=PATH",
+    )
+    weights = bad_checkpoints["weights"]  # HOI-style weights without a config
+    one_line(capsys, ["eval", str(weights)], 2, "carries no hqm config", f"hqm eval CONFIG weights={weights}")
+    detr = tmp_path / "detr.pth"  # a raw DETR state dict: an initialisation, no HOI heads to evaluate
+    torch.save(
+        {"class_embed.weight": torch.zeros(92, 4), "bbox_embed.layers.0.weight": torch.zeros(4, 4)}, detr
+    )
+    one_line(
+        capsys,
+        ["eval", str(detr)],
+        2,
+        f"{detr} holds DETR weights",
+        f"hqm train CONFIG model.pretrained={detr}",
+        "hqm eval CONFIG weights=",
+    )
+    assert notes.read_text() == "my notes\n"
+    # a checkpoint under a name of its own (not .pt / .pth / .safetensors) is read as one
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(tiny_ckpt.read_bytes())
+    assert main(["eval", str(ckpt), "--json"]) == 0
+    assert "mAP_full" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [

@@ -74,6 +74,38 @@ def _is_weights(target: str) -> bool:
     return p.is_dir() or p.suffix in (".pt", ".pth", ".safetensors")
 
 
+def _eval_weights(target: str) -> str:
+    """``hqm eval TARGET`` without ``weights=``, TARGET not named like weights (``_is_weights``):
+    TARGET itself when it is a file that is not a config but may be a checkpoint (a ``.ckpt``, a
+    ``.bin``); else a ``UsageError`` line saying what TARGET is and the syntax."""
+    from hqm.config import ConfigError, load_config
+
+    syntax = (
+        "give a checkpoint (hqm eval CKPT: a .pt / .pth / .safetensors file or an exported folder), or a "
+        "config and its weights (hqm eval CONFIG weights=PATH)"
+    )
+    try:
+        load_config(target)
+    except ConfigError as e:
+        if not Path(target).is_file():  # neither a file nor a packaged config: the config's line
+            raise UsageError(f"{e} To evaluate: {syntax}") from None
+        if Path(target).suffix in (".yaml", ".yml"):  # meant as a config: what is wrong with it
+            raise
+        from hqm.zoo.safe_load import diagnose_checkpoint_file
+
+        why = diagnose_checkpoint_file(target)
+        if why is None:  # a zip archive or a pickle: read as the checkpoint it may be
+            return target
+        not_config = str(e).removeprefix(f"{Path(target).resolve()}: ")
+        raise UsageError(
+            f"{target} is neither a readable checkpoint ({why}) nor a config ({not_config}): {syntax}"
+        ) from None
+    raise UsageError(
+        f"{target} is a config: give the weights to evaluate with it (hqm eval {target} weights=PATH), or "
+        "a checkpoint alone (hqm eval CKPT)"
+    )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     overrides, extra = _split_overrides(args.overrides, ("weights",))
     config, weights = (None, args.config) if _is_weights(args.config) else (args.config, extra.get("weights"))
@@ -83,7 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "already the weights: drop one of them"
         )
     if weights is None:
-        raise UsageError("give a checkpoint (hqm eval CKPT), or a config with weights=PATH")
+        config, weights = None, _eval_weights(args.config)
     if args.overwrite and not args.save_predictions:
         raise UsageError("--overwrite replaces the --save-predictions file; without one it has nothing to do")
     from hqm.engine.evaluator_run import evaluate_checkpoint

@@ -48,7 +48,7 @@ def evaluate_checkpoint(
     from hqm.zoo import read_state_dict, resolve_model_config
 
     state, info = read_state_dict(weights)
-    resolved = resolve_model_config(info, weights, config, overrides)
+    resolved = resolve_model_config(info, weights, config, overrides, _missing_config(weights, state))
     cfg = resolved.cfg
     if save_predictions and cfg.eval.shift > 0:  # (the checkpoint's own config may set it too)
         raise UsageError(
@@ -69,6 +69,23 @@ def evaluate_checkpoint(
         if distributed:
             cleanup()
     return metrics
+
+
+def _missing_config(weights: str, state: dict) -> str:
+    """What ``hqm eval WEIGHTS`` says when the weights carry no hqm config: the syntax that names one
+    or, for DETR weights (no HOI heads to evaluate), how to start a run from them."""
+    from hqm.zoo.tables import common_layout
+
+    if common_layout(state) == "detr":
+        return (
+            f"{weights} holds DETR weights (no HOI heads to evaluate) and no hqm config: start a run from "
+            f"them (hqm train CONFIG model.pretrained={weights}); HOI weights without a config are "
+            "evaluated with one (hqm eval CONFIG weights=FILE)"
+        )
+    return (
+        f"{weights} carries no hqm config (released weights?): give the config to build its model with: "
+        f"hqm eval CONFIG weights={weights} (e.g. hqm eval qpic_r50_hico weights={weights})"
+    )
 
 
 def _check_predictions_path(save_predictions: str, overwrite: bool, weights: str, cfg) -> None:

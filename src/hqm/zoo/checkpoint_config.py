@@ -65,15 +65,18 @@ def resolve_model_config(
     path: str | os.PathLike,
     config: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
+    missing_config: str | None = None,
 ) -> ResolvedConfig:
     """The config for the weights ``path`` whose non-tensor entries are ``info`` (see the module
-    docstring). Raises ``ConfigError`` when the weights carry no config and none is given."""
+    docstring). Raises ``ConfigError`` when the weights carry no config and none is given: its
+    message is ``missing_config`` (the caller's syntax for naming one), else a generic one."""
     overrides = list(overrides or [])
     own = info.get("config")
     if not isinstance(own, dict):
         if config is None:
             raise ConfigError(
-                f"{path} carries no hqm config (released weights?): name one, e.g. qpic_r50_hico"
+                missing_config
+                or f"{path} carries no hqm config (released weights?): name one, e.g. qpic_r50_hico"
             )
         return ResolvedConfig(load_config(config, overrides))
     try:
