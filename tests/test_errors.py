@@ -131,6 +131,14 @@ def test_eval_of_what_is_not_a_checkpoint_says_what_it_is_and_the_syntax(
         "hqm eval CONFIG weights=",
     )
     assert notes.read_text() == "my notes\n"
+    # hqm predict and the Python API of the same weights: the syntax of each ("name one, e.g. ...")
+    one_line(
+        capsys,
+        ["predict", str(weights), "source=x.jpg", "out=o"],
+        2,
+        f"hqm predict qpic_r50_hico weights={weights}",
+        f"HOIDetector.from_checkpoint('{weights}', config='qpic_r50_hico')",
+    )
     # a checkpoint under a name of its own (not .pt / .pth / .safetensors) is read as one
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(tiny_ckpt.read_bytes())

@@ -76,7 +76,9 @@ def resolve_model_config(
         if config is None:
             raise ConfigError(
                 missing_config
-                or f"{path} carries no hqm config (released weights?): name one, e.g. qpic_r50_hico"
+                or f"{path} carries no hqm config (released weights?): give the config to build its "
+                f"model with: HOIDetector.from_checkpoint({str(path)!r}, config='qpic_r50_hico') in "
+                f"Python, hqm predict qpic_r50_hico weights={path} on the command line"
             )
         return ResolvedConfig(load_config(config, overrides))
     try:
