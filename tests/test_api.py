@@ -206,6 +206,12 @@ def test_prediction_options_and_inputs_are_checked_as_the_cli_checks_them(detect
     for nothing in (5, None):
         with pytest.raises(PredictOptionError, match="give a path, a PIL image, an array, a tensor"):
             detector.predict(nothing)
+    for listed in ([image, 5], [None]):  # an AttributeError from deep inside
+        with pytest.raises(PredictOptionError, match=r"item \d of the input list is a (int|NoneType)"):
+            detector.predict(listed)
+    import hqm
+
+    assert hqm.PredictOptionError is PredictOptionError
     with pytest.raises(PredictOptionError, match="size=0"):
         HOIDetector.from_checkpoint(trained["ckpt"], size=0)
     assert len(detector.predict(image, threshold=1, top_k=1)[0]) <= 1  # the bounds themselves pass

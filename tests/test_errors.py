@@ -399,3 +399,18 @@ def test_a_torchrun_worker_other_than_rank_0_tags_its_error_line(capsys, monkeyp
     monkeypatch.setenv("RANK", "0")
     assert main(["train", "qpic_r18_synthetic", "train.epohcs=3"]) == 2
     assert capsys.readouterr().err.startswith("hqm train: error: unknown config key")
+
+
+def test_rank_and_world_size_without_a_torchrun_launch_is_one_line(capsys, monkeypatch, tmp_path):
+    """RANK / WORLD_SIZE left in the shell without MASTER_ADDR: a 22-line traceback from the
+    env:// rendezvous; now one line saying to launch with torchrun or unset them."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    args = ["train", "qpic_r18_synthetic", "data.root=nope", f"train.output_dir={tmp_path / 'run'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "MASTER_ADDR and MASTER_PORT are not" in err and "torchrun --nproc-per-node" in err
+    assert not (tmp_path / "run").exists()

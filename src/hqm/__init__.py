@@ -2,13 +2,13 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["HOIDetector", "__version__"]
+__all__ = ["HOIDetector", "PredictOptionError", "__version__"]
 
 
 def __getattr__(name: str):
     # lazy: `import hqm` stays light (no torch import) until the API is used
-    if name == "HOIDetector":
-        from hqm.api import HOIDetector
+    if name in ("HOIDetector", "PredictOptionError"):
+        import hqm.api
 
-        return HOIDetector
+        return getattr(hqm.api, name)
     raise AttributeError(f"module 'hqm' has no attribute {name!r}")

@@ -80,6 +80,11 @@ def _as_items(images: Any) -> list[tuple[Any, str]]:
         )
     items = []
     for i, im in enumerate(images):
+        if not isinstance(im, (str, os.PathLike, Image.Image, np.ndarray, Tensor)):
+            raise PredictOptionError(
+                f"item {i} of the input list is a {type(im).__name__} ({im!r:.40}): every item must be a "
+                "path, a PIL image, an array or a tensor"
+            )
         if isinstance(im, (str, os.PathLike)):
             items.append((im, str(im)))
         else:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from hqm.errors import UsageError
+
 
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -51,6 +53,14 @@ def init_distributed(device: str) -> tuple[bool, int]:
         # torchrun's elastic agent keeps its TCPStore across restarts of the worker group: a restarted
         # worker could read the failed attempt's peer addresses and connect to a dead process
         # (pytorch/pytorch#135712). One key space per attempt (TORCHELASTIC_RESTART_COUNT).
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:  # RANK / WORLD_SIZE set by hand (or left over in the shell): not a torchrun launch
+            raise UsageError(
+                f"RANK={os.environ['RANK']} and WORLD_SIZE={os.environ['WORLD_SIZE']} are set but "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: launch several "
+                "processes with torchrun (torchrun --nproc-per-node N -m hqm ...), or unset RANK and "
+                "WORLD_SIZE for one process"
+            )
         store, rank, world = next(dist.rendezvous("env://"))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group(
