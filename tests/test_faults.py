@@ -128,6 +128,9 @@ def test_sigint_during_evaluation_evaluates_again_on_resume(tiny_root, tmp_path,
     assert main([*args, "--resume", "auto"]) == 0
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("1,")  # the interrupted evaluation, once
+    # resuming the finished run says so (it re-evaluated without a word)
+    assert main([*args, "--resume", "auto"]) == 0
+    assert "nothing left to train: the checkpoint is at epoch 1 of 1" in (out / "log.txt").read_text()
     torch.set_grad_enabled(True)
 
 

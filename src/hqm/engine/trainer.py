@@ -492,6 +492,11 @@ class Trainer:
         cfg = self.cfg
         metrics: dict[str, float] = {}
         meter = SmoothedMeter()
+        if self.epoch >= cfg.train.epochs or self._done():  # resumed from a run that had finished
+            LOGGER.info(
+                f"nothing left to train: the checkpoint is at epoch {self.epoch} of {cfg.train.epochs}, "
+                f"step {self.step} (raise train.epochs to train on); evaluating it"
+            )
         if self.eval_due:  # resumed from an epoch end whose evaluation was interrupted: run it now
             progress.pause()
             metrics = self.evaluate_and_record()
