@@ -132,8 +132,8 @@ def test_folded_frozen_bn_equals_module_forward(name):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_stem_max_pool_in_channels_last_gives_the_same_values_in_nchw(dtype):
-    """Without a gradient the CPU stem max-pool runs in channels_last (about 10x faster) and gives
-    the NCHW result back: equal values (ties, negatives, odd sizes, padding) and the NCHW layout."""
+    """Without a gradient the CPU stem max-pool runs in channels_last and gives
+    the NCHW result back (faster): equal values (ties, negatives, odd sizes, padding) and the NCHW layout."""
     from hqm.models.backbone import max_pool
 
     pool = torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
