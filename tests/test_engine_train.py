@@ -254,3 +254,12 @@ def test_evaluation_runs_in_the_layout_hqm_eval_uses(tiny_root, tmp_path, monkey
     assert conv1.is_contiguous(memory_format=torch.channels_last) and not conv1.is_contiguous()  # back
     again = evaluate_checkpoint(None, str(tmp_path / "run" / "checkpoints" / "last.pt"), [])
     assert json.dumps(again, sort_keys=True) == json.dumps(metrics, sort_keys=True)  # NaN == NaN here
+
+
+def test_resume_position_counts_epochs_as_the_console_does():
+    """An interrupt at epoch 25's last step was logged on resume as "epoch 24, step 50"."""
+    from hqm.engine.trainer import resume_position
+
+    assert resume_position(50, 25, 0) == "step 50 (25 epochs done)"
+    assert resume_position(50, 24, 2) == "step 50 (step 2 of epoch 25)"
+    assert resume_position(51, 25, 1) == "step 51 (step 1 of epoch 26)"

@@ -158,6 +158,16 @@ def use_channels_last(device: torch.device, requested: bool | None, deterministi
     return device.type == "cuda" or (device.type == "cpu" and not deterministic)
 
 
+def resume_position(step: int, epochs_done: int, step_in_epoch: int) -> str:
+    """Where a checkpoint stands, as the console counts epochs (from 1): ``step 50 (25 epochs
+    done)`` at an epoch end, ``step 51 (step 1 of epoch 26)`` within one (also an interrupt at an
+    epoch's last step, before its end-of-epoch evaluation: ``step 50 (step 2 of epoch 25)``; the
+    checkpoint's ``epoch`` counts finished epochs, so it said "epoch 24" there)."""
+    if step_in_epoch == 0:
+        return f"step {step} ({epochs_done} epochs done)"
+    return f"step {step} (step {step_in_epoch} of epoch {epochs_done + 1})"
+
+
 @contextlib.contextmanager
 def evaluation_layout(model: torch.nn.Module, channels_last: bool):
     """Evaluate in the memory format ``hqm eval`` and the API use (the default NCHW): a backbone
@@ -434,7 +444,7 @@ class Trainer:
             )
         rngs = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         set_rng_state(rngs[self.rank] if len(rngs) == self.world else ckpt["rng"])
-        LOGGER.info(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
+        LOGGER.info(f"resumed from {path}: {resume_position(self.step, self.epoch, self.step_in_epoch)}")
 
     # -- training -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
