@@ -385,3 +385,16 @@ def test_a_bad_override_value_for_a_checkpoint_leads_with_the_key_not_the_detect
     msg = str(e.value)
     assert msg.startswith("data.test_scale=0 is out of range: it must be >= 1 (pixels)")
     assert msg.endswith(f"(overrides for {path}, trained as model.detector=qpic)") and "\n" not in msg
+
+
+@pytest.mark.parametrize("name", ["hotr_r50_hico", "hotr_r50_vcoco", "hotr_r50_hico_hqm"])
+def test_packaged_hotr_configs_freeze_as_configured(name):
+    """hotr_r50_hico / _vcoco list ``miners`` in train.trainable (for their _hqm children) while they
+    mine nothing: every run of them stopped at set-up ("names no parameter of this model: miners")."""
+    small = ["model.backbone=resnet18", "model.hidden_dim=32", "model.dim_feedforward=32"]
+    cfg = load_config(name, [*small, "model.enc_layers=1", "model.dec_layers=1", "model.pretrained="])
+    model = build_model(cfg, 80, NUM_VERB)
+    assert "miners" in cfg.train.trainable
+    assert 0 < freeze_except(model, cfg.train.trainable) < sum(p.numel() for p in model.parameters())
+    with pytest.raises(ConfigError, match="names no parameter of this model: nope"):
+        freeze_except(model, [*cfg.train.trainable, "nope"])

@@ -111,9 +111,13 @@ def set_seed(seed: int, deterministic: bool) -> None:
 
 def freeze_except(model: torch.nn.Module, prefixes: list[str]) -> int:
     """Freeze every parameter whose name starts with none of ``prefixes`` (empty: change nothing).
-    Returns the number of parameters left trainable."""
+    Returns the number of parameters left trainable. ``miners`` (the HQM plug-in's parameters) may
+    name nothing: a config that lists it serves its ``mining.strategy=none`` baseline too (e.g.
+    ``hotr_r50_hico``, the base of ``hotr_r50_hico_hqm``). Any other prefix that names no parameter
+    raises ``ConfigError``."""
     if prefixes:
-        unknown = [p for p in prefixes if not any(n.startswith(p) for n, _ in model.named_parameters())]
+        names = [n for n, _ in model.named_parameters()]
+        unknown = [p for p in prefixes if p != "miners" and not any(n.startswith(p) for n in names)]
         if unknown:
             raise ConfigError(
                 f"train.trainable names no parameter of this model: {', '.join(unknown)} (give "
