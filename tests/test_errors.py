@@ -414,3 +414,28 @@ def test_rank_and_world_size_without_a_torchrun_launch_is_one_line(capsys, monke
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "MASTER_ADDR and MASTER_PORT are not" in err and "torchrun --nproc-per-node" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_json_in_another_encoding_is_one_line_and_utf16_is_read(tiny_root, tmp_path, capsys):
+    """A latin-1 annotation / predictions file was a UnicodeDecodeError traceback (check-data, train,
+    eval, eval-file); JSON's other encodings (UTF-16) are read."""
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    train = root / "annotations" / "trainval_hico.json"
+    records = json.loads(train.read_text())
+    train.write_bytes('[{"file_name": "caf\u00e9.jpg"}]'.encode("latin-1"))
+    check = ["check-data", "qpic_r18_synthetic", f"data.root={root}", "--no-decode"]
+    assert main(check) == 1
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and f"{train}: not UTF-8 text (byte 0xe9 at offset 19" in out.out
+    one_line(capsys, train_args(root, tmp_path / "run"), 1, str(train), "not UTF-8 text", "save it as UTF-8")
+    train.write_bytes(json.dumps(records).encode("utf-16"))
+    assert main(check) == 0
+    capsys.readouterr()
+    preds = tmp_path / "p.json"
+    preds.write_bytes('[{"file_name": "caf\u00e9.jpg"}]'.encode("latin-1"))
+    args = ["eval-file", "--dataset", "synthetic", "--root", str(root), "--predictions", str(preds)]
+    one_line(capsys, args, 1, str(preds), "not UTF-8 text")

@@ -154,15 +154,29 @@ def read_image_sizes(paths: list[Path], threads: int = 8) -> list[tuple[int, int
         return list(pool.map(_size_or_error, paths, chunksize=64))
 
 
+def load_json(path: Path, error: type[UserError] | None = None) -> Any:
+    """The JSON value in ``path``, read as JSON's own encodings allow (UTF-8, with or without a BOM;
+    UTF-16 / UTF-32, detected by ``json.loads``). Raises ``error`` (default ``DatasetError``) naming
+    the file for text in another encoding (e.g. latin-1: the offending byte and its offset) and for
+    invalid JSON; ``OSError`` as ``open`` raises it."""
+    error = error or DatasetError
+    raw = Path(path).read_bytes()
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise error(
+            f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}; latin-1 or another "
+            "legacy encoding?): save it as UTF-8, the encoding JSON files use"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON: {e}") from None
+
+
 def read_json_list(path: Path) -> list[Any]:
-    """Load an annotation file that must hold a JSON list of records."""
+    """Load an annotation file that must hold a JSON list of records (see :func:`load_json`)."""
     if not path.is_file():
         raise DatasetError(f"{path}: annotation file not found")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON: {e}") from None
+    data = load_json(path)
     if not isinstance(data, list):
         raise DatasetError(
             f"{path}: the top level must be a list of image records, got {type(data).__name__}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch import Tensor
 
 from hqm.data import hico_det
 from hqm.data.dataset import HOIDataset
-from hqm.data.records import DatasetError, parse_record, parse_records
+from hqm.data.records import DatasetError, load_json, parse_record, parse_records
 from hqm.data.synthetic import SynthConfig, class_probabilities, interaction_classes, scene_record
 from hqm.data.synthetic_draw import render
 from hqm.data.synthetic_scene import sample_scene
@@ -46,7 +45,9 @@ def read_synth_config(root: str | Path) -> SynthConfig:
         raise DatasetError(
             f"{path}: missing; data.synth_stream needs a root written by `hqm synth` (or hqm demo)"
         )
-    data = json.loads(path.read_text())
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object (the generator's settings)")
     names = {f.name for f in dataclasses.fields(SynthConfig)}
     return SynthConfig(**{k: v for k, v in data.items() if k in names})
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hqm.data.records import DatasetError
+from hqm.data.records import DatasetError, load_json
 from hqm.structures import DatasetMeta
 
 META_DIR = Path(__file__).parent / "meta"
@@ -85,9 +85,8 @@ def read_custom_vocabulary(path: Path) -> tuple[list[str], list[int], list[str]]
     object index = position in the lists (person must be index 0), verb id = index + 1.
     """
     try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+        d = load_json(path)
+    except OSError as e:
         raise DatasetError(f"{path}: cannot read the vocabulary file: {e}") from None
     for key in ("object_names", "object_ids", "verb_names"):
         if not isinstance(d, dict) or not isinstance(d.get(key), list) or not d[key]:

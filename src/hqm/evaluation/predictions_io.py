@@ -184,11 +184,9 @@ def load_predictions(
     num_verbs: int | None = None,
 ) -> list[HOIPredictions]:
     """Read a predictions JSON file -> one ``HOIPredictions`` per record."""
-    try:
-        with open(path) as f:
-            records = json.load(f)
-    except json.JSONDecodeError as e:
-        raise PredictionsFormatError(f"{path}: not valid JSON ({e})") from e
+    from hqm.data.records import load_json
+
+    records = load_json(Path(path), PredictionsFormatError)
     return records_to_predictions(records, object_ids, verb_id_offset, no_object_class, num_verbs, str(path))
 
 
