@@ -70,7 +70,7 @@ def test_every_kind_of_damage_is_found_in_one_pass(damaged_root, capsys):
         "malformed_record": "field 'file_name'",
         "missing_image": "not found",
         "unreadable_image": "synth_train",  # a file that is not an image: not "missing"
-        "duplicate_file_name": "listed 2 times",
+        "duplicate_file_name": "listed before, in record",
         "undecodable_image": truncated,
     }
     assert set(report["problems"]) == set(kinds)
@@ -82,3 +82,20 @@ def test_every_kind_of_damage_is_found_in_one_pass(damaged_root, capsys):
     # headers only: the truncated image is not found, the rest is
     code, _, report = check(capsys, root, "--json", "--no-decode")
     assert code == 1 and set(report["problems"]) == set(kinds) - {"undecodable_image"}
+
+
+def test_an_image_listed_twice_is_refused_by_training_as_check_data_says(tiny_root, tmp_path):
+    """check-data said training stops at a duplicate file_name; training used the image twice."""
+    from hqm.data import load_annotations
+    from hqm.data.records import DatasetError
+
+    root = tmp_path / "dup"
+    shutil.copytree(tiny_root, root)
+    ann = root / "annotations" / "trainval_hico.json"
+    records = json.loads(ann.read_text())
+    ann.write_text(json.dumps([*records, copy.deepcopy(records[1])]))
+    with pytest.raises(DatasetError, match=rf"record {len(records)} \(file_name '{records[1]['file_name']}'\)"
+                       rf": field 'file_name': listed before, in record 1"):  # fmt: skip
+        load_annotations("synthetic", root, "train", "error", check_images=False)
+    kept = load_annotations("synthetic", root, "train", "skip", check_images=False)
+    assert [a.file_name for a in kept] == [r["file_name"] for r in records]  # the first one kept

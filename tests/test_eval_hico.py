@@ -53,6 +53,14 @@ def test_perfect_predictions_score_one():
     assert "hold_cup" in format_class_table(ev.per_class["default"])
 
 
+def test_a_test_image_listed_twice_is_named():
+    from hqm.data.records import DatasetError
+
+    test = [ann("a", [H, OB], [0, 1], [[0, 1, 0]]), ann("b", [H, OB], [0, 1], [[0, 1, 0]])]
+    with pytest.raises(DatasetError, match="the test annotations list 'b' more than once"):
+        run([*test, ann("b", [H, OB], [0, 1], [[0, 1, 1]])], [])
+
+
 OB2 = [40.0, 40.0, 49.0, 49.0]  # a second object
 
 

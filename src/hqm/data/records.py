@@ -311,7 +311,9 @@ def parse_records(
     With ``check_images`` every image must exist; its size is read from the header, boxes outside the
     image (beyond a 1-pixel tolerance) are errors and the others are clamped to it. Without it, image
     sizes stay 0 and boxes are not clamped. Returns one ``ImageAnnotation`` per kept record, in file
-    order, with boxes as absolute pixel xyxy and HOI rows ``[subject, object (-1: none), verb]``.
+    order, with boxes as absolute pixel xyxy and HOI rows ``[subject, object (-1: none), verb]``. A
+    ``file_name`` listed again is a problem of the later record (``duplicate_file_name``: the first
+    is kept), as is any record that cannot be read.
     ``log``: collect the problems there (its own mode applies; no summary is logged) instead of a
     fresh ``IssueLog`` whose summary is logged at the end.
     """
@@ -325,6 +327,7 @@ def parse_records(
             i for i, r in enumerate(records) if isinstance(r, dict) and isinstance(r.get("file_name"), str)
         ]
         sizes = dict(zip(named, read_image_sizes([image_dir / records[i]["file_name"] for i in named])))
+    first_record: dict[str, int] = {}
     for idx, rec in enumerate(records):
         fn = rec.get("file_name") if isinstance(rec, dict) else None
         fn = fn if isinstance(fn, str) else None
@@ -342,6 +345,12 @@ def parse_records(
         if problem is not None:
             log.report("malformed_record", idx, fn, *problem)
             continue
+        if fn in first_record:  # the image would count twice in training and evaluation
+            log.report(
+                "duplicate_file_name", idx, fn, "file_name", f"listed before, in record {first_record[fn]}"
+            )
+            continue
+        first_record[fn] = idx
         size = sizes.get(idx) if check_images else None
         if isinstance(size, str):  # no file, or one whose header is not an image's
             kind = "unreadable_image" if (image_dir / fn).is_file() else "missing_image"

@@ -19,7 +19,6 @@ training instances, the HICO-DET definition, applied to every dataset).
 from __future__ import annotations
 
 import os
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,12 +111,8 @@ def _check_split(
         log.examples["unreadable_annotation_file"] = [str(e)]
         anns = []
     else:  # parse_records drops a whole record for exactly these kinds (others drop boxes / HOIs)
-        dropped = ("malformed_record", "missing_image", "unreadable_image")
+        dropped = ("malformed_record", "missing_image", "unreadable_image", "duplicate_file_name")
         summary.records = len(anns) + sum(log.counts[kind] for kind in dropped)
-    names = Counter(a.file_name for a in anns)
-    for name, n in names.items():
-        if n > 1:
-            log.report("duplicate_file_name", None, name, "file_name", f"listed {n} times in this split")
     if decode:
         anns = _decode_all(anns, folder, log, show)
     summary.images = len(anns)

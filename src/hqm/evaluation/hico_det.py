@@ -155,7 +155,14 @@ class HICODetEvaluator(HOIEvaluator):
         self.num_classes = int(self.class_verb.shape[0])
         self.file_index = {ann.file_name: i for i, ann in enumerate(test_annotations)}
         if len(self.file_index) != len(test_annotations):
-            raise DatasetError("test annotations contain duplicate file names (`hqm check-data` lists them)")
+            seen: set[str] = set()
+            twice = next(
+                a.file_name for a in test_annotations if a.file_name in seen or seen.add(a.file_name)
+            )
+            raise DatasetError(
+                f"the test annotations list {twice!r} more than once (each test image must be listed "
+                "once; `hqm check-data` lists every duplicate)"
+            )
         self._build_gt(test_annotations)
         self.train_counts: np.ndarray | None = None
         if train_annotations is not None:
