@@ -128,9 +128,12 @@ def test_sigint_during_evaluation_evaluates_again_on_resume(tiny_root, tmp_path,
     assert main([*args, "--resume", "auto"]) == 0
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("1,")  # the interrupted evaluation, once
-    # resuming the finished run says so (it re-evaluated without a word)
+    # resuming the finished run says so and shows its last evaluation (it evaluated again without
+    # a word and appended the same row to results.csv)
     assert main([*args, "--resume", "auto"]) == 0
-    assert "nothing left to train: the checkpoint is at epoch 1 of 1" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
+    assert "nothing left to train: the checkpoint is at epoch 1 of 1" in log and "its last evaluation" in log
+    assert (out / "results.csv").read_text().splitlines() == rows
     torch.set_grad_enabled(True)
 
 

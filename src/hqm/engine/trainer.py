@@ -359,6 +359,7 @@ class Trainer:
         self.stop = StopSignals()  # entered by fit: SIGTERM / SIGINT stop at the next step boundary
         self.saved_step: int | None = None  # the step last.pt holds
         self.eval_due = False  # an evaluation owed for the last finished epoch (a resume runs it)
+        self.resumed_metrics: dict[str, float] = {}  # the resumed checkpoint's last evaluation
         if ckpt is not None:
             self.resume(resume, ckpt)
         if self.main:  # written once the set-up succeeded: a refused resume keeps the run's config
@@ -438,6 +439,8 @@ class Trainer:
         self.epoch_start_step, self.step_in_epoch = ckpt["epoch_start_step"], ckpt["step_in_epoch"]
         self.best = ckpt["best"]
         self.eval_due = bool(ckpt.get("eval_due", False))
+        metrics = ckpt.get("metrics")
+        self.resumed_metrics = dict(metrics) if isinstance(metrics, dict) else {}
         self.saved_step = self.step
         world = ckpt.get("world_size", 1)
         if self.step_in_epoch and world != self.world:
@@ -507,10 +510,15 @@ class Trainer:
         metrics: dict[str, float] = {}
         meter = SmoothedMeter()
         if self.epoch >= cfg.train.epochs or self._done():  # resumed from a run that had finished
+            evaluated = bool(self.resumed_metrics) and not self.eval_due
             LOGGER.info(
                 f"nothing left to train: the checkpoint is at epoch {self.epoch} of {cfg.train.epochs}, "
-                f"step {self.step} (raise train.epochs to train on); evaluating it"
+                f"step {self.step} (raise train.epochs to train on); "
+                + ("its last evaluation (hqm eval evaluates it again):" if evaluated else "evaluating it")
+                + (f"\n{format_table(self.resumed_metrics)}" if evaluated else "")
             )
+            if evaluated:  # nothing new to record: results.csv / metrics.jsonl stay as they are
+                return self.resumed_metrics
         if self.eval_due:  # resumed from an epoch end whose evaluation was interrupted: run it now
             progress.pause()
             metrics = self.evaluate_and_record()
