@@ -99,3 +99,30 @@ def test_an_image_listed_twice_is_refused_by_training_as_check_data_says(tiny_ro
         load_annotations("synthetic", root, "train", "error", check_images=False)
     kept = load_annotations("synthetic", root, "train", "skip", check_images=False)
     assert [a.file_name for a in kept] == [r["file_name"] for r in records]  # the first one kept
+
+
+def test_an_empty_split_or_one_without_labels_is_refused_and_reported(tiny_root, tmp_path, capsys):
+    """A training file holding [] passed check-data and training said "no training records to count
+    the rare / non-rare split from"; one whose boxes were all dropped trained on 0 HOI labels."""
+    from hqm.cli import main
+    from test_errors import one_line, train_args
+
+    root = tmp_path / "empty"
+    shutil.copytree(tiny_root, root)
+    ann = root / "annotations" / "trainval_hico.json"
+    records = json.loads(ann.read_text())
+    ann.write_text("[]")
+    code, text, report = check(capsys, root, "--json", "--no-decode")
+    assert (
+        code == 1 and report["problems"] == {"unusable_split": 1} and "the train split has no usable" in text
+    )
+    one_line(capsys, train_args(root, tmp_path / "run"), 1, str(ann), "the train split has no usable records")
+    assert not (tmp_path / "run").exists()
+    for r in records:
+        r["hoi_annotation"] = []
+    ann.write_text(json.dumps(records))
+    line = one_line(capsys, train_args(root, tmp_path / "run"), 1, str(ann), "but no HOI label")
+    assert (
+        f"{len(records)} records" in line
+        and main(["check-data", "qpic_r18_synthetic", f"data.root={root}"]) == 1
+    )

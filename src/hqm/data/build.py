@@ -96,6 +96,21 @@ def load_annotations(
     return parse_records(ann_file, image_folder, rules, on_bad_record, check_images, log)
 
 
+def check_split_usable(anns: list[ImageAnnotation], ann_file: Path, split: str) -> None:
+    """Raise ``DatasetError`` naming ``ann_file`` when ``split`` has no record left (an empty list,
+    or ``data.on_bad_record=skip`` dropped every one), or is the training split and has no HOI label
+    left (nothing to learn from: e.g. every box dropped). ``hqm check-data`` reports the same."""
+    problem = None
+    if not anns:
+        problem = "no usable records (the list is empty, or data.on_bad_record=skip dropped every one)"
+    elif split == "train" and not any(len(a.hois) for a in anns):
+        problem = f"{len(anns)} records but no HOI label (nothing to learn from: all dropped?)"
+    if problem is not None:
+        raise DatasetError(
+            f"{ann_file}: the {split} split has {problem}; `hqm check-data` lists the problems"
+        )
+
+
 def split_paths(dataset: str, root: str | os.PathLike, split: str) -> tuple[Path, Path]:
     """(image directory, annotation file) of ``split`` ("train" | "test"); each dataset module names
     them in its ``SPLITS`` table."""
@@ -223,6 +238,7 @@ def build_dataset(cfg_data: DataConfig, split: str, train: bool) -> HOIDataset:
 
         return SyntheticStream(cfg_data.root, meta, build_transforms(cfg_data, train))
     anns = load_annotations(cfg_data.dataset, cfg_data.root, split, cfg_data.on_bad_record)
+    check_split_usable(anns, split_paths(cfg_data.dataset, cfg_data.root, split)[1], split)
     return HOIDataset(
         anns, meta, image_dir(cfg_data.dataset, cfg_data.root, split), build_transforms(cfg_data, train)
     )

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hqm.config import DataConfig
-from hqm.data.build import SPLITS, load_annotations, load_meta, split_paths
+from hqm.data.build import SPLITS, check_split_usable, load_annotations, load_meta, split_paths
 from hqm.data.images import ImageDecodeError, read_image
 from hqm.data.records import DatasetError, IssueLog
 from hqm.evaluation.hico_det import RARE_THRESHOLD, hoi_class_index, training_counts
@@ -115,6 +115,12 @@ def _check_split(
         summary.records = len(anns) + sum(log.counts[kind] for kind in dropped)
     if decode:
         anns = _decode_all(anns, folder, log, show)
+    if not log.counts["unreadable_annotation_file"]:
+        try:
+            check_split_usable(anns, ann_file, split)
+        except DatasetError as e:  # training / evaluation would refuse the split
+            log.counts["unusable_split"] += 1
+            log.examples["unusable_split"] = [str(e)]
     summary.images = len(anns)
     summary.boxes = sum(len(a.boxes) for a in anns)
     summary.hois = sum(len(a.hois) for a in anns)
