@@ -239,6 +239,13 @@ def test_export_roundtrip(detector, trained, tmp_path):
     again = HOIDetector.from_checkpoint(out, device="cpu")
     a, b = detector.predict(trained["images"][0], top_k=5), again.predict(trained["images"][0], top_k=5)
     np.testing.assert_array_equal(a[0].scores, b[0].scores)
+    # the export's own files given one by one: model.safetensors was "released weights? name a
+    # config", and its config.yaml "unknown config key 'hqm_export'"
+    by_file = HOIDetector.from_checkpoint(out / "model.safetensors", device="cpu")
+    np.testing.assert_array_equal(by_file.predict(trained["images"][0], top_k=5)[0].scores, a[0].scores)
+    from hqm.config import load_config
+
+    assert load_config(out / "config.yaml").model.hidden_dim == 32
     # a hand-edited export's config with a typo: the error names the export, not only the key
     info["config"]["train"]["lrr"] = 1.0
     (out / "config.yaml").write_text(yaml.safe_dump(info))

@@ -366,8 +366,9 @@ def load_yaml(stream: Any) -> Any:
 def _read_yaml(
     path: Path, seen: tuple[Path, ...] = (), origin: dict[str, Path] | None = None
 ) -> dict[str, Any]:
-    """The mapping of the YAML file ``path`` merged over its ``_base_`` chain. ``origin``, when
-    given, receives for every dotted key (sections too) the file that set it last."""
+    """The mapping of the YAML file ``path`` merged over its ``_base_`` chain (an ``hqm export``
+    folder's ``config.yaml``: its ``config:`` section). ``origin``, when given, receives for every
+    dotted key (sections too) the file that set it last."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: circular _base_ chain")
@@ -388,6 +389,8 @@ def _read_yaml(
         raise ConfigError(f"{path}: not a YAML config: not a text file{hint}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
+    if "hqm_export" in data and isinstance(data.get("config"), dict):  # an `hqm export` folder's file:
+        data = data["config"]  # its config: section is the full training config (meta: is data)
     base = data.pop("_base_", None)
     merged = {} if base is None else _read_yaml(_base_path(path, base), seen + (path,), origin)
     if origin is not None:

@@ -89,10 +89,16 @@ def is_exported(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / WEIGHTS).is_file() and (p / CONFIG).is_file()
 
 
+def is_export_weights(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the ``model.safetensors`` of an exported directory."""
+    p = Path(path)
+    return p.name == WEIGHTS and is_exported(p.parent)
+
+
 def read_exported(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(state dict, {"config", "meta", "hqm_export"}) of an exported directory. Raises
     ``CheckpointError`` naming the folder when it lacks a file or one of them cannot be read."""
-    from hqm.zoo.safe_load import CheckpointError, read_state_dict
+    from hqm.zoo.safe_load import CheckpointError, read_safetensors
 
     p = Path(path)
     if not is_exported(p):
@@ -111,5 +117,4 @@ def read_exported(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str,
             f"{p / CONFIG}: a run's config, not an export's (config:, meta:, hqm_export:): export the "
             "checkpoint again with `hqm export`"
         )
-    state, _ = read_state_dict(p / WEIGHTS)
-    return state, info
+    return read_safetensors(p / WEIGHTS), info

@@ -176,9 +176,23 @@ def extract_state_dict(obj: Any, path: str | os.PathLike = "<memory>") -> dict[s
     raise CheckpointError(f"{path}: no model state dict found (expected a 'model' entry of name -> tensor)")
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file. Raises ``NotFoundError`` / ``CheckpointError``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise NotFoundError(f"weights not found: {path}")
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise _unreadable(path, f"not a valid safetensors file ({e})") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, the rest of the checkpoint) of a ``.pt``/``.pth``/``.safetensors`` file or an
-    exported model directory. The rest holds e.g. ``config``, ``meta``, ``args`` when present."""
+    exported model directory (or its ``model.safetensors``: read with the export's ``config.yaml``).
+    The rest holds e.g. ``config``, ``meta``, ``args`` when present."""
     path = Path(path)
     if path.is_dir():
         from hqm.zoo.export import read_exported
@@ -186,15 +200,11 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         state, info = read_exported(path)
         return state, info
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from hqm.zoo.export import is_export_weights, read_exported
 
-        if not path.is_file():
-            raise NotFoundError(f"weights not found: {path}")
-        try:
-            return load_file(str(path)), {}
-        except SafetensorError as e:
-            raise _unreadable(path, f"not a valid safetensors file ({e})") from None
+        if is_export_weights(path):  # an export's model.safetensors: its config.yaml goes with it
+            return read_exported(path.parent)
+        return read_safetensors(path), {}
     obj = safe_torch_load(path)
     state = extract_state_dict(obj, path)
     wrapped = isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in _STATE_KEYS)
