@@ -80,6 +80,11 @@ def test_meta_shapes(tmp_path):
     np.save(tmp_path / "annotations" / "corre_hico.npy", np.ones((3, 3)))
     with pytest.raises(DatasetError, match=r"corre_hico.npy.*shape \(3, 3\)"):
         load_meta("hico_det", tmp_path)
+    # a text file (np.load blamed pickling: "allow_pickle=False"), also V-COCO's (a traceback)
+    for dataset, name in (("hico_det", "corre_hico.npy"), ("vcoco", "corre_vcoco.npy")):
+        (tmp_path / "annotations" / name).write_text("1 0 1\n")
+        with pytest.raises(DatasetError, match=rf"{name}: not a NumPy .npy array file"):
+            load_meta(dataset, tmp_path)
 
 
 def test_hico_mapping_and_clamp(tmp_path):

@@ -34,7 +34,7 @@ def load_meta(root: str | Path, name: str = "vcoco") -> DatasetMeta:
     names, _ = vocab.coco_objects()
     verbs = vocab.vcoco_verbs()
     path = Path(root) / CORRECT_MAT
-    if path.is_file() and np.load(path).shape == (len(verbs), len(names) + 1):
+    if path.is_file() and vocab.read_npy(path).shape == (len(verbs), len(names) + 1):
         mat = vocab.load_correct_mat(path, len(verbs), len(names) + 1, None)
     else:
         mat = vocab.load_correct_mat(path, len(verbs), len(names), None)

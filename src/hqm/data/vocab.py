@@ -108,16 +108,28 @@ def load_correct_mat(path: Path, num_verbs: int, num_objects: int, default: np.n
         if default is not None:
             return default.astype(bool)
         return np.ones((num_verbs, num_objects), dtype=bool)
-    try:
-        mat = np.load(path)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read the validity matrix: {e}") from None
+    mat = read_npy(path)
     if mat.shape != (num_verbs, num_objects):
         raise DatasetError(
             f"{path}: validity matrix has shape {tuple(mat.shape)}, expected ({num_verbs}, {num_objects}) "
             "= (verbs, objects)"
         )
     return mat.astype(bool)
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """The array of a NumPy ``.npy`` file (no pickles). Raises ``DatasetError`` naming the file for
+    anything else (a text file, a pickle, a truncated array)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":  # np.load would blame pickling (allow_pickle) for a text file
+                raise DatasetError(
+                    f"{path}: not a NumPy .npy array file (a text or other file?): write the validity "
+                    "matrix with numpy.save"
+                )
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read the validity matrix: {e}") from None
 
 
 def make_meta(
