@@ -271,6 +271,11 @@ def test_eval_file_missing_root_names_the_option_it_was_given_with(tmp_path, cap
         capsys, ["check-data", "qpic_r18_synthetic", f"data.root={notes}"], 2, "is a file, not a dataset"
     )
     assert notes.read_text() == "mine"
+    # a relative root says what it is relative to (a checkpoint's data.root read from elsewhere)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(tmp_path)
+        args = ["eval-file", "--dataset", "synthetic", "--root", "nope", "--predictions", "p.json"]
+        one_line(capsys, args, 2, f"at --root nope (in the current folder {tmp_path}): nope/annotations")
 
 
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(capsys, monkeypatch):

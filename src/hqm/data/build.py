@@ -62,8 +62,10 @@ def _check_root_folder(root: str | os.PathLike, root_option: str) -> None:
 
 
 def _root_words(root_option: str, root: str | os.PathLike) -> str:
-    """``data.root=R`` / ``--root R``: the root as the user wrote it."""
-    return f"{root_option}={root}" if not root_option.startswith("-") else f"{root_option} {root}"
+    """``data.root=R`` / ``--root R``: the root as the user wrote it; a relative one says what it is
+    relative to (the current folder: a checkpoint's relative data.root read from elsewhere misses)."""
+    words = f"{root_option}={root}" if not root_option.startswith("-") else f"{root_option} {root}"
+    return words if Path(root).is_absolute() else f"{words} (in the current folder {Path.cwd()})"
 
 
 def load_annotations(
