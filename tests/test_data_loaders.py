@@ -83,8 +83,9 @@ def test_meta_shapes(tmp_path):
     # a text file (np.load blamed pickling: "allow_pickle=False"), also V-COCO's (a traceback)
     for dataset, name in (("hico_det", "corre_hico.npy"), ("vcoco", "corre_vcoco.npy")):
         (tmp_path / "annotations" / name).write_text("1 0 1\n")
-        with pytest.raises(DatasetError, match=rf"{name}: not a NumPy .npy array file"):
+        with pytest.raises(DatasetError, match=rf"{name}: not a NumPy .npy array file") as e:
             load_meta(dataset, tmp_path)
+        assert str(e.value).count(name) == 1  # named once
 
 
 def test_hico_mapping_and_clamp(tmp_path):

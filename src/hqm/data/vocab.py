@@ -128,8 +128,13 @@ def read_npy(path: Path) -> np.ndarray:
                     "matrix with numpy.save"
                 )
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read the validity matrix: {e}") from None
+    except DatasetError:
+        raise
+    except (OSError, ValueError) as e:  # the magic, then a damaged header or data
+        raise DatasetError(
+            f"{path}: cannot read the validity matrix (a damaged .npy file? write it again with "
+            f"numpy.save): {e}"
+        ) from None
 
 
 def make_meta(
