@@ -116,6 +116,7 @@ def test_an_empty_split_or_one_without_labels_is_refused_and_reported(tiny_root,
     assert (
         code == 1 and report["problems"] == {"unusable_split": 1} and "the train split has no usable" in text
     )
+    assert "`hqm check-data`" not in text  # check-data does not point to itself
     one_line(capsys, train_args(root, tmp_path / "run"), 1, str(ann), "the train split has no usable records")
     assert not (tmp_path / "run").exists()
     for r in records:

@@ -98,19 +98,19 @@ def load_annotations(
     return parse_records(ann_file, image_folder, rules, on_bad_record, check_images, log)
 
 
-def check_split_usable(anns: list[ImageAnnotation], ann_file: Path, split: str) -> None:
+def check_split_usable(anns: list[ImageAnnotation], ann_file: Path, split: str, hint: bool = True) -> None:
     """Raise ``DatasetError`` naming ``ann_file`` when ``split`` has no record left (an empty list,
     or ``data.on_bad_record=skip`` dropped every one), or is the training split and has no HOI label
-    left (nothing to learn from: e.g. every box dropped). ``hqm check-data`` reports the same."""
+    left (nothing to learn from: e.g. every box dropped). ``hqm check-data`` reports the same
+    (``hint=False``: without the pointer to itself)."""
     problem = None
     if not anns:
         problem = "no usable records (the list is empty, or data.on_bad_record=skip dropped every one)"
     elif split == "train" and not any(len(a.hois) for a in anns):
         problem = f"{len(anns)} records but no HOI label (nothing to learn from: all dropped?)"
     if problem is not None:
-        raise DatasetError(
-            f"{ann_file}: the {split} split has {problem}; `hqm check-data` lists the problems"
-        )
+        tail = "; `hqm check-data` lists the problems" if hint else ""
+        raise DatasetError(f"{ann_file}: the {split} split has {problem}{tail}")
 
 
 def split_paths(dataset: str, root: str | os.PathLike, split: str) -> tuple[Path, Path]:

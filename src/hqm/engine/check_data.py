@@ -117,7 +117,7 @@ def _check_split(
         anns = _decode_all(anns, folder, log, show)
     if not log.counts["unreadable_annotation_file"]:
         try:
-            check_split_usable(anns, ann_file, split)
+            check_split_usable(anns, ann_file, split, hint=False)
         except DatasetError as e:  # training / evaluation would refuse the split
             log.counts["unusable_split"] += 1
             log.examples["unusable_split"] = [str(e)]
