@@ -154,12 +154,11 @@ def read_image_sizes(paths: list[Path], threads: int = 8) -> list[tuple[int, int
         return list(pool.map(_size_or_error, paths, chunksize=64))
 
 
-def load_json(path: Path, error: type[UserError] | None = None) -> Any:
+def load_json(path: Path, error: type[UserError] = DatasetError) -> Any:
     """The JSON value in ``path``, read as JSON's own encodings allow (UTF-8, with or without a BOM;
     UTF-16 / UTF-32, detected by ``json.loads``). Raises ``error`` (default ``DatasetError``) naming
     the file for text in another encoding (e.g. latin-1: the offending byte and its offset) and for
     invalid JSON; ``OSError`` as ``open`` raises it."""
-    error = error or DatasetError
     raw = Path(path).read_bytes()
     try:
         return json.loads(raw)

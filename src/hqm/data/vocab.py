@@ -122,15 +122,17 @@ def read_npy(path: Path) -> np.ndarray:
     anything else (a text file, a pickle, a truncated array)."""
     try:
         with open(path, "rb") as f:
-            if f.read(6) != b"\x93NUMPY":  # np.load would blame pickling (allow_pickle) for a text file
-                raise DatasetError(
-                    f"{path}: not a NumPy .npy array file (a text or other file?): write the validity "
-                    "matrix with numpy.save"
-                )
+            magic = f.read(6)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the validity matrix: {e}") from None
+    if magic != b"\x93NUMPY":  # np.load would blame pickling (allow_pickle) for a text file
+        raise DatasetError(
+            f"{path}: not a NumPy .npy array file (a text or other file?): write the validity matrix "
+            "with numpy.save"
+        )
+    try:
         return np.load(path, allow_pickle=False)
-    except DatasetError:
-        raise
-    except (OSError, ValueError) as e:  # the magic, then a damaged header or data
+    except (OSError, ValueError) as e:  # a damaged header or data
         raise DatasetError(
             f"{path}: cannot read the validity matrix (a damaged .npy file? write it again with "
             f"numpy.save): {e}"

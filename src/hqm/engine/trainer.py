@@ -510,15 +510,15 @@ class Trainer:
         metrics: dict[str, float] = {}
         meter = SmoothedMeter()
         if self.epoch >= cfg.train.epochs or self._done():  # resumed from a run that had finished
-            evaluated = bool(self.resumed_metrics) and not self.eval_due
-            LOGGER.info(
+            done = (
                 f"nothing left to train: the checkpoint is at epoch {self.epoch} of {cfg.train.epochs}, "
                 f"step {self.step} (raise train.epochs to train on); "
-                + ("its last evaluation (hqm eval evaluates it again):" if evaluated else "evaluating it")
-                + (f"\n{format_table(self.resumed_metrics)}" if evaluated else "")
             )
-            if evaluated:  # nothing new to record: results.csv / metrics.jsonl stay as they are
+            if self.resumed_metrics and not self.eval_due:  # nothing new to record in results.csv
+                table = format_table(self.resumed_metrics)
+                LOGGER.info(f"{done}its last evaluation (hqm eval evaluates it again):\n{table}")
                 return self.resumed_metrics
+            LOGGER.info(f"{done}evaluating it")
         if self.eval_due:  # resumed from an epoch end whose evaluation was interrupted: run it now
             progress.pause()
             metrics = self.evaluate_and_record()

@@ -44,6 +44,7 @@ Per-class tables: ``evaluator.per_class["default"]`` / ``["ko"]``.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -155,10 +156,7 @@ class HICODetEvaluator(HOIEvaluator):
         self.num_classes = int(self.class_verb.shape[0])
         self.file_index = {ann.file_name: i for i, ann in enumerate(test_annotations)}
         if len(self.file_index) != len(test_annotations):
-            seen: set[str] = set()
-            twice = next(
-                a.file_name for a in test_annotations if a.file_name in seen or seen.add(a.file_name)
-            )
+            twice = next(n for n, k in Counter(a.file_name for a in test_annotations).items() if k > 1)
             raise DatasetError(
                 f"the test annotations list {twice!r} more than once (each test image must be listed "
                 "once; `hqm check-data` lists every duplicate)"

@@ -197,8 +197,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if path.is_dir():
         from hqm.zoo.export import read_exported
 
-        state, info = read_exported(path)
-        return state, info
+        return read_exported(path)
     if path.suffix == ".safetensors":
         from hqm.zoo.export import is_export_weights, read_exported
 
